@@ -1,0 +1,41 @@
+"""latentlens: look inside Diffusion Transformers and edit images through what you find there.
+
+The public API is re-exported here and imported lazily, so ``import latentlens``
+stays fast and does not import torch until a tool is used.
+
+Example::
+
+    import latentlens
+    pipe = latentlens.load_pipeline("toy")
+    with latentlens.record(pipe, sites="blocks.*.resid_out.img") as rec:
+        pipe("a small red circle on the left on a gray background")
+    rec["blocks.0.resid_out.img"].shape  # [step, batch, tokens, dim]
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it. Add one line per public name.
+_EXPORTS: dict[str, str] = {
+    "LatentlensError": "latentlens.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'latentlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,5 @@
+import sys
+
+from latentlens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+"""The CLI contract: --help works, every listed command is real, user errors print no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from latentlens.cli import _command_modules, build_parser, main
+
+
+def test_help_lists_every_command_module(capsys):
+    parser = build_parser()
+    help_text = parser.format_help()
+    for module in _command_modules():
+        assert module.NAME in help_text
+        assert module.HELP, f"command {module.NAME} has no help text"
+
+
+def test_help_exits_zero():
+    completed = subprocess.run(
+        [sys.executable, "-m", "latentlens", "--help"], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0
+    assert "usage: latentlens" in completed.stdout
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "usage: latentlens" in capsys.readouterr().out
