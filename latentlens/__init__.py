@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it. Add one line per public name.
 _EXPORTS: dict[str, str] = {
     "LatentlensError": "latentlens.errors",
+    "Direction": "latentlens.direction",
 }
 
 
