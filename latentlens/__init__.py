@@ -23,6 +23,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "LatentlensError": "latentlens.errors",
     "Direction": "latentlens.direction",
+    "load_probe_spec": "latentlens.analysis.spec",
+    "ProbeSpec": "latentlens.analysis.spec",
 }
 
 
