@@ -25,6 +25,9 @@ _EXPORTS: dict[str, str] = {
     "Direction": "latentlens.direction",
     "load_probe_spec": "latentlens.analysis.spec",
     "ProbeSpec": "latentlens.analysis.spec",
+    "RunStore": "latentlens.store",
+    "open_run": "latentlens.store",
+    "record_prompts": "latentlens.runs",
 }
 
 

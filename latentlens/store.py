@@ -1,0 +1,752 @@
+"""The on-disk run store: chunked, lazy, append-only and resumable (Zarr v3).
+
+A run folder holds::
+
+    RUN_DIR/
+      manifest.json        model, prompts, seeds, settings, timesteps, versions, config hash
+      completed.jsonl      one line per finished sample (written after its data, fsync'ed)
+      arrays/              a Zarr v3 group; one array per recorded name
+        blocks.3.resid_out.img    [sample, step, token, channel]
+        blocks.3.attn.img2txt     [sample, step, query, key]
+      images/0000.png      the generated image of each sample (when a pipeline made one)
+
+Arrays are sample-major and chunked ``(samples_per_chunk, 1, ...)``, so "all
+samples at one (site, step)" reads ``n_samples / samples_per_chunk`` chunk
+files and nothing else. Dim names are stored as Zarr ``dimension_names``.
+A sample counts as recorded only once its line is in ``completed.jsonl``; the
+line is written after all of the sample's data, so a crash (even SIGKILL)
+loses at most the batch in flight, and reopening never duplicates a sample.
+Chunk files and the manifest are replaced atomically (temp file + rename), so
+a full disk or a crash never damages data already written.
+
+Example::
+
+    from latentlens.store import RunStore, open_run
+    store = RunStore.create("runs/colors", {"prompts": prompts, "seeds": seeds})
+    with latentlens.record(pipe, sites="blocks.*.resid_out.img") as rec:
+        pipe(prompts[:4])
+    store.add_recording(rec, sample_ids=[0, 1, 2, 3])
+
+    run = open_run("runs/colors")
+    run["blocks.3.resid_out.img"][:, 5]   # np.ndarray [sample, token, channel] at step 5
+    sorted(run.completed)                  # [0, 1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentlens.errors import StoreError
+
+FORMAT = "latentlens-run/1"
+MANIFEST = "manifest.json"
+JOURNAL = "completed.jsonl"
+ARRAYS = "arrays"
+IMAGES = "images"
+LOCK = ".writer.lock"
+
+#: Manifest sections that define *what* a run computes; two runs with the same
+#: values here produce the same data, so one may resume the other.
+HASHED_KEYS = ("model", "prompts", "seeds", "labels", "generation", "recording")
+
+#: Upper bound of one chunk file when ``samples_per_chunk`` is chosen automatically.
+MAX_CHUNK_BYTES = 64 * 2**20
+
+_HELD_LOCKS: set[str] = set()  # run folders this process is writing
+
+
+def now_iso() -> str:
+    """The current UTC time as an ISO-8601 string (seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def config_hash(manifest: Mapping[str, Any]) -> str:
+    """A short stable hash of the manifest sections that define the run's data (:data:`HASHED_KEYS`)."""
+    payload = {key: manifest.get(key) for key in HASHED_KEYS}
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of latentlens and of the libraries that shape recorded data."""
+    from importlib import metadata
+
+    from latentlens import __version__
+
+    versions = {"latentlens": __version__, "python": platform.python_version()}
+    for package in ("torch", "diffusers", "transformers", "zarr", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:  # pragma: no cover - optional at read time
+            pass
+    return versions
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and ``os.replace`` (never a torn file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A CPU numpy array from a numpy array or a torch tensor (bfloat16 becomes float32)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch here
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()
+        return tensor.numpy()
+    return np.asarray(value)
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Split sorted-or-not ``ids`` into runs of consecutive values: (position, first_id, length)."""
+    out: list[tuple[int, int, int]] = []
+    start = 0
+    for pos in range(1, len(ids) + 1):
+        if pos == len(ids) or ids[pos] != ids[pos - 1] + 1:
+            out.append((start, ids[start], pos - start))
+            start = pos
+    return out
+
+
+class StoredArray:
+    """A lazy, read-only view of one recorded array; slicing reads only the chunks it needs.
+
+    Example::
+
+        arr = run["blocks.3.resid_out.img"]
+        arr.dims            # ('sample', 'step', 'token', 'channel')
+        arr[:, 5].shape     # (n_samples, tokens, channels): one (site, step) across samples
+        arr.isel(step=5, sample=[0, 2])
+    """
+
+    def __init__(self, name: str, array: Any) -> None:
+        self.name = name
+        self._array = array
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        names = self._array.metadata.dimension_names
+        return tuple(names) if names else tuple(f"dim_{i}" for i in range(self.ndim))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._array.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self._array.chunks)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def zarr(self) -> Any:
+        """The underlying :class:`zarr.Array` (for advanced use)."""
+        return self._array
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple) and any(isinstance(k, (list, np.ndarray)) for k in key):
+            return self._array.oindex[key]
+        if isinstance(key, (list, np.ndarray)):
+            return self._array.oindex[(key,)]
+        return self._array[key]
+
+    def isel(self, **indexers: Any) -> np.ndarray:
+        """Select by dim name, e.g. ``isel(step=3, sample=[0, 1])``; unnamed dims are kept whole."""
+        unknown = sorted(set(indexers) - set(self.dims))
+        if unknown:
+            raise StoreError(
+                f"Array {self.name!r} has no dim named {unknown[0]!r}; its dims are {list(self.dims)}."
+            )
+        key = tuple(indexers.get(dim, slice(None)) for dim in self.dims)
+        return self[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self._array[...]
+        return data.astype(dtype) if dtype is not None else data
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{d}={n}" for d, n in zip(self.dims, self.shape))
+        return f"StoredArray({self.name!r}, [{dims}], {self.dtype})"
+
+
+class RunStore:
+    """One run folder: a manifest, one lazy array per recorded name, and a completion journal.
+
+    Create with :meth:`create`, reopen with :meth:`open` (or :func:`open_run`).
+    Writing is single-writer (a lock file guards it) and append-only; reading is
+    lock-free and sees exactly the samples listed in :attr:`completed`.
+
+    Example::
+
+        store = RunStore.create("runs/x", {"prompts": ["a", "b"], "seeds": [0, 1]})
+        store.write_samples([0, 1], {"pred": np.zeros((2, 10, 16, 8), "float32")},
+                            dims={"pred": ("sample", "step", "token", "channel")})
+        store.mark_complete([0, 1])
+        open_run("runs/x")["pred"][:, 3].shape   # (2, 16, 8)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise StoreError(
+                f"{self.path} is not a latentlens run: it has no {MANIFEST}. "
+                "Record one with `latentlens record --out PATH ...` or check the path."
+            )
+        try:
+            self._manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            raise StoreError(f"The manifest {manifest_path} cannot be read ({error}); the run folder is damaged.") from error
+        self.writable = writable
+        self._group: Any = None
+        self._arrays: dict[str, Any] = {}
+        self._samples: dict[int, dict[str, Any]] = {}
+        self._lock_held = False
+        if writable:
+            self._acquire_lock()
+            self._repair_journal()
+        self._load_journal()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> RunStore:
+        """Open an existing run; ``mode="r"`` reads (lock-free), ``mode="a"`` appends (one writer)."""
+        if mode not in ("r", "a"):
+            raise StoreError(f"mode must be 'r' (read) or 'a' (append), not {mode!r}.")
+        return cls(path, writable=mode == "a")
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        manifest: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        samples_per_chunk: int | None = None,
+    ) -> RunStore:
+        """Start a run at ``path`` described by ``manifest`` (or continue it with ``resume=True``).
+
+        ``manifest`` should hold at least ``prompts`` (their count sizes the arrays);
+        :data:`HASHED_KEYS` sections define the config hash. A folder that already
+        holds a run is refused unless ``resume=True`` (same config hash: finished
+        samples are kept and skipped) or ``overwrite=True`` (the old run is deleted).
+        ``samples_per_chunk`` (default 1; :func:`latentlens.runs.record_prompts`
+        passes its batch size) is the first chunk dim of every array.
+        """
+        path = Path(path)
+        manifest = dict(manifest)
+        manifest.setdefault("prompts", [])
+        new_hash = config_hash(manifest)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"The output path {path} is a file; give a folder path for the run.")
+        existing = path / MANIFEST
+        if existing.exists():
+            try:
+                old = json.loads(existing.read_text())
+            except (OSError, ValueError):
+                old = {}
+            old_hash = old.get("config_hash")
+            if overwrite:
+                cls._remove_run(path)
+            elif resume:
+                if old_hash != new_hash:
+                    diff = ", ".join(k for k in HASHED_KEYS if old.get(k) != manifest.get(k)) or "unknown"
+                    raise StoreError(
+                        f"{path} holds a run of another model or configuration (it differs in: {diff}), "
+                        "so it cannot be resumed with these settings. Use the original settings with "
+                        "--resume, pass --overwrite to replace it, or choose another --out folder."
+                    )
+                store = cls(path, writable=True)
+                store._update_manifest({"updated": now_iso()})
+                return store
+            else:
+                what = "this same configuration" if old_hash == new_hash else "another model or configuration"
+                model = (old.get("model") or {}).get("id")
+                raise StoreError(
+                    f"{path} already holds a run of {what}"
+                    + (f" (model {model!r})" if model else "")
+                    + ". Pass --resume (resume=True) to continue it, --overwrite (overwrite=True) to replace it, "
+                    "or choose another --out folder."
+                )
+        elif path.is_dir() and any(path.iterdir()):
+            raise StoreError(
+                f"{path} is not empty and is not a latentlens run; choose an empty or new folder for --out "
+                "(latentlens never deletes folders it did not create)."
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        stamp = now_iso()
+        manifest.setdefault("format", FORMAT)
+        manifest.setdefault("versions", software_versions())
+        manifest["config_hash"] = new_hash
+        manifest.setdefault("created", stamp)
+        manifest["updated"] = stamp
+        store_info = dict(manifest.get("store") or {})
+        store_info["samples_per_chunk"] = int(samples_per_chunk or store_info.get("samples_per_chunk") or 1)
+        store_info.setdefault("layout", "sample-major: [sample, step, ...], chunks (samples_per_chunk, 1, ...)")
+        manifest["store"] = store_info
+        manifest.setdefault("recorded", {})
+        try:
+            _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+        except OSError as error:
+            raise cls._disk_error(path, error, 0) if _is_disk_full(error) else error
+        return cls(path, writable=True)
+
+    @staticmethod
+    def _remove_run(path: Path) -> None:
+        known = {MANIFEST, JOURNAL, ARRAYS, IMAGES, LOCK, "zarr.json"}
+        for child in path.iterdir():
+            if child.name not in known and not child.name.startswith("."):
+                raise StoreError(
+                    f"--overwrite refused: {path} holds {child.name!r}, which latentlens did not write. "
+                    "Move it away or choose another --out folder."
+                )
+        lock = path / LOCK
+        if lock.exists():
+            RunStore._check_stale_lock(lock)
+        for child in path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    # ------------------------------------------------------------------ locking
+
+    @staticmethod
+    def _check_stale_lock(lock: Path) -> None:
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = -1
+        mine = pid == os.getpid() and str(lock.parent.resolve()) in _HELD_LOCKS
+        if mine or (pid > 0 and pid != os.getpid() and _pid_alive(pid)):
+            raise StoreError(
+                f"{lock.parent} is being written by process {pid}; wait for it to finish "
+                f"(or, if that process is gone, delete {lock})."
+            )
+
+    def _acquire_lock(self) -> None:
+        lock = self.path / LOCK
+        if lock.exists():
+            self._check_stale_lock(lock)
+            lock.unlink(missing_ok=True)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError as error:
+            raise StoreError(f"{self.path} is being written by another process; wait for it to finish.") from error
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        self._lock_held = True
+        _HELD_LOCKS.add(str(self.path.resolve()))
+
+    def close(self) -> None:
+        """Release the writer lock (reading stays possible)."""
+        if self._lock_held:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK).unlink()
+            _HELD_LOCKS.discard(str(self.path.resolve()))
+            self._lock_held = False
+        self.writable = False
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; close() is the documented way
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # ------------------------------------------------------------------ journal
+
+    def _repair_journal(self) -> None:
+        """Drop a torn last line (a crash inside a journal write) so appends start on a fresh line."""
+        journal = self.path / JOURNAL
+        if not journal.exists():
+            return
+        data = journal.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data[: data.rfind(b"\n") + 1]
+            with open(journal, "r+b") as handle:
+                handle.truncate(len(keep))
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def _load_journal(self) -> None:
+        journal = self.path / JOURNAL
+        self._samples = {}
+        if not journal.exists():
+            return
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                self._samples[int(entry["sample"])] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn line from a crash: that sample is simply not complete
+
+    def refresh(self) -> None:
+        """Re-read the manifest and the journal (for a reader following a run being written)."""
+        self._manifest = json.loads((self.path / MANIFEST).read_text())
+        self._arrays.clear()
+        self._group = None
+        self._load_journal()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """A copy of the manifest (model, prompts, seeds, settings, timesteps, versions, hash)."""
+        return json.loads(json.dumps(self._manifest))
+
+    @property
+    def completed(self) -> frozenset[int]:
+        """Ids of the samples whose data is complete on disk."""
+        return frozenset(self._samples)
+
+    @property
+    def samples(self) -> dict[int, dict[str, Any]]:
+        """Per finished sample: its journal entry (prompt, seed, labels, image path, time)."""
+        return {i: dict(self._samples[i]) for i in sorted(self._samples)}
+
+    @property
+    def num_samples(self) -> int:
+        """Planned sample count (the manifest's prompt count), or the array length if larger."""
+        planned = len(self._manifest.get("prompts") or [])
+        lengths = [arr.shape[0] for arr in (self._open_array(n) for n in self.names)]
+        return max([planned, *lengths])
+
+    @property
+    def names(self) -> list[str]:
+        """Recorded names, sorted."""
+        recorded = self._manifest.get("recorded") or {}
+        if recorded:
+            return sorted(recorded)
+        group = self._open_group(create=False)
+        return sorted(group.array_keys()) if group is not None else []
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __getitem__(self, name: str) -> StoredArray:
+        return self.read(name)
+
+    def read(self, name: str) -> StoredArray:
+        """A lazy view of array ``name``: ``run.read(name)[:, step]`` reads one step across samples."""
+        names = self.names
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else f" It records {len(names)} names."
+            from latentlens.errors import UnknownNameError
+
+            raise UnknownNameError(f"{name!r} was not recorded in {self.path}.{hint}")
+        return StoredArray(name, self._open_array(name))
+
+    def dims(self, name: str) -> tuple[str, ...]:
+        """Dim names of array ``name``, e.g. ``('sample', 'step', 'token', 'channel')``."""
+        return self.read(name).dims
+
+    def image_path(self, sample_id: int) -> Path:
+        """Where the generated image of ``sample_id`` is (or will be) saved."""
+        return self.path / IMAGES / f"{sample_id:04d}.png"
+
+    def _open_group(self, create: bool) -> Any:
+        import zarr
+
+        if self._group is not None:
+            return self._group
+        location = self.path / ARRAYS
+        if not location.exists():
+            if not create:
+                return None
+            self._group = zarr.open_group(str(location), mode="a", zarr_format=3)
+        else:
+            self._group = zarr.open_group(str(location), mode="a" if self.writable else "r", zarr_format=3)
+        return self._group
+
+    def _open_array(self, name: str) -> Any:
+        if name not in self._arrays:
+            group = self._open_group(create=False)
+            if group is None:
+                raise StoreError(f"{self.path} has no arrays yet; no sample has been written.")
+            self._arrays[name] = group[name]
+        return self._arrays[name]
+
+    # ------------------------------------------------------------------ writing
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise StoreError(
+                f"{self.path} was opened read-only; open it with RunStore.open(path, mode='a') to write."
+            )
+
+    @staticmethod
+    def _disk_error(path: Path, error: BaseException, done: int) -> StoreError:
+        return StoreError(
+            f"The disk holding {path} is full ({error}). The {done} samples finished so far are intact and "
+            "readable; free some space and rerun with --resume (resume=True) to record the rest."
+        )
+
+    def _update_manifest(self, fields: Mapping[str, Any]) -> None:
+        self._manifest.update(fields)
+        try:
+            _write_atomic(self.path / MANIFEST, json.dumps(self._manifest, indent=2, default=str).encode())
+        except OSError as error:
+            if _is_disk_full(error):
+                raise self._disk_error(self.path, error, len(self._samples)) from error
+            raise
+
+    def update_manifest(self, **fields: Any) -> None:
+        """Set top-level manifest fields (atomically); the config-defining sections cannot change."""
+        self._require_writable()
+        frozen = sorted(set(fields) & set(HASHED_KEYS + ("config_hash",)))
+        if frozen:
+            raise StoreError(
+                f"Manifest field {frozen[0]!r} defines the run's configuration and cannot change after "
+                "creation; record into a new folder instead."
+            )
+        self._update_manifest({**fields, "updated": now_iso()})
+
+    def _ensure_array(
+        self, name: str, sample_shape: tuple[int, ...], dtype: np.dtype, dims: Sequence[str], need: int
+    ) -> Any:
+        recorded = self._manifest.setdefault("recorded", {})
+        group = self._open_group(create=True)
+        if name in self._arrays or (name in recorded and name in group):
+            array = self._open_array(name)
+            if tuple(array.shape[1:]) != tuple(sample_shape):
+                raise StoreError(
+                    f"{name!r} has per-sample shape {tuple(sample_shape)} in this batch but "
+                    f"{tuple(array.shape[1:])} in {self.path}; a run must record the same steps, tokens "
+                    "and reduction for every sample (record into a new folder to change them)."
+                )
+            if array.shape[0] < need:
+                array.resize((need, *array.shape[1:]))
+            return array
+        per_sample_step = int(np.prod(sample_shape[1:], dtype=np.int64)) * dtype.itemsize if sample_shape else dtype.itemsize
+        spc = int((self._manifest.get("store") or {}).get("samples_per_chunk") or 1)
+        spc = max(1, min(spc, MAX_CHUNK_BYTES // max(per_sample_step, 1)))
+        length = max(need, len(self._manifest.get("prompts") or []))
+        chunks = (spc, 1, *sample_shape[1:]) if len(sample_shape) >= 1 else (spc,)
+        fill = np.nan if dtype.kind == "f" else 0
+        array = group.create_array(
+            name=name,
+            shape=(length, *sample_shape),
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill,
+            compressors=None,
+            dimension_names=tuple(dims),
+            attributes={"latentlens_name": name},
+            overwrite=True,
+        )
+        self._arrays[name] = array
+        recorded[name] = {"dims": list(dims), "sample_shape": list(sample_shape), "dtype": dtype.name}
+        self._update_manifest({"recorded": recorded, "updated": now_iso()})
+        return array
+
+    def write_samples(
+        self,
+        sample_ids: Sequence[int],
+        arrays: Mapping[str, Any],
+        dims: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """Write data of samples ``sample_ids``: ``arrays[name]`` is ``[batch, step, ...]`` (batch = len(ids)).
+
+        Does not mark the samples complete; call :meth:`mark_complete` once
+        everything of theirs (images too) is written.
+        """
+        self._require_writable()
+        ids = [int(i) for i in sample_ids]
+        if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+            raise StoreError(f"Sample ids must be distinct and non-negative, got {ids}.")
+        need = max(ids) + 1 if ids else 0
+        done = len(self._samples)
+        try:
+            for name, value in arrays.items():
+                data = _to_numpy(value)  # [batch, step, ...]
+                if data.shape[0] != len(ids):
+                    raise StoreError(
+                        f"{name!r} holds {data.shape[0]} samples but {len(ids)} sample ids were given."
+                    )
+                name_dims = list((dims or {}).get(name) or ["sample"] + [f"dim_{k}" for k in range(1, data.ndim)])
+                if len(name_dims) != data.ndim:
+                    raise StoreError(f"{name!r} has {data.ndim} dims but dim names {name_dims} were given.")
+                array = self._ensure_array(name, tuple(data.shape[1:]), data.dtype, name_dims, need)
+                if data.dtype != array.dtype:
+                    data = data.astype(array.dtype)
+                for pos, first, length in _runs(ids):
+                    array[first : first + length] = data[pos : pos + length]
+        except OSError as error:
+            if _is_disk_full(error):
+                raise self._disk_error(self.path, error, done) from error
+            raise
+
+    def mark_complete(self, sample_ids: Sequence[int], metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Journal ``sample_ids`` as finished (flushed and fsync'ed); call after all their data is written."""
+        self._require_writable()
+        ids = [int(i) for i in sample_ids]
+        metadata = list(metadata) if metadata is not None else [{} for _ in ids]
+        if len(metadata) != len(ids):
+            raise StoreError(f"{len(metadata)} metadata entries were given for {len(ids)} samples.")
+        stamp = now_iso()
+        lines = []
+        entries = []
+        for i, meta in zip(ids, metadata):
+            entry = {"sample": i, **{k: v for k, v in dict(meta).items() if k != "sample"}, "time": stamp}
+            entries.append(entry)
+            lines.append(json.dumps(entry, default=str))
+        try:
+            with open(self.path / JOURNAL, "a") as handle:
+                handle.write("\n".join(lines) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            self._repair_journal()
+            if _is_disk_full(error):
+                raise self._disk_error(self.path, error, len(self._samples)) from error
+            raise
+        for entry in entries:
+            self._samples[entry["sample"]] = entry
+
+    def next_sample_ids(self, count: int) -> list[int]:
+        """``count`` fresh ids after every id written or finished so far (for recordings without ids)."""
+        used = set(self._samples)
+        start = max(used) + 1 if used else 0
+        return list(range(start, start + count))
+
+    def add_recording(
+        self,
+        rec: Any,
+        sample_ids: Sequence[int] | None = None,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        complete: bool = True,
+    ) -> list[int]:
+        """Write everything a :func:`latentlens.record` recording holds, as samples ``sample_ids``.
+
+        ``rec[name]`` is ``[step, batch, ...]``; it is stored as ``[sample, step, ...]``.
+        Without ``sample_ids`` the batch gets the next free ids. With ``complete``
+        (default) the samples are journaled as finished; returns their ids.
+        """
+        self._require_writable()
+        names = list(rec.names)
+        if not names:
+            raise StoreError("The recording holds no arrays; check the sites you asked for.")
+        batch = None
+        arrays: dict[str, np.ndarray] = {}
+        dims: dict[str, list[str]] = {}
+        for name in names:
+            data = _to_numpy(rec[name])  # [step, batch, ...]
+            if data.ndim < 2:
+                raise StoreError(f"Recorded {name!r} has shape {data.shape}; expected [step, batch, ...].")
+            rec_dims = list(rec.dims(name)) if hasattr(rec, "dims") else ["step", "batch"] + [f"dim_{k}" for k in range(2, data.ndim)]
+            if batch is None:
+                batch = data.shape[1]
+            elif data.shape[1] != batch:
+                raise StoreError(f"Recorded {name!r} has batch {data.shape[1]}, others have {batch}.")
+            arrays[name] = data.swapaxes(0, 1)  # [batch, step, ...] (a view; zarr copies per chunk)
+            dims[name] = ["sample", rec_dims[0] if rec_dims[0] != "batch" else "step", *rec_dims[2:]]
+        assert batch is not None
+        ids = list(sample_ids) if sample_ids is not None else self.next_sample_ids(batch)
+        if len(ids) != batch:
+            raise StoreError(f"The recording holds {batch} samples but {len(ids)} sample ids were given.")
+        self.write_samples(ids, arrays, dims)
+        timesteps = getattr(rec, "timesteps", None)
+        if timesteps is not None and self._manifest.get("timesteps") is None:
+            self._update_manifest({"timesteps": [float(t) for t in _to_numpy(timesteps).reshape(-1)]})
+        if complete:
+            self.mark_complete(ids, metadata)
+        return ids
+
+    def save_image(self, sample_id: int, image: Any) -> Path:
+        """Save a PIL image (or an HxWxC array in [0, 1] or uint8) as ``images/{id:04d}.png``, atomically."""
+        self._require_writable()
+        import io
+
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            array = _to_numpy(image)
+            if array.dtype != np.uint8:
+                array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+            image = Image.fromarray(array.squeeze())
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        target = self.image_path(sample_id)
+        target.parent.mkdir(exist_ok=True)
+        try:
+            _write_atomic(target, buffer.getvalue())
+        except OSError as error:
+            if _is_disk_full(error):
+                raise self._disk_error(self.path, error, len(self._samples)) from error
+            raise
+        return target
+
+    def __repr__(self) -> str:
+        return (
+            f"RunStore({str(self.path)!r}, {len(self._samples)}/{len(self._manifest.get('prompts') or [])} "
+            f"samples, {len(self.names)} arrays)"
+        )
+
+
+def open_run(path: str | os.PathLike[str]) -> RunStore:
+    """Open a recorded run for reading (lock-free). Example: ``open_run("runs/x")["pred"][:, 0]``."""
+    return RunStore.open(path, mode="r")
+
+
+__all__ = ["RunStore", "StoredArray", "open_run", "config_hash", "FORMAT", "HASHED_KEYS"]

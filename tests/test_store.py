@@ -1,0 +1,256 @@
+"""The run store: lazy round trip, chunk layout, manifest, refusal of foreign runs, crash and disk-full safety."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from latentlens.errors import StoreError, UnknownNameError
+from latentlens.store import JOURNAL, LOCK, MANIFEST, RunStore, config_hash, open_run
+
+DIMS = ("sample", "step", "token", "channel")
+
+
+def _manifest(n: int = 6, model: str = "tiny-a") -> dict:
+    return {
+        "model": {"id": model, "pipeline_class": "FakePipeline"},
+        "prompts": [f"prompt {i}" for i in range(n)],
+        "seeds": list(range(n)),
+        "generation": {"num_inference_steps": 4, "guidance_scale": 3.0},
+        "recording": {"sites": "blocks.*.resid_out.*"},
+    }
+
+
+class FakeRecording:
+    """What latentlens.record yields: rec[name] is [step, batch, ...]."""
+
+    def __init__(self, data: dict[str, torch.Tensor], timesteps=(1000.0, 750.0, 500.0)) -> None:
+        self._data = data
+        self.timesteps = torch.tensor(timesteps)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._data)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._data[name]
+
+    def dims(self, name: str) -> tuple[str, ...]:
+        return ("step", "batch", "token", "channel")[: self._data[name].ndim]
+
+
+def test_round_trip_lazy_slices_equal_what_was_written(tmp_path):
+    rng = np.random.default_rng(0)
+    store = RunStore.create(tmp_path / "run", _manifest(6), samples_per_chunk=2)
+    written = {}
+    for ids in ([4, 5], [0, 1], [2]):  # out of order, one partial chunk
+        data = rng.standard_normal((len(ids), 3, 5, 4)).astype(np.float32)  # [batch, step, token, channel]
+        store.write_samples(ids, {"blocks.0.resid_out.img": data}, dims={"blocks.0.resid_out.img": DIMS})
+        store.mark_complete(ids)
+        for pos, i in enumerate(ids):
+            written[i] = data[pos]
+    store.close()
+
+    run = open_run(tmp_path / "run")
+    arr = run["blocks.0.resid_out.img"]
+    assert arr.dims == DIMS
+    assert arr.shape == (6, 3, 5, 4)
+    assert arr.chunks == (2, 1, 5, 4)
+    assert run.completed == {0, 1, 2, 4, 5}
+    step1 = arr[:, 1]  # one (site, step) across all samples
+    for i, sample in written.items():
+        np.testing.assert_array_equal(step1[i], sample[1])
+        np.testing.assert_array_equal(arr[i], sample)
+    assert np.isnan(step1[3]).all(), "a sample never written reads as NaN, not as stale data"
+    np.testing.assert_array_equal(arr.isel(step=2, sample=[0, 5]), np.stack([written[0][2], written[5][2]]))
+    np.testing.assert_array_equal(np.asarray(arr)[4], written[4])
+
+
+def test_add_recording_transposes_step_batch_to_sample_step(tmp_path):
+    store = RunStore.create(tmp_path / "run", _manifest(4))
+    x = torch.randn(3, 2, 5, 8)  # [step, batch, token, channel]
+    pooled = torch.randn(3, 2, 8, dtype=torch.bfloat16)  # [step, batch, channel]
+    ids = store.add_recording(FakeRecording({"a": x, "pooled": pooled}), sample_ids=[2, 3], metadata=[{"prompt": "p2"}, {"prompt": "p3"}])
+    assert ids == [2, 3]
+    auto = store.add_recording(FakeRecording({"a": x, "pooled": pooled}))
+    assert auto == [4, 5], "without ids a recording gets the next free ids and the arrays grow"
+    store.close()
+    run = open_run(tmp_path / "run")
+    np.testing.assert_array_equal(run["a"][2:4], x.transpose(0, 1).numpy())
+    np.testing.assert_array_equal(run["a"][4:6], x.transpose(0, 1).numpy())
+    assert run["pooled"].dtype == np.float32  # bfloat16 is stored as float32
+    np.testing.assert_array_equal(run["pooled"][3], pooled[:, 1].float().numpy())
+    assert run["a"].dims == DIMS
+    assert run.manifest["timesteps"] == [1000.0, 750.0, 500.0]
+    assert run.samples[3]["prompt"] == "p3"
+    assert run.num_samples == 6
+
+
+def test_reading_one_site_step_touches_only_its_chunks(tmp_path, monkeypatch):
+    import zarr.storage
+
+    n, spc, steps = 10, 4, 5
+    store = RunStore.create(tmp_path / "run", _manifest(n), samples_per_chunk=spc)
+    data = np.arange(n * steps * 3 * 2, dtype=np.float32).reshape(n, steps, 3, 2)
+    store.write_samples(range(n), {"x": data}, dims={"x": DIMS})
+    store.mark_complete(range(n))
+    store.close()
+    run = open_run(tmp_path / "run")
+    arr = run["x"]  # opened before counting (metadata reads are not chunk reads)
+
+    keys: list[str] = []
+    original = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        keys.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    np.testing.assert_array_equal(arr[:, 3], data[:, 3])
+    chunk_keys = sorted(k for k in keys if "/c/" in k)
+    assert len(chunk_keys) == math.ceil(n / spc)
+    assert all(k.split("/c/")[1].split("/")[1] == "3" for k in chunk_keys), chunk_keys
+
+
+def test_manifest_fields(tmp_path):
+    store = RunStore.create(tmp_path / "run", _manifest(3), samples_per_chunk=3)
+    store.write_samples([0], {"x": np.zeros((1, 2, 4), np.float16)}, dims={"x": ("sample", "step", "channel")})
+    store.close()
+    manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
+    assert manifest["format"] == "latentlens-run/1"
+    assert manifest["model"]["id"] == "tiny-a"
+    assert manifest["prompts"] == ["prompt 0", "prompt 1", "prompt 2"]
+    assert manifest["seeds"] == [0, 1, 2]
+    assert manifest["config_hash"] == config_hash(_manifest(3))
+    assert {"latentlens", "torch", "diffusers", "zarr"} <= set(manifest["versions"])
+    assert manifest["created"] and manifest["updated"]
+    assert manifest["store"]["samples_per_chunk"] == 3
+    assert manifest["recorded"]["x"] == {"dims": ["sample", "step", "channel"], "sample_shape": [2, 4], "dtype": "float16"}
+    assert open_run(tmp_path / "run")["x"].dtype == np.float16
+
+
+def test_config_hash_ignores_bookkeeping_but_not_settings():
+    a = _manifest(3)
+    assert config_hash(a) == config_hash({**a, "created": "x", "versions": {"torch": "9"}})
+    assert config_hash(a) != config_hash(_manifest(3, model="tiny-b"))
+    assert config_hash(a) != config_hash({**a, "generation": {"num_inference_steps": 5, "guidance_scale": 3.0}})
+
+
+def test_foreign_run_is_refused_unless_resume_or_overwrite(tmp_path):
+    path = tmp_path / "run"
+    store = RunStore.create(path, _manifest(4, model="tiny-a"))
+    store.write_samples([0], {"x": np.ones((1, 2, 3), np.float32)})
+    store.mark_complete([0])
+    store.close()
+
+    with pytest.raises(StoreError, match="another model or configuration.*--resume.*--overwrite"):
+        RunStore.create(path, _manifest(4, model="tiny-b"))
+    with pytest.raises(StoreError, match="differs in: model"):
+        RunStore.create(path, _manifest(4, model="tiny-b"), resume=True)
+    with pytest.raises(StoreError, match="already holds a run of this same configuration"):
+        RunStore.create(path, _manifest(4, model="tiny-a"))
+
+    resumed = RunStore.create(path, _manifest(4, model="tiny-a"), resume=True)
+    assert resumed.completed == {0}
+    resumed.close()
+
+    fresh = RunStore.create(path, _manifest(4, model="tiny-b"), overwrite=True)
+    assert fresh.completed == frozenset() and fresh.names == []
+    assert fresh.manifest["model"]["id"] == "tiny-b"
+    fresh.close()
+
+
+def test_non_run_folders_are_never_deleted(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(StoreError, match="not empty and is not a latentlens run"):
+        RunStore.create(tmp_path / "mine", _manifest(2), overwrite=True)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(StoreError, match="is not a latentlens run"):
+        open_run(tmp_path / "mine")
+
+
+def test_torn_journal_line_is_ignored_and_repaired(tmp_path):
+    path = tmp_path / "run"
+    store = RunStore.create(path, _manifest(4))
+    store.write_samples([0, 1], {"x": np.ones((2, 1, 2), np.float32)})
+    store.mark_complete([0, 1])
+    store.close()
+    with open(path / JOURNAL, "a") as handle:  # a crash in the middle of journaling sample 2
+        handle.write('{"sample": 2, "pro')
+    assert open_run(path).completed == {0, 1}
+    store = RunStore.open(path, mode="a")
+    store.write_samples([2], {"x": np.full((1, 1, 2), 2.0, np.float32)})
+    store.mark_complete([2])
+    store.close()
+    lines = (path / JOURNAL).read_text().splitlines()
+    assert [json.loads(line)["sample"] for line in lines] == [0, 1, 2]
+    assert open_run(path).completed == {0, 1, 2}
+
+
+def test_disk_full_gives_clean_error_and_keeps_finished_samples(tmp_path, monkeypatch):
+    import zarr.storage
+
+    path = tmp_path / "run"
+    store = RunStore.create(path, _manifest(4), samples_per_chunk=2)
+    good = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3)
+    store.write_samples([0, 1], {"x": good})
+    store.mark_complete([0, 1])
+
+    async def disk_full(self, key, value, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", key)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", disk_full)
+    with pytest.raises(StoreError, match="disk holding .* is full.*2 samples finished.*--resume"):
+        store.write_samples([2, 3], {"x": good + 100})
+    monkeypatch.undo()
+    store.close()
+
+    run = open_run(path)
+    assert run.completed == {0, 1}
+    np.testing.assert_array_equal(run["x"][0:2], good)
+    # the failed batch can be written after space is freed
+    store = RunStore.open(path, mode="a")
+    store.write_samples([2, 3], {"x": good + 100})
+    store.mark_complete([2, 3])
+    store.close()
+    np.testing.assert_array_equal(open_run(path)["x"][2:4], good + 100)
+
+
+def test_one_writer_at_a_time_and_stale_locks_are_taken_over(tmp_path):
+    path = tmp_path / "run"
+    store = RunStore.create(path, _manifest(2))
+    with pytest.raises(StoreError, match="being written by process"):
+        RunStore.open(path, mode="a")
+    open_run(path)  # reading needs no lock
+    store.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (path / LOCK).write_text(dead.stdout)  # a writer killed with SIGKILL leaves its lock behind
+    RunStore.open(path, mode="a").close()
+    assert not (path / LOCK).exists()
+
+
+def test_bad_use_gives_clear_errors(tmp_path):
+    store = RunStore.create(tmp_path / "run", _manifest(4))
+    store.write_samples([0], {"blocks.1.resid_out.img": np.zeros((1, 2, 3), np.float32)})
+    with pytest.raises(StoreError, match=r"per-sample shape \(2, 4\).*\(2, 3\)"):
+        store.write_samples([1], {"blocks.1.resid_out.img": np.zeros((1, 2, 4), np.float32)})
+    with pytest.raises(StoreError, match="2 samples but 1 sample ids"):
+        store.write_samples([1], {"blocks.1.resid_out.img": np.zeros((2, 2, 3), np.float32)})
+    with pytest.raises(StoreError, match="cannot change"):
+        store.update_manifest(prompts=["x"])
+    store.close()
+    run = open_run(tmp_path / "run")
+    with pytest.raises(UnknownNameError, match="Did you mean 'blocks.1.resid_out.img'"):
+        run["blocks.1.resid_out.im"]
+    with pytest.raises(StoreError, match="read-only"):
+        run.mark_complete([1])
+    assert not os.path.exists(tmp_path / "run" / LOCK)
