@@ -26,7 +26,8 @@ from latentlens.shapes.captions import (
     word_token_indices,
 )
 from latentlens.shapes.dataset import sample_scenes
-from latentlens.shapes.render import Scene, render, shape_coverage
+from latentlens.shapes.oracle import Reading, describe, inspect_image, object_mask, read_attributes, read_batch
+from latentlens.shapes.render import Scene, degrade, render, shape_coverage
 from latentlens.shapes.world import (
     ATTRIBUTES,
     BACKGROUND_RGB,
@@ -65,13 +66,20 @@ __all__ = [
     "WHERE_PHRASES",
     "Attributes",
     "Caption",
+    "Reading",
     "Scene",
     "all_combinations",
     "canonical_caption",
+    "degrade",
+    "describe",
     "held_out_combinations",
+    "inspect_image",
     "is_held_out",
     "make_caption",
+    "object_mask",
     "parse_caption",
+    "read_attributes",
+    "read_batch",
     "render",
     "sample_scenes",
     "shape_coverage",

@@ -68,13 +68,26 @@ def shape_coverage(
     if shape not in SHAPES:
         raise ConfigError(f"Unknown shape {shape!r}; use one of: {', '.join(SHAPES)}.")
     _check_canvas(canvas)
-    n = canvas * supersample
-    # Sub-sample centres in pixel units of the final canvas.
-    coords = (np.arange(n, dtype=np.float64) + 0.5) / supersample  # [n]
-    cx, cy = center[0] * canvas, center[1] * canvas
-    half = extent * canvas / 2.0
-    dx = coords[None, :] - cx  # [1, n]  (x runs along columns)
-    dy = coords[:, None] - cy  # [n, 1]  (y runs along rows, downwards)
+    return coverage_window(
+        shape, (center[0] * canvas, center[1] * canvas), extent * canvas, (0, 0, canvas, canvas), supersample
+    )
+
+
+def coverage_window(
+    shape: str,
+    center_px: tuple[float, float],
+    extent_px: float,
+    window: tuple[int, int, int, int],
+    supersample: int = SUPERSAMPLE,
+) -> np.ndarray:
+    """Like ``shape_coverage`` but in pixel units, for the pixels of ``window`` = (row0, col0, rows, cols)
+    only; float64 [rows, cols]. Lets the oracle fit hypotheses on a crop."""
+    row0, col0, n_rows, n_cols = window
+    ys = (np.arange(n_rows * supersample, dtype=np.float64) + 0.5) / supersample + row0  # [rows * ss]
+    xs = (np.arange(n_cols * supersample, dtype=np.float64) + 0.5) / supersample + col0  # [cols * ss]
+    half = extent_px / 2.0
+    dx = xs[None, :] - center_px[0]  # [1, cols * ss]  (x runs along columns)
+    dy = ys[:, None] - center_px[1]  # [rows * ss, 1]  (y runs along rows, downwards)
     if shape == "circle":
         inside = dx * dx + dy * dy <= half * half
     elif shape == "square":
@@ -82,11 +95,13 @@ def shape_coverage(
     elif shape == "triangle":
         # Apex at the top centre (cy - half), base along cy + half; half-width grows linearly.
         inside = (dy >= -half) & (dy <= half) & (np.abs(dx) <= (dy + half) / 2.0)
-    else:  # cross: two bars of width extent/3
+    elif shape == "cross":  # two bars of width extent/3
         arm = half / 3.0
         inside = ((np.abs(dx) <= half) & (np.abs(dy) <= arm)) | ((np.abs(dx) <= arm) & (np.abs(dy) <= half))
-    inside = np.broadcast_to(inside, (n, n)).astype(np.float64)  # [n, n]
-    return inside.reshape(canvas, supersample, canvas, supersample).mean(axis=(1, 3))  # [canvas, canvas]
+    else:
+        raise ConfigError(f"Unknown shape {shape!r}; use one of: {', '.join(SHAPES)}.")
+    inside = np.broadcast_to(inside, (n_rows * supersample, n_cols * supersample)).astype(np.float64)
+    return inside.reshape(n_rows, supersample, n_cols, supersample).mean(axis=(1, 3))  # [rows, cols]
 
 
 def render(attributes: Attributes, canvas: int = 32, rng: np.random.Generator | None = None) -> Scene:
@@ -110,3 +125,19 @@ def render(attributes: Attributes, canvas: int = 32, rng: np.random.Generator | 
     image = background + coverage[..., None] * (color - background)  # [H, W, 3]
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return Scene(attributes=attributes, image=image, mask=coverage >= 0.5, center=(cx, cy))
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, noise: float = 8.0, blur: float = 0.7) -> np.ndarray:
+    """Blur (Gaussian, ``blur`` px) then add Gaussian noise (``noise`` in 0-255 units); uint8 out.
+
+    Used to check the oracle on images that look like a generator's output, e.g.
+    ``degrade(scene.image, np.random.default_rng(0), noise=16, blur=1.0)``.
+    """
+    from scipy import ndimage
+
+    out = np.asarray(image, dtype=np.float64)  # [H, W, 3]
+    if blur > 0:
+        out = ndimage.gaussian_filter(out, sigma=(blur, blur, 0))
+    if noise > 0:
+        out = out + rng.normal(0.0, noise, size=out.shape)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
