@@ -4,15 +4,20 @@ How it reads an image (robust to blur, noise and slightly-off palettes):
 
 1. background = median of the border pixels, named by the nearest palette background;
 2. object = largest connected blob of pixels far from that background (threshold at half the
-   strongest contrast in the image), its colour = median of its most contrasted pixels, named by
-   the nearest palette colour;
-3. coverage map s = projection of each pixel on the background -> object colour line
-   (0 = background, 1 = object), so anti-aliased and blurred edges count fractionally;
-4. shape = the best of four hypotheses: each shape is re-rendered with the extent implied by the
-   blob's area (area = fill ratio x extent^2) at the blob's centroid, and compared with s after
-   the same Gaussian blur; size and position come from the winning hypothesis' extent and
-   bounding-box centre (size threshold 0.34, halfway between 0.24 and 0.44; nearest of the five
-   position centres).
+   strongest contrast in the image); its colour = the palette colour whose segment
+   background -> colour the blob's pixels lie closest to (blurred edges are mixtures on that
+   segment, so they support the right colour instead of diluting it);
+3. coverage map = projection of each pixel on that segment (0 = background, 1 = object), so
+   anti-aliased and blurred edges count fractionally; the object mask is coverage >= 0.5
+   (largest component, holes filled);
+4. shape = the best of four least-squares hypotheses: each shape is re-rendered at the blob's
+   centroid with the extent implied by the blob's area (area = gain x fill ratio x extent^2),
+   under a few blurs and a fitted gain (for a generator's softer, off-palette output); size and
+   position come from the winning hypothesis' extent and bounding-box centre (size threshold
+   0.34, halfway between 0.24 and 0.44; nearest of the five position centres).
+
+Measured on the 720 combinations with jitter (2-core CPU): 100% per attribute on clean renders
+and with noise 8/255 + blur 0.7 px, at canvas 32 and 64; tests/test_shapes_oracle.py checks it.
 
 Example::
 
@@ -48,7 +53,7 @@ MIN_SIDE: int = 8
 _MIN_CONTRAST: float = 20.0  # in 0-255 units; below this nothing is called an object
 _BLURS: tuple[float, ...] = (0.0, 0.6, 1.0, 1.5)  # px; each hypothesis is tried under each blur
 _TEMPLATE_SUPERSAMPLE: int = 4
-_MASK_THRESHOLD: float = 0.49
+_MASK_THRESHOLD: float = 0.49  # 0.5 less a hair, so 8-bit rounding keeps half-covered pixels
 
 _BG_NAMES = tuple(BACKGROUND_RGB)
 _BG_TABLE = np.array([BACKGROUND_RGB[n] for n in _BG_NAMES], dtype=np.float64)  # [3, 3]
@@ -167,7 +172,6 @@ def inspect_image(image: np.ndarray) -> Reading:
     direction = np.asarray(COLOR_RGB[color], dtype=np.float64) - bg  # [3]
     coverage = (diff @ direction) / max(float(direction @ direction), 1.0)  # [H, W], 0 = bg, 1 = object
 
-    # coverage >= 0.5 as in the renderer, less a hair for 8-bit rounding of half-covered pixels
     mask = _largest_component(coverage >= _MASK_THRESHOLD)
     if not mask.any():
         mask = blob

@@ -181,6 +181,11 @@ def training_combinations() -> list[Attributes]:
     return [c for i, c in enumerate(_all()) if i not in held]
 
 
+@functools.lru_cache(maxsize=1)
+def _held_out_set() -> frozenset[Attributes]:
+    return frozenset(held_out_combinations())
+
+
 def is_held_out(attributes: Attributes) -> bool:
     """Whether ``attributes`` is one of the held-out combinations."""
-    return attributes in set(held_out_combinations())
+    return attributes in _held_out_set()
