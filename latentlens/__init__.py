@@ -22,6 +22,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it. Add one line per public name.
 _EXPORTS: dict[str, str] = {
     "LatentlensError": "latentlens.errors",
+    "record": "latentlens.recorder",
+    "Recording": "latentlens.recorder",
+    "site_names": "latentlens.recorder",
+    "steer": "latentlens.interventions",
+    "patch": "latentlens.interventions",
     "Direction": "latentlens.direction",
     "load_probe_spec": "latentlens.analysis.spec",
     "ProbeSpec": "latentlens.analysis.spec",
@@ -31,7 +36,13 @@ _EXPORTS: dict[str, str] = {
 }
 
 
+# subpackages reachable as attributes, e.g. ``latentlens.shapes.render(...)``
+_SUBPACKAGES = ("shapes", "toy", "analysis", "adapters", "testing")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"latentlens.{name}")
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'latentlens' has no attribute {name!r}")
