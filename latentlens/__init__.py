@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it. Add one line per public name.
 _EXPORTS: dict[str, str] = {
     "LatentlensError": "latentlens.errors",
+    "load_pipeline": "latentlens.models",
+    "ToyPipeline": "latentlens.toy.pipeline",
     "record": "latentlens.recorder",
     "Recording": "latentlens.recorder",
     "site_names": "latentlens.recorder",

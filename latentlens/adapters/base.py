@@ -1,0 +1,221 @@
+"""What every architecture adapter provides, and small helpers to describe sites.
+
+An adapter turns one transformer class into a list of named *sites* (a tensor
+read — and optionally written — by a torch hook on one module) and named
+*attention specs* (where a block's queries and keys come from). The recorder
+and the interventions only ever talk to these descriptions, so a new
+architecture is one new file in ``latentlens/adapters/`` that subclasses
+:class:`Adapter` and is listed in ``latentlens/adapters/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+Getter = Callable[["CallState", tuple, dict, Any], torch.Tensor]
+Setter = Callable[["CallState", tuple, dict, Any, torch.Tensor], Any]
+
+
+@dataclass
+class CallState:
+    """Facts about the transformer call in flight, set by the step tracker before any block runs."""
+
+    step: int = -1  # index of this call among the calls of the same cache context
+    context: str | None = None  # diffusers cache context ("cond"/"uncond") or None
+    rows: slice | None = None  # batch rows kept for recording (CFG branch selection)
+    cfg_doubled: bool = False  # the batch is [uncond, cond] (classifier-free guidance by concatenation)
+    batch: int = 0
+    text_len: int = 0  # text tokens in the joint sequence
+    grid: tuple[int, int] | None = None  # image tokens as (rows, cols)
+    timestep: float = float("nan")
+    scratch: dict = field(default_factory=dict)  # per-call captures (q/k, rotary embeddings, masks)
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One recordable tensor.
+
+    ``hook`` is ``"pre"`` (read from the module's inputs) or ``"post"`` (from its output);
+    ``get`` returns the full-batch tensor (first dim batch), ``set`` (None = read-only)
+    returns the new inputs ``(args, kwargs)`` for a pre hook or the new output for a post hook.
+    ``dims`` names the per-call axes (starting with ``"batch"``); ``stream`` is "img", "txt" or None.
+    """
+
+    name: str
+    module: nn.Module
+    hook: str
+    get: Getter
+    set: Setter | None
+    dims: tuple[str, ...]
+    stream: str | None = None
+
+
+@dataclass(frozen=True)
+class QKPart:
+    """A slice of the joint query or key sequence: projection module (+ optional fused chunk) and its norm."""
+
+    stream: str  # "img", "txt" or "joint" (Flux single-stream: split into txt|img by text length)
+    proj: nn.Module
+    chunk: int | None = None  # index into proj output chunk(3) for fused qkv projections
+    norm: nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class AttnSpec:
+    """Where one attention module's queries and keys come from, in the order of the joint sequence.
+
+    ``quadrants`` maps a map kind (e.g. "img2txt") to (query stream, key stream).
+    ``rope``: apply the ``image_rotary_emb`` keyword argument of the attention call to the joint q/k.
+    ``mask_kwarg``: name of an additive/boolean mask keyword argument of the attention call.
+    """
+
+    prefix: str  # e.g. "blocks.3.attn"
+    block: int
+    module: nn.Module
+    heads: int
+    head_dim: int
+    q_parts: tuple[QKPart, ...]
+    k_parts: tuple[QKPart, ...]
+    quadrants: dict[str, tuple[str, str]]
+    rope: bool = False
+    mask_kwarg: str | None = None
+    scale: float | None = None
+
+
+def _arg(args: tuple, kwargs: dict, name: str, pos: int) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    if len(args) > pos:
+        return args[pos]
+    return None
+
+
+def arg_site(
+    name: str, module: nn.Module, arg: str, pos: int, dims: tuple[str, ...], stream: str | None = None,
+    settable: bool = True,
+) -> SiteSpec:
+    """A site read from the keyword (or positional) argument ``arg`` of ``module``'s forward."""
+
+    def get(state: CallState, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
+        return _arg(args, kwargs, arg, pos)
+
+    def set_(state: CallState, args: tuple, kwargs: dict, out: Any, value: torch.Tensor) -> Any:
+        if arg in kwargs or len(args) <= pos:
+            kwargs = dict(kwargs)
+            kwargs[arg] = value
+        else:
+            args = args[:pos] + (value,) + args[pos + 1 :]
+        return args, kwargs
+
+    return SiteSpec(name, module, "pre", get, set_ if settable else None, dims, stream)
+
+
+def out_site(
+    name: str, module: nn.Module, index: int | None, dims: tuple[str, ...], stream: str | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> SiteSpec:
+    """A site read from ``module``'s output (element ``index`` of a tuple output, or the whole output).
+
+    With ``transform`` (e.g. a reshape) the site is read-only.
+    """
+
+    def get(state: CallState, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
+        value = out if index is None else out[index]
+        return transform(value) if transform is not None else value
+
+    def set_(state: CallState, args: tuple, kwargs: dict, out: Any, value: torch.Tensor) -> Any:
+        if index is None:
+            return value
+        items = list(out)
+        items[index] = value
+        return type(out)(items) if isinstance(out, tuple) else items
+
+    return SiteSpec(name, module, "post", get, None if transform is not None else set_, dims, stream)
+
+
+def joint_out_site(name: str, module: nn.Module, part: str, dims: tuple[str, ...]) -> SiteSpec:
+    """A site read from a joint ``[text, image]`` output tensor, split at the call's text length."""
+
+    def get(state: CallState, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
+        t = state.text_len
+        return out[:, :t] if part == "txt" else out[:, t:]
+
+    def set_(state: CallState, args: tuple, kwargs: dict, out: Any, value: torch.Tensor) -> Any:
+        t = state.text_len
+        return torch.cat([value, out[:, t:]], dim=1) if part == "txt" else torch.cat([out[:, :t], value], dim=1)
+
+    return SiteSpec(name, module, "post", get, set_, dims, part)
+
+
+TOKENS = ("batch", "token", "channel")
+
+
+class Adapter:
+    """Base class of the per-architecture adapters.
+
+    Subclasses set :attr:`transformer_classes` and implement :meth:`sites`, :meth:`attention`,
+    :meth:`begin_call` and, where the pipeline doubles the batch, :meth:`cfg_doubled`.
+    """
+
+    #: class names of the transformers this adapter handles
+    transformer_classes: tuple[str, ...] = ()
+    #: pipeline attributes holding the tokenizers whose tokens make up ``encoder_hidden_states``,
+    #: with the offset of each segment (resolved by :meth:`text_segments`)
+    name: str = "base"
+
+    def __init__(self, transformer: nn.Module, pipe: Any = None) -> None:
+        self.transformer = transformer
+        self.pipe = pipe
+
+    # -- to implement -------------------------------------------------------------------------
+    def sites(self) -> list[SiteSpec]:
+        """Every recordable tensor site, in the documented stable order."""
+        raise NotImplementedError
+
+    def attention(self) -> list[AttnSpec]:
+        """Every attention module whose maps can be recorded."""
+        return []
+
+    def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
+        """Fill ``state`` (batch, text_len, grid, timestep) from the transformer's forward inputs."""
+        raise NotImplementedError
+
+    def cfg_doubled(self, args: tuple, kwargs: dict) -> bool:
+        """True when this call's batch is ``[uncond, cond]`` (CFG by batch concatenation)."""
+        return False
+
+    def block_modules(self) -> list[nn.Module]:
+        """The blocks in execution order (index = block number in names)."""
+        raise NotImplementedError
+
+    def block_probe(self, index: int) -> nn.Module:
+        """A module that runs exactly when block ``index`` really computes (for gap detection)."""
+        raise NotImplementedError
+
+    def text_segments(self) -> list[tuple[Any, int]]:
+        """``[(tokenizer, offset)]``: which tokenizer produced the text tokens starting at ``offset``."""
+        tok = getattr(self.pipe, "tokenizer", None)
+        return [(tok, 0)] if tok is not None else []
+
+    # -- shared helpers ------------------------------------------------------------------------
+    @staticmethod
+    def batch_halves_equal(x: torch.Tensor | None) -> bool:
+        """Heuristic for pipelines without ``do_classifier_free_guidance``: the latents are duplicated."""
+        if x is None or x.shape[0] % 2:
+            return False
+        half = x.shape[0] // 2
+        return bool(torch.equal(x[:half], x[half:]))
+
+    def pipe_cfg_flag(self) -> bool | None:
+        """The pipeline's own ``do_classifier_free_guidance`` flag, if it has one."""
+        if self.pipe is None:
+            return None
+        try:
+            value = getattr(self.pipe, "do_classifier_free_guidance")
+        except Exception:  # the property reads state that only exists during a call
+            return None
+        return bool(value) if isinstance(value, (bool, int)) else None

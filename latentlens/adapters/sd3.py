@@ -1,0 +1,174 @@
+"""Adapter for ``SD3Transformer2DModel``: SD3, SD3.5 (dual attention, qk-norm) and the toy model.
+
+Joint attention concatenates ``[image, text]``. Names per block ``i`` (all ``[batch, token, channel]``
+unless said otherwise):
+
+- ``blocks.{i}.resid_in.{img|txt}`` — the block's inputs ``hidden_states`` / ``encoder_hidden_states``.
+- ``blocks.{i}.attn_out.{img|txt}`` — the attention module's outputs (after ``to_out`` / ``to_add_out``,
+  before the AdaLN gate ``gate_msa``).
+- ``blocks.{i}.attn2_out.img`` — SD3.5 dual-attention blocks only: the second, image-only
+  self-attention's output (before ``gate_msa2``).
+- ``blocks.{i}.ff_out.{img|txt}`` — the feed-forward outputs (before the gate ``gate_mlp``).
+- ``blocks.{i}.resid_out.{img|txt}`` — the block's outputs.
+- ``blocks.{i}.mod`` — image-stream AdaLN parameters ``[batch, param, channel]`` with params
+  ``(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp)`` and, in dual-attention blocks,
+  ``(…, shift_msa2, scale_msa2, gate_msa2)`` (9 params).
+- ``blocks.{i}.mod.txt`` — text-stream AdaLN parameters, the same 6 params, except in the last block
+  (``context_pre_only``) where they are ``(scale, shift)``.
+- ``blocks.{i}.attn.{img2txt|txt2img|img2img|txt2txt}`` and, in dual blocks, ``blocks.{i}.attn2.img2img``.
+
+The last block has no text output (``context_pre_only``): no ``resid_out.txt``, ``attn_out.txt``,
+``ff_out.txt`` there. Transformer boundary: ``latents`` ``[batch, channel, height, width]``,
+``text.tokens`` ``[batch, token, channel]``, ``text.pooled`` ``[batch, channel]``, ``pred`` like ``latents``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from latentlens.adapters.base import (
+    TOKENS,
+    Adapter,
+    AttnSpec,
+    CallState,
+    QKPart,
+    SiteSpec,
+    arg_site,
+    out_site,
+)
+
+IMAGE = ("batch", "channel", "height", "width")
+MOD = ("batch", "param", "channel")
+
+
+def pred_site(name: str, module: Any, dims: tuple[str, ...]) -> SiteSpec:
+    """The transformer's prediction: ``output.sample`` or ``output[0]``."""
+
+    def get(state: CallState, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
+        return out.sample if hasattr(out, "sample") else out[0]
+
+    def set_(state: CallState, args: tuple, kwargs: dict, out: Any, value: torch.Tensor) -> Any:
+        if hasattr(out, "sample"):
+            out.sample = value
+            return out
+        return (value,) + tuple(out[1:])
+
+    return SiteSpec(name, module, "post", get, set_, dims, "img" if dims == TOKENS else None)
+
+
+def _reshape_mod(k: int):
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], k, -1)  # [batch, k, dim]
+
+    return transform
+
+
+def qk_parts(attn: Any, added: bool) -> tuple[tuple[QKPart, ...], tuple[QKPart, ...]]:
+    """Query/key parts of a diffusers attention module: its own stream, then (if ``added``) the context stream."""
+    fused = bool(getattr(attn, "fused_projections", False))
+    if fused:
+        q = [QKPart("img", attn.to_qkv, 0, attn.norm_q)]
+        k = [QKPart("img", attn.to_qkv, 1, attn.norm_k)]
+        if added:
+            q.append(QKPart("txt", attn.to_added_qkv, 0, attn.norm_added_q))
+            k.append(QKPart("txt", attn.to_added_qkv, 1, attn.norm_added_k))
+    else:
+        q = [QKPart("img", attn.to_q, None, attn.norm_q)]
+        k = [QKPart("img", attn.to_k, None, attn.norm_k)]
+        if added:
+            q.append(QKPart("txt", attn.add_q_proj, None, getattr(attn, "norm_added_q", None)))
+            k.append(QKPart("txt", attn.add_k_proj, None, getattr(attn, "norm_added_k", None)))
+    return tuple(q), tuple(k)
+
+
+ALL_QUADRANTS = {
+    "img2txt": ("img", "txt"),
+    "txt2img": ("txt", "img"),
+    "img2img": ("img", "img"),
+    "txt2txt": ("txt", "txt"),
+}
+
+
+class SD3Adapter(Adapter):
+    """SD3 / SD3.5 / toy (any ``SD3Transformer2DModel``)."""
+
+    name = "sd3"
+    transformer_classes = ("SD3Transformer2DModel",)
+
+    def block_modules(self) -> list[Any]:
+        return list(self.transformer.transformer_blocks)
+
+    def block_probe(self, index: int) -> Any:
+        attn = self.block_modules()[index].attn
+        return attn.to_qkv if getattr(attn, "fused_projections", False) else attn.to_q
+
+    def sites(self) -> list[SiteSpec]:
+        t = self.transformer
+        out: list[SiteSpec] = [
+            arg_site("latents", t, "hidden_states", 0, IMAGE, "img"),
+            arg_site("text.tokens", t, "encoder_hidden_states", 1, TOKENS, "txt"),
+            arg_site("text.pooled", t, "pooled_projections", 2, ("batch", "channel")),
+        ]
+        for i, b in enumerate(self.block_modules()):
+            p = f"blocks.{i}."
+            pre_only = bool(b.context_pre_only)
+            dual = bool(getattr(b, "use_dual_attention", False))
+            out.append(arg_site(p + "resid_in.img", b, "hidden_states", 0, TOKENS, "img"))
+            out.append(arg_site(p + "resid_in.txt", b, "encoder_hidden_states", 1, TOKENS, "txt"))
+            out.append(out_site(p + "attn_out.img", b.attn, 0, TOKENS, "img"))
+            if not pre_only:
+                out.append(out_site(p + "attn_out.txt", b.attn, 1, TOKENS, "txt"))
+            if dual:
+                out.append(out_site(p + "attn2_out.img", b.attn2, None, TOKENS, "img"))
+            out.append(out_site(p + "ff_out.img", b.ff, None, TOKENS, "img"))
+            if not pre_only:
+                out.append(out_site(p + "ff_out.txt", b.ff_context, None, TOKENS, "txt"))
+            out.append(out_site(p + "resid_out.img", b, 1, TOKENS, "img"))
+            if not pre_only:
+                out.append(out_site(p + "resid_out.txt", b, 0, TOKENS, "txt"))
+            out.append(out_site(p + "mod", b.norm1.linear, None, MOD, None, _reshape_mod(9 if dual else 6)))
+            out.append(
+                out_site(p + "mod.txt", b.norm1_context.linear, None, MOD, None, _reshape_mod(2 if pre_only else 6))
+            )
+        out.append(pred_site("pred", t, IMAGE))
+        return out
+
+    def attention(self) -> list[AttnSpec]:
+        specs = []
+        for i, b in enumerate(self.block_modules()):
+            q, k = qk_parts(b.attn, added=True)
+            specs.append(AttnSpec(f"blocks.{i}.attn", i, b.attn, b.attn.heads, b.attn.inner_dim // b.attn.heads,
+                                  q, k, dict(ALL_QUADRANTS)))
+            if getattr(b, "attn2", None) is not None:
+                q2, k2 = qk_parts(b.attn2, added=False)
+                specs.append(AttnSpec(f"blocks.{i}.attn2", i, b.attn2, b.attn2.heads,
+                                      b.attn2.inner_dim // b.attn2.heads, q2, k2, {"img2img": ("img", "img")}))
+        return specs
+
+    def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
+        x = kwargs.get("hidden_states", args[0] if args else None)  # [batch, C, H, W]
+        ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        ts = kwargs.get("timestep", args[3] if len(args) > 3 else None)
+        p = self.transformer.config.patch_size
+        state.batch = x.shape[0]
+        state.grid = (x.shape[-2] // p, x.shape[-1] // p)
+        state.text_len = ctx.shape[1] if ctx is not None else 0
+        state.timestep = float(ts.flatten()[0]) if torch.is_tensor(ts) else float(ts) if ts is not None else float("nan")
+
+    def cfg_doubled(self, args: tuple, kwargs: dict) -> bool:
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        flag = self.pipe_cfg_flag()
+        if flag is None:
+            return self.batch_halves_equal(x)
+        return flag and x.shape[0] % 2 == 0
+
+    def text_segments(self) -> list[tuple[Any, int]]:
+        pipe = self.pipe
+        segments = []
+        if getattr(pipe, "tokenizer", None) is not None:
+            segments.append((pipe.tokenizer, 0))
+        if getattr(pipe, "tokenizer_3", None) is not None:
+            segments.append((pipe.tokenizer_3, int(getattr(pipe, "tokenizer_max_length", 77))))
+        return segments

@@ -1,0 +1,168 @@
+"""Exact, memory-bounded attention maps from captured queries and keys (DESIGN.md §4).
+
+The model's own attention backend still produces its output. latentlens captures the
+projections ``to_q``/``to_k`` (and ``add_q_proj``/``add_k_proj``) with forward hooks, applies
+the module's own ``norm_q``/``norm_k`` (and Flux's rotary embedding), and then, in chunks of
+query rows, computes the row log-sum-exp over *all* keys of the joint sequence and keeps only
+the requested key columns::
+
+    p[b, h, i, j] = exp(q_i · k_j / sqrt(d) + bias_j - lse_i),  lse_i = logsumexp_j'(q_i · k_j' / sqrt(d) + bias_j')
+
+Each chunk holds at most :data:`CHUNK_BYTES` bytes of logits, so the extra memory is bounded
+whatever the sequence length. Maps are averaged over heads unless ``heads="all"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from latentlens.adapters.base import AttnSpec, CallState, QKPart
+
+#: byte budget of one chunk of logits ([batch, heads, chunk, keys] in the compute dtype)
+CHUNK_BYTES = 32 * 2**20
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision inputs (the softmax is taken in float32), else the input dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def softmax_columns(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    columns: dict[str, slice | torch.Tensor],
+    *,
+    scale: float,
+    bias: torch.Tensor | None = None,
+    heads: str = "mean",
+    chunk_bytes: int = CHUNK_BYTES,
+) -> dict[str, torch.Tensor]:
+    """Selected columns of ``softmax(q kᵀ · scale + bias)``, rows normalised over all keys.
+
+    ``q`` ``[batch, heads, nq, d]``, ``k`` ``[batch, heads, nk, d]``, ``bias`` broadcastable to
+    ``[batch, heads, nq, nk]``; ``columns`` maps an output name to a key slice or index tensor.
+    Returns ``[batch, nq, ncols]`` (head mean) or ``[batch, heads, nq, ncols]`` per name.
+    """
+    b, h, nq, _ = q.shape
+    nk = k.shape[2]
+    cdtype = compute_dtype(q.dtype)
+    elem = torch.finfo(cdtype).bits // 8
+    rows = max(1, int(chunk_bytes // max(1, 2 * b * h * nk * elem)))
+    kt = k.to(cdtype).transpose(-1, -2)  # [batch, heads, d, nk]
+    if bias is not None:
+        bias = bias.to(cdtype)
+    pieces: dict[str, list[torch.Tensor]] = {name: [] for name in columns}
+    for start in range(0, nq, rows):
+        stop = min(nq, start + rows)
+        logits = torch.matmul(q[:, :, start:stop].to(cdtype), kt).mul_(scale)  # [batch, heads, c, nk]
+        if bias is not None:
+            logits += bias if bias.shape[-2] == 1 else bias[..., start:stop, :]
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [batch, heads, c, 1]
+        for name, cols in columns.items():
+            sel = logits[..., cols] if isinstance(cols, slice) else logits.index_select(-1, cols)
+            p = (sel - lse).exp_()  # [batch, heads, c, ncols]
+            pieces[name].append(p.mean(dim=1) if heads == "mean" else p)
+    return {name: torch.cat(parts, dim=-2) for name, parts in pieces.items()}
+
+
+def _project(state: CallState, spec_id: int, role: str, index: int, part: QKPart, heads: int, head_dim: int,
+             rows: slice) -> torch.Tensor:
+    """A captured projection as ``[batch, tokens, heads, head_dim]`` with the module's norm applied."""
+    x = state.scratch[(spec_id, role, index)][rows]  # [batch, tokens, inner] (or 3*inner if fused)
+    if part.chunk is not None:
+        x = x.chunk(3, dim=-1)[part.chunk]
+    x = x.unflatten(-1, (heads, head_dim))  # [batch, tokens, heads, head_dim]
+    if part.norm is not None:
+        x = part.norm(x)
+    return x
+
+
+def _streams(
+    spec: AttnSpec, state: CallState, spec_id: int, role: str, parts: tuple[QKPart, ...], kwargs: dict, rows: slice
+) -> list[tuple[str, torch.Tensor]]:
+    """``[(stream, [batch, heads, tokens, d])]`` in joint-sequence order, RoPE applied, joint parts split."""
+    tensors = [_project(state, spec_id, role, i, p, spec.heads, spec.head_dim, rows) for i, p in enumerate(parts)]
+    names = [p.stream for p in parts]
+    if spec.rope and kwargs.get("image_rotary_emb") is not None:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        lengths = [t.shape[1] for t in tensors]
+        joint = torch.cat(tensors, dim=1) if len(tensors) > 1 else tensors[0]
+        joint = apply_rotary_emb(joint, kwargs["image_rotary_emb"], sequence_dim=1)
+        tensors = list(joint.split(lengths, dim=1))
+    out: list[tuple[str, torch.Tensor]] = []
+    for name, t in zip(names, tensors):
+        if name == "joint":
+            out.append(("txt", t[:, : state.text_len]))
+            out.append(("img", t[:, state.text_len :]))
+        else:
+            out.append((name, t))
+    return [(n, t.transpose(1, 2)) for n, t in out]  # [batch, heads, tokens, d]
+
+
+def _bias(mask: Any, rows: slice, dtype: torch.dtype) -> torch.Tensor | None:
+    """An attention mask as an additive bias ``[batch, 1|heads, 1|nq, nk]``."""
+    if mask is None:
+        return None
+    m = mask[rows]
+    if m.dtype == torch.bool:
+        m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+    while m.ndim < 4:
+        m = m.unsqueeze(1)
+    return m
+
+
+def quadrant_maps(
+    spec: AttnSpec,
+    state: CallState,
+    spec_id: int,
+    kwargs: dict,
+    wanted: list[str],
+    rows: slice,
+    heads: str = "mean",
+    text_index: torch.Tensor | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> dict[str, torch.Tensor]:
+    """The requested quadrants (e.g. ``["img2txt"]``) of one attention call, exact.
+
+    Returns ``{kind: [batch, q, k]}`` (``[batch, heads, q, k]`` with ``heads="all"``). With
+    ``text_index`` (token indices), text axes keep only those tokens (key columns of ``*2txt``,
+    query rows of ``txt2*``).
+    """
+    q_needed = {spec.quadrants[w][0] for w in wanted}
+    k_streams = _streams(spec, state, spec_id, "k", spec.k_parts, kwargs, rows)
+    q_streams = dict(
+        _streams(spec, state, spec_id, "q", spec.q_parts, kwargs, rows)
+        if any(p.stream in q_needed or p.stream == "joint" for p in spec.q_parts)
+        else []
+    )
+    offsets: dict[str, tuple[int, int]] = {}
+    start = 0
+    for name, t in k_streams:
+        offsets[name] = (start, start + t.shape[2])
+        start += t.shape[2]
+    k_all = torch.cat([t for _, t in k_streams], dim=2)  # [batch, heads, nk, d]
+    bias = _bias(kwargs.get(spec.mask_kwarg) if spec.mask_kwarg else None, rows, compute_dtype(k_all.dtype))
+    scale = spec.scale if spec.scale is not None else spec.head_dim**-0.5
+    result: dict[str, torch.Tensor] = {}
+    for q_stream in sorted(q_needed):
+        q = q_streams[q_stream]
+        if q_stream == "txt" and text_index is not None:
+            q = q.index_select(2, text_index.to(q.device))
+        cols: dict[str, slice | torch.Tensor] = {}
+        for w in wanted:
+            qs, ks = spec.quadrants[w]
+            if qs != q_stream:
+                continue
+            a, b = offsets[ks]
+            if ks == "txt" and text_index is not None:
+                cols[w] = text_index.to(k_all.device) + a
+            else:
+                cols[w] = slice(a, b)
+        qbias = bias
+        if bias is not None and bias.shape[-2] > 1:
+            raise NotImplementedError("per-query attention masks are not supported for maps")
+        result.update(softmax_columns(q, k_all, cols, scale=scale, bias=qbias, heads=heads, chunk_bytes=chunk_bytes))
+    return result
