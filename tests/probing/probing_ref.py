@@ -42,7 +42,7 @@ def run_pipe(pipe: Any, kind: str, prompt: Any = "a red circle", **extra: Any) -
     elif kind == "flux":
         kw.update(height=16, width=16, max_sequence_length=8)
     elif kind == "pixart":
-        kw.update(use_resolution_binning=False, max_sequence_length=8)
+        kw.update(use_resolution_binning=False, max_sequence_length=8, clean_caption=False)
     kw.update(extra)
     return pipe(prompt, **kw).images
 
