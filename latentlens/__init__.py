@@ -35,11 +35,14 @@ _EXPORTS: dict[str, str] = {
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
     "record_prompts": "latentlens.runs",
+    "edit": "latentlens.editor.editor",
+    "EMSEditor": "latentlens.editor.editor",
+    "EditResult": "latentlens.editor.editor",
 }
 
 
 # subpackages reachable as attributes, e.g. ``latentlens.shapes.render(...)``
-_SUBPACKAGES = ("shapes", "toy", "analysis", "adapters", "testing")
+_SUBPACKAGES = ("shapes", "toy", "analysis", "adapters", "testing", "editor")
 
 
 def __getattr__(name: str) -> Any:

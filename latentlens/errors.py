@@ -25,3 +25,7 @@ class ConfigError(LatentlensError, ValueError):
 
 class StoreError(LatentlensError):
     """A problem with a run folder on disk (wrong model, corrupt, not writable)."""
+
+
+class DescriberError(LatentlensError):
+    """An image describer (local model or chat endpoint) failed or answered something unusable."""

@@ -1,0 +1,229 @@
+"""EMS editor mechanics: manipulation math, projection, mask, ablations and baselines on tiny pipelines."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from latentlens.direction import Direction
+from latentlens.editor import (
+    EditModel,
+    EMSEditor,
+    EMSParams,
+    TextEmbeds,
+    apply_text_direction,
+    changed_tokens,
+    dds_update,
+    encode_pair,
+    flowedit,
+    interpolate,
+    project,
+    prompt_swap,
+    sdedit,
+)
+from latentlens.errors import ConfigError
+
+SRC = "a small red circle on the left on a gray background"
+TGT = "a small blue circle on the left on a gray background"
+
+
+@pytest.fixture(scope="module")
+def toy_pipe():
+    from latentlens.toy.pipeline import ToyPipeline, build_scheduler, build_transformer
+    from latentlens.toy.text_encoder import load_text_encoder
+
+    torch.manual_seed(0)
+    tokenizer, encoder = load_text_encoder()
+    pipe = ToyPipeline(build_transformer(num_layers=2), build_scheduler(), encoder, tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def toy(toy_pipe):
+    return EditModel.wrap(toy_pipe, num_inference_steps=4)
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe():
+    from latentlens.testing import tiny_sd3_pipeline
+
+    return tiny_sd3_pipeline()
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    from latentlens.testing import tiny_flux_pipeline
+
+    return tiny_flux_pipeline()
+
+
+# ------------------------------------------------------------------ manipulate
+
+
+def test_interpolation_end_points_are_exact_and_linear_between(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    assert e_s.tokens.shape == e_t.tokens.shape  # aligned, same length
+    e0 = interpolate(e_s, e_t, 0.0)
+    e1 = interpolate(e_s, e_t, 1.0)
+    assert torch.equal(e0.tokens, e_s.tokens) and torch.equal(e0.pooled, e_s.pooled)
+    assert torch.equal(e1.tokens, e_t.tokens) and torch.equal(e1.pooled, e_t.pooled)
+    e_half = interpolate(e_s, e_t, 0.5)
+    torch.testing.assert_close(e_half.tokens, (e_s.tokens + e_t.tokens) / 2)
+    e2 = interpolate(e_s, e_t, 2.0)  # extrapolation
+    torch.testing.assert_close(e2.pooled, 2 * e_t.pooled - e_s.pooled)
+
+
+def test_interpolation_works_for_every_text_encoder(sd3_pipe, flux_pipe):
+    for pipe, kwargs in ((sd3_pipe, {"max_sequence_length": 8}), (flux_pipe, {"max_sequence_length": 8, "height": 16, "width": 16})):
+        model = EditModel.wrap(pipe, **kwargs)
+        e_s, e_t = encode_pair(model, "a red circle", "a blue circle")
+        assert e_s.pooled is not None and e_s.tokens.shape == e_t.tokens.shape
+        assert not torch.equal(e_s.tokens, e_t.tokens) and not torch.equal(e_s.pooled, e_t.pooled)
+        e1 = interpolate(e_s, e_t, 1.0)
+        assert torch.equal(e1.tokens, e_t.tokens) and torch.equal(e1.pooled, e_t.pooled)
+
+
+def test_text_direction_adds_alpha_d_at_its_tokens(toy):
+    e_s = toy.encode([SRC])
+    d = Direction(torch.ones(384), site="text.tokens", tokens=[3])
+    out = apply_text_direction(e_s, d, 0.5)
+    torch.testing.assert_close(out.tokens[:, 3], e_s.tokens[:, 3] + 0.5)
+    assert torch.equal(out.tokens[:, 2], e_s.tokens[:, 2]) and torch.equal(out.pooled, e_s.pooled)
+    pooled = apply_text_direction(e_s, Direction(torch.ones(384), site="text.pooled"), 2.0)
+    torch.testing.assert_close(pooled.pooled, e_s.pooled + 2.0)
+    with pytest.raises(ConfigError, match="channels"):
+        apply_text_direction(e_s, Direction(torch.ones(5), site="text.tokens"), 1.0)
+
+
+def test_changed_tokens_mark_only_the_edited_word(toy):
+    src, tgt = changed_tokens(toy, SRC, TGT)
+    ids_s = toy.pipe.tokenizer(SRC)["input_ids"]
+    assert src == tgt and len(src) == 1
+    assert toy.pipe.tokenizer.decode([ids_s[src[0]]]) == "red"
+
+
+# ------------------------------------------------------------------ sample
+
+
+def test_projection_keeps_the_change_inside_rho():
+    torch.manual_seed(0)
+    z_src = torch.randn(3, 4, 8, 8)
+    z = z_src + 5 * torch.randn(3, 4, 8, 8)
+    for rho in (0.0, 0.1, 1.0):
+        out = project(z, z_src, rho)
+        norms = (out - z_src).flatten(1).norm(dim=1)
+        assert (norms <= rho * math.sqrt(4 * 64) + 1e-5).all()
+    small = z_src + 1e-3
+    assert torch.equal(project(small, z_src, 1.0), small)  # already inside: untouched
+
+
+def test_mask_restricts_the_update(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    z_src = toy.generate(e_s, seed=0)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:20, 4:16] = 1
+    z = dds_update(toy, z_src, e_t, e_s, EMSParams(iterations=3, rho=None), mask=mask)
+    assert torch.equal(z[..., mask[0, 0] == 0], z_src[..., mask[0, 0] == 0])
+    assert not torch.equal(z, z_src)
+
+
+def test_degree_zero_and_rho_zero_return_the_source_exactly(toy_pipe):
+    editor = EMSEditor(toy_pipe, iterations=3, num_inference_steps=4)
+    z = editor.model.generate(editor.model.encode([SRC]), seed=1)
+    for kwargs in ({"degree": 0.0}, {"rho": 0.0}):
+        out = editor.edit(latent=z, source=SRC, target=TGT, **kwargs)
+        assert torch.equal(out.latent, z.cpu()) and not out.changed
+        assert out.image is out.source_image
+
+
+def test_editor_rejects_bad_input(toy_pipe):
+    editor = EMSEditor(toy_pipe, iterations=1, num_inference_steps=2)
+    z = editor.model.generate(editor.model.encode([SRC]), seed=1)
+    with pytest.raises(ConfigError, match="target description is empty"):
+        editor.edit(latent=z, source=SRC, target="  ")
+    with pytest.raises(ConfigError, match="mode"):
+        EMSEditor(toy_pipe, mode="pixels")
+    with pytest.raises(ConfigError, match="Unknown EMS parameter"):
+        EMSEditor(toy_pipe, radius=1.0)
+    with pytest.warns(UserWarning, match="outside"):
+        editor.edit(latent=z, source=SRC, target=TGT, degree=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        editor.edit(latent=z, source=SRC, target=TGT, degree=1.5)
+
+
+@pytest.mark.parametrize("mode", ["both", "text", "image"])
+def test_every_mode_runs_on_the_toy_pipeline(toy_pipe, mode):
+    editor = EMSEditor(toy_pipe, mode=mode, iterations=2, num_inference_steps=3, mask=(mode == "both"))
+    z = editor.model.generate(editor.model.encode([SRC]), seed=2)
+    out = editor.edit(latent=z, target=TGT, source=SRC)
+    assert out.changed and out.image.size == (32, 32) and out.mode == mode
+    assert out.to_dict()["latent_rms_change"] > 0
+    if mode == "both":
+        assert out.mask is not None and out.mask.shape == (32, 32)
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_editor_runs_end_to_end_on_tiny_real_pipelines(kind, sd3_pipe, flux_pipe):
+    pipe, kwargs = (sd3_pipe, {"max_sequence_length": 8}) if kind == "sd3" else (
+        flux_pipe, {"max_sequence_length": 8, "height": 16, "width": 16})
+    for mode in ("both", "text", "image"):
+        editor = EMSEditor(pipe, mode=mode, iterations=2, num_inference_steps=2, mask=True, **kwargs)
+        z = editor.model.generate(editor.model.encode(["a red circle"]), seed=0)
+        out = editor.edit(latent=z, source="a red circle", target="a blue circle")
+        assert out.changed and out.latent.shape == z.shape
+        assert out.image.size == (editor.model.width, editor.model.height)
+    # a real image goes through the VAE
+    out = EMSEditor(pipe, iterations=1, **kwargs).edit(out.image, "a blue square", source="a red circle")
+    assert out.image.size == (editor.model.width, editor.model.height)
+
+
+def test_generation_matches_the_pipeline_sampler(toy_pipe, sd3_pipe):
+    model = EditModel.wrap(toy_pipe, num_inference_steps=3)
+    noise = model.noise(1, 5)
+    ours = model.generate(model.encode([SRC]), noise=noise)
+    theirs = toy_pipe(SRC, latents=noise.clone(), num_inference_steps=3, output_type="latent").images
+    torch.testing.assert_close(ours, theirs)
+    sd3 = EditModel.wrap(sd3_pipe, num_inference_steps=2, max_sequence_length=8)
+    noise = sd3.noise(1, 0)
+    ours = sd3.generate(sd3.encode(["a red circle"]), noise=noise)
+    theirs = sd3_pipe("a red circle", latents=noise.clone(), num_inference_steps=2, max_sequence_length=8,
+                      output_type="latent", guidance_scale=sd3.guidance_scale).images
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_image_space_direction_is_steered_during_sampling(toy_pipe):
+    editor = EMSEditor(toy_pipe, iterations=2, num_inference_steps=2)
+    z = editor.model.generate(editor.model.encode([SRC]), seed=3)
+    width = toy_pipe.transformer.config.num_attention_heads * toy_pipe.transformer.config.attention_head_dim
+    d = Direction(torch.ones(width), site="blocks.1.resid_out.img")
+    out = editor.edit(latent=z, source=SRC, direction=d, degree=1.0)
+    assert out.changed and out.params["direction"]["site"] == "blocks.1.resid_out.img"
+    none = editor.edit(latent=z, source=SRC, direction=d, degree=1.0, steps=[99])  # never applied
+    assert not none.changed
+    text = editor.edit(latent=z, source=SRC, direction=Direction(torch.ones(384), site="text.pooled"), degree=0.5)
+    assert text.changed
+    with pytest.raises(ConfigError, match="either a target description or a direction"):
+        editor.edit(latent=z, source=SRC, target=TGT, direction=d)
+
+
+# ------------------------------------------------------------------ baselines
+
+
+def test_baselines_run_and_degenerate_correctly(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    noise = toy.noise(1, 7)
+    z_src = toy.generate(e_s, noise=noise)
+    swapped = prompt_swap(toy, noise, e_t)
+    torch.testing.assert_close(swapped, toy.generate(e_t, noise=noise))
+    assert torch.equal(sdedit(toy, z_src, e_t, strength=0.0), z_src)
+    assert not torch.equal(sdedit(toy, z_src, e_t, strength=0.5), z_src)
+    same = flowedit(toy, z_src, e_s, e_s, sigma_max=0.8)
+    torch.testing.assert_close(same, z_src, atol=1e-5, rtol=0)  # source == target: V_delta = 0
+    assert not torch.equal(flowedit(toy, z_src, e_s, e_t, sigma_max=0.8), z_src)
+    with pytest.raises(ConfigError, match="initial noise"):
+        prompt_swap(toy, None, e_t)
