@@ -8,7 +8,7 @@ the requested key columns::
 
     p[b, h, i, j] = exp(q_i · k_j / sqrt(d) + bias_j - lse_i),  lse_i = logsumexp_j'(q_i · k_j' / sqrt(d) + bias_j')
 
-Each chunk holds at most :data:`CHUNK_BYTES` bytes of logits, so the extra memory is bounded
+Each chunk holds at most :data:`CHUNK_BYTES` bytes of logits and probabilities, so the extra memory is bounded
 whatever the sequence length. Maps are averaged over heads unless ``heads="all"``.
 """
 
@@ -20,8 +20,8 @@ import torch
 
 from latentlens.adapters.base import AttnSpec, CallState, QKPart
 
-#: byte budget of one chunk of logits ([batch, heads, chunk, keys] in the compute dtype)
-CHUNK_BYTES = 32 * 2**20
+#: byte budget of one query chunk (logits + probabilities, [batch, heads, chunk, keys] each, compute dtype)
+CHUNK_BYTES = 8 * 2**20
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -37,7 +37,7 @@ def softmax_columns(
     scale: float,
     bias: torch.Tensor | None = None,
     heads: str = "mean",
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Selected columns of ``softmax(q kᵀ · scale + bias)``, rows normalised over all keys.
 
@@ -46,24 +46,28 @@ def softmax_columns(
     Returns ``[batch, nq, ncols]`` (head mean) or ``[batch, heads, nq, ncols]`` per name.
     """
     b, h, nq, _ = q.shape
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     nk = k.shape[2]
     cdtype = compute_dtype(q.dtype)
     elem = torch.finfo(cdtype).bits // 8
-    rows = max(1, int(chunk_bytes // max(1, 2 * b * h * nk * elem)))
+    rows = max(1, int(chunk_bytes // max(1, 2 * b * h * nk * elem)))  # logits + probabilities
     kt = k.to(cdtype).transpose(-1, -2)  # [batch, heads, d, nk]
     if bias is not None:
         bias = bias.to(cdtype)
     pieces: dict[str, list[torch.Tensor]] = {name: [] for name in columns}
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
-        logits = torch.matmul(q[:, :, start:stop].to(cdtype), kt).mul_(scale)  # [batch, heads, c, nk]
+        qc = q[:, :, start:stop].to(cdtype) * scale  # [batch, heads, c, d]
+        logits = torch.matmul(qc, kt)  # [batch, heads, c, nk]
         if bias is not None:
             logits += bias if bias.shape[-2] == 1 else bias[..., start:stop, :]
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [batch, heads, c, 1]
+        # exp(logit - logsumexp over all keys), max-subtracted: the row normaliser covers every key
+        probs = torch.softmax(logits, dim=-1)
+        del logits
         for name, cols in columns.items():
-            sel = logits[..., cols] if isinstance(cols, slice) else logits.index_select(-1, cols)
-            p = (sel - lse).exp_()  # [batch, heads, c, ncols]
-            pieces[name].append(p.mean(dim=1) if heads == "mean" else p)
+            p = probs[..., cols] if isinstance(cols, slice) else probs.index_select(-1, cols)  # [b, h, c, ncols]
+            pieces[name].append(p.mean(dim=1) if heads == "mean" else p.clone())
+        del probs
     return {name: torch.cat(parts, dim=-2) for name, parts in pieces.items()}
 
 
@@ -123,7 +127,7 @@ def quadrant_maps(
     rows: slice,
     heads: str = "mean",
     text_index: torch.Tensor | None = None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The requested quadrants (e.g. ``["img2txt"]``) of one attention call, exact.
 

@@ -308,3 +308,18 @@ def test_store_receives_the_recording():
     with torch.no_grad(), record(model, sites="pred", store=store) as rec:
         model(**sd3_inputs(model))
     assert store.got is rec and rec.names == ["pred"]
+
+
+def test_toy_pipeline_bit_identical_and_words():
+    toy = pytest.importorskip("latentlens.toy.pipeline")
+    pipe = toy.tiny_toy_pipeline(num_layers=2)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = "a small red circle on the left on a gray background"
+    kw = dict(num_inference_steps=2, output_type="np")
+    ref = pipe(prompt, generator=torch.Generator().manual_seed(0), **kw).images
+    with record(pipe, sites="*", tokens="red", prompt=prompt) as rec:
+        out = pipe(prompt, generator=torch.Generator().manual_seed(0), **kw).images
+    assert np.array_equal(ref, out)
+    idx = pipe.tokenizer(prompt)["input_ids"].index(pipe.tokenizer.convert_tokens_to_ids("red"))
+    assert rec.meta["tokens"] == [idx]
+    assert rec["blocks.0.attn.img2txt"].shape[-1] == 1 and rec["text.tokens"].shape[2] == 1
