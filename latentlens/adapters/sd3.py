@@ -69,11 +69,15 @@ def qk_parts(attn: Any, added: bool) -> tuple[tuple[QKPart, ...], tuple[QKPart, 
     """Query/key parts of a diffusers attention module: its own stream, then (if ``added``) the context stream."""
     fused = bool(getattr(attn, "fused_projections", False))
     if fused:
-        q = [QKPart("img", attn.to_qkv, 0, attn.norm_q)]
-        k = [QKPart("img", attn.to_qkv, 1, attn.norm_k)]
+        # diffusers' FusedJointAttnProcessor2_0 skips the qk-norms; follow what the model computes
+        skip = type(getattr(attn, "processor", None)).__name__ == "FusedJointAttnProcessor2_0"
+        nq, nk = (None, None) if skip else (attn.norm_q, attn.norm_k)
+        naq, nak = (None, None) if skip else (getattr(attn, "norm_added_q", None), getattr(attn, "norm_added_k", None))
+        q = [QKPart("img", attn.to_qkv, 0, nq)]
+        k = [QKPart("img", attn.to_qkv, 1, nk)]
         if added:
-            q.append(QKPart("txt", attn.to_added_qkv, 0, attn.norm_added_q))
-            k.append(QKPart("txt", attn.to_added_qkv, 1, attn.norm_added_k))
+            q.append(QKPart("txt", attn.to_added_qkv, 0, naq))
+            k.append(QKPart("txt", attn.to_added_qkv, 1, nak))
     else:
         q = [QKPart("img", attn.to_q, None, attn.norm_q)]
         k = [QKPart("img", attn.to_k, None, attn.norm_k)]

@@ -130,3 +130,27 @@ def test_only_requested_work_is_done(monkeypatch):
     with record(pipe, attention="blocks.1.attn.img2txt", steps=[1]):
         run_pipe(pipe, "sd3")
     assert seen == [("blocks.1.attn", 1, ("img2txt",))]
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_fused_qkv_projections_give_the_same_maps(arch):
+    from latentlens import testing
+
+    if arch == "sd3":
+        model = testing.tiny_sd3_transformer()  # diffusers' fused SD3 processor ignores qk-norms
+        inputs = testing.sd3_inputs(model, text_tokens=6)
+    else:
+        model = testing.tiny_flux_transformer(num_layers=1, num_single_layers=1)
+        inputs = testing.flux_inputs(model)
+    with torch.no_grad():
+        with record(model, attention="*") as plain:
+            ref = model(**inputs)[0]
+        model.fuse_qkv_projections()
+        try:
+            with record(model, attention="*") as fused:
+                out = model(**inputs)[0]
+        finally:
+            model.unfuse_qkv_projections()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    for name in plain.names:
+        torch.testing.assert_close(fused[name], plain[name], atol=1e-6, rtol=0, msg=name)
