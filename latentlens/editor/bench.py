@@ -1,0 +1,288 @@
+"""The shapes-world edit benchmark: EMS, its ablations and the baselines in one harness.
+
+Protocol (``run_benchmark``):
+
+1. **Cases**: ``n`` edits with fixed seeds; the edited attribute cycles through all five
+   attributes (``shape, color, size, position, background``), so every attribute gets n/5 edits.
+   Source attributes are drawn from all 720 combinations (``numpy`` seed ``seed``); source ``i``
+   is generated from its canonical caption with noise seed ``seed * 100003 + i``.
+2. **Extract**: the source image is described by the shapes-world captioner (oracle → canonical
+   caption); the target is that caption with the case's attribute set to a different value
+   (drawn with the same rng). So every method edits what is really in the image.
+3. **Edit** with each method (batched), decode, and judge with the oracle:
+   - *success*: the oracle reads the target value of the edited attribute;
+   - *preserved*: the oracle reads every other attribute as in the source (mean over edits of
+     the fraction of the 4 other attributes kept; ``all_kept`` is the fraction with all 4 kept);
+   - *PSNR outside*: PSNR (dB, 8-bit pixels) between source and edit over the pixels outside
+     the old ∪ new object masks (``object_mask`` of the source and of the edit, each dilated by one
+     pixel for the anti-aliased rim), for non-background edits; infinite PSNR (no change) is
+     reported as 100 dB;
+   - *SDE* (DESIGN.md §7, applied to the edit): ``D`` = per-pixel squared difference between source
+     and edit, region ``M`` = old ∪ new object mask (background edits: the pixels outside it);
+     SDE = mean(D in M) / (mean(D in M) + mean(D outside M)), with the effectiveness mean(D in M);
+   - *seconds per edit*: wall time of the method's batched call divided by the batch size.
+   The headline score is ``success × preserved``.
+
+Example::
+
+    result = run_benchmark(latentlens.load_pipeline("toy"), n=50)
+    print(result.table())
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from latentlens.editor.baselines import flowedit, prompt_swap, sdedit
+from latentlens.editor.editor import EMSEditor
+from latentlens.editor.images import to_uint8
+from latentlens.editor.manipulate import encode_pair
+from latentlens.editor.model import EditModel
+from latentlens.errors import ConfigError
+
+METHODS = ("ems", "ems_text", "ems_image", "prompt_swap", "sdedit", "flowedit")
+METHOD_LABELS = {
+    "ems": "EMS (both spaces)",
+    "ems_text": "EMS text only",
+    "ems_image": "EMS image only",
+    "prompt_swap": "prompt swap",
+    "sdedit": "SDEdit",
+    "flowedit": "FlowEdit",
+}
+#: baseline settings used by the benchmark (tuned on a small n like EMS's, see RESULTS.md)
+BASELINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sdedit": {"strength": 0.6},
+    "flowedit": {"sigma_max": 0.8, "n_avg": 1},
+}
+
+
+@dataclass
+class EditCase:
+    index: int
+    seed: int
+    attributes: Any  # the prompt's Attributes
+    attribute: str  # the attribute to edit
+    pick: float  # uniform draw choosing the new value among the other values
+
+
+def make_cases(n: int, seed: int = 0) -> list[EditCase]:
+    """``n`` cases with the edited attribute cycling through all five attributes."""
+    from latentlens.shapes import ATTRIBUTES, all_combinations
+
+    if n < 1:
+        raise ConfigError(f"The benchmark needs at least one edit, got n={n}.")
+    rng = np.random.default_rng(seed)
+    combos = all_combinations()
+    cases = []
+    for i in range(n):
+        attrs = combos[int(rng.integers(len(combos)))]
+        cases.append(EditCase(i, seed * 100003 + i, attrs, ATTRIBUTES[i % len(ATTRIBUTES)], float(rng.random())))
+    return cases
+
+
+def _new_value(read: Any, case: EditCase) -> str:
+    from latentlens.shapes import VALUES
+
+    current = getattr(read, case.attribute)
+    others = [v for v in VALUES[case.attribute] if v != current]
+    return others[min(int(case.pick * len(others)), len(others) - 1)]
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+    """PSNR in dB of two uint8 images ``[H, W, 3]`` over the pixels in ``where`` (all when None); 100 if identical."""
+    diff = (a.astype(np.float64) - b.astype(np.float64)) ** 2  # [H, W, 3]
+    if where is not None:
+        if not where.any():
+            return float("nan")
+        diff = diff[where]
+    mse = float(diff.mean())
+    return 100.0 if mse == 0 else min(100.0, 10 * math.log10(255.0**2 / mse))
+
+
+def sde_of_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray) -> tuple[float, float]:
+    """``(SDE, effectiveness)`` of an edit (module docstring); NaN SDE when nothing changed."""
+    d = ((source.astype(np.float64) - edited.astype(np.float64)) / 255.0) ** 2
+    d = d.mean(-1)  # [H, W]
+    inside = float(d[region].mean()) if region.any() else 0.0
+    outside = float(d[~region].mean()) if (~region).any() else 0.0
+    total = inside + outside
+    return (inside / total if total > 0 else float("nan")), inside
+
+
+@dataclass
+class BenchResult:
+    """Per-method, per-attribute results; :meth:`table` renders the Markdown table."""
+
+    n: int
+    methods: list[str]
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> summary
+    per_attribute: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    sources_matching_prompt: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    edits: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "methods": self.methods,
+            "summary": self.rows,
+            "per_attribute": self.per_attribute,
+            "sources_matching_prompt": self.sources_matching_prompt,
+            "settings": self.settings,
+        }
+
+    def table(self) -> str:
+        lines = [
+            "| method | success | others kept | all 4 kept | success × kept | PSNR outside (dB, non-bg) | s / edit |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m in self.methods:
+            r = self.rows[m]
+            lines.append(
+                f"| {METHOD_LABELS.get(m, m)} | {r['success']:.1%} | {r['preserved']:.1%} | {r['all_kept']:.1%} | "
+                f"{r['score']:.3f} | {r['psnr_outside']:.1f} | {r['seconds_per_edit']:.3f} |"
+            )
+        attrs = list(next(iter(self.per_attribute.values())).keys()) if self.per_attribute else []
+        lines += ["", "Per attribute — success / others kept / SDE (effectiveness):", "",
+                  "| method | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
+        for m in self.methods:
+            cells = []
+            for a in attrs:
+                c = self.per_attribute[m][a]
+                cells.append(f"{c['success']:.0%} / {c['preserved']:.0%} / {c['sde']:.2f} ({c['effectiveness']:.3f})")
+            lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def run_benchmark(
+    pipe: Any,
+    n: int = 200,
+    methods: Sequence[str] = METHODS,
+    seed: int = 0,
+    batch_size: int = 25,
+    editor_kwargs: dict[str, Any] | None = None,
+    baseline_kwargs: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
+    keep_images: bool = False,
+) -> BenchResult:
+    """Run the benchmark (module docstring) and return a :class:`BenchResult`."""
+    from latentlens.shapes import ATTRIBUTES, canonical_caption, object_mask, read_batch
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"Unknown benchmark method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    editor = EMSEditor(pipe, **(editor_kwargs or {}))
+    model: EditModel = editor.model
+    if model.kind != "toy":
+        raise ConfigError("The shapes-world edit benchmark needs the toy model (--model toy), trained on the shapes world.")
+    settings_b = {k: dict(v) for k, v in BASELINE_DEFAULTS.items()}
+    for k, v in (baseline_kwargs or {}).items():
+        settings_b.setdefault(k, {}).update(v)
+    cases = make_cases(n, seed)
+    say = progress or (lambda msg: None)
+
+    records: list[dict[str, Any]] = []
+    times: dict[str, float] = {m: 0.0 for m in methods}
+    matching = 0
+    for start in range(0, n, batch_size):
+        chunk = cases[start:start + batch_size]
+        b = len(chunk)
+        prompts = [canonical_caption(c.attributes) for c in chunk]
+        noise = model.noise(b, [c.seed for c in chunk])
+        z_src = model.generate(model.encode(prompts), noise=noise)
+        src_img = to_uint8(model.decode(z_src))  # [b, H, W, 3]
+        read = read_batch(src_img)
+        matching += sum(r == c.attributes for r, c in zip(read, chunk))
+        sources = [canonical_caption(r) for r in read]  # Extract: the shapes captioner
+        new_values = [_new_value(r, c) for r, c in zip(read, chunk)]
+        targets = [canonical_caption(r.replace(**{c.attribute: v})) for r, c, v in zip(read, chunk, new_values)]
+        e_s, e_t = encode_pair(model, sources, targets)
+        outputs: dict[str, np.ndarray] = {}
+        for m in methods:
+            t0 = time.perf_counter()
+            if m in ("ems", "ems_text", "ems_image"):
+                mode = {"ems": "both", "ems_text": "text", "ems_image": "image"}[m]
+                z = editor.edit_latents(z_src, sources, targets, mode=mode)
+            elif m == "prompt_swap":
+                z = prompt_swap(model, noise, e_t)
+            elif m == "sdedit":
+                z = sdedit(model, z_src, e_t, seed=[c.seed + 7 for c in chunk], **settings_b["sdedit"])
+            else:
+                z = flowedit(model, z_src, e_s, e_t, seed=chunk[0].seed, **settings_b["flowedit"])
+            outputs[m] = to_uint8(model.decode(z))
+            times[m] += time.perf_counter() - t0
+        for m in methods:
+            judged = read_batch(outputs[m])
+            for i, c in enumerate(chunk):
+                src, out = src_img[i], outputs[m][i]
+                others = [a for a in ATTRIBUTES if a != c.attribute]
+                kept = [getattr(judged[i], a) == getattr(read[i], a) for a in others]
+                region = _dilate(object_mask(src)) | _dilate(object_mask(out))
+                p = psnr(src, out, ~region) if c.attribute != "background" else float("nan")
+                sde, eff = sde_of_edit(src, out, ~region if c.attribute == "background" else region)
+                rec = {
+                    "method": m, "case": c.index, "attribute": c.attribute, "source": sources[i],
+                    "target": targets[i], "read": judged[i].as_dict(),
+                    "success": getattr(judged[i], c.attribute) == new_values[i],
+                    "preserved": float(np.mean(kept)), "all_kept": all(kept), "psnr_outside": p,
+                    "sde": sde, "effectiveness": eff,
+                }
+                if keep_images:
+                    rec["source_image"], rec["image"] = src, out
+                records.append(rec)
+        say(f"edit-bench: {min(start + b, n)}/{n} edits done")
+
+    result = BenchResult(n=n, methods=list(methods), sources_matching_prompt=matching / n,
+                         settings={"editor": {"mode_defaults": editor.mode, "degree": editor.degree,
+                                              "inversion_sigma": editor.inversion_sigma,
+                                              **{k: (list(v) if isinstance(v, tuple) else v)
+                                                 for k, v in vars(editor.params).items()}},
+                                   "baselines": settings_b, "guidance_scale": model.guidance_scale,
+                                   "num_inference_steps": model.num_inference_steps, "seed": seed},
+                         edits=records)
+    for m in methods:
+        rs = [r for r in records if r["method"] == m]
+        success = float(np.mean([r["success"] for r in rs]))
+        preserved = float(np.mean([r["preserved"] for r in rs]))
+        psnrs = [r["psnr_outside"] for r in rs if not math.isnan(r["psnr_outside"])]
+        result.rows[m] = {
+            "success": success,
+            "preserved": preserved,
+            "all_kept": float(np.mean([r["all_kept"] for r in rs])),
+            "score": success * preserved,
+            "psnr_outside": float(np.mean(psnrs)) if psnrs else float("nan"),
+            "psnr_outside_median": float(np.median(psnrs)) if psnrs else float("nan"),
+            "seconds_per_edit": times[m] / n,
+        }
+        result.per_attribute[m] = {}
+        for a in ATTRIBUTES:
+            ra = [r for r in rs if r["attribute"] == a]
+            if not ra:
+                continue
+            sdes = [r["sde"] for r in ra if not math.isnan(r["sde"])]
+            result.per_attribute[m][a] = {
+                "n": len(ra),
+                "success": float(np.mean([r["success"] for r in ra])),
+                "preserved": float(np.mean([r["preserved"] for r in ra])),
+                "sde": float(np.mean(sdes)) if sdes else float("nan"),
+                "effectiveness": float(np.mean([r["effectiveness"] for r in ra])),
+            }
+    return result
+
+
+__all__ = ["BASELINE_DEFAULTS", "BenchResult", "METHODS", "make_cases", "psnr", "run_benchmark", "sde_of_edit"]
