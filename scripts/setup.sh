@@ -19,3 +19,11 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     fi
 fi
 "$PY" -m pip install --quiet -c constraints.txt -e ".[test]"
+
+# Chromium + chromedriver for the dashboard's browser tests (Debian packages; never a downloaded browser).
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+        || echo "setup.sh: could not install chromium/chromium-driver; the dashboard's browser tests will be skipped." >&2
+fi

@@ -1,0 +1,80 @@
+"""Every component id of the dashboard, in one place (pages and tests import them from here).
+
+Example::
+
+    from dashboards import ids
+    dash_duo.find_element(f"#{ids.PROBE_HEATMAP}")
+"""
+
+from __future__ import annotations
+
+# shell (every page)
+STATE = "app-state"  # dcc.Store: {"run", "attribute", "stream", "site", "step", "direction", "sample"}; identifiers only
+SAMPLE = "app-sample"  # dcc.Store: {"run", "sample"}: the sample picked in /latents (the editor's default source)
+URL = "app-url"  # dcc.Location used to navigate from callbacks
+RUN_SELECT = "app-run-select"
+NAV = "app-nav"
+SHELL_MESSAGE = "app-message"
+
+# / (runs)
+RUNS_TABLE = "runs-table"
+RUNS_MESSAGE = "runs-message"
+RUNS_DETAIL = "runs-detail"
+
+# /probes
+PROBE_ATTRIBUTE = "probes-attribute"
+PROBE_STREAM = "probes-stream"
+PROBE_METRIC = "probes-metric"
+PROBE_HEATMAP = "probes-heatmap"
+PROBE_MESSAGE = "probes-message"
+PROBE_BEST = "probes-best"
+
+# /latents
+LAT_SITE = "latents-site"
+LAT_STEP = "latents-step"
+LAT_METHOD = "latents-method"
+LAT_COLOR = "latents-color"
+LAT_SCATTER = "latents-scatter"
+LAT_TOOLTIP = "latents-tooltip"
+LAT_SELECTION = "latents-selection"
+LAT_MESSAGE = "latents-message"
+LAT_TITLE = "latents-title"
+
+# /attention
+ATT_SAMPLE = "attention-sample"
+ATT_TOKEN = "attention-token"
+ATT_BLOCK = "attention-block"
+ATT_STEP = "attention-step"
+ATT_AGGREGATE = "attention-aggregate"
+ATT_FIGURE = "attention-figure"
+ATT_STRIP = "attention-strip"
+ATT_MESSAGE = "attention-message"
+ATT_PROMPT = "attention-prompt"
+
+# /directions
+DIR_TABLE = "directions-table"
+DIR_SELECT = "directions-select"
+DIR_COSINE = "directions-cosine"
+DIR_HIST = "directions-hist"
+DIR_SEND = "directions-send"
+DIR_MESSAGE = "directions-message"
+DIR_PROVENANCE = "directions-provenance"
+
+# /editor
+ED_SOURCE_KIND = "editor-source-kind"
+ED_SAMPLE = "editor-sample"
+ED_UPLOAD = "editor-upload"
+ED_UPLOAD_INFO = "editor-upload-info"
+ED_MODE = "editor-mode"
+ED_DIRECTION = "editor-direction"
+ED_TARGET = "editor-target"
+ED_ALPHA = "editor-alpha"
+ED_SWEEP = "editor-sweep"
+ED_STEPS = "editor-steps"
+ED_RUN = "editor-run"
+ED_CANCEL = "editor-cancel"
+ED_PROGRESS = "editor-progress"
+ED_STATUS = "editor-status"
+ED_RESULT = "editor-result"
+ED_MESSAGE = "editor-message"
+ED_UPLOAD_STORE = "editor-upload-store"

@@ -1,0 +1,177 @@
+"""``/attention``: image→text attention per token over the generated image; block/step sliders, means."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Any
+
+import dash
+import numpy as np
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from dashboards import config, ids
+from dashboards.data import DashboardError, attention_map, attention_sites, image_file, open_run
+from dashboards.ui import empty_figure, guarded, image_src, message, state_get
+
+dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
+
+MAX_STRIP = 24
+
+
+def layout(**_query: Any) -> html.Div:
+    return html.Div(
+        [
+            html.H2("Attention"),
+            html.P("Where each text token is read by the image patches (image→text attention, mean over heads).",
+                   className="ll-muted"),
+            html.Div(
+                [
+                    html.Div([html.Label("sample"), dcc.Input(id=ids.ATT_SAMPLE, type="number", min=0, step=1, value=0,
+                                                              debounce=True)], className="ll-control"),
+                    html.Div([html.Label("token"), dcc.Dropdown(id=ids.ATT_TOKEN, clearable=False)], className="ll-control"),
+                    html.Div([html.Label("aggregate"), dcc.Checklist(
+                        id=ids.ATT_AGGREGATE, inline=True, value=[],
+                        options=[{"label": "mean over blocks", "value": "blocks"}, {"label": "mean over steps", "value": "steps"}],
+                    )], className="ll-control"),
+                ],
+                className="ll-controls",
+            ),
+            html.Div(
+                [
+                    html.Div([html.Label("block"), dcc.Slider(id=ids.ATT_BLOCK, min=0, max=1, step=1, value=0)], className="ll-control ll-wide"),
+                    html.Div([html.Label("step"), dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=1, value=0)], className="ll-control ll-wide"),
+                ],
+                className="ll-controls",
+            ),
+            html.Div(id=ids.ATT_PROMPT, className="ll-prompt"),
+            html.Div(id=ids.ATT_MESSAGE),
+            dcc.Graph(id=ids.ATT_FIGURE, figure=empty_figure(), config={"displayModeBar": False}),
+            html.H4("all tokens"),
+            html.Div(id=ids.ATT_STRIP, className="ll-thumbs"),
+        ]
+    )
+
+
+@callback(
+    Output(ids.ATT_BLOCK, "max"),
+    Output(ids.ATT_BLOCK, "marks"),
+    Output(ids.ATT_BLOCK, "value"),
+    Output(ids.ATT_STEP, "max"),
+    Output(ids.ATT_STEP, "value"),
+    Output(ids.ATT_SAMPLE, "value"),
+    Output(ids.ATT_SAMPLE, "max"),
+    Output(ids.ATT_MESSAGE, "children"),
+    Input(ids.STATE, "data"),
+    State(ids.SAMPLE, "data"),
+)
+@guarded(8, 7)
+def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
+    run_id = state_get(state, "run")
+    if not run_id:
+        return 1, {}, 0, 1, 0, 0, 0, message("Choose a run in the picker at the top.", "info")
+    run = open_run(config.index(), run_id)
+    sites = attention_sites(run)
+    if not sites:
+        raise DashboardError(
+            f"The run {run_id!r} has no attention maps. Record them with "
+            "`latentlens record ... --attention 'blocks.*.attn.img2txt'` (or `latentlens demo`)."
+        )
+    blocks = list(sites)
+    first = run[sites[blocks[0]]]
+    n_steps = first.shape[1]
+    sample = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
+    sample = int(sample) if isinstance(sample, int) else min(run.completed, default=0)
+    marks = {i: str(b) for i, b in enumerate(blocks)}
+    return len(blocks) - 1, marks, 0, n_steps - 1, n_steps - 1, sample, first.shape[0] - 1, None
+
+
+def _grid(values: np.ndarray) -> np.ndarray:
+    """``[query]`` → ``[side, side]`` (row-major patches), or ``[1, query]`` if not square."""
+    side = int(round(math.sqrt(values.shape[-1])))
+    return values.reshape(side, side) if side * side == values.shape[-1] else values.reshape(1, -1)
+
+
+def _overlay_png(image: np.ndarray | None, heat: np.ndarray, size: int = 96) -> str:
+    """A data URI: the heat map (normalised, 'inferno'-like ramp) blended over the image."""
+    from PIL import Image
+
+    h = heat - np.nanmin(heat)
+    h = h / max(float(np.nanmax(h)), 1e-12)
+    ramp = np.stack([np.clip(1.5 * h, 0, 1), np.clip(1.5 * h - 0.5, 0, 1), np.clip(0.6 - h, 0, 1) * h * 2], -1)
+    heat_img = Image.fromarray((ramp * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+    if image is not None:
+        base = Image.fromarray(image).convert("RGB").resize((size, size), Image.BILINEAR)
+        heat_img = Image.blend(base, heat_img, 0.6)
+    buffer = io.BytesIO()
+    heat_img.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@callback(
+    Output(ids.ATT_FIGURE, "figure"),
+    Output(ids.ATT_STRIP, "children"),
+    Output(ids.ATT_TOKEN, "options"),
+    Output(ids.ATT_PROMPT, "children"),
+    Output(ids.ATT_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.ATT_SAMPLE, "value"),
+    Input(ids.ATT_TOKEN, "value"),
+    Input(ids.ATT_BLOCK, "value"),
+    Input(ids.ATT_STEP, "value"),
+    Input(ids.ATT_AGGREGATE, "value"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
+@guarded(5, 4)
+def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, state: Any) -> tuple[Any, ...]:
+    run_id = state_get(state, "run")
+    if not run_id or sample is None:
+        return empty_figure(), None, [], None, no_update
+    index = config.index()
+    run = open_run(index, run_id)
+    sites = attention_sites(run)
+    if not sites:
+        raise dash.exceptions.PreventUpdate
+    blocks = list(sites)
+    sample = int(sample)
+    aggregate = aggregate or []
+    chosen = blocks if "blocks" in aggregate else [blocks[min(int(block_pos or 0), len(blocks) - 1)]]
+    maps = np.stack([attention_map(index, run_id, sites[b], sample) for b in chosen])  # [block, step, query, key]
+    maps = maps.mean(axis=2) if "steps" in aggregate else maps[:, min(int(step or 0), maps.shape[1] - 1)]
+    att = maps.mean(axis=0)  # [query, key]
+    n_keys = att.shape[-1]
+    token = int(token) if isinstance(token, int) and 0 <= token < n_keys else int(np.argmax(att.sum(axis=0)[1:]) + 1 if n_keys > 1 else 0)
+    prompts = run.manifest.get("prompts") or []
+    prompt = prompts[sample] if sample < len(prompts) else ""
+    image_path = image_file(index, run_id, sample)
+    image = None
+    if image_path is not None:
+        from PIL import Image
+
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+    heat = _grid(att[:, token])
+    where = ("mean over blocks" if "blocks" in aggregate else f"block {chosen[0]}") + ", " + (
+        "mean over steps" if "steps" in aggregate else f"step {int(step or 0)}")
+    figure: dict[str, Any] = {
+        "data": [{"type": "heatmap", "z": heat.tolist(), "colorscale": "Inferno", "opacity": 0.6 if image is not None else 1.0,
+                  "hovertemplate": "row %{y}, col %{x}: %{z:.3f}<extra></extra>"}],
+        "layout": {
+            "title": {"text": f"sample {sample} · token {token} · {where}"},
+            "xaxis": {"visible": False, "range": [-0.5, heat.shape[1] - 0.5]},
+            "yaxis": {"visible": False, "autorange": "reversed", "scaleanchor": "x"},
+            "height": 420, "width": 460, "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
+        },
+    }
+    if image is not None:
+        figure["layout"]["images"] = [{
+            "source": image_src(run_id, sample), "xref": "x", "yref": "y", "x": -0.5, "y": -0.5,
+            "sizex": heat.shape[1], "sizey": heat.shape[0], "sizing": "stretch", "layer": "below",
+        }]
+    strip = [
+        html.Figure([html.Img(src=_overlay_png(image, _grid(att[:, k])), className="ll-att-thumb"),
+                     html.Figcaption(f"token {k}")], className="ll-att-cell" + (" ll-current" if k == token else ""))
+        for k in range(min(n_keys, MAX_STRIP))
+    ]
+    options = [{"label": f"token {k}", "value": k} for k in range(n_keys)]
+    return figure, strip, options, html.Span([html.B("prompt: "), prompt]), None

@@ -1,0 +1,166 @@
+"""``/directions``: found directions with provenance, cosine matrix, projection histograms, send to editor."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dash
+import numpy as np
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from dashboards import config, ids
+from dashboards.data import DashboardError, features, manifest_labels, open_run, results
+from dashboards.ui import empty_figure, guarded, message, state_get
+
+dash.register_page(__name__, path="/directions", name="Directions", title="latentlens · directions", order=4)
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def layout(**_query: Any) -> html.Div:
+    return html.Div(
+        [
+            html.H2("Directions"),
+            html.Div(id=ids.DIR_MESSAGE),
+            html.Div(id=ids.DIR_TABLE),
+            html.Div(
+                [
+                    html.Div([html.Label("direction"), dcc.Dropdown(id=ids.DIR_SELECT, clearable=False)], className="ll-control ll-wide"),
+                    html.Button("send to editor →", id=ids.DIR_SEND, n_clicks=0, className="ll-button"),
+                ],
+                className="ll-controls",
+            ),
+            html.Pre(id=ids.DIR_PROVENANCE, className="ll-pre"),
+            html.Div(
+                [
+                    dcc.Graph(id=ids.DIR_HIST, figure=empty_figure(), config={"displayModeBar": False}, className="ll-half"),
+                    dcc.Graph(id=ids.DIR_COSINE, figure=empty_figure(), config={"displayModeBar": False}, className="ll-half"),
+                ],
+                className="ll-row",
+            ),
+        ]
+    )
+
+
+@callback(
+    Output(ids.DIR_TABLE, "children"),
+    Output(ids.DIR_SELECT, "options"),
+    Output(ids.DIR_SELECT, "value"),
+    Output(ids.DIR_COSINE, "figure"),
+    Output(ids.DIR_MESSAGE, "children"),
+    Input(ids.STATE, "data"),
+)
+@guarded(5, 4)
+def _list(state: Any) -> tuple[Any, ...]:
+    run_id = state_get(state, "run")
+    if not run_id:
+        return None, [], None, empty_figure(), message("Choose a run in the picker at the top.", "info")
+    res = results(config.index(), run_id)
+    names = res.direction_names
+    if not names:
+        return None, [], None, empty_figure(), message(
+            f"The run {run_id!r} has no saved directions yet. `latentlens analyze {res.run}` saves one per "
+            "attribute value into analysis/directions/.", "warning")
+    rows, loaded, problems = [], {}, []
+    for name in names:
+        try:
+            d = res.load_direction(name)
+        except Exception as error:  # noqa: BLE001 - one broken file must not hide the others
+            problems.append(f"{name}: {error}")
+            continue
+        loaded[name] = d
+        p = d.provenance
+        rows.append(html.Tr([
+            html.Td(name), html.Td(d.site), html.Td(d.dim), html.Td("all" if d.steps is None else ", ".join(map(str, d.steps[:6]))),
+            html.Td(p.get("method", "?")), html.Td(p.get("attribute", "")),
+            html.Td(f"{p.get('from', '·')} → {p.get('to', '·')}"),
+            html.Td(f"{float(p['accuracy']):.3f}" if isinstance(p.get("accuracy"), (int, float)) else ""),
+        ]))
+    header = html.Tr([html.Th(h) for h in ("name", "site", "dim", "steps", "method", "attribute", "from → to", "accuracy")])
+    table = html.Table([html.Thead(header), html.Tbody(rows)], className="ll-table")
+    keys = list(loaded)
+    matrix = np.full((len(keys), len(keys)), np.nan)
+    for i, a in enumerate(keys):
+        for j, b in enumerate(keys):
+            if loaded[a].dim == loaded[b].dim:
+                matrix[i, j] = loaded[a].cosine(loaded[b])
+    cosine = {
+        "data": [{"type": "heatmap", "z": np.where(np.isnan(matrix), None, matrix.round(3)).tolist(), "x": keys, "y": keys,
+                  "zmin": -1, "zmax": 1, "colorscale": "RdBu", "reversescale": True,
+                  "hovertemplate": "%{y} · %{x}: %{z:.3f}<extra></extra>"}],
+        "layout": {"title": {"text": "cosine similarity (blank: different widths)"}, "height": 460,
+                   "yaxis": {"autorange": "reversed"}, "margin": {"l": 120, "r": 10, "t": 50, "b": 120}},
+    }
+    chosen = state_get(state, "direction")
+    chosen = chosen if chosen in loaded else (keys[0] if keys else None)
+    note = message("Some directions cannot be read: " + "; ".join(problems), "error") if problems else None
+    return table, [{"label": k, "value": k} for k in keys], chosen, cosine, note
+
+
+@callback(
+    Output(ids.DIR_HIST, "figure"),
+    Output(ids.DIR_PROVENANCE, "children"),
+    Output(ids.DIR_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.DIR_SELECT, "value"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
+@guarded(3, 2)
+def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
+    run_id = state_get(state, "run")
+    if not run_id or not name:
+        return empty_figure(), "", no_update
+    index = config.index()
+    direction = results(index, run_id).load_direction(name)
+    provenance = json.dumps({"site": direction.site, "dim": direction.dim, "steps": direction.steps,
+                             "tokens": direction.tokens, "provenance": direction.provenance}, indent=2, default=str)
+    run = open_run(index, run_id)
+    if direction.site not in run.names:
+        return empty_figure(f"{direction.site} was not recorded in this run"), provenance, message(
+            f"The direction {name!r} lives at {direction.site!r}, which this run did not record; no projection to show.",
+            "warning")
+    n_steps = run[direction.site].shape[1]
+    step = direction.steps[-1] if direction.steps else n_steps - 1
+    step = min(int(step), n_steps - 1)
+    x = features(index, run_id, direction.site, step)  # [sample, channel]
+    if x.shape[1] != direction.dim:
+        raise DashboardError(
+            f"The direction {name!r} has width {direction.dim} but {direction.site!r} in this run has width {x.shape[1]}; "
+            "it was found on another model and does not fit this one."
+        )
+    unit = direction.vector.numpy() / max(direction.norm, 1e-12)
+    keep = np.isfinite(x).all(axis=1)
+    proj = x[keep] @ unit  # [sample]
+    attribute = direction.provenance.get("attribute")
+    labels = manifest_labels(run).get(attribute) if attribute else None
+    traces = []
+    if labels is not None:
+        labels = np.asarray(labels)[keep]
+        for k, value in enumerate(sorted(set(labels.tolist()))):
+            rows = labels == value
+            traces.append({"type": "histogram", "x": proj[rows].round(4).tolist(), "name": str(value), "opacity": 0.65,
+                           "marker": {"color": PALETTE[k % len(PALETTE)]}, "nbinsx": 40})
+    else:
+        traces.append({"type": "histogram", "x": proj.round(4).tolist(), "name": "all", "nbinsx": 40})
+    figure = {"data": traces, "layout": {
+        "barmode": "overlay", "title": {"text": f"projection on {name} ({direction.site}, step {step})"},
+        "xaxis": {"title": {"text": "⟨x, d/|d|⟩"}}, "yaxis": {"title": {"text": "samples"}}, "height": 460,
+        "margin": {"l": 50, "r": 10, "t": 50, "b": 50}}}
+    return figure, provenance, None
+
+
+@callback(
+    Output(ids.STATE, "data", allow_duplicate=True),
+    Output(ids.URL, "href", allow_duplicate=True),
+    Input(ids.DIR_SEND, "n_clicks"),
+    State(ids.DIR_SELECT, "value"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
+def _send(n_clicks: Any, name: Any, state: Any) -> tuple[Any, Any]:
+    if not n_clicks or not name:
+        raise dash.exceptions.PreventUpdate
+    state = dict(state or {})
+    state["direction"] = name
+    return state, "/editor"

@@ -1,0 +1,189 @@
+"""``/editor``: edit a sample (or an upload) along a direction or toward a target text; background job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from dashboards import config, ids
+from dashboards.data import open_run, results
+from dashboards.ui import error_message, guarded, message, state_get
+
+dash.register_page(__name__, path="/editor", name="Editor", title="latentlens · editor", order=5)
+
+SWEEP_POINTS = 5
+
+
+def layout(**_query: Any) -> html.Div:
+    max_kib = int(config.SETTINGS["upload_max_bytes"]) // 1024
+    return html.Div(
+        [
+            html.H2("EMS editor"),
+            html.Div(
+                [
+                    html.Div([html.Label("source"), dcc.RadioItems(
+                        id=ids.ED_SOURCE_KIND, value="sample", inline=True,
+                        options=[{"label": "a sample of the run", "value": "sample"}, {"label": "an upload", "value": "upload"}])],
+                        className="ll-control"),
+                    html.Div([html.Label("sample"), dcc.Input(id=ids.ED_SAMPLE, type="number", min=0, step=1, value=0)],
+                             className="ll-control"),
+                    html.Div([
+                        dcc.Upload(id=ids.ED_UPLOAD, children=html.Div(f"drop or choose a PNG/JPEG (≤ {max_kib} KiB)"),
+                                   accept="image/png,image/jpeg", max_size=int(config.SETTINGS["upload_max_bytes"]),
+                                   multiple=False, className="ll-upload"),
+                        html.Div(id=ids.ED_UPLOAD_INFO, className="ll-muted"),
+                    ], className="ll-control"),
+                ],
+                className="ll-controls",
+            ),
+            html.Div(
+                [
+                    html.Div([html.Label("edit with"), dcc.RadioItems(
+                        id=ids.ED_MODE, value="direction", inline=True,
+                        options=[{"label": "a direction", "value": "direction"}, {"label": "a target text", "value": "target"}])],
+                        className="ll-control"),
+                    html.Div([html.Label("direction"), dcc.Dropdown(id=ids.ED_DIRECTION)], className="ll-control ll-wide"),
+                    html.Div([html.Label("target text"), dcc.Input(id=ids.ED_TARGET, type="text", debounce=True,
+                                                                   placeholder="a large blue circle …", className="ll-text")],
+                             className="ll-control ll-wide"),
+                ],
+                className="ll-controls",
+            ),
+            html.Div(
+                [
+                    html.Div([html.Label("α"), dcc.Slider(id=ids.ED_ALPHA, min=-8, max=8, step=0.25, value=2.0,
+                                                          marks={v: str(v) for v in (-8, -4, 0, 4, 8)},
+                                                          tooltip={"placement": "bottom"})], className="ll-control ll-wide"),
+                    html.Div([dcc.Checklist(id=ids.ED_SWEEP, value=[], options=[{"label": f"sweep 0…α ({SWEEP_POINTS} images)", "value": "sweep"}])],
+                             className="ll-control"),
+                    html.Div([html.Label("steps"), dcc.Input(id=ids.ED_STEPS, type="number", min=1, max=100, step=1,
+                                                             value=int(config.SETTINGS["edit_steps"]))], className="ll-control"),
+                    html.Button("run", id=ids.ED_RUN, n_clicks=0, className="ll-button"),
+                    html.Button("cancel", id=ids.ED_CANCEL, n_clicks=0, className="ll-button ll-secondary", disabled=True),
+                ],
+                className="ll-controls",
+            ),
+            html.Div([html.Progress(id=ids.ED_PROGRESS, value="0", max="1"), html.Span(id=ids.ED_STATUS, className="ll-muted")],
+                     className="ll-progress"),
+            dcc.Store(id=ids.ED_UPLOAD_STORE, data=None),
+            html.Div(id=ids.ED_MESSAGE),
+            html.Div(id=ids.ED_RESULT),
+        ]
+    )
+
+
+@callback(
+    Output(ids.ED_DIRECTION, "options"),
+    Output(ids.ED_DIRECTION, "value"),
+    Output(ids.ED_SAMPLE, "value"),
+    Output(ids.ED_MESSAGE, "children"),
+    Input(ids.STATE, "data"),
+    State(ids.SAMPLE, "data"),
+)
+@guarded(4, 3)
+def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
+    run_id = state_get(state, "run")
+    if not run_id:
+        return [], None, 0, message("Choose a run in the picker at the top.", "info")
+    index = config.index()
+    run = open_run(index, run_id)
+    sample = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
+    sample = int(sample) if isinstance(sample, int) else min(run.completed, default=0)
+    note = None
+    try:
+        names = results(index, run_id).direction_names
+    except Exception as error:  # noqa: BLE001 - a target text still works without analysis
+        names = []
+        note = message(f"{error} Until then, edit with a target text.", "warning")
+    chosen = state_get(state, "direction")
+    chosen = chosen if chosen in names else (names[0] if names else None)
+    return [{"label": n, "value": n} for n in names], chosen, sample, note
+
+
+@callback(
+    Output(ids.ED_UPLOAD_STORE, "data"),
+    Output(ids.ED_UPLOAD_INFO, "children"),
+    Output(ids.ED_SOURCE_KIND, "value"),
+    Input(ids.ED_UPLOAD, "contents"),
+    State(ids.ED_UPLOAD, "filename"),
+    prevent_initial_call=True,
+)
+def _upload(contents: Any, filename: Any) -> tuple[Any, Any, Any]:
+    from dashboards.editing import save_upload
+
+    try:
+        upload_id, size = save_upload(contents, filename)
+    except Exception as error:  # noqa: BLE001 - shown beside the upload box
+        return None, error_message(error), no_update
+    return {"upload": upload_id}, html.Span([
+        html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {filename} ({size[0]}×{size[1]})"]), "upload"
+
+
+def _strip(out: Any) -> html.Div:
+    from dashboards.editing import png_data_uri
+
+    cells = [html.Figure([html.Img(src=png_data_uri(out.source), className="ll-edit-image", id="editor-before"),
+                          html.Figcaption("before")], className="ll-edit-cell")]
+    for k, (alpha, image, metrics) in enumerate(zip(out.alphas, out.images, out.metrics)):
+        lines = [html.Div(f"{key}: {value}") for key, value in metrics.items()]
+        cells.append(html.Figure([html.Img(src=png_data_uri(image), className="ll-edit-image ll-edited", id=f"editor-after-{k}"),
+                                  html.Figcaption([html.B(f"α = {alpha:g}")] + lines)], className="ll-edit-cell"))
+    return html.Div([html.Div(f"method: {out.method}", className="ll-muted"), html.Div(cells, className="ll-edit-strip")])
+
+
+@callback(
+    Output(ids.ED_RESULT, "children"),
+    Output(ids.ED_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.ED_RUN, "n_clicks"),
+    State(ids.STATE, "data"),
+    State(ids.ED_SOURCE_KIND, "value"),
+    State(ids.ED_SAMPLE, "value"),
+    State(ids.ED_UPLOAD_STORE, "data"),
+    State(ids.ED_MODE, "value"),
+    State(ids.ED_DIRECTION, "value"),
+    State(ids.ED_TARGET, "value"),
+    State(ids.ED_ALPHA, "value"),
+    State(ids.ED_SWEEP, "value"),
+    State(ids.ED_STEPS, "value"),
+    background=True,
+    running=[
+        (Output(ids.ED_RUN, "disabled"), True, False),
+        (Output(ids.ED_CANCEL, "disabled"), False, True),
+    ],
+    progress=[Output(ids.ED_PROGRESS, "value"), Output(ids.ED_PROGRESS, "max"), Output(ids.ED_STATUS, "children")],
+    cancel=[Input(ids.ED_CANCEL, "n_clicks")],
+    prevent_initial_call=True,
+)
+def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, upload: Any, mode: Any,
+         direction: Any, target: Any, alpha: Any, sweep: Any, steps: Any) -> tuple[Any, Any]:
+    from dashboards.editing import EditRequest, run_edit
+
+    if not n_clicks:
+        raise dash.exceptions.PreventUpdate
+    try:
+        run_id = state_get(state, "run")
+        if not run_id:
+            return no_update, message("Choose a run in the picker at the top.", "info")
+        alpha = float(alpha if alpha is not None else 1.0)
+        alphas = [round(alpha * k / (SWEEP_POINTS - 1), 4) for k in range(SWEEP_POINTS)] if "sweep" in (sweep or []) else [alpha]
+        request = EditRequest(
+            sample=int(sample or 0) if kind != "upload" else None,
+            upload=(upload or {}).get("upload") if kind == "upload" else None,
+            direction=direction if mode == "direction" else None,
+            target=target if mode == "target" else None,
+            alphas=alphas, steps=int(steps) if steps else None,
+        )
+        if kind == "upload" and not request.upload:
+            return no_update, message("Upload an image first (PNG or JPEG).", "warning")
+        if mode == "direction" and not direction:
+            return no_update, message("Choose a direction, or switch to a target text.", "warning")
+
+        def progress(done: int, total: int, text: str) -> None:
+            set_progress((str(done), str(max(total, 1)), text))
+
+        out = run_edit(config.index(), run_id, request, progress)
+        return _strip(out), None
+    except Exception as error:  # noqa: BLE001 - shown in the page
+        return no_update, error_message(error)

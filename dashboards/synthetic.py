@@ -1,0 +1,175 @@
+"""A synthetic run for tests and benchmarks: shapes-world labels, random-but-structured latents, fake analysis.
+
+Written only through latentlens' public API (:class:`latentlens.RunStore`,
+:class:`latentlens.Direction`), in the layout :mod:`latentlens.results` reads, so
+every dashboard page can be exercised without a trained model.
+
+Example::
+
+    from dashboards.synthetic import make_synthetic_run
+    make_synthetic_run("runs/fake", n_samples=200)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentlens import RunStore
+
+ATTRIBUTES = ("shape", "color", "size")
+
+
+def make_synthetic_run(
+    path: str | Path,
+    n_samples: int = 120,
+    *,
+    blocks: int = 3,
+    steps: int = 4,
+    channels: int = 32,
+    img_tokens: int = 16,
+    txt_tokens: int = 8,
+    text_width: int | None = None,
+    model_id: str = "toy",
+    images: bool | int = True,
+    analysis: bool = True,
+    attention: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Create a finished run at ``path`` (with ``analysis/`` unless ``analysis=False``); returns the path.
+
+    Latents carry the labels: sample *i*'s residual at block *b*, step *s* is a class embedding of its
+    colour/shape/size scaled by how deep and late the cell is, plus noise, so probes, PCA and
+    directions show real structure. ``images``: True (all), False, or N (the first N samples).
+    """
+    from latentlens.shapes import VALUES, Attributes, canonical_caption, render
+
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    combos = [
+        Attributes(shape=rng.choice(VALUES["shape"]), color=rng.choice(VALUES["color"]), size=rng.choice(VALUES["size"]),
+                   position=rng.choice(VALUES["position"]), background=rng.choice(VALUES["background"]))
+        for _ in range(n_samples)
+    ]
+    prompts = [canonical_caption(a) for a in combos]
+    labels = [{k: getattr(a, k) for k in ATTRIBUTES} for a in combos]
+    manifest: dict[str, Any] = {
+        "model": {"id": model_id, "pipeline_class": "ToyPipeline", "adapter": "sd3"},
+        "prompts": prompts,
+        "seeds": list(range(n_samples)),
+        "labels": labels,
+        "generation": {"num_inference_steps": steps},
+        "recording": {"sites": "blocks.*.resid_out.*", "synthetic": True},
+    }
+    store = RunStore.create(path, manifest, samples_per_chunk=256)
+    text_width = text_width or channels
+    class_vectors = {a: {v: rng.normal(size=channels).astype(np.float32) for v in VALUES[a]} for a in ATTRIBUTES}
+    chunk = 1024
+    for start in range(0, n_samples, chunk):
+        ids = list(range(start, min(n_samples, start + chunk)))
+        n = len(ids)
+        signal = np.zeros((n, channels), np.float32)
+        for a in ATTRIBUTES:
+            signal += np.stack([class_vectors[a][labels[i][a]] for i in ids])
+        arrays: dict[str, np.ndarray] = {}
+        dims: dict[str, tuple[str, ...]] = {}
+        for b in range(blocks):
+            for stream, tokens, width in (("img", img_tokens, channels), ("txt", txt_tokens, text_width)):
+                strength = (b + 1) / blocks
+                data = np.empty((n, steps, tokens, width), np.float32)  # [sample, step, token, channel]
+                for s in range(steps):
+                    scale = strength * (s + 1) / steps
+                    base = signal[:, None, :width] if width <= channels else np.pad(signal, ((0, 0), (0, width - channels)))[:, None]
+                    data[:, s] = scale * base + rng.normal(size=(n, tokens, width)).astype(np.float32)
+                name = f"blocks.{b}.resid_out.{stream}"
+                arrays[name] = data
+                dims[name] = ("sample", "step", "token", "channel")
+            if attention:
+                side = int(round(np.sqrt(img_tokens)))
+                yy, xx = np.mgrid[0:side, 0:side]
+                att = rng.random((n, steps, img_tokens, txt_tokens)).astype(np.float32)  # [sample, step, query, key]
+                blob = np.exp(-((yy - side / 2) ** 2 + (xx - side / 2) ** 2) / max(side, 1)).reshape(-1)
+                att[..., 3] += 4 * blob[None, None, :]
+                att /= att.sum(axis=-1, keepdims=True)
+                name = f"blocks.{b}.attn.img2txt"
+                arrays[name] = att
+                dims[name] = ("sample", "step", "query", "key")
+        store.write_samples(ids, arrays, dims)
+        meta = []
+        for i in ids:
+            entry: dict[str, Any] = {"prompt": prompts[i], "seed": i, "labels": labels[i]}
+            if images is True or (images and i < int(images)):
+                store.save_image(i, render(combos[i], canvas=32).image)
+                entry["image"] = f"images/{i:04d}.png"
+            meta.append(entry)
+        store.mark_complete(ids, meta)
+    store.close()
+    if analysis:
+        write_fake_analysis(path, blocks=blocks, steps=steps, channels=channels, seed=seed)
+    return path
+
+
+def write_fake_analysis(path: str | Path, *, blocks: int, steps: int, channels: int, seed: int = 0) -> None:
+    """Probe cells, one stored embedding and a few directions, in the layout of :mod:`latentlens.results`."""
+    import torch
+
+    from latentlens import Direction, open_run
+    from latentlens.shapes import VALUES
+
+    rng = np.random.default_rng(seed + 1)
+    folder = Path(path) / "analysis"
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for a in ATTRIBUTES:
+        chance = 1.0 / len(VALUES[a])
+        for stream in ("img", "txt"):
+            for b in range(blocks):
+                for s in range(steps):
+                    acc = min(1.0, chance + (1 - chance) * ((b + 1) / blocks) * ((s + 1) / steps) + rng.normal(0, 0.02))
+                    records.append({"attribute": a, "site": f"blocks.{b}.resid_out.{stream}", "stream": stream, "block": b,
+                                    "step": s, "accuracy": round(float(acc), 4), "selectivity": round(float(acc - chance), 4),
+                                    "n_train": 80, "n_test": 20})
+    (folder / "probes.json").write_text(json.dumps({"records": records, "attributes": {a: list(VALUES[a]) for a in ATTRIBUTES}}))
+    run = open_run(path)
+    site, step = f"blocks.{blocks - 1}.resid_out.img", steps - 1
+    x = np.asarray(run[site][:, step]).mean(axis=1)  # [sample, channel]
+    x = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    pcs = x @ vt[:2].T
+    umap_like = np.tanh(pcs / (pcs.std(axis=0) + 1e-6))  # a stand-in 2-D layout
+    emb = folder / "embeddings"
+    emb.mkdir(exist_ok=True)
+    np.savez(emb / f"{site}@{step}.npz", pca=pcs.astype(np.float32), umap=umap_like.astype(np.float32),
+             sample=np.arange(len(x)))
+    (emb / f"{site}@{step}.json").write_text(json.dumps({"site": site, "step": step}))
+    labels = run.manifest["labels"]
+    directions = folder / "directions"
+    for a, to in (("color", "blue"), ("color", "red"), ("shape", "square"), ("size", "large")):
+        mask = np.array([row[a] == to for row in labels])
+        vector = x[mask].mean(axis=0) - x[~mask].mean(axis=0)
+        d = Direction(torch.from_numpy(vector.astype(np.float32)), site=site, steps=[step],
+                      provenance={"method": "class_mean", "attribute": a, "to": to, "from": "rest", "run": str(path),
+                                  "accuracy": 0.9})
+        d.save(directions / f"{a}_{to}")
+
+
+def save_tiny_toy_pipeline(path: str | Path, *, num_layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Path:
+    """Save a random-weight toy pipeline (width ``heads * head_dim``) that ``latentlens.load_pipeline(path)`` loads.
+
+    For tests of the editor without the trained toy weights. Example: ``save_tiny_toy_pipeline("tmp/tiny")``.
+    """
+    import torch
+
+    from latentlens import ToyPipeline
+    from latentlens.toy.pipeline import build_scheduler, build_transformer
+    from latentlens.toy.text_encoder import load_text_encoder
+
+    torch.manual_seed(seed)
+    transformer = build_transformer(num_layers=num_layers, num_attention_heads=heads, attention_head_dim=head_dim)
+    tokenizer, text_encoder = load_text_encoder()
+    pipe = ToyPipeline(transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
+    pipe.save_pretrained(str(path))
+    return Path(path)

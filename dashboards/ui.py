@@ -1,0 +1,81 @@
+"""Small UI helpers shared by the pages: messages, guarded callbacks, figure defaults."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from typing import Any, Callable
+
+from dash import html, no_update
+
+from latentlens.errors import LatentlensError
+
+log = logging.getLogger("latentlens.dashboard")
+
+
+def message(text: str, kind: str = "error", details: Any = None) -> html.Div:
+    """A visible message box (``kind``: error, warning, info)."""
+    children: list[Any] = [html.Span(text)]
+    if details is not None:
+        children.append(html.Div(details, className="ll-details"))
+    return html.Div(children, className=f"ll-message ll-{kind}", role="alert" if kind == "error" else "status")
+
+
+def error_message(error: BaseException) -> html.Div:
+    """The message shown for an exception: user errors verbatim, bugs as one line (traceback in the log)."""
+    if isinstance(error, LatentlensError):
+        return message(str(error), "warning" if "not been analysed" in str(error) else "error")
+    log.error("dashboard callback failed:\n%s", traceback.format_exc())
+    return message(
+        f"Something went wrong ({type(error).__name__}: {error}). The details are in the dashboard's log.", "error"
+    )
+
+
+def guarded(n_outputs: int, message_at: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a callback so that any exception becomes a message in output ``message_at``.
+
+    The other outputs are left unchanged (``no_update``); on success the message output is
+    cleared unless the callback set it itself.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - shown in the page, never a traceback
+                from dash.exceptions import PreventUpdate
+
+                if isinstance(error, PreventUpdate):
+                    raise
+                out = [no_update] * n_outputs
+                out[message_at] = error_message(error)
+                return out[0] if n_outputs == 1 else tuple(out)
+
+        return inner
+
+    return wrap
+
+
+def empty_figure(text: str = "") -> dict[str, Any]:
+    """A blank figure with an optional centred note."""
+    layout: dict[str, Any] = {
+        "xaxis": {"visible": False}, "yaxis": {"visible": False},
+        "margin": {"l": 10, "r": 10, "t": 10, "b": 10}, "height": 300,
+        "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
+    }
+    if text:
+        layout["annotations"] = [{"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]
+    return {"data": [], "layout": layout}
+
+
+def state_get(state: Any, key: str, default: Any = None) -> Any:
+    return (state or {}).get(key, default) if isinstance(state, dict) else default
+
+
+def image_src(run_id: str, sample: int) -> str:
+    """URL of a sample's image served by the dashboard (run id checked server-side)."""
+    from urllib.parse import quote
+
+    return f"/lens/image/{int(sample)}.png?run={quote(run_id, safe='')}"
