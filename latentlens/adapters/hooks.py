@@ -172,6 +172,3 @@ def cfg_rows(state: CallState, cfg: str) -> slice | None:
         return slice(half, None) if cfg == "cond" else slice(0, half)
     return slice(None)
 
-
-def as_rows(rows: slice, batch: int) -> torch.Tensor:
-    return torch.arange(batch)[rows]

@@ -323,3 +323,18 @@ def test_toy_pipeline_bit_identical_and_words():
     idx = pipe.tokenizer(prompt)["input_ids"].index(pipe.tokenizer.convert_tokens_to_ids("red"))
     assert rec.meta["tokens"] == [idx]
     assert rec["blocks.0.attn.img2txt"].shape[-1] == 1 and rec["text.tokens"].shape[2] == 1
+
+
+def test_pyramid_attention_broadcast_gaps():
+    from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
+
+    from latentlens.testing import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline(num_layers=1, num_single_layers=1)
+    apply_pyramid_attention_broadcast(pipe.transformer, PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 10000),
+        current_timestep_callback=lambda: pipe.current_timestep))
+    with record(pipe, attention="blocks.*.attn.img2txt", allow_caching=True) as rec:
+        run_pipe(pipe, "flux", num_inference_steps=3)
+    assert rec.gaps == [(1, 0), (1, 1)]  # every other step re-uses the cached attention output
+    assert torch.isnan(rec["blocks.0.attn.img2txt"][1]).all() and not torch.isnan(rec["blocks.0.attn.img2txt"][2]).any()
