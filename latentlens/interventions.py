@@ -95,11 +95,13 @@ class _Intervention:
     def __enter__(self) -> "_Intervention":
         check_caching(self.transformer, allow_caching=False)
         try:
-            self.tracker.install(self.hooks)
+            # both hooks are prepended; the tracker goes in last so that it runs first, also when the
+            # site is an input of the transformer itself (text.tokens, latents)
             if self.spec.hook == "pre":
                 self.hooks.pre(self.spec.module, lambda m, a, k: self._apply(a, k, None), prepend=True)
             else:
                 self.hooks.post(self.spec.module, lambda m, a, k, o: self._apply(a, k, o), prepend=True)
+            self.tracker.install(self.hooks)
         except BaseException:
             self.hooks.remove()
             raise

@@ -108,3 +108,23 @@ def test_intervention_errors():
         run_pipe(pipe, "sd3")
     with pytest.raises(ConfigError, match="holds no"):
         patch(pipe, "blocks.0.resid_out.txt", rec)
+
+
+def test_steer_transformer_input_site_at_one_step():
+    from latentlens.testing import sd3_inputs, tiny_sd3_transformer
+
+    model = tiny_sd3_transformer()
+    inputs = sd3_inputs(model, text_tokens=4)
+    d = torch.randn(32)
+    with torch.no_grad():
+        with steer(model, "text.tokens", d, alpha=1.0, steps=[1], tokens=[3]):
+            with record(model, sites=["text.tokens", "blocks.0.resid_in.txt"]) as rec:
+                for _ in range(3):
+                    model(**inputs)
+    x = rec["text.tokens"]
+    assert torch.equal(x[0], inputs["encoder_hidden_states"]) and torch.equal(x[2], inputs["encoder_hidden_states"])
+    exp = inputs["encoder_hidden_states"].clone()
+    exp[:, 3] += d
+    assert torch.equal(x[1], exp)
+    assert torch.equal(rec["blocks.0.resid_in.txt"][0], rec["blocks.0.resid_in.txt"][2])
+    assert not torch.equal(rec["blocks.0.resid_in.txt"][1], rec["blocks.0.resid_in.txt"][0])
