@@ -525,7 +525,10 @@ class record:  # noqa: N801 - used as a function-like context manager
         tokens: text tokens to keep: indices into ``encoder_hidden_states``, or words (then pass
             ``prompt=`` — the words are located in it with the pipeline's tokenizers' offsets mapping),
             applied to text-stream sites, the key axis of ``*2txt`` maps and the query axis of ``txt2*``.
-        reduce: ``"mean_img_tokens"``, ``"mean_steps"``, ``"pool=N"`` (maps) or a list/dict of them.
+        reduce: capture-time reductions, a string, list or dict of: ``"mean_img_tokens"`` (mean over the
+            image tokens of image-stream sites, and over the image *query* axis of maps), ``"mean_steps"``
+            (running mean over the recorded steps; the step axis keeps length 1), ``"pool=N"`` (average
+            pooling of the image axes of maps over N×N patches of the token grid).
         dtype: dtype of the stored tensors (on CPU).
         heads: "mean" (head-averaged maps) or "all" (``[step, batch, head, q, k]``).
         store: a :class:`latentlens.store.RunStore` (anything with ``add_recording(rec)``); written on

@@ -20,6 +20,11 @@ unless said otherwise):
 The last block has no text output (``context_pre_only``): no ``resid_out.txt``, ``attn_out.txt``,
 ``ff_out.txt`` there. Transformer boundary: ``latents`` ``[batch, channel, height, width]``,
 ``text.tokens`` ``[batch, token, channel]``, ``text.pooled`` ``[batch, channel]``, ``pred`` like ``latents``.
+
+CFG: when the pipeline's ``do_classifier_free_guidance`` is true (or, for pipelines without that flag,
+when the two batch halves of the latents are identical) the batch is ``[uncond, cond]``. Steps count
+transformer calls, so SD3's skip-layer guidance (an extra call per step) adds steps.
+Text tokens: ``[CLIP tokens (tokenizer_max_length), T5 tokens]`` for SD3 pipelines; one tokenizer for the toy.
 """
 
 from __future__ import annotations
