@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "Direction": "latentlens.direction",
     "load_probe_spec": "latentlens.analysis.spec",
     "ProbeSpec": "latentlens.analysis.spec",
+    "LinearProbe": "latentlens.analysis.probes",
+    "LinearProbeGrid": "latentlens.analysis.probes",
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
     "record_prompts": "latentlens.runs",
