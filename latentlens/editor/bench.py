@@ -71,18 +71,21 @@ class EditCase:
     pick: float  # uniform draw choosing the new value among the other values
 
 
-def make_cases(n: int, seed: int = 0) -> list[EditCase]:
-    """``n`` cases with the edited attribute cycling through all five attributes."""
+def make_cases(n: int, seed: int = 0, only_attribute: str | None = None) -> list[EditCase]:
+    """``n`` cases with the edited attribute cycling through all five attributes (or only ``only_attribute``)."""
     from latentlens.shapes import ATTRIBUTES, all_combinations
 
     if n < 1:
         raise ConfigError(f"The benchmark needs at least one edit, got n={n}.")
+    if only_attribute is not None and only_attribute not in ATTRIBUTES:
+        raise ConfigError(f"Unknown attribute {only_attribute!r}; valid: {', '.join(ATTRIBUTES)}.")
     rng = np.random.default_rng(seed)
     combos = all_combinations()
     cases = []
     for i in range(n):
         attrs = combos[int(rng.integers(len(combos)))]
-        cases.append(EditCase(i, seed * 100003 + i, attrs, ATTRIBUTES[i % len(ATTRIBUTES)], float(rng.random())))
+        attribute = only_attribute or ATTRIBUTES[i % len(ATTRIBUTES)]
+        cases.append(EditCase(i, seed * 100003 + i, attrs, attribute, float(rng.random())))
     return cases
 
 
@@ -179,6 +182,7 @@ def run_benchmark(
     baseline_kwargs: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
     keep_images: bool = False,
+    only_attribute: str | None = None,
 ) -> BenchResult:
     """Run the benchmark (module docstring) and return a :class:`BenchResult`."""
     from latentlens.shapes import ATTRIBUTES, canonical_caption, object_mask, read_batch
@@ -193,7 +197,7 @@ def run_benchmark(
     settings_b = {k: dict(v) for k, v in BASELINE_DEFAULTS.items()}
     for k, v in (baseline_kwargs or {}).items():
         settings_b.setdefault(k, {}).update(v)
-    cases = make_cases(n, seed)
+    cases = make_cases(n, seed, only_attribute)
     say = progress or (lambda msg: None)
 
     records: list[dict[str, Any]] = []
