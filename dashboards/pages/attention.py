@@ -138,7 +138,7 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     aggregate = aggregate or []
     chosen = blocks if "blocks" in aggregate else [blocks[min(int(block_pos or 0), len(blocks) - 1)]]
     maps = np.stack([attention_map(index, run_id, sites[b], sample) for b in chosen])  # [block, step, query, key]
-    maps = maps.mean(axis=2) if "steps" in aggregate else maps[:, min(int(step or 0), maps.shape[1] - 1)]
+    maps = maps.mean(axis=1) if "steps" in aggregate else maps[:, min(int(step or 0), maps.shape[1] - 1)]
     att = maps.mean(axis=0)  # [query, key]
     n_keys = att.shape[-1]
     token = int(token) if isinstance(token, int) and 0 <= token < n_keys else int(np.argmax(att.sum(axis=0)[1:]) + 1 if n_keys > 1 else 0)

@@ -9,6 +9,8 @@ import dash
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
+from latentlens.errors import LatentlensError
+
 from dashboards import config, ids
 from dashboards.data import results
 from dashboards.ui import empty_figure, guarded, message, state_get
@@ -53,7 +55,10 @@ def _controls(state: Any) -> tuple[Any, ...]:
     run_id = state_get(state, "run")
     if not run_id:
         return [], None, [], None, message("Choose a run in the picker at the top.", "info")
-    res = results(config.index(), run_id)
+    try:
+        res = results(config.index(), run_id)
+    except LatentlensError as error:  # no analysis yet: clear the controls and say what to run
+        return [], None, [], None, message(str(error), "warning")
     if not res.probes:
         return [], None, [], None, message(
             f"The run {run_id!r} has no probe results (missing: {', '.join(res.missing)}). "

@@ -1,0 +1,214 @@
+"""Dashboard data layer, security and bad-input handling (no browser)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dashboards.synthetic import make_synthetic_run
+
+
+def _text(component) -> str:
+    return str(component)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("dashroot")
+    runs = base / "runs"
+    make_synthetic_run(runs / "good", n_samples=40, blocks=2, steps=3, channels=16, images=True)
+    make_synthetic_run(runs / "nested" / "raw", n_samples=12, blocks=2, steps=3, channels=16, images=False, analysis=False,
+                       attention=False)
+    damaged = make_synthetic_run(runs / "damaged", n_samples=12, blocks=2, steps=3, channels=16, images=False, analysis=False)
+    # Damage the store: garbage in every chunk file of one array.
+    for chunk in (damaged / "arrays" / "blocks.0.resid_out.img" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"not a chunk")
+    (runs / "broken-manifest").mkdir()
+    (runs / "broken-manifest" / "manifest.json").write_text("{ not json")
+    (runs / "not-a-run").mkdir()
+    (runs / "not-a-run" / "notes.txt").write_text("hello")
+    # A run outside the root, reachable only through a symlink: must not be listed.
+    outside = make_synthetic_run(base / "outside", n_samples=4, blocks=1, steps=1, channels=4, images=False, analysis=False)
+    os.symlink(outside, runs / "escape")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def app(root, tmp_path_factory):
+    from dashboards.app import create_app
+    from dashboards.data import clear_caches
+
+    clear_caches()
+    return create_app(root, cache_dir=tmp_path_factory.mktemp("cache"), upload_max_bytes=64 * 1024)
+
+
+def test_runs_under_the_root_are_found_and_nothing_else(app, root):
+    from dashboards import config
+
+    ids = config.index().run_ids()
+    assert ids == ["broken-manifest", "damaged", "good", "nested/raw"]
+    infos = {r.run_id: r for r in config.index().runs()}
+    assert infos["good"].completed == 40 and infos["good"].analysed
+    assert infos["nested/raw"].analysed is False
+    assert infos["broken-manifest"].error and "damaged" in infos["broken-manifest"].error
+
+
+@pytest.mark.parametrize("bad", ["../outside", "/etc", "good/../../outside", "escape", "..", "", None, 3, "good/.."])
+def test_run_ids_outside_the_root_are_refused(app, bad):
+    from dashboards import config
+    from dashboards.data import DashboardError
+
+    with pytest.raises(DashboardError, match="only runs under the dashboard's root"):
+        config.index().path(bad)
+
+
+def test_image_route_serves_only_runs_under_the_root(app):
+    client = app.server.test_client()
+    ok = client.get("/lens/image/3.png?run=good")
+    assert ok.status_code == 200 and ok.mimetype == "image/png"
+    for query in ("../outside", "escape", "/etc", "good/../../outside", "%2e%2e%2foutside"):
+        assert client.get(f"/lens/image/0.png?run={query}").status_code == 404
+    assert client.get("/lens/image/999.png?run=good").status_code == 404
+    leak = client.get("/lens/upload/..%2f..%2fetc%2fpasswd.png")  # falls through to the app's HTML shell
+    assert b"root:" not in leak.data and leak.mimetype == "text/html"
+    assert client.get("/lens/upload/zzzz.png").status_code == 404
+
+
+def _png_upload(side: int = 8, fmt: str = "PNG") -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(buffer, format=fmt)
+    mime = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif"}[fmt]
+    return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_uploads_are_limited_in_size_and_type_and_never_unpickled(app):
+    from dashboards import config
+    from dashboards.data import DashboardError
+    from dashboards.editing import save_upload
+
+    upload_id, size = save_upload(_png_upload(8), "red.png")
+    assert size == (8, 8) and (config.upload_dir() / f"{upload_id}.png").is_file()
+    assert app.server.test_client().get(f"/lens/upload/{upload_id}.png").status_code == 200
+    save_upload(_png_upload(8, "JPEG"), "red.jpg")
+    with pytest.raises(DashboardError, match="only PNG and JPEG"):
+        save_upload(_png_upload(8, "GIF"), "anim.gif")
+    with pytest.raises(DashboardError, match="limit is 1024 per side|KiB"):
+        save_upload(_png_upload(2000), "huge.png")
+    big = "data:image/png;base64," + base64.b64encode(os.urandom(200 * 1024)).decode()
+    with pytest.raises(DashboardError, match="KiB"):
+        save_upload(big, "big.png")
+    evil = "data:application/octet-stream;base64," + base64.b64encode(pickle.dumps({"x": 1})).decode()
+    with pytest.raises(DashboardError, match="not a readable PNG or JPEG"):
+        save_upload(evil, "payload.pkl")
+    with pytest.raises(DashboardError, match="empty"):
+        save_upload(None, None)
+
+
+def test_features_and_pca_follow_the_labels(app):
+    from dashboards import config
+    from dashboards.data import features, manifest_labels, open_run, pca
+
+    index = config.index()
+    x = features(index, "good", "blocks.1.resid_out.img", 2)
+    assert x.shape == (40, 16) and np.isfinite(x).all()
+    samples, coords, explained = pca(index, "good", "blocks.1.resid_out.img", 2)
+    assert coords.shape == (40, 2) and explained[0] >= explained[1] > 0
+    labels = manifest_labels(open_run(index, "good"))
+    assert set(labels) == {"shape", "color", "size"} and len(labels["color"]) == 40
+
+
+def test_probe_page_says_how_to_analyse_a_run_without_analysis(app):
+    from dashboards.app import page_module
+
+    probes = page_module("probes")
+    out = probes._controls({"run": "nested/raw"})
+    assert out[0] == [] and "latentlens analyze" in _text(out[4])
+    ok = probes._controls({"run": "good"})
+    assert ok[1] in ("color", "shape", "size") and ok[4] is None
+    figure, best, note = probes._heatmap("color", "img", "accuracy", {"run": "good"})
+    assert figure["data"][0]["type"] == "heatmap" and len(figure["data"][0]["z"]) == 2  # two blocks
+    assert "best cell" in best
+
+
+def test_damaged_store_and_manifest_give_messages_not_tracebacks(app):
+    from dashboards.app import page_module
+
+    latents = page_module("latents")
+    controls = latents._controls({"run": "damaged"})
+    assert controls[-1] is None  # the manifest is fine; the arrays are read later
+    out = latents._scatter("blocks.0.resid_out.img", 1, "pca", "color", {"run": "damaged"})
+    assert "damaged" in _text(out[1]) and "Traceback" not in _text(out[1])
+    runs = page_module("runs")
+    detail = runs._detail({"run": "broken-manifest"})
+    assert "cannot be read" in _text(detail)
+    missing = latents._controls({"run": "../outside"})
+    assert "only runs under the dashboard's root" in _text(missing[-1])
+
+
+def test_direction_that_does_not_fit_gets_a_clear_message(app, root):
+    import torch
+
+    from latentlens import Direction
+    from dashboards.app import page_module
+    from dashboards.data import clear_caches
+
+    Direction(torch.ones(7), site="blocks.1.resid_out.img", steps=[2], provenance={"method": "test"}).save(
+        root / "good" / "analysis" / "directions" / "misfit")
+    clear_caches()
+    directions = page_module("directions")
+    figure, provenance, note = directions._histogram("misfit", {"run": "good"})
+    assert "does not fit" in _text(note) and "width 7" in _text(note)
+    figure, provenance, note = directions._histogram("color_blue", {"run": "good"})
+    assert note is None and len(figure["data"]) == 6  # one histogram per colour
+    (root / "good" / "analysis" / "directions" / "misfit.json").unlink()
+    (root / "good" / "analysis" / "directions" / "misfit.safetensors").unlink()
+    clear_caches()
+
+
+def test_attention_page_reads_maps_and_aggregates(app):
+    from dashboards.app import page_module
+
+    attention = page_module("attention")
+    controls = attention._controls({"run": "good"}, {})
+    assert controls[-1] is None and controls[0] == 1  # two blocks → slider max 1
+    figure, strip, options, prompt, note = attention._figure(0, 3, 0, 2, ["blocks", "steps"], {"run": "good"})
+    assert note is None and len(options) == 8 and len(strip) == 8
+    assert np.array(figure["data"][0]["z"]).shape == (4, 4)  # 16 image tokens on a 4×4 grid
+    none = attention._controls({"run": "nested/raw"}, {})
+    assert "has no attention maps" in _text(none[-1]) and "--attention" in _text(none[-1])
+
+
+def test_results_reader_reads_what_analysis_wrote(root):
+    from latentlens.errors import StoreError
+    from latentlens.results import load_results
+
+    res = load_results(root / "good")
+    assert res.attributes == ["color", "shape", "size"] and res.streams == ["img", "txt"]
+    blocks, steps, table, sites = res.probe_grid("color", "img")
+    assert blocks == [0, 1] and steps == [0, 1, 2] and table.shape == (2, 3)
+    assert sites[1][2] == "blocks.1.resid_out.img"
+    assert res.load_direction("color_blue").dim == 16
+    assert set(res.embedding("blocks.1.resid_out.img", 2)) >= {"pca", "umap", "sample"}
+    with pytest.raises(StoreError, match="latentlens analyze"):
+        load_results(root / "nested" / "raw")
+
+
+def test_dashboard_command_binds_localhost_by_default_and_checks_its_input(tmp_path, capsys):
+    from latentlens.cli import build_parser, main
+
+    args = build_parser().parse_args(["dashboard", str(tmp_path)])
+    assert args.host == "127.0.0.1" and args.port == 8050
+    assert main(["dashboard", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["dashboard", str(tmp_path), "--port", "70000"]) == 2
+    assert "not a valid port" in capsys.readouterr().err
