@@ -42,7 +42,8 @@ def softmax_columns(
     """Selected columns of ``softmax(q kᵀ · scale + bias)``, rows normalised over all keys.
 
     ``q`` ``[batch, heads, nq, d]``, ``k`` ``[batch, heads, nk, d]``, ``bias`` broadcastable to
-    ``[batch, heads, nq, nk]``; ``columns`` maps an output name to a key slice or index tensor.
+    ``[batch, heads, nq, nk]``; ``columns`` maps an output name to a key slice, an index tensor
+    ``[ncols]``, or per-batch-row indices ``[batch, ncols]``.
     Returns ``[batch, nq, ncols]`` (head mean) or ``[batch, heads, nq, ncols]`` per name.
     """
     b, h, nq, _ = q.shape
@@ -65,7 +66,12 @@ def softmax_columns(
         probs = torch.softmax(logits, dim=-1)
         del logits
         for name, cols in columns.items():
-            p = probs[..., cols] if isinstance(cols, slice) else probs.index_select(-1, cols)  # [b, h, c, ncols]
+            if isinstance(cols, slice):
+                p = probs[..., cols]  # [b, h, c, ncols]
+            elif cols.ndim == 2:  # per batch row [b, ncols]
+                p = probs.gather(-1, cols[:, None, None, :].expand(-1, h, probs.shape[2], -1))
+            else:
+                p = probs.index_select(-1, cols)
             pieces[name].append(p.mean(dim=1) if heads == "mean" else p.clone())
         del probs
     return {name: torch.cat(parts, dim=-2) for name, parts in pieces.items()}
@@ -132,8 +138,8 @@ def quadrant_maps(
     """The requested quadrants (e.g. ``["img2txt"]``) of one attention call, exact.
 
     Returns ``{kind: [batch, q, k]}`` (``[batch, heads, q, k]`` with ``heads="all"``). With
-    ``text_index`` (token indices), text axes keep only those tokens (key columns of ``*2txt``,
-    query rows of ``txt2*``).
+    ``text_index`` (token indices ``[k]``, or per batch row ``[batch, k]``), text axes keep only those
+    tokens (key columns of ``*2txt``, query rows of ``txt2*``).
     """
     q_needed = {spec.quadrants[w][0] for w in wanted}
     k_streams = _streams(spec, state, spec_id, "k", spec.k_parts, kwargs, rows)
@@ -154,7 +160,11 @@ def quadrant_maps(
     for q_stream in sorted(q_needed):
         q = q_streams[q_stream]
         if q_stream == "txt" and text_index is not None:
-            q = q.index_select(2, text_index.to(q.device))
+            ti = text_index.to(q.device)
+            if ti.ndim == 2:  # per batch row
+                q = q.gather(2, ti[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3]))
+            else:
+                q = q.index_select(2, ti)
         cols: dict[str, slice | torch.Tensor] = {}
         for w in wanted:
             qs, ks = spec.quadrants[w]

@@ -101,36 +101,49 @@ class _Reduce:
         return {"mean_img_tokens": self.mean_img_tokens, "mean_steps": self.mean_steps, "pool": self.pool}
 
 
-def _resolve_tokens(tokens: Any, adapter: Adapter, prompt: str | None = None) -> torch.Tensor | None:
-    """Token indices (LongTensor) from ints or words (resolved with the pipeline's tokenizers)."""
+def _resolve_tokens(tokens: Any, adapter: Adapter, prompt: str | Sequence[str] | None = None) -> torch.Tensor | None:
+    """Token indices from ints or words: ``[k]`` shared by all rows, or ``[n_prompts, k]`` for a prompt list."""
     if tokens is None:
         return None
     if isinstance(tokens, (str, int)):
         tokens = [tokens]
     if isinstance(tokens, torch.Tensor):
         tokens = tokens.tolist()
-    idx: list[int] = []
-    for t in tokens:
-        if isinstance(t, bool):
-            raise ConfigError(f"tokens={tokens!r}: {t!r} is not a token index or a word.")
-        if isinstance(t, int):
-            if t < 0:
-                raise ConfigError(f"tokens={tokens!r} holds the negative index {t}; pass indices >= 0.")
-            idx.append(t)
-        elif isinstance(t, str):
-            if prompt is None:
-                raise ConfigError(
-                    f"tokens={tokens!r} names the word {t!r}; pass prompt='...' (the prompt it occurs in) so "
-                    "its token positions can be found, or pass token indices."
-                )
-            idx.extend(word_token_indices(adapter, t, prompt))
-        else:
-            raise ConfigError(f"tokens={tokens!r}: {t!r} is not a token index or a word.")
-    return torch.tensor(sorted(set(idx)), dtype=torch.long)
+    prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
+    rows: list[list[int]] = []
+    for p in prompts:
+        idx: list[int] = []
+        for t in tokens:
+            if isinstance(t, bool):
+                raise ConfigError(f"tokens={tokens!r}: {t!r} is not a token index or a word.")
+            if isinstance(t, int):
+                if t < 0:
+                    raise ConfigError(f"tokens={tokens!r} holds the negative index {t}; pass indices >= 0.")
+                idx.append(t)
+            elif isinstance(t, str):
+                if p is None:
+                    raise ConfigError(
+                        f"tokens={tokens!r} names the word {t!r}; pass prompt='...' (the prompt it occurs in, or "
+                        "the list of prompts of the batch) so its token positions can be found, or pass token indices."
+                    )
+                idx.extend(word_token_indices(adapter, t, p))
+            else:
+                raise ConfigError(f"tokens={tokens!r}: {t!r} is not a token index or a word.")
+        rows.append(sorted(set(idx)))
+    if len(rows) == 1:
+        return torch.tensor(rows[0], dtype=torch.long)
+    counts = {len(r) for r in rows}
+    if len(counts) > 1:
+        detail = "; ".join(f"{p!r}: {len(r)}" for p, r in zip(prompts, rows))
+        raise ConfigError(
+            f"tokens={tokens!r} select a different number of tokens in different prompts ({detail}); every "
+            "row needs the same count — record prompts with the same tokenisation of these words together."
+        )
+    return torch.tensor(rows, dtype=torch.long)  # [n_prompts, k]
 
 
 def word_token_indices(adapter: Adapter, word: str, prompt: str) -> list[int]:
-    """Positions in ``encoder_hidden_states`` of the tokens of ``word`` in ``prompt``.
+    """Positions in ``encoder_hidden_states`` of the tokens of ``word`` (its first whole-word occurrence) in ``prompt``.
 
     Uses the pipeline's own tokenizers and their offsets mapping, one segment per text encoder
     (SD3: CLIP tokens then T5 tokens; Flux: T5; PixArt and the toy model: one tokenizer).
@@ -235,7 +248,7 @@ class _Recorder:
         heads: str,
         store: Any,
         allow_caching: bool,
-        prompt: str | None = None,
+        prompt: str | Sequence[str] | None = None,
     ) -> None:
         if cfg not in ("cond", "uncond", "both"):
             raise ConfigError(f"cfg={cfg!r} is not one of 'cond', 'uncond', 'both'.")
@@ -279,6 +292,7 @@ class _Recorder:
         self._ran: set[int] = set()
         self._active = False
         self._rows: slice | None = None
+        self._call_index: torch.Tensor | None = None
 
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
@@ -323,11 +337,31 @@ class _Recorder:
         self._ran = set()
         if self._active:
             self._timesteps.setdefault(st.step, st.timestep)
-            if self.text_index is not None and len(self.text_index) and int(self.text_index.max()) >= st.text_len:
-                raise ConfigError(
-                    f"tokens={self.tokens!r} selects token {int(self.text_index.max())}, but this model call has "
-                    f"only {st.text_len} text tokens (0..{st.text_len - 1})."
-                )
+            self._call_index = self._index_for_call(st)
+
+    def _index_for_call(self, st: CallState) -> torch.Tensor | None:
+        """The text-token selection for this call's kept rows: ``[k]`` or ``[rows, k]``."""
+        ti = self.text_index
+        if ti is None:
+            return None
+        if ti.numel() and int(ti.max()) >= st.text_len:
+            raise ConfigError(
+                f"tokens={self.tokens!r} selects token {int(ti.max())}, but this model call has only "
+                f"{st.text_len} text tokens (0..{st.text_len - 1})."
+            )
+        if ti.ndim == 1:
+            return ti
+        n = ti.shape[0]
+        per_branch = st.batch // 2 if st.cfg_doubled else st.batch
+        if per_branch % n:
+            raise ConfigError(
+                f"prompt= lists {n} prompts but the model call has batch {st.batch}"
+                f"{' (CFG-doubled)' if st.cfg_doubled else ''}; pass the prompts of this run, in order."
+            )
+        full = ti.repeat_interleave(per_branch // n, dim=0)  # num_images_per_prompt copies
+        if st.cfg_doubled:
+            full = torch.cat([full, full])  # the uncond rows use the positions of their prompt
+        return full[self._rows]
 
     def _end(self, module: Any, args: tuple, kwargs: dict, out: Any) -> None:
         if self._active and self.skipping:
@@ -363,8 +397,10 @@ class _Recorder:
             return
         x = x.detach()[self._rows]
         dims = spec.dims
-        if spec.stream == "txt" and self.text_index is not None and dims[1] == "token":
-            x = x.index_select(1, self.text_index.to(x.device))
+        ti = self._call_index
+        if spec.stream == "txt" and ti is not None and dims[1] == "token":
+            ti = ti.to(x.device)
+            x = x.index_select(1, ti) if ti.ndim == 1 else x.gather(1, ti[:, :, None].expand(-1, -1, x.shape[-1]))
         if self.reduce.mean_img_tokens and spec.stream == "img":
             if dims[1:] == ("token", "channel"):
                 x, dims = x.mean(dim=1), ("batch", "channel")
@@ -402,7 +438,7 @@ class _Recorder:
                 )
             with torch.no_grad():
                 maps = quadrant_maps(spec, st, k, st.scratch.get((k, "kwargs"), kwargs), kinds, self._rows,
-                                     heads=self.heads, text_index=self.text_index)
+                                     heads=self.heads, text_index=self._call_index)
             for key in list(st.scratch):
                 if key[0] == k:
                     del st.scratch[key]
@@ -523,8 +559,9 @@ class record:  # noqa: N801 - used as a function-like context manager
             doubles the batch as ``[uncond, cond]`` (SD3, toy, PixArt) or calls the transformer inside
             ``cache_context("cond"/"uncond")`` (Flux true CFG). Without CFG every row is kept.
         tokens: text tokens to keep: indices into ``encoder_hidden_states``, or words (then pass
-            ``prompt=`` — the words are located in it with the pipeline's tokenizers' offsets mapping),
-            applied to text-stream sites, the key axis of ``*2txt`` maps and the query axis of ``txt2*``.
+            ``prompt=`` — the words are located in it with the pipeline's tokenizers' offsets mapping;
+            with a list of prompts, per row, each prompt giving the same number of tokens), applied to
+            text-stream sites, the key axis of ``*2txt`` maps and the query axis of ``txt2*``.
         reduce: capture-time reductions, a string, list or dict of: ``"mean_img_tokens"`` (mean over the
             image tokens of image-stream sites, and over the image *query* axis of maps), ``"mean_steps"``
             (running mean over the recorded steps; the step axis keeps length 1), ``"pool=N"`` (average
@@ -557,7 +594,7 @@ class record:  # noqa: N801 - used as a function-like context manager
         store: Any = None,
         *,
         allow_caching: bool = False,
-        prompt: str | None = None,
+        prompt: str | Sequence[str] | None = None,
     ) -> None:
         if sites is None and attention is None:
             sites = "blocks.*.resid_out.*"

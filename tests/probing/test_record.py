@@ -338,3 +338,23 @@ def test_pyramid_attention_broadcast_gaps():
         run_pipe(pipe, "flux", num_inference_steps=3)
     assert rec.gaps == [(1, 0), (1, 1)]  # every other step re-uses the cached attention output
     assert torch.isnan(rec["blocks.0.attn.img2txt"][1]).all() and not torch.isnan(rec["blocks.0.attn.img2txt"][2]).any()
+
+
+def test_word_tokens_per_prompt_row():
+    pipe = get_pipe("sd3")
+    prompts = ["a red circle", "a small red circle"]  # "red" at CLIP position 2 and 3 (T5: 8 + 2, 8 + 3)
+    with record(pipe, sites="blocks.0.resid_in.txt", attention="blocks.0.attn.*", tokens="red", prompt=prompts,
+                cfg="both") as rec:
+        run_pipe(pipe, "sd3", prompt=prompts)
+    with record(pipe, sites="blocks.0.resid_in.txt", attention="blocks.0.attn.*", cfg="both") as full:
+        run_pipe(pipe, "sd3", prompt=prompts)
+    assert rec.meta["tokens"] == [[2, 10], [3, 11]]
+    rows = [[2, 10], [3, 11], [2, 10], [3, 11]]  # batch [uncond × 2, cond × 2]; uncond rows follow their prompt
+    for b, idx in enumerate(rows):
+        assert torch.equal(rec["blocks.0.resid_in.txt"][:, b], full["blocks.0.resid_in.txt"][:, b, idx])
+        torch.testing.assert_close(rec["blocks.0.attn.img2txt"][:, b], full["blocks.0.attn.img2txt"][:, b][..., idx],
+                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(rec["blocks.0.attn.txt2img"][:, b], full["blocks.0.attn.txt2img"][:, b, idx],
+                                   atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match="'red' does not occur in the prompt 'a reddish circle'"):
+        record(pipe, sites="blocks.0.resid_in.txt", tokens="red", prompt=["a red circle", "a reddish circle"])
