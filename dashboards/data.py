@@ -315,3 +315,44 @@ def clear_caches() -> None:
     """Forget every cached read (tests, or after a run was rewritten in place)."""
     for fn in (_open_cached, _results_cached, _features_cached, _pca_cached):
         fn.cache_clear()
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(manifest_model: str, pipeline_class: str) -> Any:
+    """A tokenizer for the run's model, or None: the toy's MiniLM, or a local pipeline folder's ``tokenizer/``."""
+    from transformers import AutoTokenizer
+
+    folder = Path(manifest_model).expanduser()
+    try:
+        if manifest_model == "toy" or pipeline_class == "ToyPipeline":
+            from latentlens.toy.text_encoder import text_encoder_path
+
+            return AutoTokenizer.from_pretrained(str(text_encoder_path()), local_files_only=True)
+        if (folder / "tokenizer").is_dir():
+            return AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    except Exception:  # noqa: BLE001 - labels are a convenience; "token k" is shown without them
+        return None
+    return None
+
+
+def token_labels(run: Any, sample: int, n_keys: int) -> list[str]:
+    """``"k: word"`` labels of the text tokens of ``sample`` (``"k"`` where the tokenizer is unknown)."""
+    manifest = run.manifest
+    model = manifest.get("model") or {}
+    prompts = manifest.get("prompts") or []
+    words: list[str] = []
+    tokenizer = _tokenizer(str(model.get("id", "")), str(model.get("pipeline_class", "")))
+    if tokenizer is not None and 0 <= sample < len(prompts):
+        try:
+            words = tokenizer.convert_ids_to_tokens(tokenizer(prompts[sample])["input_ids"])
+        except Exception:  # noqa: BLE001
+            words = []
+    return [f"{k}: {words[k]}" if k < len(words) else (f"{k}: (pad)" if words else str(k)) for k in range(n_keys)]
+
+
+def step_labels(run: Any, n_steps: int) -> list[str]:
+    """Labels of the recorded step axis: the denoising step numbers when a subset was recorded."""
+    steps = (run.manifest.get("recording") or {}).get("steps")
+    if isinstance(steps, list) and len(steps) == n_steps and all(isinstance(s, int) for s in steps):
+        return [f"{i} (t{s})" if s != i else str(i) for i, s in enumerate(steps)]
+    return [str(i) for i in range(n_steps)]

@@ -181,8 +181,9 @@ def test_attention_page_reads_maps_and_aggregates(app):
     attention = page_module("attention")
     controls = attention._controls({"run": "good"}, {})
     assert controls[-1] is None and controls[0] == 1  # two blocks → slider max 1
-    figure, strip, options, prompt, note = attention._figure(0, 3, 0, 2, ["blocks", "steps"], {"run": "good"})
-    assert note is None and len(options) == 8 and len(strip) == 8
+    figure, strip, options, token, prompt, note = attention._figure(0, 3, 0, 2, ["blocks", "steps"], {"run": "good"})
+    assert note is None and len(options) == 8 and len(strip) == 8 and token == 3
+    assert options[1]["label"] == "1: a"  # the toy tokenizer names the tokens ([CLS] a ...)
     assert np.array(figure["data"][0]["z"]).shape == (4, 4)  # 16 image tokens on a 4×4 grid
     none = attention._controls({"run": "nested/raw"}, {})
     assert "has no attention maps" in _text(none[-1]) and "--attention" in _text(none[-1])

@@ -12,7 +12,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import DashboardError, attention_map, attention_sites, image_file, open_run
+from dashboards.data import DashboardError, attention_map, attention_sites, image_file, open_run, step_labels, token_labels
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
@@ -59,6 +59,7 @@ def layout(**_query: Any) -> html.Div:
     Output(ids.ATT_BLOCK, "marks"),
     Output(ids.ATT_BLOCK, "value"),
     Output(ids.ATT_STEP, "max"),
+    Output(ids.ATT_STEP, "marks"),
     Output(ids.ATT_STEP, "value"),
     Output(ids.ATT_SAMPLE, "value"),
     Output(ids.ATT_SAMPLE, "max"),
@@ -66,11 +67,11 @@ def layout(**_query: Any) -> html.Div:
     Input(ids.STATE, "data"),
     State(ids.SAMPLE, "data"),
 )
-@guarded(8, 7)
+@guarded(9, 8)
 def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     run_id = state_get(state, "run")
     if not run_id:
-        return 1, {}, 0, 1, 0, 0, 0, message("Choose a run in the picker at the top.", "info")
+        return 1, {}, 0, 1, {}, 0, 0, 0, message("Choose a run in the picker at the top.", "info")
     run = open_run(config.index(), run_id)
     sites = attention_sites(run)
     if not sites:
@@ -84,7 +85,9 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     sample = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
     sample = int(sample) if isinstance(sample, int) else min(run.completed, default=0)
     marks = {i: str(b) for i, b in enumerate(blocks)}
-    return len(blocks) - 1, marks, 0, n_steps - 1, n_steps - 1, sample, first.shape[0] - 1, None
+    names = step_labels(run, n_steps)
+    step_marks = {i: names[i] for i in range(n_steps)}
+    return len(blocks) - 1, marks, 0, n_steps - 1, step_marks, n_steps - 1, sample, first.shape[0] - 1, None
 
 
 def _grid(values: np.ndarray) -> np.ndarray:
@@ -113,6 +116,7 @@ def _overlay_png(image: np.ndarray | None, heat: np.ndarray, size: int = 96) -> 
     Output(ids.ATT_FIGURE, "figure"),
     Output(ids.ATT_STRIP, "children"),
     Output(ids.ATT_TOKEN, "options"),
+    Output(ids.ATT_TOKEN, "value"),
     Output(ids.ATT_PROMPT, "children"),
     Output(ids.ATT_MESSAGE, "children", allow_duplicate=True),
     Input(ids.ATT_SAMPLE, "value"),
@@ -123,11 +127,11 @@ def _overlay_png(image: np.ndarray | None, heat: np.ndarray, size: int = 96) -> 
     State(ids.STATE, "data"),
     prevent_initial_call=True,
 )
-@guarded(5, 4)
+@guarded(6, 5)
 def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, state: Any) -> tuple[Any, ...]:
     run_id = state_get(state, "run")
     if not run_id or sample is None:
-        return empty_figure(), None, [], None, no_update
+        return empty_figure(), None, [], None, None, no_update
     index = config.index()
     run = open_run(index, run_id)
     sites = attention_sites(run)
@@ -141,6 +145,7 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     maps = maps.mean(axis=1) if "steps" in aggregate else maps[:, min(int(step or 0), maps.shape[1] - 1)]
     att = maps.mean(axis=0)  # [query, key]
     n_keys = att.shape[-1]
+    labels = token_labels(run, sample, n_keys)
     token = int(token) if isinstance(token, int) and 0 <= token < n_keys else int(np.argmax(att.sum(axis=0)[1:]) + 1 if n_keys > 1 else 0)
     prompts = run.manifest.get("prompts") or []
     prompt = prompts[sample] if sample < len(prompts) else ""
@@ -154,10 +159,10 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     where = ("mean over blocks" if "blocks" in aggregate else f"block {chosen[0]}") + ", " + (
         "mean over steps" if "steps" in aggregate else f"step {int(step or 0)}")
     figure: dict[str, Any] = {
-        "data": [{"type": "heatmap", "z": heat.tolist(), "colorscale": "Inferno", "opacity": 0.6 if image is not None else 1.0,
+        "data": [{"type": "heatmap", "z": heat.tolist(), "colorscale": "Viridis", "opacity": 0.55 if image is not None else 1.0,
                   "hovertemplate": "row %{y}, col %{x}: %{z:.3f}<extra></extra>"}],
         "layout": {
-            "title": {"text": f"sample {sample} · token {token} · {where}"},
+            "title": {"text": f"sample {sample} · token {labels[token]} · {where}"},
             "xaxis": {"visible": False, "range": [-0.5, heat.shape[1] - 0.5]},
             "yaxis": {"visible": False, "autorange": "reversed", "scaleanchor": "x"},
             "height": 420, "width": 460, "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
@@ -170,8 +175,8 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
         }]
     strip = [
         html.Figure([html.Img(src=_overlay_png(image, _grid(att[:, k])), className="ll-att-thumb"),
-                     html.Figcaption(f"token {k}")], className="ll-att-cell" + (" ll-current" if k == token else ""))
+                     html.Figcaption(labels[k])], className="ll-att-cell" + (" ll-current" if k == token else ""))
         for k in range(min(n_keys, MAX_STRIP))
     ]
-    options = [{"label": f"token {k}", "value": k} for k in range(n_keys)]
-    return figure, strip, options, html.Span([html.B("prompt: "), prompt]), None
+    options = [{"label": labels[k], "value": k} for k in range(n_keys)]
+    return figure, strip, options, token, html.Span([html.B("prompt: "), prompt]), None

@@ -9,7 +9,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import DashboardError, activation_sites, manifest_labels, open_run, pca, results
+from dashboards.data import DashboardError, activation_sites, manifest_labels, open_run, pca, results, step_labels
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/latents", name="Latents", title="latentlens · latents", order=2)
@@ -77,7 +77,8 @@ def _controls(state: Any) -> tuple[Any, ...]:
     attribute = state_get(state, "attribute")
     colour = attribute if attribute in labels else (labels[0] if labels else "none")
     options = [{"label": a, "value": a} for a in labels] + [{"label": "none", "value": "none"}]
-    marks = {i: str(i) for i in range(0, n_steps, max(1, n_steps // 10))}
+    names = step_labels(run, n_steps)
+    marks = {i: names[i] for i in range(0, n_steps, max(1, n_steps // 10))}
     return ([{"label": s, "value": s} for s in sites], site, n_steps - 1, step, marks, options, colour, None)
 
 
