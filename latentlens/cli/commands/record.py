@@ -1,0 +1,276 @@
+"""``latentlens record``: record latents and attention maps of many prompts into a run folder.
+
+Example::
+
+    $ latentlens record --model toy --prompts prompts.txt --out runs/colors \\
+          --sites 'blocks.*.resid_out.*' --attention img2txt --steps 0:20:5 --json
+    $ latentlens record --model toy --probe probes/shapes.yaml --out runs/shapes --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from latentlens.errors import ConfigError
+
+NAME = "record"
+HELP = "Record text/image token latents and attention maps of many prompts into a resumable run folder."
+
+_SPEC_KEYS = {
+    "sites", "attention", "steps", "num_inference_steps", "guidance_scale", "guidance", "height", "width",
+    "batch_size", "cfg", "dtype", "tokens", "reduce",
+}
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="'toy', a local diffusers pipeline folder, or a cached hub id "
+                        "(default: the probe spec's model).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments allowed), or JSONL "
+                        "with a 'prompt' field and optional 'seed' and label fields.")
+    source.add_argument("--probe", metavar="SPEC.yaml", help="a probe spec (see probes/*.yaml): prompts, seeds, labels.")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create (or resume).")
+    parser.add_argument("--sites", action="append", metavar="GLOB",
+                        help="site names or globs, comma-separated or repeated (default: 'blocks.*.resid_out.*').")
+    parser.add_argument("--attention", action="append", metavar="SPEC",
+                        help="attention maps to record, e.g. img2txt or 'blocks.*.attn.img2txt' (default: none).")
+    parser.add_argument("--steps", metavar="STEPS",
+                        help="denoising steps to record: 'all' (default), '0,5,9', '0:10', '0:20:5', '-1'.")
+    parser.add_argument("--limit", type=int, metavar="N", help="record only the first N prompts.")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="prompts per pipeline call (default 4).")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="prompt i uses seed S+i unless the prompt "
+                        "file gives one (default 0).")
+    parser.add_argument("--num-inference-steps", type=int, metavar="N", help="denoising steps (default: the pipeline's).")
+    parser.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (default: the pipeline's).")
+    parser.add_argument("--height", type=int, metavar="PX", help="image height (default: the pipeline's).")
+    parser.add_argument("--width", type=int, metavar="PX", help="image width (default: the pipeline's).")
+    parser.add_argument("--cfg", choices=("cond", "uncond", "both"), default=None,
+                        help="which classifier-free-guidance branch to record (default cond).")
+    parser.add_argument("--dtype", choices=_DTYPES, default=None, help="dtype of the recorded data (default float32).")
+    parser.add_argument("--no-images", action="store_true", help="do not save the generated images.")
+    parser.add_argument("--resume", action="store_true", help="continue a run in --out made with the same settings.")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run in --out.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar.")
+    parser.add_argument("--json", action="store_true", help="print one JSON document with the result.")
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def parse_steps(text: str | None) -> list[Any] | None:
+    """Parse ``--steps``: ``None``/'all' → every step; else a list of ints and ``slice`` objects."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    parts: list[Any] = []
+    for raw in text.split(","):
+        part = raw.strip()
+        try:
+            if ":" in part:
+                fields = [int(f) if f.strip() else None for f in part.split(":")]
+                if len(fields) > 3 or (len(fields) == 3 and fields[2] is not None and fields[2] <= 0):
+                    raise ValueError
+                parts.append(slice(*fields))
+            else:
+                parts.append(int(part))
+        except ValueError:
+            raise ConfigError(
+                f"--steps {text!r}: {part!r} is not a step index or range; use e.g. '0,5,9', '0:10', '0:20:5' or 'all'."
+            ) from None
+    return parts
+
+
+def resolve_steps(parts: list[Any] | None, num_steps: int | None) -> list[int] | None:
+    """Turn parsed ``--steps`` into sorted step indices in ``0..num_steps-1`` (an error names a bad one)."""
+    if parts is None:
+        return None
+    if num_steps is None:
+        if any(isinstance(p, slice) or p < 0 for p in parts):
+            raise ConfigError("--steps with ranges or negative indices needs --num-inference-steps.")
+        return sorted(set(parts))
+    out: set[int] = set()
+    for part in parts:
+        if isinstance(part, slice):
+            start, stop = part.start, part.stop
+            for bound in (start, stop):
+                if bound is not None and not -num_steps <= bound <= num_steps:
+                    raise ConfigError(
+                        f"--steps range {_fmt(part)} reaches step {bound}, outside 0..{num_steps - 1} "
+                        f"(the run has {num_steps} denoising steps); use steps below {num_steps} or raise "
+                        "--num-inference-steps."
+                    )
+            chosen = range(num_steps)[part]
+            if not chosen:
+                raise ConfigError(f"--steps range {_fmt(part)} selects no step of 0..{num_steps - 1}.")
+            out.update(chosen)
+        else:
+            if not -num_steps <= part < num_steps:
+                raise ConfigError(
+                    f"--steps {part} is outside 0..{num_steps - 1} (the run has {num_steps} denoising steps); "
+                    f"use a step below {num_steps}, a negative index from the end, or raise --num-inference-steps."
+                )
+            out.add(part % num_steps)
+    return sorted(out)
+
+
+def _fmt(part: slice) -> str:
+    fields = [part.start, part.stop] + ([part.step] if part.step is not None else [])
+    return ":".join("" if f is None else str(f) for f in fields)
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    return out or None
+
+
+_QUADRANTS = ("img2txt", "txt2img", "img2img", "txt2txt")
+
+
+def expand_attention(values: list[str] | None) -> list[str] | None:
+    """``img2txt`` → ``blocks.*.attn.img2txt`` (a bare quadrant means: in every block)."""
+    if values is None:
+        return None
+    return [f"blocks.*.attn.{v}" if v in _QUADRANTS else v for v in values]
+
+
+def read_prompt_file(path: str | Path) -> list[Any]:
+    """Prompts of a ``--prompts`` file: plain lines, or JSONL objects with ``prompt`` (+ ``seed``, labels)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--prompts {path}: no such file; give a text file with one prompt per line.")
+    items: list[Any] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("{"):
+            try:
+                entry = json.loads(text)
+            except ValueError as error:
+                raise ConfigError(f"{path}:{number}: invalid JSON ({error}); fix the line or write the prompt as plain text.") from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
+                raise ConfigError(f"{path}:{number}: a JSONL entry needs a string 'prompt' field.")
+            items.append(entry)
+        else:
+            items.append(text)
+    if not items:
+        raise ConfigError(f"--prompts {path} holds no prompts; write one prompt per line.")
+    return items
+
+
+def _check_sites(pipe: Any, patterns: list[str] | None, flag: str) -> None:
+    """Fail before any compute if a site pattern matches no recordable name (closest names suggested)."""
+    if not patterns:
+        return
+    import fnmatch
+
+    import difflib
+
+    from latentlens.recorder import site_names
+
+    names = list(site_names(pipe))
+
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern) and pattern not in names:
+            close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid names look like {names[0]!r}."
+            raise ConfigError(f"{flag} {pattern!r} matches no site of this model{hint} (`latentlens sites --model ...` lists them)")
+
+
+def _load_model(model: str) -> Any:
+    from latentlens.models import load_pipeline
+
+    return load_pipeline(model)
+
+
+def run(args: argparse.Namespace) -> int:
+    from latentlens.runs import DEFAULT_SITES, RunInterruptedError, check_out_dir, record_prompts
+
+    steps_parts = parse_steps(args.steps)
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size),
+                        ("--num-inference-steps", args.num_inference_steps)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}.")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other; pick one.")
+
+    options: dict[str, Any] = {}
+    model = args.model
+    if args.probe:
+        from latentlens.analysis.spec import load_probe_spec
+
+        spec = load_probe_spec(args.probe)
+        prompts: Any = spec.prompts()
+        unknown = sorted(set(spec.record) - _SPEC_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{args.probe}: record option {unknown[0]!r} is unknown; use some of {', '.join(sorted(_SPEC_KEYS))}."
+            )
+        options = dict(spec.record)
+        if "guidance" in options:
+            options["guidance_scale"] = options.pop("guidance")
+        model = model or spec.model
+    else:
+        prompts = read_prompt_file(args.prompts)
+    if not model:
+        raise ConfigError("--model is required (the probe spec names no model); e.g. --model toy.")
+    check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading the model
+
+    cli = {
+        "sites": _split(args.sites), "attention": expand_attention(_split(args.attention)), "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance, "height": args.height, "width": args.width, "batch_size": args.batch_size,
+        "cfg": args.cfg, "dtype": args.dtype,
+    }
+    options.update({k: v for k, v in cli.items() if v is not None})
+    if "sites" not in options and "attention" not in options:
+        options["sites"] = DEFAULT_SITES
+    options.setdefault("batch_size", 4)
+    if isinstance(options.get("dtype"), str):
+        import torch
+
+        if options["dtype"] not in _DTYPES:
+            raise ConfigError(f"dtype {options['dtype']!r} is not one of {', '.join(_DTYPES)}.")
+        options["dtype"] = getattr(torch, options["dtype"])
+
+    pipe = _load_model(model)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    from latentlens.runs import default_num_inference_steps
+
+    num_steps = options.get("num_inference_steps") or default_num_inference_steps(pipe)
+    if steps_parts is not None:
+        options["steps"] = resolve_steps(steps_parts, num_steps)
+    for key in ("sites", "attention"):
+        value = options.get(key)
+        if value is not None:
+            _check_sites(pipe, [value] if isinstance(value, str) else list(value), f"--{key}")
+
+    try:
+        result = record_prompts(
+            pipe, prompts, args.out, seeds=args.seed, model_id=model, save_images=not args.no_images,
+            resume=args.resume, overwrite=args.overwrite, limit=args.limit, progress=not args.quiet, **options,
+        )
+    except RunInterruptedError as error:
+        print(f"latentlens record: error: {error}", file=sys.stderr)
+        return 1
+    document = result.to_json()
+    if args.json:
+        from latentlens.cli import print_json
+
+        print_json(document)
+    else:
+        print(
+            f"{document['run']}: {document['samples']} samples complete ({document['recorded_now']} recorded now, "
+            f"{document['resumed_from']} before), {len(document['recorded'])} arrays, {document['seconds']:.1f} s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+__all__ = ["NAME", "HELP", "add_arguments", "run", "parse_steps", "resolve_steps", "read_prompt_file"]
