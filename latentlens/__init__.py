@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "ProbeSpec": "latentlens.analysis.spec",
     "LinearProbe": "latentlens.analysis.probes",
     "LinearProbeGrid": "latentlens.analysis.probes",
+    "PCA": "latentlens.analysis.pca",
+    "StreamingPCA": "latentlens.analysis.pca",
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
     "record_prompts": "latentlens.runs",
