@@ -19,6 +19,17 @@ from typing import Any
 from latentlens.errors import ConfigError, StoreError, UnknownNameError
 
 TOY_NAMES = ("toy",)
+
+
+def is_toy_model(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` names the toy model: ``"toy"`` or a folder holding a saved ``ToyPipeline``."""
+    if str(name_or_path) in TOY_NAMES:
+        return True
+    index = Path(str(name_or_path)).expanduser() / "model_index.json"
+    try:
+        return json.loads(index.read_text()).get("_class_name") == "ToyPipeline"
+    except (OSError, ValueError, AttributeError):
+        return False
 _RESTORE_HINT = (
     "Restore the shipped weights with 'git checkout latentlens/toy/weights' (or reinstall latentlens), "
     "or retrain them with the command in latentlens/toy/weights/MODEL_CARD.md."
@@ -133,7 +144,7 @@ def _load_toy_folder(folder: Path, hint: str, torch_dtype: Any, **kwargs: Any) -
 
     _check_pipeline_folder(folder, hint)
     try:
-        pipe = ToyPipeline.from_pretrained(str(folder), torch_dtype=torch_dtype or torch.float32, **kwargs)
+        pipe = ToyPipeline.from_pretrained(str(folder), dtype=torch_dtype or torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError) as error:
         raise StoreError(f"The toy pipeline in {folder} cannot be loaded ({error}). {hint}") from error
     pipe.set_progress_bar_config(disable=True)
@@ -143,8 +154,9 @@ def _load_toy_folder(folder: Path, hint: str, torch_dtype: Any, **kwargs: Any) -
 def _from_pretrained(name: str, **kwargs: Any) -> Any:
     from diffusers import DiffusionPipeline
 
-    if kwargs.get("torch_dtype") is None:
-        kwargs.pop("torch_dtype")
+    dtype = kwargs.pop("torch_dtype", None)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     try:
         return DiffusionPipeline.from_pretrained(name, **kwargs)
     except (OSError, ValueError, EnvironmentError) as error:

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from latentlens.cli import print_json
-    from latentlens.models import load_pipeline
+    from latentlens.models import is_toy_model, load_pipeline
 
     prompts = _read_prompts(args)
     if args.steps is not None and args.steps < 1:
@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out)
 
     warnings: dict[str, list[str]] = {}
-    if args.model == "toy":
+    toy = is_toy_model(args.model)
+    if toy:
         from latentlens.shapes import unknown_words
 
         for prompt in prompts:
@@ -102,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         call_kwargs["num_inference_steps"] = args.steps
     if args.guidance is not None:
         call_kwargs["guidance_scale"] = args.guidance
+    if toy:
+        from latentlens.toy.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS
+
+        call_kwargs.setdefault("num_inference_steps", DEFAULT_NUM_INFERENCE_STEPS)
+        call_kwargs.setdefault("guidance_scale", DEFAULT_GUIDANCE_SCALE)
 
     paths: list[str] = []
     for begin in range(0, len(prompts), _BATCH):

@@ -1,0 +1,102 @@
+"""Toy training: loss falls on a short smoke run, resume continues exactly, held-out combos are never used."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from latentlens.errors import ConfigError, StoreError
+from latentlens.toy.pipeline import ToyPipeline
+from latentlens.toy.train import (
+    CHECKPOINT_NAME,
+    LOSS_LOG_NAME,
+    TEXT_CACHE_NAME,
+    TrainConfig,
+    learning_rate_at,
+    train_toy,
+)
+
+
+def tiny_config(steps: int) -> TrainConfig:
+    return TrainConfig(
+        steps=steps, batch_size=16, seed=3, num_layers=1, num_attention_heads=2, attention_head_dim=16,
+        templates=(0,), warmup_steps=5, learning_rate=2e-3, log_every=5, checkpoint_every_s=1e9,
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_train")
+    losses: list[float] = []
+    result = train_toy(tiny_config(30), out, progress=False, on_step=lambda step, loss: losses.append(loss))
+    return out, result, losses
+
+
+def test_smoke_run_loss_falls_and_writes_a_loadable_pipeline(smoke_run):
+    out, result, losses = smoke_run
+    assert result["steps"] == 30 and len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"loss did not fall: {first:.3f} -> {last:.3f}"
+    log = [json.loads(line) for line in (out / LOSS_LOG_NAME).read_text().splitlines()]
+    assert [row["step"] for row in log] == [5, 10, 15, 20, 25, 30]
+    pipe = ToyPipeline.from_pretrained(result["pipeline_dir"])
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a small red circle on the left on a gray background", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    (tmp_path / "a").mkdir()
+    shutil.copy(out / TEXT_CACHE_NAME, tmp_path / "a" / TEXT_CACHE_NAME)  # skip re-encoding captions
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    train_toy(tiny_config(6), tmp_path / "a", progress=False)
+    resumed = train_toy(tiny_config(10), tmp_path / "a", resume=True, progress=False)
+    assert resumed["resumed_from"] == 6 and resumed["steps"] == 10
+    straight = train_toy(tiny_config(10), tmp_path / "b", progress=False)
+    assert straight["resumed_from"] is None
+    a = torch.load(tmp_path / "a" / CHECKPOINT_NAME, weights_only=False)
+    b = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)
+    assert a["step"] == b["step"] == 10
+    for name, value in b["model"].items():
+        torch.testing.assert_close(a["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_errors(tmp_path, smoke_run):
+    with pytest.raises(StoreError, match="--resume"):
+        train_toy(tiny_config(5), tmp_path / "empty", resume=True, progress=False)
+    out, _, _ = smoke_run
+    other = TrainConfig(**{**tiny_config(40).to_dict(), "templates": (0,), "seed": 4})
+    with pytest.raises(ConfigError, match="seed"):
+        train_toy(other, out, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        train_toy(tiny_config(5), tmp_path / "file", progress=False)
+
+
+def test_training_never_sees_held_out_combinations(smoke_run):
+    from latentlens.shapes import held_out_combinations
+
+    out, _, _ = smoke_run
+    bank = torch.load(out / TEXT_CACHE_NAME, weights_only=False)["bank"]
+    used = set(bank["combinations"])
+    assert len(used) == 640 and not used & set(held_out_combinations())
+    assert bank["tokens"].shape == (640 + 1, 24, 384)  # one template here, plus the empty prompt
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(steps=1000, warmup_steps=100, learning_rate=1e-3, min_lr_ratio=0.1)
+    assert learning_rate_at(0, config) == pytest.approx(1e-5)
+    assert learning_rate_at(99, config) == pytest.approx(1e-3)
+    assert learning_rate_at(1000, config) == pytest.approx(1e-4)
+    assert learning_rate_at(550, config) == pytest.approx(0.55e-3)
+
+
+def test_bad_config_is_a_clear_error():
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        TrainConfig(caption_dropout=1.5)
