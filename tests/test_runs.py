@@ -27,6 +27,22 @@ def pipe():
     return tiny_sd3_pipeline()
 
 
+def fill_disk(monkeypatch) -> None:
+    """Make every chunk write fail with ENOSPC (zarr's writer and the store's whole-chunk writer)."""
+    import zarr.storage
+
+    import latentlens.store
+
+    async def zarr_set(self, key, value, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", key)
+
+    def chunk_write(path, block):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", zarr_set)
+    monkeypatch.setattr(latentlens.store, "_write_chunk_file", chunk_write)
+
+
 class FlakyPipeline:
     """A pipeline whose n-th call raises (everything else is the wrapped pipeline)."""
 
@@ -125,16 +141,11 @@ def test_pipeline_raising_mid_run_keeps_finished_samples(pipe, tmp_path):
 
 
 def test_disk_full_mid_run_leaves_a_readable_store(pipe, tmp_path, monkeypatch):
-    import zarr.storage
-
     original = RunStore.mark_complete
-
-    async def disk_full(self, key, value, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", key)
 
     def complete_then_fill_disk(self, *args, **kwargs):
         original(self, *args, **kwargs)
-        monkeypatch.setattr(zarr.storage.LocalStore, "set", disk_full)
+        fill_disk(monkeypatch)
 
     monkeypatch.setattr(RunStore, "mark_complete", complete_then_fill_disk)
     with pytest.raises(StoreError, match="is full.*2 samples finished.*--resume"):

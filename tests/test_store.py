@@ -29,6 +29,22 @@ def _manifest(n: int = 6, model: str = "tiny-a") -> dict:
     }
 
 
+def fill_disk(monkeypatch) -> None:
+    """Make every chunk write fail with ENOSPC (zarr's writer and the store's whole-chunk writer)."""
+    import zarr.storage
+
+    import latentlens.store
+
+    async def zarr_set(self, key, value, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", key)
+
+    def chunk_write(path, block):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", zarr_set)
+    monkeypatch.setattr(latentlens.store, "_write_chunk_file", chunk_write)
+
+
 class FakeRecording:
     """What latentlens.record yields: rec[name] is [step, batch, ...]."""
 
@@ -107,17 +123,24 @@ def test_reading_one_site_step_touches_only_its_chunks(tmp_path, monkeypatch):
     arr = run["x"]  # opened before counting (metadata reads are not chunk reads)
 
     keys: list[str] = []
-    original = zarr.storage.LocalStore.get
+    original_get, original_fromfile = zarr.storage.LocalStore.get, np.fromfile
 
-    async def counting_get(self, key, *args, **kwargs):
+    async def counting_get(self, key, *args, **kwargs):  # reads through zarr
         keys.append(key)
-        return await original(self, key, *args, **kwargs)
+        return await original_get(self, key, *args, **kwargs)
+
+    def counting_fromfile(path, *args, **kwargs):  # reads of whole chunk files by the store
+        keys.append(os.path.relpath(path, tmp_path / "run" / "arrays"))
+        return original_fromfile(path, *args, **kwargs)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
-    np.testing.assert_array_equal(arr[:, 3], data[:, 3])
-    chunk_keys = sorted(k for k in keys if "/c/" in k)
-    assert len(chunk_keys) == math.ceil(n / spc)
-    assert all(k.split("/c/")[1].split("/")[1] == "3" for k in chunk_keys), chunk_keys
+    monkeypatch.setattr(np, "fromfile", counting_fromfile)
+    for read in (lambda: arr[:, 3], lambda: arr.zarr[:, 3]):  # the store's reader and zarr's
+        keys.clear()
+        np.testing.assert_array_equal(read(), data[:, 3])
+        chunk_keys = sorted(k for k in keys if "/c/" in k)
+        assert len(chunk_keys) == math.ceil(n / spc), chunk_keys
+        assert all(k.split("/c/")[1].split("/")[1] == "3" for k in chunk_keys), chunk_keys
 
 
 def test_manifest_fields(tmp_path):
@@ -205,10 +228,7 @@ def test_disk_full_gives_clean_error_and_keeps_finished_samples(tmp_path, monkey
     store.write_samples([0, 1], {"x": good})
     store.mark_complete([0, 1])
 
-    async def disk_full(self, key, value, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", key)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", disk_full)
+    fill_disk(monkeypatch)
     with pytest.raises(StoreError, match="disk holding .* is full.*2 samples finished.*--resume"):
         store.write_samples([2, 3], {"x": good + 100})
     monkeypatch.undo()
@@ -254,3 +274,23 @@ def test_bad_use_gives_clear_errors(tmp_path):
     with pytest.raises(StoreError, match="read-only"):
         run.mark_complete([1])
     assert not os.path.exists(tmp_path / "run" / LOCK)
+
+
+@pytest.mark.parametrize("spc", [1, 3, 4])
+def test_whole_chunk_fast_paths_agree_with_zarr(tmp_path, spc):
+    """Writes of whole chunks and `[a:b, step]` reads bypass zarr's machinery; zarr must read the same bytes."""
+    rng = np.random.default_rng(spc)
+    n, steps = 10, 3
+    store = RunStore.create(tmp_path / "run", _manifest(n), samples_per_chunk=spc)
+    expected = np.full((n, steps, 2, 5), np.nan, np.float32)
+    for ids in ([0, 1, 2, 3], [5, 6, 7], [9], [4]):  # aligned, unaligned, edge, and a hole filled last
+        data = rng.standard_normal((len(ids), steps, 2, 5)).astype(np.float32)
+        store.write_samples(ids, {"x": data}, dims={"x": DIMS})
+        expected[ids] = data
+        ref = open_run(tmp_path / "run")
+        np.testing.assert_array_equal(ref["x"].zarr[:], expected)  # zarr's own reader
+        for step in range(steps):
+            np.testing.assert_array_equal(ref["x"][:, step], expected[:, step])  # fast reader
+            np.testing.assert_array_equal(ref["x"][2:7, step - steps], expected[2:7, step])
+    store.close()
+
