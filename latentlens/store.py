@@ -256,15 +256,18 @@ class StoredArray:
         inner = self.shape[2:]
         if tuple(self.chunks[1:]) != (1, *inner):
             return None
-        out = np.empty((stop - start, *inner), dtype=self.dtype)  # [sample, ...]
-        fill = self._array.metadata.fill_value
+        dtype = self.dtype
+        out = np.empty((stop - start, *inner), dtype=dtype)  # [sample, ...]
         meta = self._array.metadata
+        fill = meta.fill_value
+        disk_dtype = dtype.newbyteorder("<")
+        tail = (0,) * len(inner)
         for chunk in range(start // spc, -(-stop // spc)):
-            lo, hi = chunk * spc, (chunk + 1) * spc
-            a, b = max(lo, start), min(hi, stop)
-            path = self._raw / meta.encode_chunk_key((chunk, step) + (0,) * len(inner))
+            lo = chunk * spc
+            a, b = max(lo, start), min(lo + spc, stop)
+            path = str(self._raw / meta.encode_chunk_key((chunk, step) + tail))
             try:
-                block = np.fromfile(path, dtype=self.dtype.newbyteorder("<")).reshape(spc, *inner)
+                block = np.fromfile(path, dtype=disk_dtype).reshape(spc, *inner)
             except FileNotFoundError:
                 out[a - start : b - start] = fill
                 continue
