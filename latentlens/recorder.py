@@ -16,7 +16,6 @@ and reductions happen at capture time, so only what was asked for is kept in mem
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections import defaultdict
@@ -28,7 +27,7 @@ from latentlens.adapters import adapter_for, split_target
 from latentlens.adapters.base import Adapter, AttnSpec, CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
 from latentlens.attention import quadrant_maps
-from latentlens.errors import ConfigError, UnknownNameError
+from latentlens.errors import ConfigError
 from latentlens.names import Sites, Steps, StepSelection, block_of, is_map, select_names, unknown_name_error
 
 _CTX_ORDER = {"uncond": 0, None: 1, "cond": 1}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from latentlens.adapters.base import Adapter, CallState
