@@ -152,8 +152,8 @@ def _wait(driver: Any, script: str, timeout: float = 60.0) -> float:
 PAINT = """return performance.getEntriesByType('paint').map(e => [e.name, e.startTime]);"""
 SCATTER_READY = """
 const gd = document.querySelector('#latents-scatter .js-plotly-plot');
-return !!(gd && gd._fullLayout && gd.data && gd.data.length &&
-          gd.data.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) >= arguments[0] &&
+return !!(gd && gd._fullLayout && gd._fullData && gd._fullData.length &&
+          gd._fullData.reduce((n, t) => n + (t.x ? t.x.length : 0), 0) >= arguments[0] &&
           document.querySelector('#latents-scatter .gl-container canvas'));
 """
 TIMED = """
@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     from dashboards.synthetic import make_synthetic_run
 

@@ -19,6 +19,7 @@ import functools
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,13 @@ class RunInfo:
 
 
 def _folder_size(path: Path) -> int:
+    return _folder_size_cached(str(path), int(time.monotonic() // 30))  # re-walked at most every 30 s
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_size_cached(path: str, _bucket: int) -> int:
     total = 0
-    for dirpath, _, files in os.walk(path):
+    for dirpath, _, files in os.walk(path):  # noqa: B007
         for name in files:
             try:
                 total += os.lstat(os.path.join(dirpath, name)).st_size
@@ -131,7 +137,7 @@ class RunIndex:
         path = self.path(run_id)
         try:
             run = _open(path)
-            manifest = run.manifest
+            manifest = run_manifest(run)
             recorded = manifest.get("recorded") or {}
             gen = manifest.get("generation") or {}
             steps = gen.get("num_inference_steps")
@@ -189,10 +195,34 @@ def results(index: RunIndex, run_id: str) -> AnalysisResults:
     return _results_cached(str(path), _stamp(path))
 
 
+_PER_RUN: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _memo(run: Any, key: str, make: Any) -> Any:
+    """Per-run memo (runs are cached per manifest mtime, so a rewritten run gets a fresh memo)."""
+    slot = _PER_RUN.setdefault(run, {})
+    if key not in slot:
+        slot[key] = make()
+    return slot[key]
+
+
+def run_manifest(run: Any) -> dict[str, Any]:
+    """The run's manifest, read once per opened run (``RunStore.manifest`` copies it on every access).
+
+    Treat the returned dict as read-only.
+    """
+    return _memo(run, "manifest", lambda: run.manifest)
+
+
 def manifest_labels(run: Any) -> dict[str, np.ndarray]:
-    """attribute -> ``[sample]`` label strings, from the manifest (``''`` where unknown)."""
-    labels = run.manifest.get("labels") or []
-    n = run.num_samples
+    """attribute -> ``[sample]`` label strings, from the manifest (``''`` where unknown); cached per run."""
+    return _memo(run, "labels", lambda: _labels(run))
+
+
+def _labels(run: Any) -> dict[str, np.ndarray]:
+    manifest = run_manifest(run)
+    labels = manifest.get("labels") or []
+    n = len(manifest.get("prompts") or [])
     keys = sorted({k for row in labels if isinstance(row, dict) for k in row})
     out = {}
     for key in keys:
@@ -313,7 +343,7 @@ def image_file(index: RunIndex, run_id: str, sample: int) -> Path | None:
 
 def clear_caches() -> None:
     """Forget every cached read (tests, or after a run was rewritten in place)."""
-    for fn in (_open_cached, _results_cached, _features_cached, _pca_cached):
+    for fn in (_open_cached, _results_cached, _features_cached, _pca_cached, _folder_size_cached):
         fn.cache_clear()
 
 
@@ -337,7 +367,7 @@ def _tokenizer(manifest_model: str, pipeline_class: str) -> Any:
 
 def token_labels(run: Any, sample: int, n_keys: int) -> list[str]:
     """``"k: word"`` labels of the text tokens of ``sample`` (``"k"`` where the tokenizer is unknown)."""
-    manifest = run.manifest
+    manifest = run_manifest(run)
     model = manifest.get("model") or {}
     prompts = manifest.get("prompts") or []
     words: list[str] = []
@@ -352,7 +382,7 @@ def token_labels(run: Any, sample: int, n_keys: int) -> list[str]:
 
 def step_labels(run: Any, n_steps: int) -> list[str]:
     """Labels of the recorded step axis: the denoising step numbers when a subset was recorded."""
-    steps = (run.manifest.get("recording") or {}).get("steps")
+    steps = (run_manifest(run).get("recording") or {}).get("steps")
     if isinstance(steps, list) and len(steps) == n_steps and all(isinstance(s, int) for s in steps):
         return [f"{i} (t{s})" if s != i else str(i) for i, s in enumerate(steps)]
     return [str(i) for i in range(n_steps)]

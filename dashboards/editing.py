@@ -27,7 +27,7 @@ import latentlens
 from latentlens.errors import ConfigError
 
 from dashboards import config
-from dashboards.data import DashboardError, open_run, results
+from dashboards.data import run_manifest, DashboardError, open_run, results
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -175,7 +175,7 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
 
     progress = progress or (lambda done, total, text: None)
     run = open_run(index, run_id)
-    manifest = run.manifest
+    manifest = run_manifest(run)
     model_id = str((manifest.get("model") or {}).get("id") or "")
     if not model_id:
         raise DashboardError(f"The run {run_id!r} does not name its model in manifest.json; it cannot be edited.")

@@ -70,6 +70,20 @@ def empty_figure(text: str = "") -> dict[str, Any]:
     return {"data": [], "layout": layout}
 
 
+def typed_array(values: Any, dtype: str = "f4") -> dict[str, str]:
+    """A plotly.js typed array (``{"dtype", "bdata"}``): base64 binary instead of a JSON list of numbers.
+
+    100,000 float32 values are 530 KB of base64 instead of ~1.2 MB of JSON text, and the browser
+    decodes them without parsing numbers.
+    """
+    import base64
+
+    import numpy as np
+
+    array = np.ascontiguousarray(np.asarray(values), dtype={"f4": np.float32, "f8": np.float64, "i4": np.int32}[dtype])
+    return {"dtype": dtype, "bdata": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
 def state_get(state: Any, key: str, default: Any = None) -> Any:
     return (state or {}).get(key, default) if isinstance(state, dict) else default
 

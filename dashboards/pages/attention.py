@@ -12,7 +12,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import DashboardError, attention_map, attention_sites, image_file, open_run, step_labels, token_labels
+from dashboards.data import run_manifest, DashboardError, attention_map, attention_sites, image_file, open_run, step_labels, token_labels
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
@@ -147,7 +147,7 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     n_keys = att.shape[-1]
     labels = token_labels(run, sample, n_keys)
     token = int(token) if isinstance(token, int) and 0 <= token < n_keys else int(np.argmax(att.sum(axis=0)[1:]) + 1 if n_keys > 1 else 0)
-    prompts = run.manifest.get("prompts") or []
+    prompts = run_manifest(run).get("prompts") or []
     prompt = prompts[sample] if sample < len(prompts) else ""
     image_path = image_file(index, run_id, sample)
     image = None

@@ -11,7 +11,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
 from dashboards.data import DashboardError, features, manifest_labels, open_run, results
-from dashboards.ui import empty_figure, guarded, message, state_get
+from dashboards.ui import empty_figure, guarded, message, state_get, typed_array
 
 dash.register_page(__name__, path="/directions", name="Directions", title="latentlens · directions", order=4)
 
@@ -139,10 +139,10 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
         labels = np.asarray(labels)[keep]
         for k, value in enumerate(sorted(set(labels.tolist()))):
             rows = labels == value
-            traces.append({"type": "histogram", "x": proj[rows].round(4).tolist(), "name": str(value), "opacity": 0.65,
+            traces.append({"type": "histogram", "x": typed_array(proj[rows]), "name": str(value), "opacity": 0.65,
                            "marker": {"color": PALETTE[k % len(PALETTE)]}, "nbinsx": 40})
     else:
-        traces.append({"type": "histogram", "x": proj.round(4).tolist(), "name": "all", "nbinsx": 40})
+        traces.append({"type": "histogram", "x": typed_array(proj), "name": "all", "nbinsx": 40})
     figure = {"data": traces, "layout": {
         "barmode": "overlay", "title": {"text": f"projection on {name} ({direction.site}, step {step})"},
         "xaxis": {"title": {"text": "⟨x, d/|d|⟩"}}, "yaxis": {"title": {"text": "samples"}}, "height": 460,

@@ -9,8 +9,8 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import DashboardError, activation_sites, manifest_labels, open_run, pca, results, step_labels
-from dashboards.ui import empty_figure, guarded, image_src, message, state_get
+from dashboards.data import run_manifest, DashboardError, activation_sites, manifest_labels, open_run, pca, results, step_labels
+from dashboards.ui import empty_figure, guarded, image_src, message, state_get, typed_array
 
 dash.register_page(__name__, path="/latents", name="Latents", title="latentlens · latents", order=2)
 
@@ -93,7 +93,9 @@ def scatter_figure(coords: np.ndarray, samples: np.ndarray, labels: np.ndarray |
     for k, (name, rows) in enumerate(groups):
         traces.append({
             "type": "scattergl", "mode": "markers", "name": name or "(none)",
-            "x": coords[rows, 0].round(4).tolist(), "y": coords[rows, 1].round(4).tolist(),
+            "x": typed_array(coords[rows, 0]), "y": typed_array(coords[rows, 1]),
+            # A plain list: dcc.Graph copies hover/click/selection customdata from the figure's own
+            # data, where a typed array would arrive as undefined.
             "customdata": samples[rows].tolist(),
             "marker": {"size": marker_size, "color": PALETTE[k % len(PALETTE)], "opacity": 0.8},
             "hovertemplate": "sample %{customdata}<br>" + name + "<extra></extra>",
@@ -154,7 +156,7 @@ def _scatter(site: Any, step: Any, method: Any, colour: Any, state: Any) -> tupl
 
 def _sample_card(run: Any, run_id: str, sample: int) -> html.Div:
     labels = manifest_labels(run)
-    prompts = run.manifest.get("prompts") or []
+    prompts = run_manifest(run).get("prompts") or []
     text = prompts[sample] if 0 <= sample < len(prompts) else ""
     tags = ", ".join(f"{k}={v[sample]}" for k, v in labels.items() if sample < len(v))
     return html.Div([

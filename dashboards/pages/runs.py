@@ -8,7 +8,7 @@ import dash
 from dash import Input, Output, callback, dcc, html
 
 from dashboards import config, ids
-from dashboards.data import human_size, results
+from dashboards.data import run_manifest, human_size, results
 from dashboards.ui import guarded, message, state_get
 
 dash.register_page(__name__, path="/", name="Runs", title="latentlens · runs", order=0)
@@ -77,7 +77,7 @@ def _detail(state: Any) -> Any:
         return message(f"The run {run_id!r} cannot be read: {info.error}", "error")
     from dashboards.data import open_run
 
-    manifest = open_run(index, run_id).manifest
+    manifest = run_manifest(open_run(index, run_id))
     prompts = manifest.get("prompts") or []
     items: list[Any] = [
         html.Li(f"model: {info.model} ({(manifest.get('model') or {}).get('pipeline_class', '?')})"),

@@ -73,6 +73,16 @@ def test_clicking_a_probe_cell_updates_the_scatter(dash_duo, app):
     ActionChains(dash_duo.driver).move_to_element_with_offset(drag, int(width * 0.375), int(height * 0.25)).click().perform()
     dash_duo.wait_for_contains_text("#latents-scatter .gtitle", "blocks.0.resid_out.img · step 1", timeout=20)
     assert dash_duo.driver.current_url.endswith("/latents")
+    # Hovering a point shows that sample's image beside the scatter.
+    x, y = dash_duo.driver.execute_script("""
+        const gd = document.querySelector('#latents-scatter .js-plotly-plot');
+        const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+        return [xa.l2p(t.x[0]) + 0.5, ya.l2p(t.y[0]) + 0.5];""")
+    drag = dash_duo.find_element("#latents-scatter .nsewdrag")
+    ActionChains(dash_duo.driver).move_to_element_with_offset(drag, int(x), int(y)).perform()
+    image = dash_duo.wait_for_element("#latents-tooltip img", timeout=20)
+    assert "/lens/image/" in image.get_attribute("src")
     _no_console_errors(dash_duo, "/probes → /latents")
 
 
