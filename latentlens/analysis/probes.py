@@ -61,7 +61,9 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     denom = 1.0 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return (low, high)
 
 
 def site_block(site: str) -> int | None:

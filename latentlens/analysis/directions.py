@@ -1,0 +1,162 @@
+"""Directions from data: class-mean differences, probe weights, PCA components, text-space prompt pairs.
+
+Every function returns a :class:`latentlens.Direction` carrying the site, steps, tokens and a
+provenance record, ready for ``latentlens.steer`` (image/text stream sites) or the EMS editor
+(``text.tokens`` / ``text.pooled``).
+
+Example::
+
+    from latentlens.analysis.directions import class_mean_direction, text_direction
+    d = class_mean_direction(X, colors, to="blue", from_="red", site="blocks.2.resid_out.img", steps=[4, 8])
+    with latentlens.steer(pipe, d, alpha=1.0):
+        pipe("a large red circle in the center on a gray background")
+    t = text_direction(pipe, [("a red circle", "a blue circle"), ("red square", "blue square")])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentlens.direction import Direction
+from latentlens.errors import ConfigError
+
+
+def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    mask = labels == value
+    if not mask.any():
+        present = ", ".join(sorted(map(str, np.unique(labels))))
+        raise ConfigError(f"No sample has {what} {value!r}; the labels present are: {present}.")
+    return mask
+
+
+def class_mean_direction(
+    X: Any,  # [n, d]
+    labels: Sequence[Any],
+    to: Any,
+    from_: Any | None = None,
+    *,
+    site: str,
+    steps: Sequence[int] | None = None,
+    tokens: Sequence[int] | None = None,
+    attribute: str | None = None,
+    **provenance: Any,
+) -> Direction:
+    """``mean(X[labels == to]) - mean(X[labels == from_])`` (``from_=None``: minus the mean of the other classes).
+
+    The vector keeps its natural scale (the distance between the class means), so ``alpha=1`` in
+    ``steer`` moves an average ``from_`` sample onto the average ``to`` sample.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or len(X) != len(labels):
+        raise ConfigError(f"X must be [n_samples, dim] with one label per row; got X {X.shape} and {len(labels)} labels.")
+    what = attribute or "label"
+    to_mask = _labels_index(labels, to, what)
+    from_mask = _labels_index(labels, from_, what) if from_ is not None else ~to_mask
+    if not from_mask.any():
+        raise ConfigError(f"Every sample has {what} {to!r}; a class-mean difference needs another class.")
+    vector = X[to_mask].mean(0) - X[from_mask].mean(0)  # [d]
+    record = {"method": "class_mean", "attribute": attribute, "from": None if from_ is None else str(from_),
+              "to": str(to), "n_to": int(to_mask.sum()), "n_from": int(from_mask.sum())}
+    record.update(provenance)
+    return Direction(torch.from_numpy(vector), site=site, steps=steps, tokens=tokens, provenance=record)
+
+
+def probe_direction(
+    grid: Any, attribute: str, site: str, step: int, to: Any, from_: Any | None = None,
+    *, steps: Sequence[int] | None = None, tokens: Sequence[int] | None = None, **provenance: Any,
+) -> Direction:
+    """The weight direction of a fitted :class:`~latentlens.analysis.probes.LinearProbeGrid` cell.
+
+    ``to - from_`` rows of the softmax weights (``from_=None``: ``to`` minus the mean row), in the
+    original feature units. Its scale is the probe's, not the data's: normalise it and choose alpha.
+    """
+    vector = grid.direction(attribute, site, step, to=to, from_=from_)
+    row = next((r for r in grid.results_ if r.attribute == attribute and r.site == site and r.step == step), None)
+    record = {"method": "probe", "attribute": attribute, "from": None if from_ is None else str(from_), "to": str(to),
+              "probe_step": int(step), "accuracy": None if row is None else row.accuracy,
+              "selectivity": None if row is None else row.selectivity, "C": grid.C}
+    record.update(provenance)
+    return Direction(torch.from_numpy(np.asarray(vector, dtype=np.float64)), site=site,
+                     steps=[int(step)] if steps is None else steps, tokens=tokens, provenance=record)
+
+
+def pca_direction(
+    pca: Any, component: int, *, site: str, steps: Sequence[int] | None = None,
+    tokens: Sequence[int] | None = None, scale: str = "std", **provenance: Any,
+) -> Direction:
+    """Principal component ``component`` of a fitted PCA (``scale="std"``: one standard deviation long; ``"unit"``)."""
+    if not 0 <= component < len(pca.components_):
+        raise ConfigError(f"component {component} does not exist; the PCA kept {len(pca.components_)} components.")
+    vector = np.asarray(pca.components_[component], dtype=np.float64)
+    if scale == "std":
+        vector = vector * float(np.sqrt(pca.explained_variance_[component]))
+    elif scale != "unit":
+        raise ConfigError(f"scale must be 'std' or 'unit', got {scale!r}.")
+    record = {"method": "pca", "component": int(component),
+              "explained_variance_ratio": float(pca.explained_variance_ratio_[component])}
+    record.update(provenance)
+    return Direction(torch.from_numpy(vector), site=site, steps=steps, tokens=tokens, provenance=record)
+
+
+def text_direction(
+    pipe: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    where: str = "changed",
+    tokens: Sequence[int] | None = None,
+    attribute: str | None = None,
+    **provenance: Any,
+) -> Direction:
+    """A text-space direction from prompt pairs: ``E(target) - E(source)``, averaged over pairs (templates).
+
+    Args:
+        pipe: a supported pipeline (toy, SD3, Flux); its own text encoder(s) are used.
+        pairs: ``[(source, target), ...]``, e.g. ``[("a red circle", "a blue circle"), ...]``.
+        where: ``"changed"`` — the mean embedding of the tokens of the changed words (target minus source;
+            ``site="text.tokens"``); ``"all"`` — every token position, prompts padded to the same length
+            (``text.tokens``); ``"pooled"`` — the pooled embedding (``text.pooled``).
+        tokens: token positions to store in the Direction (where the editor adds it); ``None`` = all.
+
+    Example: ``text_direction(pipe, [(f"a red {s}", f"a blue {s}") for s in ("circle", "square")])``.
+    """
+    from latentlens.editor.manipulate import changed_tokens
+    from latentlens.editor.model import EditModel
+
+    if not pairs:
+        raise ConfigError("text_direction needs at least one (source, target) prompt pair.")
+    if where not in ("changed", "all", "pooled"):
+        raise ConfigError(f"where must be 'changed', 'all' or 'pooled', got {where!r}.")
+    model = EditModel.wrap(pipe)
+    diffs: list[torch.Tensor] = []
+    positions: list[tuple[list[int], list[int]]] = []
+    with torch.no_grad():
+        for source, target in pairs:
+            embeds = model.encode([source, target])
+            if where == "pooled":
+                if embeds.pooled is None:
+                    raise ConfigError("This pipeline has no pooled text embedding; use where='changed' or 'all'.")
+                diffs.append((embeds.pooled[1] - embeds.pooled[0]).float())
+                continue
+            if where == "all":
+                diffs.append((embeds.tokens[1] - embeds.tokens[0]).float().mean(0))
+                continue
+            src_pos, tgt_pos = changed_tokens(model, source, target)
+            if not src_pos or not tgt_pos:
+                raise ConfigError(
+                    f"The prompts {source!r} and {target!r} differ in no token; each pair must change a word."
+                )
+            positions.append((src_pos, tgt_pos))
+            diffs.append((embeds.tokens[1, tgt_pos].float().mean(0) - embeds.tokens[0, src_pos].float().mean(0)))
+    vector = torch.stack(diffs).mean(0)  # [D]
+    record: dict[str, Any] = {"method": "text_pairs", "where": where, "attribute": attribute, "n_pairs": len(pairs),
+                              "pairs": [list(p) for p in pairs[:20]]}
+    if positions:
+        record["changed_tokens"] = [list(map(list, p)) for p in positions[:20]]
+    record.update(provenance)
+    site = "text.pooled" if where == "pooled" else "text.tokens"
+    return Direction(vector, site=site, steps=None, tokens=tokens, provenance=record)

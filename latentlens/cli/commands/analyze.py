@@ -1,0 +1,66 @@
+"""``latentlens analyze RUN_DIR``: probe grid, PCA, embeddings, directions and cosine matrix of a run.
+
+Results go to ``RUN_DIR/analysis/`` (read by the dashboard and :mod:`latentlens.results`).
+With ``--json`` one JSON document is printed: the best probe cell per attribute and stream
+(``{"probes": [{"attribute", "stream", "site", "step", "accuracy", ...}], ...}``).
+
+Example::
+
+    latentlens analyze runs/shapes --json
+    latentlens analyze runs/shapes --sites 'blocks.*.resid_out.img' --steps 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "analyze"
+HELP = "Fit probes, PCA and directions on a recorded run; results go to RUN_DIR/analysis/."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `latentlens record`.")
+    parser.add_argument("--sites", nargs="+", default=None, metavar="SITE",
+                        help="sites to analyse (names or globs; default: every recorded activation site).")
+    parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="STEP",
+                        help="denoising steps to analyse (default: every recorded step).")
+    parser.add_argument("--attributes", nargs="+", default=None, metavar="NAME",
+                        help="labels to probe (default: every label of the run).")
+    parser.add_argument("--features", choices=("mean", "mean+grid"), default="mean",
+                        help="per-sample features: token mean (default) or token mean + 2x2 spatial means.")
+    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes (default 1.0).")
+    parser.add_argument("--max-features", type=int, default=64, metavar="K",
+                        help="project wider cells on their top K principal components before probing (default 64; 0 = off).")
+    parser.add_argument("--umap", choices=("best", "all", "none"), default="best",
+                        help="which cells get a 2-D UMAP embedding (default: the best probe cells).")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and control task.")
+    parser.add_argument("--json", action="store_true", help="print one JSON document with the results.")
+
+
+def run(args: argparse.Namespace) -> int:
+    from latentlens.analysis.run import analyze_run
+    from latentlens.cli import print_json
+
+    summary = analyze_run(
+        args.run_dir, sites=args.sites, steps=args.steps, attributes=args.attributes, features=args.features,
+        C=args.C, max_features=args.max_features or None, umap=args.umap, random_state=args.seed,
+        quiet=False,
+    )
+    if args.json:
+        print_json(summary)
+        return 0
+    print(f"Analysed {summary['samples']} samples of {summary['run']} "
+          f"({len(summary['sites'])} sites x {len(summary['steps'])} steps) in {summary['seconds']['total']:.1f} s.")
+    if summary["probes"]:
+        print(f"{'attribute':<12} {'stream':<6} {'site':<28} {'step':>4} {'accuracy':>9} {'95% CI':>15} {'selectivity':>11}")
+        for p in summary["probes"]:
+            print(f"{p['attribute']:<12} {p['stream']:<6} {p['site']:<28} {p['step']:>4} {p['accuracy']:>9.3f} "
+                  f"  [{p['ci_low']:.3f}, {p['ci_high']:.3f}] {p['selectivity']:>11.3f}")
+    elif summary.get("note"):
+        print(summary["note"])
+    for cell in summary["nan_cells"]:
+        print(f"warning: NaN/inf values at site {cell['site']} step {cell['step']} ({cell['nan_count']} values).",
+              file=sys.stderr)
+    print(f"Results written to {summary['run']}/analysis/.")
+    return 0
