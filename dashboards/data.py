@@ -239,11 +239,9 @@ def _read_site(run: Any, site: str, step: int) -> np.ndarray:
     dims = arr.dims
     if "step" not in dims or dims[0] != "sample":
         raise DashboardError(f"The array {site!r} has dims {dims}; the dashboard needs [sample, step, ...].")
-    n_steps = arr.shape[dims.index("step")]
-    if not 0 <= int(step) < n_steps:
-        raise DashboardError(f"Step {step} is out of range for {site!r}, which has steps 0..{n_steps - 1}.")
+    position = step_position(run, site, step)
     try:
-        return np.asarray(arr[:, int(step)])  # [sample, ...]
+        return np.asarray(arr[:, position])  # [sample, ...]
     except LatentlensError:
         raise
     except Exception as error:
@@ -255,6 +253,7 @@ def _read_site(run: Any, site: str, step: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _features_cached(path: str, stamp: float, site: str, step: int) -> np.ndarray:
+    """``step`` is a denoising step (mapped to the stored axis by :func:`step_position`)."""
     run = _open_cached(path, stamp)
     data = _read_site(run, site, step)  # [sample, token, channel] or [sample, channel]
     if data.ndim == 3:
@@ -298,7 +297,10 @@ def pca(index: RunIndex, run_id: str, site: str, step: int) -> tuple[np.ndarray,
 
 
 def attention_map(index: RunIndex, run_id: str, site: str, sample: int) -> np.ndarray:
-    """``[step, query, key]`` attention of one sample at ``site`` (e.g. ``blocks.2.attn.img2txt``)."""
+    """``[step, query, key]`` attention of one sample at ``site`` (e.g. ``blocks.2.attn.img2txt``).
+
+    The step axis is the stored one; :func:`recorded_steps` names its denoising steps.
+    """
     run = open_run(index, run_id)
     arr = run[site]
     if not 0 <= int(sample) < arr.shape[0]:
@@ -380,9 +382,28 @@ def token_labels(run: Any, sample: int, n_keys: int) -> list[str]:
     return [f"{k}: {words[k]}" if k < len(words) else (f"{k}: (pad)" if words else str(k)) for k in range(n_keys)]
 
 
-def step_labels(run: Any, n_steps: int) -> list[str]:
-    """Labels of the recorded step axis: the denoising step numbers when a subset was recorded."""
-    steps = (run_manifest(run).get("recording") or {}).get("steps")
-    if isinstance(steps, list) and len(steps) == n_steps and all(isinstance(s, int) for s in steps):
-        return [f"{i} (t{s})" if s != i else str(i) for i, s in enumerate(steps)]
-    return [str(i) for i in range(n_steps)]
+def recorded_steps(run: Any, n_steps: int) -> list[int]:
+    """Denoising step of every position of a stored step axis (the manifest's recorded ``steps``).
+
+    ``latentlens record --steps 0,4,8`` stores 3 positions; probe results, directions and the pages
+    speak of denoising steps (0, 4, 8), and this is the map between the two.
+    """
+    spec = (run_manifest(run).get("recording") or {}).get("steps")
+    steps: list[int] | None = None
+    if isinstance(spec, list) and spec and all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+        steps = sorted(set(spec))
+    elif isinstance(spec, dict) and isinstance(spec.get("range"), list):
+        steps = list(range(*[v for v in spec["range"] if v is not None]))
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        steps = [spec]
+    if steps is None or len(steps) != n_steps:
+        steps = list(range(n_steps))
+    return steps
+
+
+def step_position(run: Any, site: str, step: int) -> int:
+    """Position on ``site``'s stored step axis of denoising step ``step``."""
+    steps = recorded_steps(run, run[site].shape[1])
+    if int(step) not in steps:
+        raise DashboardError(f"Step {step} was not recorded for {site!r}; recorded denoising steps: {steps}.")
+    return steps.index(int(step))

@@ -12,7 +12,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import run_manifest, DashboardError, attention_map, attention_sites, image_file, open_run, step_labels, token_labels
+from dashboards.data import run_manifest, DashboardError, attention_map, attention_sites, image_file, open_run, recorded_steps, token_labels
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
@@ -85,9 +85,9 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     sample = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
     sample = int(sample) if isinstance(sample, int) else min(run.completed, default=0)
     marks = {i: str(b) for i, b in enumerate(blocks)}
-    names = step_labels(run, n_steps)
-    step_marks = {i: names[i] for i in range(n_steps)}
-    return len(blocks) - 1, marks, 0, n_steps - 1, step_marks, n_steps - 1, sample, first.shape[0] - 1, None
+    steps = recorded_steps(run, n_steps)
+    step_marks = {s: str(s) for s in steps}  # positions on the stored axis, labelled with denoising steps
+    return len(blocks) - 1, marks, 0, n_steps - 1, {i: step_marks[s] for i, s in enumerate(steps)}, n_steps - 1, sample, first.shape[0] - 1, None
 
 
 def _grid(values: np.ndarray) -> np.ndarray:
@@ -142,6 +142,7 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     aggregate = aggregate or []
     chosen = blocks if "blocks" in aggregate else [blocks[min(int(block_pos or 0), len(blocks) - 1)]]
     maps = np.stack([attention_map(index, run_id, sites[b], sample) for b in chosen])  # [block, step, query, key]
+    n_steps_axis = maps.shape[1]
     maps = maps.mean(axis=1) if "steps" in aggregate else maps[:, min(int(step or 0), maps.shape[1] - 1)]
     att = maps.mean(axis=0)  # [query, key]
     n_keys = att.shape[-1]
@@ -157,7 +158,7 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
         image = np.asarray(Image.open(image_path).convert("RGB"))
     heat = _grid(att[:, token])
     where = ("mean over blocks" if "blocks" in aggregate else f"block {chosen[0]}") + ", " + (
-        "mean over steps" if "steps" in aggregate else f"step {int(step or 0)}")
+        "mean over steps" if "steps" in aggregate else f"step {recorded_steps(run, n_steps_axis)[min(int(step or 0), n_steps_axis - 1)]}")
     figure: dict[str, Any] = {
         "data": [{"type": "heatmap", "z": heat.tolist(), "colorscale": "Viridis", "opacity": 0.55 if image is not None else 1.0,
                   "hovertemplate": "row %{y}, col %{x}: %{z:.3f}<extra></extra>"}],

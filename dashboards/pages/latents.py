@@ -9,7 +9,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import run_manifest, DashboardError, activation_sites, manifest_labels, open_run, pca, results, step_labels
+from dashboards.data import run_manifest, DashboardError, activation_sites, manifest_labels, open_run, pca, recorded_steps, results
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get, typed_array
 
 dash.register_page(__name__, path="/latents", name="Latents", title="latentlens · latents", order=2)
@@ -25,7 +25,7 @@ def layout(**_query: Any) -> html.Div:
             html.Div(
                 [
                     html.Div([html.Label("site"), dcc.Dropdown(id=ids.LAT_SITE, clearable=False)], className="ll-control ll-wide"),
-                    html.Div([html.Label("step"), dcc.Slider(id=ids.LAT_STEP, min=0, max=1, step=1, value=0)], className="ll-control ll-wide"),
+                    html.Div([html.Label("step"), dcc.Slider(id=ids.LAT_STEP, min=0, max=1, step=None, value=0)], className="ll-control ll-wide"),
                     html.Div([html.Label("method"), dcc.RadioItems(
                         id=ids.LAT_METHOD, value="pca", inline=True,
                         options=[{"label": "PCA", "value": "pca"}, {"label": "UMAP", "value": "umap"}])], className="ll-control"),
@@ -51,6 +51,7 @@ def layout(**_query: Any) -> html.Div:
 @callback(
     Output(ids.LAT_SITE, "options"),
     Output(ids.LAT_SITE, "value"),
+    Output(ids.LAT_STEP, "min"),
     Output(ids.LAT_STEP, "max"),
     Output(ids.LAT_STEP, "value"),
     Output(ids.LAT_STEP, "marks"),
@@ -59,27 +60,26 @@ def layout(**_query: Any) -> html.Div:
     Output(ids.LAT_MESSAGE, "children"),
     Input(ids.STATE, "data"),
 )
-@guarded(8, 7)
+@guarded(9, 8)
 def _controls(state: Any) -> tuple[Any, ...]:
     run_id = state_get(state, "run")
     if not run_id:
-        return [], None, 1, 0, {}, [], None, message("Choose a run in the picker at the top.", "info")
+        return [], None, 0, 1, 0, {}, [], None, message("Choose a run in the picker at the top.", "info")
     run = open_run(config.index(), run_id)
     sites = activation_sites(run)
     if not sites:
         raise DashboardError(f"The run {run_id!r} recorded no activations (only {run.names}); record residual sites.")
     site = state_get(state, "site")
     site = site if site in sites else sites[0]
-    n_steps = run[site].shape[1]
+    steps = recorded_steps(run, run[site].shape[1])  # denoising steps on the slider
     step = state_get(state, "step")
-    step = int(step) if isinstance(step, int) and 0 <= step < n_steps else n_steps - 1
+    step = int(step) if isinstance(step, int) and step in steps else steps[-1]
     labels = sorted(manifest_labels(run))
     attribute = state_get(state, "attribute")
     colour = attribute if attribute in labels else (labels[0] if labels else "none")
     options = [{"label": a, "value": a} for a in labels] + [{"label": "none", "value": "none"}]
-    names = step_labels(run, n_steps)
-    marks = {i: names[i] for i in range(0, n_steps, max(1, n_steps // 10))}
-    return ([{"label": s, "value": s} for s in sites], site, n_steps - 1, step, marks, options, colour, None)
+    marks = {s: str(s) for s in steps}
+    return ([{"label": s, "value": s} for s in sites], site, steps[0], steps[-1], step, marks, options, colour, None)
 
 
 def scatter_figure(coords: np.ndarray, samples: np.ndarray, labels: np.ndarray | None, title: str,
