@@ -118,9 +118,16 @@ def _register_routes(app: Dash) -> None:
 
     @server.route("/lens/upload/<upload_id>.png")
     def _upload_image(upload_id: str) -> Any:
-        if not _UPLOAD_ID.match(upload_id):
+        return _served_png(config.upload_dir(), upload_id)
+
+    @server.route("/lens/result/<result_id>.png")
+    def _result_image(result_id: str) -> Any:
+        return _served_png(config.result_dir(), result_id)
+
+    def _served_png(folder: Path, image_id: str) -> Any:
+        if not _UPLOAD_ID.match(image_id):  # hex ids only: no path can be formed
             abort(404)
-        path = config.upload_dir() / f"{upload_id}.png"
+        path = folder / f"{image_id}.png"
         if not path.is_file():
             abort(404)
         return send_file(path, mimetype="image/png")
@@ -147,13 +154,15 @@ def create_app(
     config.SETTINGS.update(
         index=index,
         upload_dir=cache / "uploads",
+        result_dir=cache / "results",
         pipeline_loader=pipeline_loader,
     )
     if edit_steps is not None:
         config.SETTINGS["edit_steps"] = int(edit_steps)
     if upload_max_bytes is not None:
         config.SETTINGS["upload_max_bytes"] = int(upload_max_bytes)
-    manager = dash.DiskcacheManager(diskcache.Cache(str(cache / "jobs")))
+    # JSONDisk: job results and progress are stored as JSON, so the job cache never unpickles anything.
+    manager = dash.DiskcacheManager(diskcache.Cache(str(cache / "jobs"), disk=diskcache.JSONDisk))
     app = Dash(
         "dashboards",  # a package name: pages import as dashboards.pages.<name>
         use_pages=True,

@@ -13,6 +13,7 @@ from typing import Any
 SETTINGS: dict[str, Any] = {
     "index": None,  # dashboards.data.RunIndex
     "upload_dir": None,  # Path where validated uploads are kept (PNG re-encoded)
+    "result_dir": None,  # Path where the editor's before/after images are kept
     "upload_max_bytes": 2 * 2**20,
     "upload_max_side": 1024,
     "pipeline_loader": None,  # callable(model_id) -> pipeline; default latentlens.load_pipeline
@@ -36,5 +37,11 @@ def setting(name: str) -> Any:
 
 def upload_dir() -> Path:
     path = Path(SETTINGS["upload_dir"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def result_dir() -> Path:
+    path = Path(SETTINGS["result_dir"])
     path.mkdir(parents=True, exist_ok=True)
     return path

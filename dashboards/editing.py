@@ -110,6 +110,18 @@ def save_upload(contents: str, filename: str | None) -> tuple[str, tuple[int, in
     return upload_id, size
 
 
+def save_result_image(image: np.ndarray) -> str:
+    """Keep an edit's image (uint8 ``[H, W, 3]``) as PNG in the results folder; returns its id."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    result_id = hashlib.sha256(data).hexdigest()[:32]
+    (config.result_dir() / f"{result_id}.png").write_bytes(data)
+    return result_id
+
+
 def _load_upload(upload_id: str) -> np.ndarray:
     from PIL import Image
 
@@ -266,4 +278,4 @@ def _site_width(pipe: Any, site: str) -> int | None:
     return int(heads) * int(head_dim) if heads and head_dim else None
 
 
-__all__ = ["EditRequest", "EditOutput", "run_edit", "save_upload", "edit_metrics", "png_data_uri", "ConfigError", "Path"]
+__all__ = ["EditRequest", "EditOutput", "run_edit", "save_upload", "save_result_image", "edit_metrics", "png_data_uri"]

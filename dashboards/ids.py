@@ -77,4 +77,5 @@ ED_PROGRESS = "editor-progress"
 ED_STATUS = "editor-status"
 ED_RESULT = "editor-result"
 ED_MESSAGE = "editor-message"
-ED_UPLOAD_STORE = "editor-upload-store"
+ED_UPLOAD_STORE = "editor-upload-store"  # {"upload": id} of the validated upload
+ED_RESULT_STORE = "editor-result-store"  # image ids + metrics of the last edit (JSON only)

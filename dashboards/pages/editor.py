@@ -68,6 +68,7 @@ def layout(**_query: Any) -> html.Div:
             html.Div([html.Progress(id=ids.ED_PROGRESS, value="0", max="1"), html.Span(id=ids.ED_STATUS, className="ll-muted")],
                      className="ll-progress"),
             dcc.Store(id=ids.ED_UPLOAD_STORE, data=None),
+            dcc.Store(id=ids.ED_RESULT_STORE, data=None),
             html.Div(id=ids.ED_MESSAGE),
             html.Div(id=ids.ED_RESULT),
         ]
@@ -121,21 +122,34 @@ def _upload(contents: Any, filename: Any) -> tuple[Any, Any, Any]:
         html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {filename} ({size[0]}×{size[1]})"]), "upload"
 
 
-def _strip(out: Any) -> html.Div:
-    from dashboards.editing import png_data_uri
-
-    cells = [html.Figure([html.Img(src=png_data_uri(out.source), className="ll-edit-image", id="editor-before"),
+def _strip(result: dict[str, Any]) -> html.Div:
+    """Before/after images (served from the results folder by id) with their metrics."""
+    cells = [html.Figure([html.Img(src=f"/lens/result/{result['before']}.png", className="ll-edit-image", id="editor-before"),
                           html.Figcaption("before")], className="ll-edit-cell")]
-    for k, (alpha, image, metrics) in enumerate(zip(out.alphas, out.images, out.metrics)):
+    for k, (alpha, image, metrics) in enumerate(zip(result["alphas"], result["after"], result["metrics"])):
         lines = [html.Div(f"{key}: {value}") for key, value in metrics.items()]
-        cells.append(html.Figure([html.Img(src=png_data_uri(image), className="ll-edit-image ll-edited", id=f"editor-after-{k}"),
+        cells.append(html.Figure([html.Img(src=f"/lens/result/{image}.png", className="ll-edit-image ll-edited", id=f"editor-after-{k}"),
                                   html.Figcaption([html.B(f"α = {alpha:g}")] + lines)], className="ll-edit-cell"))
-    return html.Div([html.Div(f"method: {out.method}", className="ll-muted"), html.Div(cells, className="ll-edit-strip")])
+    return html.Div([html.Div(f"method: {result['method']} · {result['seconds']:.1f} s", className="ll-muted"),
+                     html.Div(cells, className="ll-edit-strip")])
 
 
 @callback(
     Output(ids.ED_RESULT, "children"),
     Output(ids.ED_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.ED_RESULT_STORE, "data"),
+    prevent_initial_call=True,
+)
+def _show(result: Any) -> tuple[Any, Any]:
+    if not isinstance(result, dict):
+        raise dash.exceptions.PreventUpdate
+    if result.get("error"):
+        return None, message(result["error"], result.get("kind", "error"))
+    return _strip(result), None
+
+
+@callback(
+    Output(ids.ED_RESULT_STORE, "data"),
     Input(ids.ED_RUN, "n_clicks"),
     State(ids.STATE, "data"),
     State(ids.ED_SOURCE_KIND, "value"),
@@ -157,15 +171,20 @@ def _strip(out: Any) -> html.Div:
     prevent_initial_call=True,
 )
 def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, upload: Any, mode: Any,
-         direction: Any, target: Any, alpha: Any, sweep: Any, steps: Any) -> tuple[Any, Any]:
-    from dashboards.editing import EditRequest, run_edit
+         direction: Any, target: Any, alpha: Any, sweep: Any, steps: Any) -> dict[str, Any]:
+    """The edit, in a background process. Returns only JSON data (image ids, numbers, text): the job
+    cache stores it as JSON, so nothing is ever pickled or unpickled."""
+    import time
 
-    if not n_clicks:
-        raise dash.exceptions.PreventUpdate
+    from latentlens.errors import LatentlensError
+
+    from dashboards.editing import EditRequest, run_edit, save_result_image
+
+    started = time.perf_counter()
     try:
         run_id = state_get(state, "run")
         if not run_id:
-            return no_update, message("Choose a run in the picker at the top.", "info")
+            return {"error": "Choose a run in the picker at the top.", "kind": "info"}
         alpha = float(alpha if alpha is not None else 1.0)
         alphas = [round(alpha * k / (SWEEP_POINTS - 1), 4) for k in range(SWEEP_POINTS)] if "sweep" in (sweep or []) else [alpha]
         request = EditRequest(
@@ -176,14 +195,24 @@ def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, u
             alphas=alphas, steps=int(steps) if steps else None,
         )
         if kind == "upload" and not request.upload:
-            return no_update, message("Upload an image first (PNG or JPEG).", "warning")
+            return {"error": "Upload an image first (PNG or JPEG).", "kind": "warning"}
         if mode == "direction" and not direction:
-            return no_update, message("Choose a direction, or switch to a target text.", "warning")
+            return {"error": "Choose a direction, or switch to a target text.", "kind": "warning"}
 
         def progress(done: int, total: int, text: str) -> None:
-            set_progress((str(done), str(max(total, 1)), text))
+            set_progress([str(done), str(max(total, 1)), text])
 
         out = run_edit(config.index(), run_id, request, progress)
-        return _strip(out), None
-    except Exception as error:  # noqa: BLE001 - shown in the page
-        return no_update, error_message(error)
+        return {
+            "before": save_result_image(out.source), "after": [save_result_image(im) for im in out.images],
+            "alphas": out.alphas, "metrics": out.metrics, "method": out.method,
+            "seconds": time.perf_counter() - started,
+        }
+    except LatentlensError as error:
+        return {"error": str(error), "kind": "error"}
+    except Exception as error:  # noqa: BLE001 - shown in the page; the traceback goes to the log
+        import logging
+        import traceback
+
+        logging.getLogger("latentlens.dashboard").error("editor job failed:\n%s", traceback.format_exc())
+        return {"error": f"The edit failed ({type(error).__name__}: {error}).", "kind": "error"}
