@@ -213,3 +213,28 @@ def test_dashboard_command_binds_localhost_by_default_and_checks_its_input(tmp_p
     assert "does not exist" in capsys.readouterr().err
     assert main(["dashboard", str(tmp_path), "--port", "70000"]) == 2
     assert "not a valid port" in capsys.readouterr().err
+
+
+def test_background_jobs_never_pickle(app):
+    import diskcache
+
+    from latentlens.errors import LatentlensError  # noqa: F401
+
+    manager = app._background_manager
+    assert isinstance(manager.handle.disk, diskcache.JSONDisk)
+    manager.handle.set("probe", {"after": ["ab"], "metrics": [{"mean |Δ|": 0.1}]})
+    assert manager.handle.get("probe") == {"after": ["ab"], "metrics": [{"mean |Δ|": 0.1}]}
+    with pytest.raises(TypeError):
+        manager.handle.set("object", object())  # anything that is not JSON is refused, not pickled
+
+
+def test_a_folder_without_runs_says_how_to_make_one(tmp_path, root):
+    from dashboards.app import create_app, page_module
+
+    (tmp_path / "empty" / "notes").mkdir(parents=True)
+    try:
+        create_app(tmp_path / "empty", cache_dir=tmp_path / "cache")
+        table, where, note = page_module("runs")._table({})
+        assert table is None and "No runs under" in _text(note) and "latentlens demo" in _text(note)
+    finally:
+        create_app(root, cache_dir=tmp_path / "cache2")
