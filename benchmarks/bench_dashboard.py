@@ -81,7 +81,7 @@ def bench_callbacks(root: Path, run_id: str, site: str, steps: int, repeats: int
         "latents scatter (PCA)": (_key(app, "latents-scatter.figure"), [site, None, "pca", "color"], [state]),
         "latents hover": (_key(app, "latents-tooltip.children"), [{"points": [{"customdata": 7}]}], [state]),
         "attention maps": (_key(app, "attention-figure.figure"), [3, 2, 0, 1, []], [state]),
-        "direction histogram": (_key(app, "directions-hist.figure"), ["color_blue"], [state]),
+        "direction histogram": (_key(app, "directions-hist.figure"), ["color/blue"], [state]),
     }
     out: dict[str, Any] = {}
     for name, (key, inputs, st) in calls.items():

@@ -8,7 +8,7 @@ and the same seed; an uploaded image needs the EMS editor.
 
 Example::
 
-    out = run_edit(index, "shapes", EditRequest(sample=3, direction="color_blue", alphas=[4.0]))
+    out = run_edit(index, "shapes", EditRequest(sample=3, direction="color/blue", alphas=[4.0]))
     out.images[0]          # uint8 [H, W, 3], the edit at alpha=4
 """
 

@@ -153,7 +153,7 @@ def write_fake_analysis(path: str | Path, *, blocks: int, steps: int, channels: 
         d = Direction(torch.from_numpy(vector.astype(np.float32)), site=site, steps=[step],
                       provenance={"method": "class_mean", "attribute": a, "to": to, "from": "rest", "run": str(path),
                                   "accuracy": 0.9})
-        d.save(directions / f"{a}_{to}")
+        d.save(directions / a / to)  # directions/<attribute>/<value>, as `latentlens analyze` writes them
 
 
 def save_tiny_toy_pipeline(path: str | Path, *, num_layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Path:

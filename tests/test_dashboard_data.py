@@ -168,7 +168,7 @@ def test_direction_that_does_not_fit_gets_a_clear_message(app, root):
     directions = page_module("directions")
     figure, provenance, note = directions._histogram("misfit", {"run": "good"})
     assert "does not fit" in _text(note) and "width 7" in _text(note)
-    figure, provenance, note = directions._histogram("color_blue", {"run": "good"})
+    figure, provenance, note = directions._histogram("color/blue", {"run": "good"})
     assert note is None and len(figure["data"]) == 6  # one histogram per colour
     (root / "good" / "analysis" / "directions" / "misfit.json").unlink()
     (root / "good" / "analysis" / "directions" / "misfit.safetensors").unlink()
@@ -198,7 +198,7 @@ def test_results_reader_reads_what_analysis_wrote(root):
     blocks, steps, table, sites = res.probe_grid("color", "img")
     assert blocks == [0, 1] and steps == [0, 1, 2] and table.shape == (2, 3)
     assert sites[1][2] == "blocks.1.resid_out.img"
-    assert res.load_direction("color_blue").dim == 16
+    assert res.load_direction("color/blue").dim == 16
     assert set(res.embedding("blocks.1.resid_out.img", 2)) >= {"pca", "umap", "sample"}
     with pytest.raises(StoreError, match="latentlens analyze"):
         load_results(root / "nested" / "raw")

@@ -10,7 +10,7 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import DashboardError, features, manifest_labels, open_run, results
+from dashboards.data import DashboardError, features, manifest_labels, open_run, recorded_steps, results
 from dashboards.ui import empty_figure, guarded, message, state_get, typed_array
 
 dash.register_page(__name__, path="/directions", name="Directions", title="latentlens · directions", order=4)
@@ -120,9 +120,8 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
         return empty_figure(f"{direction.site} was not recorded in this run"), provenance, message(
             f"The direction {name!r} lives at {direction.site!r}, which this run did not record; no projection to show.",
             "warning")
-    n_steps = run[direction.site].shape[1]
-    step = direction.steps[-1] if direction.steps else n_steps - 1
-    step = min(int(step), n_steps - 1)
+    steps = recorded_steps(run, run[direction.site].shape[1])  # denoising steps of the stored axis
+    step = int(direction.steps[-1]) if direction.steps and int(direction.steps[-1]) in steps else steps[-1]
     x = features(index, run_id, direction.site, step)  # [sample, channel]
     if x.shape[1] != direction.dim:
         raise DashboardError(

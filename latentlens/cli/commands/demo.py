@@ -113,8 +113,11 @@ def analyse_step(run_dir: Path, root: Path, samples: int) -> dict[str, Any]:
 
     print(f"demo: analysing {run_dir} …", file=sys.stderr)
     started = time.perf_counter()
+    import contextlib
+
     parsed = build_parser().parse_args(["analyze", str(run_dir)])
-    status = int(parsed._run(parsed) or 0)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is kept for the demo's own --json document
+        status = int(parsed._run(parsed) or 0)
     if status != 0:
         raise LatentlensError(f"`latentlens analyze {run_dir}` failed (exit status {status}); see the messages above.")
     state["analysed_samples"] = samples
