@@ -93,3 +93,16 @@ def image_src(run_id: str, sample: int) -> str:
     from urllib.parse import quote
 
     return f"/lens/image/{int(sample)}.png?run={quote(run_id, safe='')}"
+
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def label_colours(values: list[str]) -> dict[str, str]:
+    """A colour per label value; shapes-world colour names get their own colour (``red`` is red)."""
+    from latentlens.shapes import BACKGROUND_RGB, COLOR_RGB
+
+    named = {**{k: v for k, v in BACKGROUND_RGB.items() if k != "white"}, "white": (190, 190, 190), **COLOR_RGB}
+    if values and all(v in named for v in values):
+        return {v: "rgb({},{},{})".format(*named[v]) for v in values}
+    return {v: PALETTE[k % len(PALETTE)] for k, v in enumerate(values)}

@@ -11,11 +11,10 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
 from dashboards.data import DashboardError, features, manifest_labels, open_run, recorded_steps, results
-from dashboards.ui import empty_figure, guarded, message, state_get, typed_array
+from dashboards.ui import empty_figure, guarded, label_colours, message, state_get, typed_array
 
 dash.register_page(__name__, path="/directions", name="Directions", title="latentlens · directions", order=4)
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 def layout(**_query: Any) -> html.Div:
@@ -136,10 +135,12 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
     traces = []
     if labels is not None:
         labels = np.asarray(labels)[keep]
-        for k, value in enumerate(sorted(set(labels.tolist()))):
+        values = sorted(set(labels.tolist()))
+        colours = label_colours(values)
+        for value in values:
             rows = labels == value
             traces.append({"type": "histogram", "x": typed_array(proj[rows]), "name": str(value), "opacity": 0.65,
-                           "marker": {"color": PALETTE[k % len(PALETTE)]}, "nbinsx": 40})
+                           "marker": {"color": colours[value]}, "nbinsx": 40})
     else:
         traces.append({"type": "histogram", "x": typed_array(proj), "name": "all", "nbinsx": 40})
     figure = {"data": traces, "layout": {

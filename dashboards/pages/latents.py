@@ -10,11 +10,10 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
 from dashboards.data import run_manifest, DashboardError, activation_sites, manifest_labels, open_run, pca, recorded_steps, results
-from dashboards.ui import empty_figure, guarded, image_src, message, state_get, typed_array
+from dashboards.ui import empty_figure, guarded, image_src, label_colours, message, state_get, typed_array
 
 dash.register_page(__name__, path="/latents", name="Latents", title="latentlens · latents", order=2)
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MAX_THUMBNAILS = 24
 
 
@@ -90,6 +89,7 @@ def scatter_figure(coords: np.ndarray, samples: np.ndarray, labels: np.ndarray |
         (str(v), np.flatnonzero(labels == v)) for v in sorted(set(labels.tolist()))
     ]
     marker_size = 6 if len(samples) <= 5000 else 3
+    colours = label_colours([name for name, _ in groups])
     for k, (name, rows) in enumerate(groups):
         traces.append({
             "type": "scattergl", "mode": "markers", "name": name or "(none)",
@@ -97,7 +97,7 @@ def scatter_figure(coords: np.ndarray, samples: np.ndarray, labels: np.ndarray |
             # A plain list: dcc.Graph copies hover/click/selection customdata from the figure's own
             # data, where a typed array would arrive as undefined.
             "customdata": samples[rows].tolist(),
-            "marker": {"size": marker_size, "color": PALETTE[k % len(PALETTE)], "opacity": 0.8},
+            "marker": {"size": marker_size, "color": colours[name], "opacity": 0.8},
             "hovertemplate": "sample %{customdata}<br>" + name + "<extra></extra>",
         })
     return {
