@@ -2,7 +2,9 @@
 
 From ``z = z_src``, repeat ``iterations`` times (all batched over images):
 
-1. draw ``σ ~ U(t_range)`` per image and one ``ε ~ N(0, I)`` shared by both branches;
+1. draw ``σ`` in ``t_range`` per image (by default stratified and descending: the k-th draw is
+   uniform in the k-th of K equal bins, from high σ to low) and one ``ε ~ N(0, I)`` shared by
+   both branches;
 2. noise both the current latent and the source latent: ``z_σ = (1−σ) z + σ ε``,
    ``ẑ_σ = (1−σ) z_src + σ ε``;
 3. predict clean latents with classifier-free guidance as configured: ``x̂_tgt = x̂₀(z_σ; E(α))``
@@ -45,20 +47,27 @@ class EMSParams:
         step_size: η, fraction of the (prediction − current) gap closed per update, in (0, 1].
         t_range: ``(σ_min, σ_max)`` noise levels drawn uniformly each update (0 = clean, 1 = noise).
         rho: ρ, bound on the root-mean-square change of the latent (None = unconstrained; 0 = no change).
+            The default 2.0 admits a full background swap in the toy model's [-1, 1] pixel space
+            (white → black is an RMS change of about 1.7) and stops runaway updates; tighten it
+            to keep edits small.
         mask: restrict the change to the attention mask of the edited words.
         mask_threshold: a latent position is in the mask where the edited words' attention is at least
             this fraction of its maximum over the image.
         mask_sigma: noise level of the single forward pass the mask is read from.
+        schedule: ``"descending"`` — the k-th σ is drawn uniformly from the k-th of K equal bins of
+            ``t_range``, from high to low (coarse layout first, details last); ``"random"`` — every σ
+            uniform over the whole range.
         seed: seed of σ and ε draws (edits are reproducible).
     """
 
     iterations: int = 20
     step_size: float = 0.5
     t_range: tuple[float, float] = (0.3, 0.9)
-    rho: float | None = 1.0
+    rho: float | None = 2.0
     mask: bool = False
     mask_threshold: float = 0.5
     mask_sigma: float = 0.6
+    schedule: str = "descending"
     seed: int = 0
 
     def check(self) -> None:
@@ -71,6 +80,8 @@ class EMSParams:
             raise ConfigError(f"t_range={self.t_range} must satisfy 0 <= low <= high <= 1 (noise levels σ).")
         if self.rho is not None and (self.rho < 0 or math.isnan(self.rho)):
             raise ConfigError(f"rho must be >= 0 (or None for no constraint), got {self.rho}.")
+        if self.schedule not in ("descending", "random"):
+            raise ConfigError(f"schedule={self.schedule!r} is not one of 'descending', 'random'.")
         if not 0.0 < float(self.mask_threshold) <= 1.0:
             raise ConfigError(f"mask_threshold must be in (0, 1], got {self.mask_threshold}.")
 
@@ -172,7 +183,10 @@ def dds_update(
     lo, hi = params.t_range
     z = z_src.clone()
     for k in range(int(params.iterations)):
-        sigma = (lo + (hi - lo) * torch.rand(b, generator=gen)).to(z.device)  # [B]
+        u = torch.rand(b, generator=gen)  # [B]
+        if params.schedule == "descending":
+            u = (params.iterations - 1 - k + u) / params.iterations  # k-th bin from the top
+        sigma = (lo + (hi - lo) * u).to(z.device)  # [B]
         eps = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)  # [B, C, h, w]
         s4 = sigma.view(-1, 1, 1, 1)
         z_t = (1 - s4) * z + s4 * eps
