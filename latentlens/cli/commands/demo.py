@@ -116,8 +116,15 @@ def analyse_step(run_dir: Path, root: Path, samples: int) -> dict[str, Any]:
     import contextlib
 
     parsed = build_parser().parse_args(["analyze", str(run_dir)])
-    with contextlib.redirect_stdout(sys.stderr):  # stdout is kept for the demo's own --json document
-        status = int(parsed._run(parsed) or 0)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is kept for the demo's own --json document
+            status = int(parsed._run(parsed) or 0)
+    except LatentlensError as error:
+        # The recording stays useful (runs, latents, attention pages); say why the analysis is missing.
+        print(f"demo: warning: the analysis failed: {error} The dashboard shows the recording only; "
+              f"rerun with a larger --limit to analyse it.", file=sys.stderr)
+        return {"analysed": False, "seconds": round(time.perf_counter() - started, 2), "skipped": False,
+                "error": str(error)}
     if status != 0:
         raise LatentlensError(f"`latentlens analyze {run_dir}` failed (exit status {status}); see the messages above.")
     state["analysed_samples"] = samples
