@@ -185,6 +185,27 @@ def _write_chunk_file(path: Path, block: np.ndarray) -> None:
         raise
 
 
+def _read_chunk(path: str, out: np.ndarray, offset: int) -> bool:
+    """Fill ``out`` (C-contiguous) with the bytes of chunk file ``path`` from ``offset``; False if it is missing.
+
+    One copy, page cache → ``out`` (no intermediate array).
+    """
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            if offset:
+                handle.seek(offset)
+            view = memoryview(out).cast("B")
+            got = 0
+            while got < len(view):
+                n = handle.readinto(view[got:])
+                if not n:
+                    raise StoreError(f"Chunk file {path} is shorter than its array's chunk shape; the run is damaged.")
+                got += n
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class StoredArray:
     """A lazy, read-only view of one recorded array; slicing reads only the chunks it needs.
 
@@ -260,18 +281,13 @@ class StoredArray:
         out = np.empty((stop - start, *inner), dtype=dtype)  # [sample, ...]
         meta = self._array.metadata
         fill = meta.fill_value
-        disk_dtype = dtype.newbyteorder("<")
         tail = (0,) * len(inner)
         for chunk in range(start // spc, -(-stop // spc)):
             lo = chunk * spc
             a, b = max(lo, start), min(lo + spc, stop)
             path = str(self._raw / meta.encode_chunk_key((chunk, step) + tail))
-            try:
-                block = np.fromfile(path, dtype=disk_dtype).reshape(spc, *inner)
-            except FileNotFoundError:
+            if not _read_chunk(path, out[a - start : b - start], (a - lo) * out[0].nbytes if len(out) else 0):
                 out[a - start : b - start] = fill
-                continue
-            out[a - start : b - start] = block[a - lo : b - lo]
         return out
 
     def isel(self, **indexers: Any) -> np.ndarray:

@@ -122,19 +122,21 @@ def test_reading_one_site_step_touches_only_its_chunks(tmp_path, monkeypatch):
     run = open_run(tmp_path / "run")
     arr = run["x"]  # opened before counting (metadata reads are not chunk reads)
 
+    import latentlens.store
+
     keys: list[str] = []
-    original_get, original_fromfile = zarr.storage.LocalStore.get, np.fromfile
+    original_get, original_read = zarr.storage.LocalStore.get, latentlens.store._read_chunk
 
     async def counting_get(self, key, *args, **kwargs):  # reads through zarr
         keys.append(key)
         return await original_get(self, key, *args, **kwargs)
 
-    def counting_fromfile(path, *args, **kwargs):  # reads of whole chunk files by the store
+    def counting_read(path, *args, **kwargs):  # reads of chunk files by the store itself
         keys.append(os.path.relpath(path, tmp_path / "run" / "arrays"))
-        return original_fromfile(path, *args, **kwargs)
+        return original_read(path, *args, **kwargs)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
-    monkeypatch.setattr(np, "fromfile", counting_fromfile)
+    monkeypatch.setattr(latentlens.store, "_read_chunk", counting_read)
     for read in (lambda: arr[:, 3], lambda: arr.zarr[:, 3]):  # the store's reader and zarr's
         keys.clear()
         np.testing.assert_array_equal(read(), data[:, 3])
