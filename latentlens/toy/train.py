@@ -16,7 +16,7 @@ from it (a larger ``steps`` continues training further). The loss log is ``loss.
 Example::
 
     from latentlens.toy.train import TrainConfig, train_toy
-    result = train_toy(TrainConfig(steps=6000, batch_size=32, seed=0), "/tmp/toy_train")
+    result = train_toy(TrainConfig(steps=8000, batch_size=32, seed=0), "/tmp/toy_train")
     result["pipeline_dir"]   # '/tmp/toy_train/pipeline' (EMA weights, loadable with ToyPipeline.from_pretrained)
 """
 
@@ -51,7 +51,7 @@ _RESUMABLE_FIELDS = ("steps", "checkpoint_every_s", "num_threads", "log_every")
 class TrainConfig:
     """Every knob of a toy training run (the defaults produced the shipped weights)."""
 
-    steps: int = 6000
+    steps: int = 8000
     batch_size: int = 32
     seed: int = 0
     # model

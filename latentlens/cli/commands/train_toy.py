@@ -2,8 +2,8 @@
 
 Example::
 
-    $ latentlens train-toy --out /work/toy_train --steps 3000 --batch-size 64 --seed 0
-    $ latentlens train-toy --out /work/toy_train --steps 3000 --batch-size 64 --seed 0   # resumes
+    $ latentlens train-toy --out /work/toy_train --steps 8000 --seed 0 --threads 1
+    $ latentlens train-toy --out /work/toy_train --steps 8000 --seed 0 --threads 1   # resumes
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 NAME = "train-toy"
-HELP = "Train the toy MM-DiT on the shapes world (rectified flow, seeded, resumable; ~1 h on 2 CPU cores)."
+HELP = "Train the toy MM-DiT on the shapes world (rectified flow, seeded, resumable; about 1 h on 2 CPU cores)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
