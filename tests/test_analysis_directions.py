@@ -83,3 +83,24 @@ def test_sde_effectiveness_leakage():
     assert math.isnan(sde(x, x, mask)["sde"])
     with pytest.raises(ConfigError, match="inside and some outside"):
         sde(x, flipped, np.zeros((8, 8), dtype=bool))
+
+
+def test_text_direction_from_prompt_pairs_with_the_toy_text_encoder():
+    from latentlens.analysis.directions import text_direction
+    from latentlens.toy.pipeline import tiny_toy_pipeline
+
+    pipe = tiny_toy_pipeline()
+    pairs = [(f"a small red {s} on the left", f"a small blue {s} on the left") for s in ("circle", "square")]
+    d = text_direction(pipe, pairs, attribute="color")
+    assert d.site == "text.tokens" and d.dim == 384 and d.provenance["n_pairs"] == 2
+    # by hand: the changed word's token embedding, target minus source, averaged over the pairs
+    manual = []
+    for source, target in pairs:
+        tokens, _, _, _ = pipe.encode_prompt([source, target], do_classifier_free_guidance=False)
+        position = d.provenance["changed_tokens"][len(manual)][0]
+        manual.append(tokens[1, position].float().mean(0) - tokens[0, position].float().mean(0))
+    assert torch.allclose(d.vector, torch.stack(manual).mean(0), atol=1e-5)
+    pooled = text_direction(pipe, pairs, where="pooled")
+    assert pooled.site == "text.pooled" and pooled.dim == 384
+    with pytest.raises(ConfigError, match="differ in no token"):
+        text_direction(pipe, [("a red circle", "a red circle")])

@@ -43,6 +43,7 @@ def steering_check(
     seed: int = 0,
     batch_size: int = 20,
     num_inference_steps: int | None = None,
+    object_tokens: bool = False,
 ) -> dict[str, Any]:
     """Generate ``n`` shapes-world images whose ``attribute`` is ``source`` while steering along ``direction``.
 
@@ -65,16 +66,32 @@ def steering_check(
     prompts = [shapes.canonical_caption(c) for c in combos]
     seeds = [seed * 100_000 + i for i in range(n)]
 
+    def token_set(combo: Any) -> tuple[int, ...] | None:
+        if not object_tokens:
+            return None
+        patch = int(getattr(pipe, "patch_size", 4))
+        size = int(getattr(pipe, "default_sample_size", 32))
+        side = size // patch
+        mask = shapes.render(combo, canvas=size).mask.reshape(side, patch, side, patch).mean(axis=(1, 3)) > 0.25
+        return tuple(int(i) for i in np.flatnonzero(mask.reshape(-1)))  # row-major patch order
+
     def run(steered: bool) -> np.ndarray:
-        out = []
-        for start in range(0, n, batch_size):
-            p, s = prompts[start : start + batch_size], seeds[start : start + batch_size]
-            if steered:
-                with steer(pipe, direction, alpha=alpha):
-                    out.append(_generate(pipe, p, s, num_inference_steps))
-            else:
-                out.append(_generate(pipe, p, s, num_inference_steps))
-        return np.concatenate(out)
+        out: list[np.ndarray | None] = [None] * n
+        groups: dict[Any, list[int]] = {}
+        for i, combo in enumerate(combos):
+            groups.setdefault(token_set(combo) if steered else None, []).append(i)
+        for tokens, members in groups.items():
+            for start in range(0, len(members), batch_size):
+                idx = members[start : start + batch_size]
+                p, s = [prompts[i] for i in idx], [seeds[i] for i in idx]
+                if steered:
+                    with steer(pipe, direction, alpha=alpha, tokens=list(tokens) if tokens else None):
+                        images = _generate(pipe, p, s, num_inference_steps)
+                else:
+                    images = _generate(pipe, p, s, num_inference_steps)
+                for i, image in zip(idx, images):
+                    out[i] = image
+        return np.stack(out)
 
     def score(images: np.ndarray) -> tuple[float, dict[str, float]]:
         read = shapes.read_batch(images)
