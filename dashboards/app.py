@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -174,9 +175,18 @@ def create_app(
         update_title=None,
     )
     app.layout = _shell
+    # Import the tokenizer library off the request path (the attention page names tokens with it).
+    threading.Thread(target=_warm_up, name="latentlens-warm-up", daemon=True).start()
     _register_shell_callbacks(app)
     _register_routes(app)
     return app
+
+
+def _warm_up() -> None:
+    try:
+        import transformers  # noqa: F401
+    except Exception:  # noqa: BLE001 - only a warm-up
+        pass
 
 
 def page_module(name: str) -> Any:
