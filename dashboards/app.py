@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -175,16 +174,19 @@ def create_app(
         update_title=None,
     )
     app.layout = _shell
-    # Import the tokenizer library off the request path (the attention page names tokens with it).
-    threading.Thread(target=_warm_up, name="latentlens-warm-up", daemon=True).start()
     _register_shell_callbacks(app)
     _register_routes(app)
     return app
 
 
-def _warm_up() -> None:
+def warm_up() -> None:
+    """Import what the first requests would (the attention page's tokenizer) before serving.
+
+    Call it before the server starts, never concurrently with requests (imports are not
+    safe to race).
+    """
     try:
-        import transformers  # noqa: F401
+        from transformers import AutoTokenizer  # noqa: F401
     except Exception:  # noqa: BLE001 - only a warm-up
         pass
 

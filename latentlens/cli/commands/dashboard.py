@@ -50,7 +50,10 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8050, *, cache_
         from dashboards.app import create_app
     except ImportError as error:  # pragma: no cover - dash is a dependency
         raise ConfigError(f"The dashboard needs Dash ({error}); install latentlens with `pip install -e .`.") from None
+    from dashboards.app import warm_up
+
     app = create_app(root, cache_dir=cache_dir)
+    warm_up()
     from dashboards import config
 
     runs = config.index().run_ids()
