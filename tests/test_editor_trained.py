@@ -16,9 +16,9 @@ needs_weights = pytest.mark.skipif(
     reason="the trained toy weights are not in latentlens/toy/weights (run 'latentlens train-toy')",
 )
 
-# Measured on the shipped weights (benchmarks/RESULTS.md): EMS colour success on these 10 edits; the
-# threshold sits a little under it so that only a real regression fails.
-MIN_COLOR_SUCCESS = 0.8
+# Measured on the shipped weights (2-core CPU sandbox): EMS colour success 10/10 on these 10 edits, others
+# kept 97.5%; the thresholds sit a little under that so that only a real regression fails.
+MIN_COLOR_SUCCESS = 0.9
 
 
 @pytest.fixture(autouse=True, scope="module")
