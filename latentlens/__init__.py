@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
     "record_prompts": "latentlens.runs",
+    "load_results": "latentlens.results",
     "edit": "latentlens.editor.editor",
     "EMSEditor": "latentlens.editor.editor",
     "EditResult": "latentlens.editor.editor",
