@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="project wider cells on their top K principal components before probing (default 64; 0 = off).")
     parser.add_argument("--umap", choices=("best", "all", "none"), default="best",
                         help="which cells get a 2-D UMAP embedding (default: the best probe cells).")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch threads for the fit (default: torch's; 1 is faster on a busy machine).")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and control task.")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the results.")
 
@@ -42,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from latentlens.analysis.run import analyze_run
     from latentlens.cli import print_json
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     summary = analyze_run(
         args.run_dir, sites=args.sites, steps=args.steps, attributes=args.attributes, features=args.features,
         C=args.C, max_features=args.max_features or None, umap=args.umap, random_state=args.seed,
