@@ -27,7 +27,7 @@ the RSS just before the run ("delta").
 
 Usage::
 
-    python benchmarks/bench_probing.py                    # full run (~6 min on a 2-core CPU), table + JSON
+    python benchmarks/bench_probing.py                    # full run (15-35 min on the shared 2-core CPU), table + JSON
     python benchmarks/bench_probing.py --quick            # a smoke run (~1 min)
     python benchmarks/bench_probing.py --update-results   # also rewrite the probing section of RESULTS.md
 """
