@@ -465,7 +465,14 @@ class _Recorder:
         y = x.to(device="cpu", dtype=self.dtype)
         if y.data_ptr() == x.data_ptr():
             y = y.clone()
-        if name not in self._warned and y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        # A NaN/inf anywhere makes the sum non-finite, so one reduction screens the tensor;
+        # the full element-wise check runs only when the screen fires (or the sum overflowed).
+        if (
+            name not in self._warned
+            and y.is_floating_point()
+            and not bool(torch.isfinite(y.sum()))
+            and not bool(torch.isfinite(y).all())
+        ):
             self._warned.add(name)
             warnings.warn(
                 f"latentlens: NaN or inf in {name!r} at step {st.step} (timestep {st.timestep:g}); "
