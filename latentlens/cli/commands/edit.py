@@ -60,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     desc.add_argument("--describer-model", help="Endpoint model name, or the local model folder for 'transformers'.")
     desc.add_argument("--describer-timeout", type=float, default=30.0, help="Seconds per endpoint request.")
     desc.add_argument("--describer-retries", type=int, default=2, help="Extra attempts after a failed request.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is fastest for the toy model on a busy CPU).")
     parser.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
 
 
@@ -106,6 +108,10 @@ def _editor(args: argparse.Namespace) -> Any:
     if args.mask_threshold is not None:
         params["mask_threshold"] = args.mask_threshold
     describer = _describer(args)  # validate before loading the model
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     print(f"latentlens edit: loading {args.model} ...", file=sys.stderr)
     pipe = load_pipeline(args.model)
     return EMSEditor(pipe, mode=args.mode, describer=describer, guidance_scale=args.guidance,
