@@ -8,6 +8,8 @@ import dash
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
+from latentlens.errors import LatentlensError
+
 from dashboards import config, ids
 from dashboards.data import run_manifest, DashboardError, activation_sites, manifest_labels, open_run, pca, recorded_steps, results
 from dashboards.ui import empty_figure, guarded, image_src, label_colours, message, state_get, typed_array
@@ -69,9 +71,17 @@ def _controls(state: Any) -> tuple[Any, ...]:
     if not sites:
         raise DashboardError(f"The run {run_id!r} recorded no activations (only {run.names}); record residual sites.")
     site = state_get(state, "site")
-    site = site if site in sites else sites[0]
-    steps = recorded_steps(run, run[site].shape[1])  # denoising steps on the slider
     step = state_get(state, "step")
+    if site not in sites:  # no cell chosen yet: open the best probe cell when the run is analysed
+        site, step = sites[0], None
+        try:
+            res = results(config.index(), run_id)
+            best = res.best_cell(state_get(state, "attribute") or (res.attributes or [""])[0], "img")
+            if best and best["site"] in sites:
+                site, step = best["site"], int(best["step"])
+        except LatentlensError:
+            pass
+    steps = recorded_steps(run, run[site].shape[1])  # denoising steps on the slider
     step = int(step) if isinstance(step, int) and step in steps else steps[-1]
     labels = sorted(manifest_labels(run))
     attribute = state_get(state, "attribute")

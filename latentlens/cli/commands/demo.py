@@ -29,7 +29,7 @@ SITES = "blocks.*.resid_out.*"
 ATTENTION = "blocks.*.attn.img2txt"
 STEPS = (0, 4, 8, 12, 16, 19)  # denoising steps recorded (of the toy's 20): the picture at a sixth of the disk
 DTYPE = "float16"
-DEFAULT_LIMIT = 240
+DEFAULT_LIMIT = 120
 STATE_FILE = "demo.json"
 
 
