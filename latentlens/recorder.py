@@ -21,6 +21,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from latentlens.adapters import adapter_for, split_target
@@ -180,7 +181,8 @@ class Recording:
     Attributes: ``names`` (recorded names, stable order), ``timesteps`` (transformer timestep per
     recorded step), ``steps`` (the transformer-call indices of the step axis), ``gaps``
     (``[(step, block)]`` skipped by a diffusers cache, with ``allow_caching=True``), ``cfg``,
-    ``meta`` (adapter, model class, config, options).
+    ``meta`` (adapter, model class, config, options), ``sample_ids`` (the samples it became in a
+    ``store``; then ``rec[name]`` reads lazily from disk and holds nothing in memory).
     """
 
     def __init__(self) -> None:
@@ -193,6 +195,10 @@ class Recording:
         self._data: dict[str, torch.Tensor] = {}
         self._dims: dict[str, tuple[str, ...]] = {}
         self._done = False
+        self.sample_ids: list[int] | None = None
+        self._store: Any = None
+        self._dtypes: dict[str, torch.dtype] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
     def _check(self, name: str) -> None:
         if not self._done:
@@ -202,7 +208,22 @@ class Recording:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         self._check(name)
-        return self._data[name]
+        if self._store is None:
+            return self._data[name]
+        ids = self.sample_ids or []
+        view = self._store[name]  # lazy [sample, ...]
+        contiguous = ids == list(range(ids[0], ids[0] + len(ids))) if ids else True
+        rows = view[ids[0] : ids[0] + len(ids)] if contiguous and ids else view[ids]  # [batch, step, ...]
+        data = torch.from_numpy(np.ascontiguousarray(np.asarray(rows).swapaxes(0, 1)))  # [step, batch, ...]
+        return data.to(self._dtypes[name])
+
+    def _move_to_store(self, store: Any, sample_ids: Sequence[int]) -> None:
+        """The recording now lives in ``store`` as ``sample_ids``: drop the in-memory tensors."""
+        self._dtypes = {name: tensor.dtype for name, tensor in self._data.items()}
+        self._shapes = {name: tuple(tensor.shape) for name, tensor in self._data.items()}
+        self._data = dict.fromkeys(self._data)  # keep the names for `in`; the tensors are freed
+        self.sample_ids = [int(i) for i in sample_ids]
+        self._store = store
 
     def dims(self, name: str) -> tuple[str, ...]:
         """Axis names of ``rec[name]``, e.g. ``("step", "batch", "token", "channel")``."""
@@ -225,7 +246,8 @@ class Recording:
         return [(n, self[n]) for n in self.names]
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{n}: {tuple(self._data[n].shape)}" for n in self.names[:4]) if self._done else "running"
+        shapes = self._shapes if self._store is not None else {n: tuple(t.shape) for n, t in self._data.items()}
+        shown = ", ".join(f"{n}: {shapes[n]}" for n in self.names[:4]) if self._done else "running"
         more = f", … (+{len(self.names) - 4})" if len(self.names) > 4 else ""
         return f"Recording({shown}{more})"
 
@@ -575,7 +597,8 @@ class record:  # noqa: N801 - used as a function-like context manager
         dtype: dtype of the stored tensors (on CPU).
         heads: "mean" (head-averaged maps) or "all" (``[step, batch, head, q, k]``).
         store: a :class:`latentlens.store.RunStore` (anything with ``add_recording(rec)``); written on
-            successful exit.
+            successful exit, after which ``rec[name]`` reads lazily from the store and the
+            in-memory copy is freed (``rec.sample_ids`` says which samples it became).
         allow_caching: record even when diffusers caching hooks skip blocks/steps; skipped
             (step, block) pairs are listed in ``rec.gaps`` and their maps are NaN.
 
@@ -616,7 +639,9 @@ class record:  # noqa: N801 - used as a function-like context manager
         if exc_type is None:
             rec = self._recorder.finalize()
             if self._recorder.store is not None:
-                self._recorder.store.add_recording(rec)
+                sample_ids = self._recorder.store.add_recording(rec)
+                if sample_ids is not None and hasattr(self._recorder.store, "read"):
+                    rec._move_to_store(self._recorder.store, sample_ids)
 
 
 __all__ = ["Recording", "record", "site_names", "word_token_indices"]

@@ -310,6 +310,26 @@ def test_store_receives_the_recording():
     assert store.got is rec and rec.names == ["pred"]
 
 
+def test_with_a_run_store_rec_reads_lazily_from_disk_and_equals_memory(tmp_path):
+    from latentlens.store import RunStore
+    from latentlens.testing import sd3_inputs, tiny_sd3_transformer
+
+    model = tiny_sd3_transformer()
+    inputs = sd3_inputs(model)
+    with torch.no_grad(), record(model, sites="blocks.*.resid_out.img") as in_memory:
+        model(**inputs)
+        model(**inputs)
+    store = RunStore.create(tmp_path / "run", {"model": "tiny-sd3"})
+    with torch.no_grad(), record(model, sites="blocks.*.resid_out.img", store=store) as on_disk:
+        model(**inputs)
+        model(**inputs)
+    batch = in_memory[in_memory.names[0]].shape[1]
+    assert on_disk.sample_ids == list(range(batch))
+    assert all(on_disk._data[name] is None for name in on_disk.names)  # nothing kept in memory
+    for name in in_memory.names:
+        assert torch.equal(on_disk[name], in_memory[name])  # [step, batch, tokens, dim]
+
+
 def test_toy_pipeline_bit_identical_and_words():
     toy = pytest.importorskip("latentlens.toy.pipeline")
     pipe = toy.tiny_toy_pipeline(num_layers=2)
