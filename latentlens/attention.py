@@ -10,6 +10,11 @@ the requested key columns::
 
 Each chunk holds at most :data:`CHUNK_BYTES` bytes of logits and probabilities, so the extra memory is bounded
 whatever the sequence length. Maps are averaged over heads unless ``heads="all"``.
+
+Fast path: when the module's own SDPA call ran the CPU flash kernel, the recorder keeps that
+kernel's row log-sum-exp (:mod:`latentlens.attention_lse`) and :func:`columns_from_lse` multiplies
+only the requested key columns, ``exp(q_i · k_j · scale - lse_i)``; every other call (masks, CUDA,
+float64, several SDPA calls in one module) uses the recomputation above.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import torch
 
 from latentlens.adapters.base import AttnSpec, CallState, QKPart
+from latentlens.attention_lse import LSEResult
 
 #: byte budget of one query chunk (logits + probabilities, [batch, heads, chunk, keys] each, compute dtype)
 CHUNK_BYTES = 8 * 2**20
@@ -75,6 +81,58 @@ def softmax_columns(
             pieces[name].append(p.mean(dim=1) if heads == "mean" else p.clone())
         del probs
     return {name: torch.cat(parts, dim=-2) for name, parts in pieces.items()}
+
+
+def columns_from_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    columns: dict[str, slice | torch.Tensor],
+    *,
+    scale: float,
+    heads: str = "mean",
+    chunk_bytes: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Like :func:`softmax_columns` but with the row normaliser given: ``exp(q k_selᵀ · scale - lse)``.
+
+    ``lse`` ``[batch, heads, nq]`` is each query row's log-sum-exp over all keys (from the model's
+    own attention kernel); only the selected key columns are multiplied, O(nq · ncols · d).
+    """
+    b, h, nq, _ = q.shape
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    cdtype = compute_dtype(q.dtype)
+    elem = torch.finfo(cdtype).bits // 8
+    lse = lse.to(cdtype)
+    out: dict[str, torch.Tensor] = {}
+    for name, cols in columns.items():
+        if isinstance(cols, slice):
+            ks = k[:, :, cols]
+        elif cols.ndim == 2:  # per batch row [b, ncols]
+            ks = k.gather(2, cols[:, None, :, None].expand(-1, h, -1, k.shape[3]))
+        else:
+            ks = k.index_select(2, cols)
+        kt = ks.to(cdtype).transpose(-1, -2)  # [batch, heads, d, ncols]
+        rows = max(1, int(chunk_bytes // max(1, b * h * kt.shape[-1] * elem)))
+        parts = []
+        for start in range(0, nq, rows):
+            stop = min(nq, start + rows)
+            logits = torch.matmul(q[:, :, start:stop].to(cdtype) * scale, kt)  # [batch, heads, c, ncols]
+            p = logits.sub_(lse[:, :, start:stop, None]).exp_()
+            parts.append(p.mean(dim=1) if heads == "mean" else p)
+        out[name] = torch.cat(parts, dim=-2)
+    return out
+
+
+def _lse_fits(lse: LSEResult, k_all: torch.Tensor, bias: torch.Tensor | None, scale: float, rows: slice) -> bool:
+    """Whether a captured SDPA normaliser belongs to this call: no mask, same scale, heads and joint length."""
+    t = lse.lse[rows]  # [batch, heads, nq]
+    return (
+        bias is None
+        and abs(lse.scale - scale) <= 1e-12 * abs(scale)
+        and t.shape[0] == k_all.shape[0]
+        and t.shape[1] == k_all.shape[1]
+        and t.shape[2] == k_all.shape[2] == lse.nk
+    )
 
 
 def _project(state: CallState, spec_id: int, role: str, index: int, part: QKPart, heads: int, head_dim: int,
@@ -134,12 +192,15 @@ def quadrant_maps(
     heads: str = "mean",
     text_index: torch.Tensor | None = None,
     chunk_bytes: int | None = None,
+    lse: LSEResult | None = None,
 ) -> dict[str, torch.Tensor]:
     """The requested quadrants (e.g. ``["img2txt"]``) of one attention call, exact.
 
     Returns ``{kind: [batch, q, k]}`` (``[batch, heads, q, k]`` with ``heads="all"``). With
     ``text_index`` (token indices ``[k]``, or per batch row ``[batch, k]``), text axes keep only those
-    tokens (key columns of ``*2txt``, query rows of ``txt2*``).
+    tokens (key columns of ``*2txt``, query rows of ``txt2*``). With ``lse`` (the row log-sum-exp
+    of the module's own SDPA call, see :mod:`latentlens.attention_lse`) only the requested key
+    columns are multiplied; without it (or if it does not fit this call) the normaliser is recomputed.
     """
     q_needed = {spec.quadrants[w][0] for w in wanted}
     k_streams = _streams(spec, state, spec_id, "k", spec.k_parts, kwargs, rows)
@@ -156,6 +217,8 @@ def quadrant_maps(
     k_all = torch.cat([t for _, t in k_streams], dim=2)  # [batch, heads, nk, d]
     bias = _bias(kwargs.get(spec.mask_kwarg) if spec.mask_kwarg else None, rows, compute_dtype(k_all.dtype))
     scale = spec.scale if spec.scale is not None else spec.head_dim**-0.5
+    if lse is not None and not _lse_fits(lse, k_all, bias, scale, rows):
+        lse = None
     result: dict[str, torch.Tensor] = {}
     for q_stream in sorted(q_needed):
         q = q_streams[q_stream]
@@ -178,5 +241,14 @@ def quadrant_maps(
         qbias = bias
         if bias is not None and bias.shape[-2] > 1:
             raise NotImplementedError("per-query attention masks are not supported for maps")
+        if lse is not None:
+            a, b = offsets[q_stream]  # self-attention: query rows follow the key order
+            q_lse = lse.lse[rows][:, :, a:b]  # [batch, heads, nq_stream]
+            if q_stream == "txt" and text_index is not None:
+                ti = text_index.to(q_lse.device)
+                q_lse = q_lse.gather(2, ti[:, None, :].expand(-1, q_lse.shape[1], -1)) if ti.ndim == 2 \
+                    else q_lse.index_select(2, ti)
+            result.update(columns_from_lse(q, k_all, q_lse, cols, scale=scale, heads=heads, chunk_bytes=chunk_bytes))
+            continue
         result.update(softmax_columns(q, k_all, cols, scale=scale, bias=qbias, heads=heads, chunk_bytes=chunk_bytes))
     return result

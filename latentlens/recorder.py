@@ -28,10 +28,18 @@ from latentlens.adapters import adapter_for, split_target
 from latentlens.adapters.base import Adapter, AttnSpec, CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
 from latentlens.attention import quadrant_maps
+from latentlens.attention_lse import LSECapture
 from latentlens.errors import ConfigError
 from latentlens.names import Sites, Steps, StepSelection, block_of, is_map, select_names, unknown_name_error
 
 _CTX_ORDER = {"uncond": 0, None: 1, "cond": 1}
+
+
+def _exit_mode(cap: LSECapture) -> None:
+    """Pop ``cap`` off the torch-function mode stack if it is on top (it is, unless someone leaked a mode)."""
+    n = torch._C._len_torch_function_stack()
+    if n and torch._C._get_function_stack_at(n - 1) is cap:
+        cap.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- names
@@ -314,6 +322,7 @@ class _Recorder:
         self._active = False
         self._rows: slice | None = None
         self._call_index: torch.Tensor | None = None
+        self._lse_caps: dict[int, LSECapture] = {}
 
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
@@ -331,7 +340,10 @@ class _Recorder:
                 for role, i, part in parts:
                     self.hooks.post(part.proj, self._capture_proj((k, role, i)))
                 self.hooks.pre(spec.module, self._capture_kwargs(k))
+                self.hooks.pre(spec.module, self._lse_open(k))
                 self.hooks.post(spec.module, self._maps(k, spec, kinds))
+                # runs first, and also when the module raises: the SDPA mode never outlives the call
+                self.hooks.post(spec.module, self._lse_close(k), prepend=True, always_call=True)
             if self.skipping:
                 blocks = sorted({block_of(n) for n in self.names if block_of(n) is not None})
                 for b in blocks:
@@ -344,6 +356,7 @@ class _Recorder:
 
     def remove(self) -> None:
         self.hooks.remove()
+        self._close_all_lse()
 
     # -- per call --------------------------------------------------------------------------------
     @property
@@ -351,6 +364,7 @@ class _Recorder:
         return self.tracker.state
 
     def _begin(self, module: Any, args: tuple, kwargs: dict) -> None:
+        self._close_all_lse()  # left open only if an earlier call was interrupted (BaseException)
         st = self.state
         rows = cfg_rows(st, self.cfg)
         self._active = rows is not None and st.step in self.steps
@@ -444,6 +458,32 @@ class _Recorder:
 
         return hook
 
+    def _lse_open(self, k: int) -> Callable:
+        """Pre-hook: intercept the module's SDPA call to take its row log-sum-exp (fast maps)."""
+
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            if self._active and k not in self._lse_caps:
+                cap = LSECapture()
+                cap.__enter__()
+                self._lse_caps[k] = cap
+
+        return hook
+
+    def _lse_close(self, k: int) -> Callable:
+        def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
+            cap = self._lse_caps.pop(k, None)
+            if cap is None:
+                return
+            _exit_mode(cap)
+            if self._active and cap.result is not None and cap.sdpa_calls == 1:
+                self.state.scratch[(k, "lse")] = cap.result
+
+        return hook
+
+    def _close_all_lse(self) -> None:
+        for k in list(self._lse_caps)[::-1]:
+            _exit_mode(self._lse_caps.pop(k))
+
     def _maps(self, k: int, spec: AttnSpec, kinds: list[str]) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
             if not self._active:
@@ -459,7 +499,7 @@ class _Recorder:
                 )
             with torch.no_grad():
                 maps = quadrant_maps(spec, st, k, st.scratch.get((k, "kwargs"), kwargs), kinds, self._rows,
-                                     heads=self.heads, text_index=self._call_index)
+                                     heads=self.heads, text_index=self._call_index, lse=st.scratch.get((k, "lse")))
             for key in list(st.scratch):
                 if key[0] == k:
                     del st.scratch[key]

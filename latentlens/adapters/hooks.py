@@ -99,8 +99,10 @@ class HookSet:
     def pre(self, module: nn.Module, fn: Callable, prepend: bool = False) -> None:
         self.handles.append(module.register_forward_pre_hook(fn, with_kwargs=True, prepend=prepend))
 
-    def post(self, module: nn.Module, fn: Callable, prepend: bool = False) -> None:
-        self.handles.append(module.register_forward_hook(fn, with_kwargs=True, prepend=prepend))
+    def post(self, module: nn.Module, fn: Callable, prepend: bool = False, always_call: bool = False) -> None:
+        self.handles.append(
+            module.register_forward_hook(fn, with_kwargs=True, prepend=prepend, always_call=always_call)
+        )
 
     def context_probe(self, transformer: nn.Module) -> Any:
         """Register a :class:`ContextProbe` on the transformer's diffusers ``HookRegistry``."""
