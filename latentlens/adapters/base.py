@@ -219,3 +219,36 @@ class Adapter:
         except Exception:  # the property reads state that only exists during a call
             return None
         return bool(value) if isinstance(value, (bool, int)) else None
+
+
+def timestep_value(ts: Any) -> float:
+    """The transformer call's timestep as a float (the first row's; NaN when absent)."""
+    if torch.is_tensor(ts):
+        return float(ts.flatten()[0])
+    return float(ts) if ts is not None else float("nan")
+
+
+class PatchGridAdapter(Adapter):
+    """An adapter whose transformer takes latents ``[batch, C, H, W]`` cut into ``config.patch_size``
+    patches and whose pipelines double the batch as ``[uncond, cond]`` for CFG (SD3, toy, PixArt)."""
+
+    #: positional index of ``timestep`` in the transformer's ``forward``
+    timestep_position: int = 3
+
+    def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
+        x = kwargs.get("hidden_states", args[0] if args else None)  # [batch, C, H, W]
+        ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        at = self.timestep_position
+        ts = kwargs.get("timestep", args[at] if len(args) > at else None)
+        p = self.transformer.config.patch_size
+        state.batch = x.shape[0]
+        state.grid = (x.shape[-2] // p, x.shape[-1] // p)
+        state.text_len = ctx.shape[1] if ctx is not None else 0
+        state.timestep = timestep_value(ts)
+
+    def cfg_doubled(self, args: tuple, kwargs: dict) -> bool:
+        x = kwargs.get("hidden_states", args[0] if args else None)
+        flag = self.pipe_cfg_flag()
+        if flag is None:
+            return self.batch_halves_equal(x)
+        return flag and x.shape[0] % 2 == 0

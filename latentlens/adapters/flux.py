@@ -32,6 +32,7 @@ from latentlens.adapters.base import (
     arg_site,
     joint_out_site,
     out_site,
+    timestep_value,
 )
 from latentlens.adapters.sd3 import ALL_QUADRANTS, MOD, _reshape_mod, pred_site
 
@@ -123,7 +124,7 @@ class FluxAdapter(Adapter):
             cols = int(ids[:, 2].max().item()) + 1
             if rows * cols == x.shape[1]:
                 state.grid = (rows, cols)
-        state.timestep = float(ts.flatten()[0]) if torch.is_tensor(ts) else float(ts) if ts is not None else float("nan")
+        state.timestep = timestep_value(ts)
 
     def text_segments(self) -> list[tuple[Any, int]]:
         tok = getattr(self.pipe, "tokenizer_2", None)

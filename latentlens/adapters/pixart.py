@@ -16,7 +16,16 @@ from typing import Any
 
 import torch
 
-from latentlens.adapters.base import TOKENS, Adapter, AttnSpec, CallState, QKPart, SiteSpec, arg_site, out_site
+from latentlens.adapters.base import (
+    TOKENS,
+    AttnSpec,
+    CallState,
+    PatchGridAdapter,
+    QKPart,
+    SiteSpec,
+    arg_site,
+    out_site,
+)
 from latentlens.adapters.sd3 import IMAGE, MOD, pred_site
 
 
@@ -28,11 +37,12 @@ def _mod_site(name: str, block: Any) -> SiteSpec:
     return SiteSpec(name, block, "pre", get, None, MOD, None)
 
 
-class PixArtAdapter(Adapter):
+class PixArtAdapter(PatchGridAdapter):
     """PixArt-α/Σ (``PixArtTransformer2DModel``)."""
 
     name = "pixart"
     transformer_classes = ("PixArtTransformer2DModel",)
+    timestep_position = 2  # forward(hidden_states, encoder_hidden_states, timestep, ...)
 
     def block_modules(self) -> list[Any]:
         return list(self.transformer.transformer_blocks)
@@ -72,20 +82,3 @@ class PixArtAdapter(Adapter):
                 {"img2txt": ("img", "txt")}, mask_kwarg="attention_mask",
             ))
         return specs
-
-    def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
-        x = kwargs.get("hidden_states", args[0] if args else None)  # [batch, C, H, W]
-        ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        ts = kwargs.get("timestep", args[2] if len(args) > 2 else None)
-        p = self.transformer.config.patch_size
-        state.batch = x.shape[0]
-        state.grid = (x.shape[-2] // p, x.shape[-1] // p)
-        state.text_len = ctx.shape[1] if ctx is not None else 0
-        state.timestep = float(ts.flatten()[0]) if torch.is_tensor(ts) else float(ts) if ts is not None else float("nan")
-
-    def cfg_doubled(self, args: tuple, kwargs: dict) -> bool:
-        x = kwargs.get("hidden_states", args[0] if args else None)
-        flag = self.pipe_cfg_flag()
-        if flag is None:
-            return self.batch_halves_equal(x)
-        return flag and x.shape[0] % 2 == 0

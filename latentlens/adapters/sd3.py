@@ -35,9 +35,9 @@ import torch
 
 from latentlens.adapters.base import (
     TOKENS,
-    Adapter,
     AttnSpec,
     CallState,
+    PatchGridAdapter,
     QKPart,
     SiteSpec,
     arg_site,
@@ -100,7 +100,7 @@ ALL_QUADRANTS = {
 }
 
 
-class SD3Adapter(Adapter):
+class SD3Adapter(PatchGridAdapter):
     """SD3 / SD3.5 / toy (any ``SD3Transformer2DModel``)."""
 
     name = "sd3"
@@ -155,23 +155,6 @@ class SD3Adapter(Adapter):
                 specs.append(AttnSpec(f"blocks.{i}.attn2", i, b.attn2, b.attn2.heads,
                                       b.attn2.inner_dim // b.attn2.heads, q2, k2, {"img2img": ("img", "img")}))
         return specs
-
-    def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
-        x = kwargs.get("hidden_states", args[0] if args else None)  # [batch, C, H, W]
-        ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        ts = kwargs.get("timestep", args[3] if len(args) > 3 else None)
-        p = self.transformer.config.patch_size
-        state.batch = x.shape[0]
-        state.grid = (x.shape[-2] // p, x.shape[-1] // p)
-        state.text_len = ctx.shape[1] if ctx is not None else 0
-        state.timestep = float(ts.flatten()[0]) if torch.is_tensor(ts) else float(ts) if ts is not None else float("nan")
-
-    def cfg_doubled(self, args: tuple, kwargs: dict) -> bool:
-        x = kwargs.get("hidden_states", args[0] if args else None)
-        flag = self.pipe_cfg_flag()
-        if flag is None:
-            return self.batch_halves_equal(x)
-        return flag and x.shape[0] % 2 == 0
 
     def text_segments(self) -> list[tuple[Any, int]]:
         pipe = self.pipe
