@@ -15,17 +15,6 @@ SRC = "a small red circle on the left on a gray background"
 TGT = "a small blue circle on the left on a gray background"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These models are tiny: one thread is as fast and does not thrash a shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy_folder(tmp_path_factory):
     from latentlens.toy.pipeline import ToyPipeline, build_scheduler, build_transformer

@@ -13,7 +13,6 @@ from latentlens.editor import (
     EditModel,
     EMSEditor,
     EMSParams,
-    TextEmbeds,
     apply_text_direction,
     changed_tokens,
     dds_update,
@@ -28,17 +27,6 @@ from latentlens.errors import ConfigError
 
 SRC = "a small red circle on the left on a gray background"
 TGT = "a small blue circle on the left on a gray background"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These models are tiny: one thread is as fast and does not thrash a shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,17 +21,6 @@ needs_weights = pytest.mark.skipif(
 MIN_COLOR_SUCCESS = 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These models are tiny: one thread is as fast and does not thrash a shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @needs_weights
 def test_ems_changes_the_colour_and_keeps_the_rest():
     import latentlens
