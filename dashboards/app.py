@@ -140,11 +140,14 @@ def create_app(
     cache_dir: str | Path | None = None,
     edit_steps: int | None = None,
     upload_max_bytes: int | None = None,
+    scatter_budget: int | None = None,
 ) -> Dash:
     """Build the dashboard over the runs under ``root`` (a run folder or a folder of runs).
 
     ``pipeline_loader(model_id)`` loads the model the editor uses (default
     :func:`latentlens.load_pipeline`); ``cache_dir`` holds background-job results and uploads.
+    ``scatter_budget``: most points the ``/latents`` scatter draws at once (default
+    :data:`dashboards.lod.DEFAULT_BUDGET`; the rest is shown as density until zoomed in; 0 draws all).
     """
     import diskcache
 
@@ -156,6 +159,7 @@ def create_app(
         upload_dir=cache / "uploads",
         result_dir=cache / "results",
         pipeline_loader=pipeline_loader,
+        scatter_budget=scatter_budget,
     )
     if edit_steps is not None:
         config.SETTINGS["edit_steps"] = int(edit_steps)

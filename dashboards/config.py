@@ -18,6 +18,7 @@ SETTINGS: dict[str, Any] = {
     "upload_max_side": 1024,
     "pipeline_loader": None,  # callable(model_id) -> pipeline; default latentlens.load_pipeline
     "edit_steps": 20,  # denoising steps of an edit
+    "scatter_budget": None,  # most points one /latents figure draws (None: dashboards.lod.DEFAULT_BUDGET; 0: all)
 }
 
 

@@ -39,6 +39,8 @@ LAT_TOOLTIP = "latents-tooltip"
 LAT_SELECTION = "latents-selection"
 LAT_MESSAGE = "latents-message"
 LAT_TITLE = "latents-title"
+LAT_RELAYOUT = "latents-relayout"  # dcc.Store: the last relayoutData that changed an axis range
+LAT_VIEW = "latents-view"  # dcc.Store: {"key": cell, "x": [lo, hi] | None, "y": ...} the scatter's current view
 
 # /attention
 ATT_SAMPLE = "attention-sample"

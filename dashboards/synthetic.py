@@ -173,3 +173,32 @@ def save_tiny_toy_pipeline(path: str | Path, *, num_layers: int = 2, heads: int 
     pipe = ToyPipeline(transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
     pipe.save_pretrained(str(path))
     return Path(path)
+
+
+def make_scatter_run(path: str | Path, n_samples: int = 100_000, *, channels: int = 8, seed: int = 0) -> Path:
+    """A big run for the scatter alone: one activation ``blocks.0.resid_out.img`` ``[sample, 1 step, channel]``
+    with colour clusters, no images and no analysis; written in one go through :class:`latentlens.RunStore`.
+
+    Example: ``make_scatter_run("runs/points", 100_000)`` (a few seconds).
+    """
+    from latentlens.shapes import VALUES
+
+    rng = np.random.default_rng(seed)
+    colours = list(VALUES["color"])
+    codes = rng.integers(0, len(colours), n_samples)  # [sample]
+    centres = rng.normal(scale=2.5, size=(len(colours), channels)).astype(np.float32)  # [colour, channel]
+    x = centres[codes] + rng.normal(size=(n_samples, channels)).astype(np.float32)  # [sample, channel]
+    manifest: dict[str, Any] = {
+        "model": {"id": "toy", "pipeline_class": "ToyPipeline", "adapter": "sd3"},
+        "prompts": [f"a {colours[c]} shape" for c in codes],
+        "seeds": list(range(n_samples)),
+        "labels": [{"color": colours[c]} for c in codes],
+        "generation": {"num_inference_steps": 1},
+        "recording": {"sites": "blocks.0.resid_out.img", "synthetic": True},
+    }
+    store = RunStore.create(path, manifest, samples_per_chunk=max(1024, n_samples))
+    ids = list(range(n_samples))
+    store.write_samples(ids, {"blocks.0.resid_out.img": x[:, None, :]}, {"blocks.0.resid_out.img": ("sample", "step", "channel")})
+    store.mark_complete(ids)
+    store.close()
+    return Path(path)
