@@ -1,8 +1,8 @@
 """A direction in a DiT's activation space, with where it lives and where it came from.
 
 A :class:`Direction` is what the analysis layer hands to ``steer`` and to the EMS
-editor: one vector plus the site it belongs to (``blocks.3.resid_out.img``; a
-text-space direction uses ``text.tokens``), the denoising steps and token
+editor: one vector (or one vector per token position, ``[tokens, dim]``) plus the site it belongs to
+(``blocks.3.resid_out.img``; a text-space direction uses ``text.tokens``), the denoising steps and token
 positions it should be applied at (``None`` = all), and a provenance record
 (method, attribute, from/to values, run, accuracy, ...).
 
@@ -57,7 +57,8 @@ class Direction:
     """A vector in one site's space, plus where to apply it and how it was found.
 
     Attributes:
-        vector: ``torch.Tensor`` of shape ``[dim]`` (stored as float32).
+        vector: ``torch.Tensor`` of shape ``[dim]`` (stored as float32), or ``[tokens, dim]`` for a
+            token-wise direction: row ``j`` is added at token ``j`` of the site (or at ``tokens[j]``).
         site: the recorder site name it lives in, e.g. ``"blocks.3.resid_out.img"``;
             text-space directions use ``"text.tokens"``.
         steps: denoising step indices it applies to, or ``None`` for every step.
@@ -66,7 +67,7 @@ class Direction:
             "attribute": "color", "from": "red", "to": "blue", "run": "...", "accuracy": 0.98}``.
     """
 
-    vector: torch.Tensor  # [dim]
+    vector: torch.Tensor  # [dim] or [tokens, dim]
     site: str
     steps: list[int] | None = None
     tokens: list[int] | None = None
@@ -79,12 +80,12 @@ class Direction:
                 vector = torch.as_tensor(vector)
             except (TypeError, ValueError, RuntimeError):
                 raise ConfigError(
-                    f"Direction vector must be a 1-D tensor or array, got {type(self.vector).__name__}."
+                    f"Direction vector must be a tensor or array, got {type(self.vector).__name__}."
                 ) from None
-        if vector.ndim != 1 or vector.numel() == 0:
+        if vector.ndim not in (1, 2) or vector.numel() == 0:
             raise ConfigError(
-                f"Direction vector must be 1-D with at least one entry, got shape {tuple(vector.shape)}; "
-                "pass one vector of the site's width (e.g. probe.coef_[k])."
+                f"Direction vector must be [dim] or [tokens, dim] with at least one entry, got shape "
+                f"{tuple(vector.shape)}; pass one vector of the site's width (e.g. probe.coef_[k])."
             )
         vector = vector.detach().to("cpu", torch.float32).contiguous()
         if not torch.isfinite(vector).all():
@@ -97,6 +98,11 @@ class Direction:
             )
         self.steps = _int_list(self.steps, "steps")
         self.tokens = _int_list(self.tokens, "tokens")
+        if self.token_rows is not None and self.tokens is not None and len(self.tokens) != self.token_rows:
+            raise ConfigError(
+                f"This token-wise direction has {self.token_rows} rows but tokens={self.tokens} names "
+                f"{len(self.tokens)} positions; give one token index per row (or tokens=None for positions 0..n-1)."
+            )
         if not isinstance(self.provenance, dict):
             raise ConfigError(f"Direction provenance must be a dict, got {type(self.provenance).__name__}.")
         self.provenance = dict(self.provenance)
@@ -105,7 +111,12 @@ class Direction:
     @property
     def dim(self) -> int:
         """Width of the space the vector lives in."""
-        return int(self.vector.shape[0])
+        return int(self.vector.shape[-1])
+
+    @property
+    def token_rows(self) -> int | None:
+        """Number of token positions of a token-wise ``[tokens, dim]`` direction, else ``None``."""
+        return int(self.vector.shape[0]) if self.vector.ndim == 2 else None
 
     @property
     def stream(self) -> str:
@@ -144,10 +155,15 @@ class Direction:
     __rmul__ = __mul__
 
     def cosine(self, other: "Direction") -> float:
-        """Cosine similarity with another direction of the same width."""
+        """Cosine similarity with another direction of the same shape (token-wise ones are flattened)."""
         other.check_fits(self.dim, what=f"direction at {self.site!r}")
+        if other.vector.shape != self.vector.shape:
+            raise ConfigError(
+                f"Cannot compare directions of shapes {tuple(self.vector.shape)} and {tuple(other.vector.shape)}; "
+                "compare two vectors, or two token-wise directions with the same number of tokens."
+            )
         denom = self.norm * other.norm
-        return float(self.vector @ other.vector / denom) if denom > 0 else math.nan
+        return float(self.vector.reshape(-1) @ other.vector.reshape(-1) / denom) if denom > 0 else math.nan
 
     # ------------------------------------------------------------ validation
     def fits(self, dim: int) -> bool:
@@ -181,6 +197,7 @@ class Direction:
             "site": self.site,
             "stream": self.stream,
             "dim": self.dim,
+            "token_rows": self.token_rows,
             "steps": self.steps,
             "tokens": self.tokens,
             "provenance": self.provenance,

@@ -169,6 +169,14 @@ class steer(_Intervention):  # noqa: N801 - function-like context manager
                 f"(shape {tuple(value.shape)}); use a direction found at this site of this model."
             )
         new = value.clone()
+        if d.ndim == 2:  # token-wise direction: one row per (selected) token
+            wanted = value.shape[1] if self.tokens is None else len(self.tokens)
+            if value.ndim != 3 or d.shape[0] != wanted:
+                raise ConfigError(
+                    f"The token-wise direction has {d.shape[0]} rows but site {self.site!r} has {wanted} "
+                    f"{'tokens' if self.tokens is None else 'selected tokens'} (shape {tuple(value.shape)}); "
+                    "use prompts padded to the same length as the ones the direction came from, or pass tokens=..."
+                )
         if self.tokens is None:
             new[rows] += d
         else:

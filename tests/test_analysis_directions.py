@@ -51,6 +51,36 @@ def test_class_mean_direction_and_provenance(tmp_path):
         class_mean_direction(X, labels, to="pink", site="blocks.2.resid_out.img", attribute="color")
 
 
+def test_adjusted_class_mean_removes_a_confounded_attribute_and_keeps_token_rows(tmp_path):
+    # red samples are mostly circles, blue ones mostly squares: the plain class-mean difference
+    # mixes the shape shift into the colour direction; adjust_for recovers the colour shift alone
+    rng = np.random.default_rng(0)
+    n = 2000
+    color = rng.choice(["red", "blue"], n)
+    shape = np.where(rng.random(n) < np.where(color == "red", 0.8, 0.2), "circle", "square")
+    color_shift, shape_shift = rng.normal(size=8), rng.normal(size=8)
+    X = (color == "blue")[:, None] * color_shift + (shape == "square")[:, None] * shape_shift
+    X = X + 0.1 * rng.normal(size=(n, 8))
+    plain = class_mean_direction(X, color, to="blue", from_="red", site="blocks.0.resid_out.img")
+    adjusted = class_mean_direction(X, color, to="blue", from_="red", site="blocks.0.resid_out.img",
+                                    adjust_for={"shape": shape})
+    assert np.abs(plain.vector.numpy() - color_shift).max() > 0.3
+    np.testing.assert_allclose(adjusted.vector.numpy(), color_shift, atol=0.03)
+    assert adjusted.provenance["adjusted_for"] == ["shape"]
+    # token-wise: X [n, tokens, dim] -> a [tokens, dim] direction, row t = that token's shift
+    X3 = np.stack([X, 2 * X, -X], axis=1)  # [n, 3, 8]
+    rows = class_mean_direction(X3, color, to="blue", from_="red", site="blocks.0.resid_in.txt",
+                                adjust_for={"shape": shape})
+    assert rows.token_rows == 3 and rows.dim == 8
+    np.testing.assert_allclose(rows.vector.numpy(), np.stack([color_shift, 2 * color_shift, -color_shift]), atol=0.06)
+    rows.save(tmp_path / "rows")
+    assert torch.equal(Direction.load(tmp_path / "rows").vector, rows.vector)
+    with pytest.raises(ConfigError, match="3 rows but tokens="):
+        Direction(rows.vector, site="blocks.0.resid_in.txt", tokens=[0, 1])
+    with pytest.raises(ConfigError, match="confounded"):
+        class_mean_direction(X, color, to="blue", from_="red", site="blocks.0.resid_out.img", adjust_for={"copy": color})
+
+
 def test_probe_and_pca_directions_point_the_right_way():
     rng = np.random.default_rng(1)
     y = rng.integers(2, size=400)

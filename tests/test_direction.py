@@ -57,7 +57,7 @@ def test_fits_and_check_fits():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"vector": torch.ones(2, 3)}, "1-D"),
+        ({"vector": torch.ones(2, 3, 4)}, r"\[dim\] or \[tokens, dim\]"),
         ({"vector": torch.tensor([1.0, float("nan")])}, "NaN"),
         ({"site": "blocks 3"}, "site"),
         ({"steps": [-1]}, "non-negative"),

@@ -34,8 +34,41 @@ def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
     return mask
 
 
+def _balanced_difference(
+    X: np.ndarray, labels: Sequence[Any], to: Any, from_: Any | None, adjust_for: dict[str, Sequence[Any]], what: str,
+) -> np.ndarray:
+    """``to − from_`` effect of a least-squares fit ``X ≈ b + Σ one-hot(attribute)``: the other attributes held fixed."""
+    n = len(X)
+    columns = [np.ones(n)]
+    for name, values in adjust_for.items():
+        values = np.asarray([str(v) for v in values])
+        if len(values) != n:
+            raise ConfigError(f"adjust_for[{name!r}] has {len(values)} labels for {n} samples; give one per sample.")
+        columns += [(values == level).astype(np.float64) for level in sorted(set(values))[1:]]  # first = reference
+    own = np.asarray([str(v) for v in labels])
+    levels = sorted(set(own))
+    first = len(columns)
+    columns += [(own == level).astype(np.float64) for level in levels[1:]]
+    design = np.column_stack(columns)  # [n, parameters]
+    if np.linalg.matrix_rank(design) < design.shape[1]:
+        raise ConfigError(
+            f"The {what} labels are confounded with adjust_for={sorted(adjust_for)} (the design matrix is "
+            "rank-deficient); drop an attribute from adjust_for or record more varied samples."
+        )
+    coef, *_ = np.linalg.lstsq(design, X.reshape(n, -1), rcond=None)  # [parameters, features]
+
+    def effect(level: str) -> np.ndarray:  # that level's shift relative to the reference level
+        return np.zeros(coef.shape[1]) if level == levels[0] else coef[first + levels.index(level) - 1]
+
+    if from_ is None:  # minus the mean of the other classes
+        baseline = np.mean([effect(level) for level in levels if level != str(to)], axis=0)
+    else:
+        baseline = effect(str(from_))
+    return (effect(str(to)) - baseline).reshape(X.shape[1:])
+
+
 def class_mean_direction(
-    X: Any,  # [n, d]
+    X: Any,  # [n, d] or [n, tokens, d]
     labels: Sequence[Any],
     to: Any,
     from_: Any | None = None,
@@ -44,24 +77,44 @@ def class_mean_direction(
     steps: Sequence[int] | None = None,
     tokens: Sequence[int] | None = None,
     attribute: str | None = None,
+    adjust_for: dict[str, Sequence[Any]] | None = None,
     **provenance: Any,
 ) -> Direction:
     """``mean(X[labels == to]) - mean(X[labels == from_])`` (``from_=None``: minus the mean of the other classes).
 
     The vector keeps its natural scale (the distance between the class means), so ``alpha=1`` in
     ``steer`` moves an average ``from_`` sample onto the average ``to`` sample.
+
+    ``X`` of shape ``[n, tokens, d]`` gives a token-wise direction ``[tokens, d]`` (one difference per
+    token position; use samples whose prompts share one token layout). ``adjust_for`` maps other
+    attributes to their per-sample labels: the difference is then the ``to``/``from_`` effect of a
+    least-squares fit on one-hot codes of all attributes, so a class imbalance in the other
+    attributes (more red circles than blue ones) does not leak into the direction.
+
+    Example::
+
+        d = class_mean_direction(X, labels["color"], to="blue", from_="red", site="blocks.0.resid_in.txt",
+                                 adjust_for={a: labels[a] for a in ("shape", "size", "position")})
     """
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or len(X) != len(labels):
-        raise ConfigError(f"X must be [n_samples, dim] with one label per row; got X {X.shape} and {len(labels)} labels.")
+    if X.ndim not in (2, 3) or len(X) != len(labels):
+        raise ConfigError(
+            f"X must be [n_samples, dim] or [n_samples, tokens, dim] with one label per row; got X {X.shape} "
+            f"and {len(labels)} labels."
+        )
     what = attribute or "label"
     to_mask = _labels_index(labels, to, what)
     from_mask = _labels_index(labels, from_, what) if from_ is not None else ~to_mask
     if not from_mask.any():
         raise ConfigError(f"Every sample has {what} {to!r}; a class-mean difference needs another class.")
-    vector = X[to_mask].mean(0) - X[from_mask].mean(0)  # [d]
+    if adjust_for:
+        vector = _balanced_difference(X, labels, to, from_, dict(adjust_for), what)
+    else:
+        vector = X[to_mask].mean(0) - X[from_mask].mean(0)  # [d] or [tokens, d]
     record = {"method": "class_mean", "attribute": attribute, "from": None if from_ is None else str(from_),
               "to": str(to), "n_to": int(to_mask.sum()), "n_from": int(from_mask.sum())}
+    if adjust_for:
+        record["adjusted_for"] = sorted(adjust_for)
     record.update(provenance)
     return Direction(torch.from_numpy(vector), site=site, steps=steps, tokens=tokens, provenance=record)
 

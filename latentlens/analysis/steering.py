@@ -44,13 +44,15 @@ def steering_check(
     batch_size: int = 20,
     num_inference_steps: int | None = None,
     object_tokens: bool = False,
+    cfg: str = "both",
 ) -> dict[str, Any]:
     """Generate ``n`` shapes-world images whose ``attribute`` is ``source`` while steering along ``direction``.
 
     Prompts are canonical captions of training combinations with ``attribute == source`` (seeded
     choice). Returns the fraction the oracle reads as ``target`` (``success``), the fraction whose
     ``keep`` attributes are still as asked (``kept``, per attribute), the same two numbers without
-    steering (``baseline``), and the images (``images`` uint8 ``[n, H, W, 3]``).
+    steering (``baseline``), and the images (``images`` uint8 ``[n, H, W, 3]``). ``cfg`` picks the
+    rows of the CFG-doubled batch that are steered (``"cond"``, ``"uncond"`` or ``"both"``, as in ``steer``).
     """
     from latentlens import shapes
     from latentlens.interventions import steer
@@ -85,7 +87,7 @@ def steering_check(
                 idx = members[start : start + batch_size]
                 p, s = [prompts[i] for i in idx], [seeds[i] for i in idx]
                 if steered:
-                    with steer(pipe, direction, alpha=alpha, tokens=list(tokens) if tokens else None):
+                    with steer(pipe, direction, alpha=alpha, tokens=list(tokens) if tokens else None, cfg=cfg):
                         images = _generate(pipe, p, s, num_inference_steps)
                 else:
                     images = _generate(pipe, p, s, num_inference_steps)

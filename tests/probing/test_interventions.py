@@ -59,6 +59,29 @@ def test_steer_changes_exactly_the_site_steps_and_tokens():
     assert not torch.equal(rec["blocks.1.resid_out.img"][1], base["blocks.1.resid_out.img"][1])
 
 
+def test_token_wise_direction_adds_one_row_per_token_and_refuses_a_wrong_row_count():
+    pipe = get_pipe("sd3")
+    site = "blocks.0.resid_out.img"
+    with record(pipe, sites=site, cfg="both") as base:
+        run_pipe(pipe, "sd3")
+    tokens = base[site].shape[2]
+    rows = torch.randn(tokens, 16)  # [tokens, channel]
+    with steer(pipe, FakeDirection(rows, site, steps=[0]), alpha=0.5):
+        with record(pipe, sites=site, cfg="both") as rec:
+            run_pipe(pipe, "sd3")
+    assert torch.equal(rec[site][0], base[site][0] + 0.5 * rows)
+    picked = torch.randn(2, 16)  # rows for tokens 1 and 3 only
+    with steer(pipe, FakeDirection(picked, site, steps=[0], tokens=[1, 3]), alpha=1.0):
+        with record(pipe, sites=site, cfg="both") as rec:
+            run_pipe(pipe, "sd3")
+    expected = base[site][0].clone()
+    expected[:, [1, 3]] += picked
+    assert torch.equal(rec[site][0], expected)
+    with pytest.raises(ConfigError, match=f"has {tokens + 1} rows but site 'blocks.0.resid_out.img' has {tokens} tokens"):
+        with steer(pipe, FakeDirection(torch.randn(tokens + 1, 16), site), alpha=1.0):
+            run_pipe(pipe, "sd3")
+
+
 def test_steer_flux_single_block_text_part_by_alias():
     pipe = get_pipe("flux")
     d = torch.randn(32)
