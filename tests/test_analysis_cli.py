@@ -56,6 +56,8 @@ def test_analyze_json_and_written_results(tmp_path, capsys):
     assert best[("color", "txt")]["accuracy"] < 0.8
     assert document["nan_cells"] == [{"site": "blocks.0.resid_out.txt", "step": 9, "nan_count": 1}]
     assert document["steps"] == [0, 5, 9]
+    solver = document["solver"]
+    assert 0 < solver["n_iter"] <= solver["max_iter"] and solver["converged"] == (solver["n_iter"] < solver["max_iter"])
     # what the dashboard reads
     results = load_results(run)
     assert results.attributes == ["color", "size"] and not results.missing

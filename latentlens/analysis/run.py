@@ -257,6 +257,11 @@ def analyze_run(
         grid.fit(feats, labels, groups=groups)
         summary["attributes"] = {a: [str(c) for c in v] for a, v in grid.attributes_.items()}
         summary["nan_cells"] = grid.nan_cells_
+        summary["solver"] = {"n_iter": int(grid.n_iter_), "max_iter": int(grid.max_iter),
+                             "converged": int(grid.n_iter_) < int(grid.max_iter)}
+        if not summary["solver"]["converged"]:
+            _log(f"analyze: warning: the probe solver stopped at its {grid.max_iter}-iteration cap; accuracies may "
+                 "be slightly below the optimum (LinearProbeGrid(max_iter=...) raises the cap).", quiet)
         for attribute in grid.attributes_:
             for stream in ("img", "txt"):
                 best = grid.best(attribute, stream)
