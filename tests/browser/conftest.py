@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,11 +54,55 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def save_screenshot(driver, name: str) -> Path:
-    """Save a PNG to test-artifacts/NAME.png and copy it to docs/screenshots/."""
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    """A root holding ``shapes``: a small run recorded and analysed with the real toy model (once per session).
+
+    Recorded in a child process (``tests/browser/toy_run.py``), so this process never runs torch
+    kernels before the editor's background callbacks fork.
+    """
+    root = tmp_path_factory.mktemp("toy-runs")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "tests.browser.toy_run", str(root / "shapes")], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"recording the toy run failed:\n{done.stderr[-3000:]}"
+    warm_up_store_threads(root / "shapes")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _spare_store_threads(monkeypatch):
+    """dash_duo stops its server by raising SystemExit in *every* thread started since the server
+    started; zarr's shared I/O loop and worker threads (started lazily, on demand) must survive it,
+    or every read of a later test hangs."""
+    from dash.testing import application_runners as runners
+
+    kill = runners.KillerThread.kill
+
+    def spare_zarr_threads(self):
+        spared = [t.ident for t in threading.enumerate() if t.name.startswith(("zarr", "asyncio_"))]
+        self._old_threads = [*self._old_threads, *spared]
+        return kill(self)
+
+    monkeypatch.setattr(runners.KillerThread, "kill", spare_zarr_threads)
+
+
+def warm_up_store_threads(run_dir: Path) -> None:
+    """Read one sample here, before any dash_duo server starts, so zarr's I/O threads exist already."""
+    import numpy as np
+
+    import latentlens
+
+    run = latentlens.open_run(run_dir)
+    np.asarray(run[run.names[0]][0])
+
+
+def save_screenshot(driver, name: str, *, docs: bool = True) -> Path:
+    """Save a PNG to test-artifacts/NAME.png and (``docs``) copy it to docs/screenshots/."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     driver.save_screenshot(str(path))
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
+    if docs:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
     return path

@@ -1,15 +1,21 @@
-"""The dashboard in real headless Chromium: pages load cleanly, clicks link pages, the editor runs."""
+"""The dashboard in real headless Chromium: pages load cleanly, clicks link pages, the editor runs, a 100k scatter zooms.
+
+The pages are shown on a small run recorded with the real bundled toy model (``toy_run.py``,
+once per session, ~20 s), so the README screenshots taken here show real shapes.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.browser.conftest import ROOT, save_screenshot
+from tests.browser import toy_run
+from tests.browser.conftest import save_screenshot
+
+TOY_BLOCKS = 6  # blocks of the bundled toy model (rows of the probe grid)
 
 PAGES = (
     ("runs", "/", "#runs-table table"),
@@ -22,17 +28,8 @@ PAGES = (
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """A root with one synthetic run whose model is a tiny random toy pipeline (width 32, 2 blocks)."""
-    from dashboards.synthetic import make_synthetic_run
-
-    base = tmp_path_factory.mktemp("dash")
-    tiny = base / "tiny-toy"
-    # Built in a child process so this process never runs torch kernels before the editor forks.
-    subprocess.run([sys.executable, "-c", f"from dashboards.synthetic import save_tiny_toy_pipeline as s; s({str(tiny)!r})"],
-                   check=True, cwd=ROOT, capture_output=True)
-    make_synthetic_run(base / "runs" / "shapes-demo", n_samples=120, blocks=2, steps=4, channels=32, model_id=str(tiny))
-    return base / "runs"
+def root(toy_root) -> Path:
+    return toy_root
 
 
 @pytest.fixture()
@@ -41,7 +38,7 @@ def app(root):
     from dashboards.data import clear_caches
 
     clear_caches()
-    return create_app(root, edit_steps=3, cache_dir=root.parent / "cache")
+    return create_app(root, edit_steps=toy_run.STEPS, cache_dir=root.parent / "cache")
 
 
 def _no_console_errors(dash_duo, where: str) -> None:
@@ -69,9 +66,11 @@ def test_clicking_a_probe_cell_updates_the_scatter(dash_duo, app):
     dash_duo.wait_for_element("#probes-heatmap .heatmaplayer", timeout=20)
     drag = dash_duo.wait_for_element("#probes-heatmap .nsewdrag")
     width, height = drag.size["width"], drag.size["height"]
-    # Block 0 (top row, y reversed) at step 1 (second of four columns).
-    ActionChains(dash_duo.driver).move_to_element_with_offset(drag, int(width * 0.375), int(height * 0.25)).click().perform()
-    dash_duo.wait_for_contains_text("#latents-scatter .gtitle", "blocks.0.resid_out.img · step 1", timeout=20)
+    # Block 0 (top row, y reversed) at the second recorded step (second column).
+    rows, columns = TOY_BLOCKS, len(toy_run.RECORDED)
+    ActionChains(dash_duo.driver).move_to_element_with_offset(
+        drag, int(width * 1.5 / columns), int(height * 0.5 / rows)).click().perform()
+    dash_duo.wait_for_contains_text("#latents-scatter .gtitle", f"blocks.0.resid_out.img · step {toy_run.RECORDED[1]}", timeout=20)
     assert dash_duo.driver.current_url.endswith("/latents")
     # Hovering a point shows that sample's image beside the scatter.
     x, y = dash_duo.driver.execute_script("""
@@ -90,6 +89,8 @@ def test_send_to_editor_then_run_produces_an_edited_image(dash_duo, app):
     dash_duo.start_server(app)
     dash_duo.driver.get(dash_duo.server_url + "/directions")
     dash_duo.wait_for_element("#directions-hist .barlayer", timeout=20)
+    dash_duo.select_dcc_dropdown("#directions-select", value="color/red")
+    dash_duo.wait_for_contains_text("#directions-select", "color/red", timeout=10)
     chosen = dash_duo.find_element("#directions-select").text.strip()
     dash_duo.find_element("#directions-send").click()
     dash_duo.wait_for_element("#editor-run", timeout=20)
@@ -101,3 +102,64 @@ def test_send_to_editor_then_run_produces_an_edited_image(dash_duo, app):
     dash_duo.wait_for_contains_text("#editor-result", "mean |Δ|", timeout=10)
     _no_console_errors(dash_duo, "/editor")
     save_screenshot(dash_duo.driver, "dashboard-editor")
+
+
+# ---------------------------------------------------------------------- 100,000 points
+BIG = 100_000
+DRAWN = """
+const gd = document.querySelector('#latents-scatter .js-plotly-plot');
+if (!(gd && gd.layout && gd.layout.meta && gd._fullData && document.querySelector('#latents-scatter .gl-container canvas'))) return null;
+const traces = gd._fullData.filter(t => t.type === 'scattergl');
+const ids = [].concat(...traces.map(t => Array.from(t.customdata || [])));
+const n = traces.reduce((k, t) => k + (t.x ? t.x.length : 0), 0);
+return {meta: gd.layout.meta, n: n, ids: n === ids.length ? ids : null, title: gd.layout.title.text};
+"""
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory) -> Path:
+    from dashboards.synthetic import make_scatter_run
+
+    base = tmp_path_factory.mktemp("big")
+    make_scatter_run(base / "runs" / "points", BIG)  # ~3 s
+    return base / "runs"
+
+
+def _drawn(dash_duo, ready, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = dash_duo.driver.execute_script(DRAWN)
+        if state and state["ids"] is not None and state["n"] == state["meta"]["shown"] and ready(state):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"the scatter never reached the expected state; last: {state and state['meta']}")
+
+
+def test_a_100k_point_scatter_draws_its_budget_and_a_zoom_brings_every_point_in_view(dash_duo, big_root):
+    from dashboards import config, lod
+    from dashboards.app import create_app
+    from dashboards.data import clear_caches, pca
+
+    clear_caches()
+    dash_duo.start_server(create_app(big_root, cache_dir=big_root.parent / "cache"))
+    dash_duo.driver.get(dash_duo.server_url + "/latents")
+    full = _drawn(dash_duo, lambda s: s["meta"]["total"] == BIG)
+    assert full["n"] == lod.DEFAULT_BUDGET and len(set(full["ids"])) == lod.DEFAULT_BUDGET
+    assert f"showing {lod.DEFAULT_BUDGET:,} of {BIG:,} points" in full["title"]
+    _no_console_errors(dash_duo, "/latents with 100,000 points")
+
+    # Zoom (relayout) into a window around the median that holds fewer points than the budget.
+    samples, coords, _ = pca(config.index(), "points", "blocks.0.resid_out.img", 0)
+    cx, cy = (float(v) for v in np.median(coords, axis=0))
+    half = 0.03 * float(coords[:, 0].max() - coords[:, 0].min())
+    view = {"x": [cx - half, cx + half], "y": [cy - half, cy + half]}
+    inside = samples[lod.in_view(coords, view)]
+    assert 0 < len(inside) < lod.DEFAULT_BUDGET
+    dash_duo.driver.execute_script(
+        "Plotly.relayout(document.querySelector('#latents-scatter .js-plotly-plot'), arguments[0]);",
+        {"xaxis.range": view["x"], "yaxis.range": view["y"]})
+    zoomed = _drawn(dash_duo, lambda s: s["meta"]["view"]["x"] == view["x"], timeout=30)
+    assert sorted(zoomed["ids"]) == sorted(inside.tolist())  # every point in view, and only those
+    assert f"all {len(inside):,} points in view" in zoomed["title"]
+    save_screenshot(dash_duo.driver, "dashboard-latents-100k-zoomed", docs=False)
+    _no_console_errors(dash_duo, "/latents after a zoom")
