@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from latentlens.errors import StoreError
 from latentlens.runs import RunInterruptedError, prompt_set, record_prompts
 from latentlens.store import JOURNAL, RunStore, open_run
+from store_faults import fill_disk
 
 PROMPTS = ["a red circle", "a blue square on the left", "a green cross", "a small yellow triangle"]
 COMMON = dict(
@@ -25,22 +25,6 @@ def pipe():
     from latentlens.testing import tiny_sd3_pipeline
 
     return tiny_sd3_pipeline()
-
-
-def fill_disk(monkeypatch) -> None:
-    """Make every chunk write fail with ENOSPC (zarr's writer and the store's whole-chunk writer)."""
-    import zarr.storage
-
-    import latentlens.store
-
-    async def zarr_set(self, key, value, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", key)
-
-    def chunk_write(path, block):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", zarr_set)
-    monkeypatch.setattr(latentlens.store, "_write_chunk_file", chunk_write)
 
 
 class FlakyPipeline:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -15,6 +14,7 @@ import torch
 
 from latentlens.errors import StoreError, UnknownNameError
 from latentlens.store import JOURNAL, LOCK, MANIFEST, RunStore, config_hash, open_run
+from store_faults import fill_disk
 
 DIMS = ("sample", "step", "token", "channel")
 
@@ -27,22 +27,6 @@ def _manifest(n: int = 6, model: str = "tiny-a") -> dict:
         "generation": {"num_inference_steps": 4, "guidance_scale": 3.0},
         "recording": {"sites": "blocks.*.resid_out.*"},
     }
-
-
-def fill_disk(monkeypatch) -> None:
-    """Make every chunk write fail with ENOSPC (zarr's writer and the store's whole-chunk writer)."""
-    import zarr.storage
-
-    import latentlens.store
-
-    async def zarr_set(self, key, value, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", key)
-
-    def chunk_write(path, block):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", zarr_set)
-    monkeypatch.setattr(latentlens.store, "_write_chunk_file", chunk_write)
 
 
 class FakeRecording:
