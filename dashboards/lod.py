@@ -14,7 +14,7 @@ Example::
 
     view = view_update({"xaxis.range[0]": 0, "xaxis.range[1]": 1}, FULL_VIEW)   # {"x": [0, 1], "y": None}
     mask = in_view(coords, view)
-    shown = stratified(codes, priority(samples), mask, budget=15_000)            # row indices to draw
+    shown = stratified(codes, priority(samples), mask, budget=2_000)             # row indices to draw
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_BUDGET = 15_000  # points per figure; see benchmarks/RESULTS.md "Dashboard (issue 6)"
+DEFAULT_BUDGET = 2_000  # points per figure, chosen by measurement: benchmarks/RESULTS.md "Dashboard (issue 6)"
 DENSITY_BINS = (120, 80)  # x bins, y bins of the density layer
 FULL_VIEW: dict[str, Any] = {"x": None, "y": None}  # None = the axis is autoranged (everything)
 

@@ -168,7 +168,7 @@ def scatter_figure(c: Cell, view: dict[str, Any] | None = None, budget: int | No
                 "type": "heatmap", "uid": "density", "name": "density", "z": grid["z"],
                 "x0": grid["x0"], "dx": grid["dx"], "y0": grid["y0"], "dy": grid["dy"],
                 "colorscale": [[0, "rgba(60,60,60,0.06)"], [1, "rgba(60,60,60,0.45)"]],
-                "showscale": False, "hoverinfo": "skip", "showlegend": False, "zsmooth": False,
+                "showscale": False, "hoverinfo": "skip", "showlegend": False, "zsmooth": "fast",
             })
     marker_size = 6 if len(rows) <= 5000 else 4
     colours = label_colours(c.names)
