@@ -77,6 +77,14 @@ def test_grid_pca_reduction_keeps_accuracy_and_maps_weights_back():
     )
 
 
+def test_grid_with_fewer_samples_than_components_does_not_fit_noise():
+    # 48 samples of width 128 with max_features=64: the 38 centred training rows span 37 directions;
+    # whitening a 38th (numerically empty) component used to wreck the held-out rows
+    X, y = _blobs(n=48, d=128, k=3, spread=0.8)
+    grid = LinearProbeGrid(max_features=64).fit({("blocks.0.resid_out.img", 0): X}, {"a": y})
+    assert grid.records()[0]["accuracy"] >= 0.9
+
+
 def test_grid_shapes_best_selectivity_and_nan_report():
     rng = np.random.default_rng(0)
     n, d = 600, 16
