@@ -181,6 +181,11 @@ def test_attention_page_reads_maps_and_aggregates(app):
     attention = page_module("attention")
     controls = attention._controls({"run": "good"}, {})
     assert controls[-1] is None and controls[0] == 1  # two blocks → slider max 1
+    step_min, step_max, step_marks, step_value = controls[3:7]  # the step slider holds denoising steps
+    assert (step_min, step_max, step_value) == (min(step_marks), max(step_marks), max(step_marks))
+    assert all(str(k) == v for k, v in step_marks.items())
+    last = attention._figure(0, 3, 0, step_value, [], {"run": "good"})
+    assert last[-1] is None and f"step {step_value}" in str(last[0]["layout"])
     figure, strip, options, token, prompt, note = attention._figure(0, 3, 0, 2, ["blocks", "steps"], {"run": "good"})
     assert note is None and len(options) == 8 and len(strip) == 8 and token == 3
     assert options[1]["label"] == "1: a"  # the toy tokenizer names the tokens ([CLS] a ...)

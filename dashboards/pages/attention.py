@@ -41,7 +41,7 @@ def layout(**_query: Any) -> html.Div:
             html.Div(
                 [
                     html.Div([html.Label("block"), dcc.Slider(id=ids.ATT_BLOCK, min=0, max=1, step=1, value=0)], className="ll-control ll-wide"),
-                    html.Div([html.Label("step"), dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=1, value=0)], className="ll-control ll-wide"),
+                    html.Div([html.Label("step"), dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=None, value=0)], className="ll-control ll-wide"),
                 ],
                 className="ll-controls",
             ),
@@ -58,6 +58,7 @@ def layout(**_query: Any) -> html.Div:
     Output(ids.ATT_BLOCK, "max"),
     Output(ids.ATT_BLOCK, "marks"),
     Output(ids.ATT_BLOCK, "value"),
+    Output(ids.ATT_STEP, "min"),
     Output(ids.ATT_STEP, "max"),
     Output(ids.ATT_STEP, "marks"),
     Output(ids.ATT_STEP, "value"),
@@ -67,11 +68,11 @@ def layout(**_query: Any) -> html.Div:
     Input(ids.STATE, "data"),
     State(ids.SAMPLE, "data"),
 )
-@guarded(9, 8)
+@guarded(10, 9)
 def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     run_id = state_get(state, "run")
     if not run_id:
-        return 1, {}, 0, 1, {}, 0, 0, 0, message("Choose a run in the picker at the top.", "info")
+        return 1, {}, 0, 0, 1, {}, 0, 0, 0, message("Choose a run in the picker at the top.", "info")
     run = open_run(config.index(), run_id)
     sites = attention_sites(run)
     if not sites:
@@ -85,9 +86,9 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     sample = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
     sample = int(sample) if isinstance(sample, int) else min(run.completed, default=0)
     marks = {i: str(b) for i, b in enumerate(blocks)}
-    steps = recorded_steps(run, n_steps)
-    step_marks = {s: str(s) for s in steps}  # positions on the stored axis, labelled with denoising steps
-    return len(blocks) - 1, marks, 0, n_steps - 1, {i: step_marks[s] for i, s in enumerate(steps)}, n_steps - 1, sample, first.shape[0] - 1, None
+    steps = recorded_steps(run, n_steps)  # the slider's values are denoising steps (only the recorded ones)
+    step_marks = {s: str(s) for s in steps}
+    return len(blocks) - 1, marks, 0, steps[0], steps[-1], step_marks, steps[-1], sample, first.shape[0] - 1, None
 
 
 def _grid(values: np.ndarray) -> np.ndarray:
@@ -143,7 +144,9 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     chosen = blocks if "blocks" in aggregate else [blocks[min(int(block_pos or 0), len(blocks) - 1)]]
     maps = np.stack([attention_map(index, run_id, sites[b], sample) for b in chosen])  # [block, step, query, key]
     n_steps_axis = maps.shape[1]
-    maps = maps.mean(axis=1) if "steps" in aggregate else maps[:, min(int(step or 0), maps.shape[1] - 1)]
+    steps = recorded_steps(run, n_steps_axis)
+    position = int(np.argmin([abs(s - int(step or 0)) for s in steps]))  # the slider holds a denoising step
+    maps = maps.mean(axis=1) if "steps" in aggregate else maps[:, position]
     att = maps.mean(axis=0)  # [query, key]
     n_keys = att.shape[-1]
     labels = token_labels(run, sample, n_keys)
@@ -158,7 +161,7 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
         image = np.asarray(Image.open(image_path).convert("RGB"))
     heat = _grid(att[:, token])
     where = ("mean over blocks" if "blocks" in aggregate else f"block {chosen[0]}") + ", " + (
-        "mean over steps" if "steps" in aggregate else f"step {recorded_steps(run, n_steps_axis)[min(int(step or 0), n_steps_axis - 1)]}")
+        "mean over steps" if "steps" in aggregate else f"step {steps[position]}")
     figure: dict[str, Any] = {
         "data": [{"type": "heatmap", "z": heat.tolist(), "colorscale": "Viridis", "opacity": 0.55 if image is not None else 1.0,
                   "hovertemplate": "row %{y}, col %{x}: %{z:.3f}<extra></extra>"}],
