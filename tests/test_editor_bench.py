@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from latentlens.editor.bench import make_cases, psnr, sde_of_edit
+from latentlens.editor.bench import attribute_sde, make_cases, psnr
 from latentlens.errors import ConfigError
 
 
@@ -34,14 +34,15 @@ def test_psnr_over_a_region():
     assert psnr(a, b, where) == 100.0  # the changed pixel is excluded
 
 
-def test_sde_is_one_when_only_the_region_changes_and_half_when_uniform():
-    src = np.zeros((4, 4, 3), dtype=np.uint8)
+def test_attribute_sde_pools_the_edits_of_one_attribute():
+    x = np.zeros((4, 4, 3), dtype=np.uint8)
     region = np.zeros((4, 4), dtype=bool)
     region[:2] = True
-    inside = src.copy()
-    inside[:2] = 100
-    sde, eff = sde_of_edit(src, inside, region)
-    assert sde == 1.0 and eff > 0
-    everywhere = np.full_like(src, 100)
-    assert sde_of_edit(src, everywhere, region)[0] == pytest.approx(0.5)
-    assert math.isnan(sde_of_edit(src, src, region)[0])
+    inside = x.copy()
+    inside[:2] = 255  # only the region changed
+    out = attribute_sde([(x, inside, region), (x, x, region)])
+    assert out["sde"] == 1.0 and out["leakage"] == 0.0
+    assert out["effectiveness"] == pytest.approx(3.0 / 2)  # D = 3 (RGB summed) on half the region pixels
+    everywhere = np.full_like(x, 255)
+    assert attribute_sde([(x, everywhere, region)])["sde"] == pytest.approx(0.5)
+    assert math.isnan(attribute_sde([(x, x, region)])["sde"])  # an edit that did nothing has no SDE

@@ -16,6 +16,7 @@ from latentlens.editor import (
     apply_text_direction,
     changed_tokens,
     dds_update,
+    diff_mask,
     encode_pair,
     flowedit,
     interpolate,
@@ -130,6 +131,70 @@ def test_mask_restricts_the_update(toy):
     assert not torch.equal(z, z_src)
 
 
+def test_diff_mask_marks_where_the_predictions_differ(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    z_src = toy.generate(e_s, seed=0)
+    tight = diff_mask(toy, z_src, e_t, e_s, threshold=0.6, dilate=0, samples=2)
+    assert tight.shape == (1, 1, 32, 32) and set(tight.unique().tolist()) <= {0.0, 1.0}
+    assert 0 < tight.sum() < 32 * 32
+    wide = diff_mask(toy, z_src, e_t, e_s, threshold=0.2, dilate=2, samples=2)
+    assert bool((wide >= tight).all()) and wide.sum() > tight.sum()  # lower threshold, dilation: a superset
+    assert diff_mask(toy, z_src, e_s, e_s).sum() == 0  # no difference, nothing to edit
+    with pytest.raises(ConfigError, match="mask="):
+        EMSParams(mask="everywhere").check()
+    assert EMSParams(mask=True).mask == "attention" and EMSParams(mask=False).mask == "none"
+
+
+def test_image_only_ablation_is_plain_score_distillation_toward_the_target(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    z_src = toy.generate(e_s, seed=0)
+    params = EMSParams(iterations=1, step_size=0.5, t_range=(0.4, 0.6), rho=None, step_rule="constant")
+    z = dds_update(toy, z_src, e_t, None, params)
+    gen = torch.Generator().manual_seed(params.seed)  # the draws the docstring describes
+    sigma = 0.4 + 0.2 * torch.rand(1, generator=gen)
+    eps = torch.randn(z_src.shape, generator=gen)
+    z_t = (1 - sigma) * z_src + sigma * eps
+    torch.testing.assert_close(z, z_src + 0.5 * (toy.x0(z_t, sigma, e_t) - z_src))
+
+
+def test_flow_step_rule_walks_the_sigma_grid_down_to_zero(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    z_src = toy.generate(e_s, seed=0)
+    params = EMSParams(iterations=2, step_size=1.0, t_range=(0.2, 0.6), rho=None, step_rule="flow")
+    z = dds_update(toy, z_src, e_t, e_s, params)
+    gen = torch.Generator().manual_seed(params.seed)
+    expected = z_src
+    for sigma, eta in ((0.6, (0.6 - 0.4) / 0.6), (0.4, 1.0)):  # σ_k = 0.6, 0.4; the last step closes the gap
+        eps = torch.randn(z_src.shape, generator=gen)
+        x_t = toy.x0((1 - sigma) * expected + sigma * eps, sigma, e_t)
+        x_s = toy.x0((1 - sigma) * z_src + sigma * eps, sigma, e_s)
+        expected = expected + eta * ((x_t - x_s) - (expected - z_src))
+    torch.testing.assert_close(z, expected)
+    with pytest.raises(ConfigError, match="step_rule"):
+        EMSParams(step_rule="adam").check()
+
+
+def test_image_mode_uses_neither_the_degree_nor_the_source_text(toy_pipe):
+    editor = EMSEditor(toy_pipe, mode="image", iterations=2, num_inference_steps=3)
+    z = editor.model.generate(editor.model.encode([SRC]), seed=2)
+    a = editor.edit(latent=z, source=SRC, target=TGT, degree=1.0)
+    b = editor.edit(latent=z, source="a large green cross at the top on a black background", target=TGT, degree=0.5)
+    assert a.changed and torch.equal(a.latent, b.latent)
+    both = EMSEditor(toy_pipe, mode="both", iterations=2, num_inference_steps=3)
+    assert not torch.equal(both.edit(latent=z, source=SRC, target=TGT, degree=0.5).latent,
+                           both.edit(latent=z, source=SRC, target=TGT, degree=1.0).latent)
+
+
+def test_cleanup_keeps_the_mask_and_the_constraint(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    z_src = toy.generate(e_s, seed=0)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 4:20, 4:20] = 1
+    z = dds_update(toy, z_src, e_t, e_s, EMSParams(iterations=2, rho=0.05, cleanup_sigma=0.3), mask=mask)
+    assert torch.equal(z[..., mask[0, 0] == 0], z_src[..., mask[0, 0] == 0])
+    assert float((z - z_src).pow(2).mean().sqrt()) <= 0.05 + 1e-5
+
+
 def test_degree_zero_and_rho_zero_return_the_source_exactly(toy_pipe):
     editor = EMSEditor(toy_pipe, iterations=3, num_inference_steps=4)
     z = editor.model.generate(editor.model.encode([SRC]), seed=1)
@@ -226,3 +291,17 @@ def test_baselines_run_and_degenerate_correctly(toy):
     assert not torch.equal(flowedit(toy, z_src, e_s, e_t, sigma_max=0.8), z_src)
     with pytest.raises(ConfigError, match="initial noise"):
         prompt_swap(toy, None, e_t)
+
+
+def test_flowedit_final_phase_samples_under_the_target(toy):
+    e_s, e_t = encode_pair(toy, SRC, TGT)
+    z_src = toy.generate(e_s, seed=0)
+    top = max(float(s) for s in toy.sigmas() if float(s) <= 0.8 + 1e-6)
+    # every step in the n_min phase: noise z_src once to the top σ, then plain target sampling = SDEdit
+    all_plain = flowedit(toy, z_src, e_s, e_t, sigma_max=0.8, n_min=100, seed=3)
+    torch.testing.assert_close(all_plain, sdedit(toy, z_src, e_t, strength=top, seed=3))
+    one = flowedit(toy, z_src, e_s, e_t, sigma_max=0.8, n_min=1, seed=3)
+    none = flowedit(toy, z_src, e_s, e_t, sigma_max=0.8, n_min=0, seed=3)
+    assert not torch.equal(one, none) and not torch.equal(one, all_plain)
+    with pytest.raises(ConfigError, match="n_min"):
+        flowedit(toy, z_src, e_s, e_t, n_min=-1)

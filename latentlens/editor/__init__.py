@@ -24,7 +24,7 @@ from latentlens.editor.editor import MODES, EditResult, EMSEditor, edit
 from latentlens.editor.images import load_image, save_image
 from latentlens.editor.manipulate import apply_text_direction, changed_tokens, encode_pair, interpolate
 from latentlens.editor.model import EditModel, TextEmbeds
-from latentlens.editor.sample import EMSParams, attention_mask, dds_update, project
+from latentlens.editor.sample import MASKS, EMSParams, attention_mask, dds_update, diff_mask, project
 
 __all__ = [
     "BASELINES",
@@ -34,6 +34,7 @@ __all__ = [
     "EditModel",
     "EditResult",
     "EndpointDescriber",
+    "MASKS",
     "MODES",
     "ShapesDescriber",
     "TextDescriber",
@@ -43,6 +44,7 @@ __all__ = [
     "attention_mask",
     "changed_tokens",
     "dds_update",
+    "diff_mask",
     "edit",
     "encode_pair",
     "flowedit",

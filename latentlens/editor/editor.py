@@ -1,14 +1,17 @@
 """The EMS editor: Extract → Manipulate → Sample, with text-only / image-only ablations one switch away.
 
-Modes (``mode=``):
+Modes (``mode=``) — the paper's ablation, one switch away:
 
-- ``"both"`` (EMS): the image-space update of :func:`~latentlens.editor.sample.dds_update` driven
-  by the manipulated text embedding ``E(α) = E_s + α (E_t − E_s)`` against ``E_s``.
-- ``"image"`` (image space only): the same update driven by the plain target embedding ``E_t``
-  (the degree is not used).
-- ``"text"`` (text space only): no image-space update; ``z_src`` is inverted along the flow ODE
-  under ``E_s`` from σ = 0 up to ``inversion_sigma`` (Euler on the scheduler's σ grid), then the
-  ODE is integrated back down to 0 under ``E(α)`` (no constraint, no mask).
+- ``"both"`` (EMS): Manipulate gives ``E(α) = E_s + α (E_t − E_s)``; Sample runs the constrained
+  delta-denoising update of :func:`~latentlens.editor.sample.dds_update` driven by ``E(α)`` against
+  the reference ``E_s``, restricted to the region ``M`` (by default the difference mask of
+  :func:`~latentlens.editor.sample.diff_mask`, read from the same two embeddings).
+- ``"text"`` (text space only): Manipulate, then no image-space optimisation — ``z_src`` is inverted
+  along the flow ODE under ``E_s`` from σ = 0 up to ``inversion_sigma`` (Euler on the scheduler's σ
+  grid) and re-sampled back down to 0 under ``E(α)`` (no constraint, no mask).
+- ``"image"`` (image space only): no Manipulate step — the same image-space loop (σ schedule, η, K,
+  ρ) driven by the target description alone, as plain score distillation toward its prediction,
+  ``z ← z + η [x̂₀(z_σ; E_t) − z]``: no ``E_s`` reference branch, no α, no mask.
 
 Edits along a :class:`~latentlens.Direction`: a text-space direction (``text.tokens`` /
 ``text.pooled``) replaces ``E(α)`` by ``E_s + α d``; an image-space direction (any block site) is
@@ -47,7 +50,7 @@ from latentlens.editor.manipulate import (
     interpolate,
 )
 from latentlens.editor.model import EditModel, TextEmbeds
-from latentlens.editor.sample import EMSParams, attention_mask, dds_update
+from latentlens.editor.sample import EMSParams, attention_mask, dds_update, diff_mask
 from latentlens.errors import ConfigError
 
 MODES = ("both", "text", "image")
@@ -112,11 +115,12 @@ class EMSEditor:
         guidance_scale, num_inference_steps, max_sequence_length, height, width: passed to
             :meth:`EditModel.wrap`.
         **params: fields of :class:`~latentlens.editor.sample.EMSParams` (``iterations``, ``step_size``,
-            ``t_range``, ``rho``, ``mask``, ``mask_threshold``, ``mask_sigma``, ``seed``).
+            ``t_range``, ``rho``, ``mask``, ``mask_threshold``, ``mask_sigma``, ``mask_samples``,
+            ``mask_dilate``, ``cleanup_sigma``, ``schedule``, ``seed``).
 
     Example::
 
-        editor = EMSEditor(pipe, degree=1.0, rho=1.0, iterations=20, mask=True)
+        editor = EMSEditor(pipe, degree=1.0, rho=1.0, iterations=20, mask="attention")
         out = editor.edit(image, target="a small blue circle on the left on a gray background")
     """
 
@@ -290,6 +294,7 @@ class EMSEditor:
             else:
                 e_alpha = e_s
                 hook = self._steer_hook(direction, degree, steps)
+                steer_all = self._steer_hook(direction, degree, [0])  # the diff mask sees the steering at every draw
             toks = list(direction.tokens or []) if direction.site == "text.tokens" else []
             src_tokens = [toks] * b
             tgt_tokens = [toks] * b
@@ -299,12 +304,31 @@ class EMSEditor:
             noisy = model.ode(z_src, e_s, 0.0, hi)
             return model.ode(noisy, e_alpha, hi, 0.0, hook=hook), None
 
-        drive = e_t if (mode == "image" and e_t is not None) else e_alpha
+        if mode == "image":
+            # image space only: plain score distillation toward the target description (no E_s reference,
+            # no α, no mask); along a direction, toward the source embedding with the image-space steering
+            if direction is not None and direction.site in TEXT_SITES:
+                raise ConfigError(
+                    f"A text-space direction ({direction.site}) acts through the Manipulate step, which the image-only "
+                    "ablation leaves out; use mode='both' or mode='text' for it."
+                )
+            drive = e_t if e_t is not None else e_s
+            return dds_update(model, z_src, drive, None, params, hook=hook), None
+
+        if hook is None and torch.equal(e_alpha.tokens, e_s.tokens) and (
+            e_s.pooled is None or torch.equal(e_alpha.pooled, e_s.pooled)
+        ):
+            return z_src.clone(), None  # α = 0 or target = source: nothing to edit, exactly
+
         mask = None
-        if params.mask:
-            mask = attention_mask(model, z_src, [e_s, drive], [src_tokens, tgt_tokens],
+        if params.mask == "attention":
+            mask = attention_mask(model, z_src, [e_s, e_alpha], [src_tokens, tgt_tokens],
                                   threshold=params.mask_threshold, sigma=params.mask_sigma, seed=params.seed)
-        z = dds_update(model, z_src, drive, e_s, params, mask=mask, hook=hook)
+        elif params.mask == "diff":
+            mask = diff_mask(model, z_src, e_alpha, e_s, threshold=params.mask_threshold, sigma=params.mask_sigma,
+                             samples=params.mask_samples, dilate=params.mask_dilate, seed=params.seed,
+                             hook=None if hook is None else (lambda: steer_all(0)))
+        z = dds_update(model, z_src, e_alpha, e_s, params, mask=mask, hook=hook)
         return z, mask
 
     def _steer_hook(self, direction: Any, alpha: float, steps: Sequence[int] | None) -> Any:

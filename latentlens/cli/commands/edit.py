@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ems.add_argument("--rho", type=float, default=None, help="Bound on the RMS latent change (negative = none).")
     ems.add_argument("--t-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                      help="Noise levels sigma drawn per update.")
-    ems.add_argument("--mask", action="store_true", help="Restrict the change to the edited words' attention mask.")
+    ems.add_argument("--mask", choices=("diff", "attention", "none"), default=None,
+                     help="Where the change may happen: diff = where the target and source predictions differ "
+                          "(default), attention = the edited words' attention, none = everywhere.")
     ems.add_argument("--mask-threshold", type=float, default=None, help="Mask threshold (fraction of the max).")
     ems.add_argument("--seed", type=int, default=0, help="Seed of the noise draws (default 0).")
     ems.add_argument("--steps", type=int, default=None, help="ODE steps for text mode (default: the model's).")
@@ -96,7 +98,9 @@ def _editor(args: argparse.Namespace) -> Any:
     from latentlens.editor import EMSEditor
     from latentlens.models import load_pipeline
 
-    params: dict[str, Any] = {"seed": args.seed, "mask": bool(args.mask)}
+    params: dict[str, Any] = {"seed": args.seed}
+    if args.mask is not None:
+        params["mask"] = args.mask
     if args.iterations is not None:
         params["iterations"] = args.iterations
     if args.step_size is not None:
