@@ -55,6 +55,13 @@ def sd3_pipe():
 
 
 @pytest.fixture(scope="module")
+def pixart_pipe():
+    from latentlens.testing import tiny_pixart_pipeline
+
+    return tiny_pixart_pipeline()
+
+
+@pytest.fixture(scope="module")
 def flux_pipe():
     from latentlens.testing import tiny_flux_pipeline
 
@@ -231,10 +238,13 @@ def test_every_mode_runs_on_the_toy_pipeline(toy_pipe, mode):
         assert out.mask is not None and out.mask.shape == (32, 32)
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux"])
-def test_editor_runs_end_to_end_on_tiny_real_pipelines(kind, sd3_pipe, flux_pipe):
-    pipe, kwargs = (sd3_pipe, {"max_sequence_length": 8}) if kind == "sd3" else (
-        flux_pipe, {"max_sequence_length": 8, "height": 16, "width": 16})
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart"])
+def test_editor_runs_end_to_end_on_tiny_real_pipelines(kind, sd3_pipe, flux_pipe, pixart_pipe):
+    pipe, kwargs = {
+        "sd3": (sd3_pipe, {"max_sequence_length": 8}),
+        "flux": (flux_pipe, {"max_sequence_length": 8, "height": 16, "width": 16}),
+        "pixart": (pixart_pipe, {"max_sequence_length": 8}),
+    }[kind]
     for mode in ("both", "text", "image"):
         editor = EMSEditor(pipe, mode=mode, iterations=2, num_inference_steps=2, mask=True, **kwargs)
         z = editor.model.generate(editor.model.encode(["a red circle"]), seed=0)
@@ -258,6 +268,28 @@ def test_generation_matches_the_pipeline_sampler(toy_pipe, sd3_pipe):
     theirs = sd3_pipe("a red circle", latents=noise.clone(), num_inference_steps=2, max_sequence_length=8,
                       output_type="latent", guidance_scale=sd3.guidance_scale).images
     torch.testing.assert_close(ours, theirs)
+
+
+def test_pixart_is_edited_through_its_flow_reparametrisation(pixart_pipe):
+    # An Euler step of the flow between two timesteps is a DDIM step: generation reproduces the
+    # pipeline's own DDIM sampler; PixArt's T5 attention masks are merged for E(α).
+    from diffusers import DDIMScheduler
+
+    original = pixart_pipe.scheduler
+    pixart_pipe.scheduler = DDIMScheduler.from_config(original.config, set_alpha_to_one=True, clip_sample=False)
+    try:
+        model = EditModel.wrap(pixart_pipe, num_inference_steps=3, max_sequence_length=8)
+        noise = model.noise(1, 0)
+        ours = model.generate(model.encode(["a red circle"]), noise=noise)
+        theirs = pixart_pipe("a red circle", latents=noise.clone(), num_inference_steps=3, max_sequence_length=8,
+                             output_type="latent", guidance_scale=model.guidance_scale, use_resolution_binning=False,
+                             height=model.height, width=model.width).images
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
+    finally:
+        pixart_pipe.scheduler = original
+    e_s, e_t = encode_pair(model, "a circle", "a big red circle")
+    assert e_s.pooled is None and e_s.mask.sum() < e_t.mask.sum()
+    assert torch.equal(interpolate(e_s, e_t, 0.5).mask, e_t.mask)
 
 
 def test_image_space_direction_is_steered_during_sampling(toy_pipe):

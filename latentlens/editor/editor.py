@@ -102,7 +102,7 @@ class EditResult:
 
 
 class EMSEditor:
-    """Edit images with EMS on any rectified-flow pipeline latentlens supports (toy, SD3/SD3.5, Flux).
+    """Edit images with EMS on any pipeline latentlens supports (toy, SD3/SD3.5, Flux, PixArt via its flow reparametrisation).
 
     Args:
         pipe: a pipeline (or an :class:`EditModel`).

@@ -79,7 +79,10 @@ def interpolate(e_s: TextEmbeds, e_t: TextEmbeds, alpha: float | torch.Tensor) -
         return torch.where(w == 0, x, out)
 
     pooled = None if e_s.pooled is None else mix(e_s.pooled, e_t.pooled)
-    return replace(e_s, tokens=mix(e_s.tokens, e_t.tokens), pooled=pooled)
+    mask = e_s.mask
+    if e_s.mask is not None and e_t.mask is not None:  # attend to every token either prompt uses
+        mask = torch.maximum(e_s.mask, e_t.mask)
+    return replace(e_s, tokens=mix(e_s.tokens, e_t.tokens), pooled=pooled, mask=mask)
 
 
 def apply_text_direction(e_s: TextEmbeds, direction: Any, alpha: float) -> TextEmbeds:
@@ -90,8 +93,10 @@ def apply_text_direction(e_s: TextEmbeds, direction: Any, alpha: float) -> TextE
             f"Direction site {site!r} is not a text-space site ({', '.join(TEXT_SITES)}); image-space directions "
             "are applied with latentlens.steer during sampling (EMSEditor does this for you)."
         )
-    vector = direction.vector.to(e_s.tokens.device, e_s.tokens.dtype)  # [D]
+    vector = direction.vector.to(e_s.tokens.device, e_s.tokens.dtype)  # [D], or [tokens, D] (token-wise)
     if site == "text.pooled":
+        if vector.ndim != 1:
+            raise ConfigError("A text.pooled direction must be one vector [D], not a token-wise [tokens, D] one.")
         if e_s.pooled is None or e_s.pooled.shape[-1] != vector.shape[0]:
             width = None if e_s.pooled is None else e_s.pooled.shape[-1]
             raise ConfigError(
@@ -99,10 +104,16 @@ def apply_text_direction(e_s: TextEmbeds, direction: Any, alpha: float) -> TextE
                 "use a direction found on this model."
             )
         return replace(e_s, pooled=e_s.pooled + alpha * vector)
-    if e_s.tokens.shape[-1] != vector.shape[0]:
+    if e_s.tokens.shape[-1] != vector.shape[-1]:
         raise ConfigError(
-            f"The direction has {vector.shape[0]} channels but this model's text tokens have {e_s.tokens.shape[-1]}; "
+            f"The direction has {vector.shape[-1]} channels but this model's text tokens have {e_s.tokens.shape[-1]}; "
             "use a direction found on this model."
+        )
+    rows = e_s.tokens.shape[1] if direction.tokens is None else len(direction.tokens)
+    if vector.ndim == 2 and vector.shape[0] != rows:
+        raise ConfigError(
+            f"The token-wise direction has {vector.shape[0]} rows but it applies to {rows} text tokens here; "
+            "use a direction found with this model's prompt length (or give tokens=... with one index per row)."
         )
     tokens = e_s.tokens.clone()
     if direction.tokens is None:

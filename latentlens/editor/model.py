@@ -2,8 +2,9 @@
 
 :class:`EditModel` hides how each architecture encodes text, lays out its latent, calls its
 transformer and decodes: the EMS sampler, the baselines and the benchmark are written once
-against it. Supported: the bundled toy model (pixels), SD3 / SD3.5 (VAE latents) and Flux.1
-(VAE latents packed 2×2 into tokens; guidance-distilled or true CFG).
+against it. Supported: the bundled toy model (pixels), SD3 / SD3.5 (VAE latents), Flux.1
+(VAE latents packed 2×2 into tokens; guidance-distilled or true CFG) and PixArt-α/Σ (a DDPM
+ε-prediction model, seen through the rectified-flow reparametrisation below).
 
 Conventions (rectified flow, as in diffusers' ``FlowMatchEulerDiscreteScheduler``):
 ``z_σ = (1 − σ) z₀ + σ ε`` with σ ∈ [0, 1] (0 = clean, 1 = pure noise); the transformer predicts
@@ -37,12 +38,14 @@ class TextEmbeds:
     ``tokens`` ``[batch, tokens, dim]`` is what the transformer receives as ``encoder_hidden_states``
     (SD3: CLIP-L|CLIP-G tokens then T5 tokens; Flux: T5; toy: MiniLM); ``pooled`` ``[batch, dim]`` is
     ``pooled_projections`` (None where the model has none). ``extra`` holds per-architecture inputs
-    that do not depend on the prompt's meaning (Flux ``txt_ids``).
+    that do not depend on the prompt's meaning (Flux ``txt_ids``). ``mask`` ``[batch, tokens]`` is the
+    text attention mask of models that take one (PixArt's T5 padding), else None.
     """
 
     tokens: torch.Tensor  # [B, L, D]
     pooled: torch.Tensor | None  # [B, P]
     extra: dict[str, Any] | None = None
+    mask: torch.Tensor | None = None  # [B, L]
 
     @property
     def batch(self) -> int:
@@ -51,7 +54,8 @@ class TextEmbeds:
     def __getitem__(self, index: Any) -> "TextEmbeds":
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return replace(self, tokens=self.tokens[index], pooled=None if self.pooled is None else self.pooled[index])
+        return replace(self, tokens=self.tokens[index], pooled=None if self.pooled is None else self.pooled[index],
+                       mask=None if self.mask is None else self.mask[index])
 
     def expand(self, batch: int) -> "TextEmbeds":
         """Repeat a batch-1 embedding ``batch`` times (or return self when the batch already matches)."""
@@ -63,12 +67,14 @@ class TextEmbeds:
             self,
             tokens=self.tokens.expand(batch, -1, -1),
             pooled=None if self.pooled is None else self.pooled.expand(batch, -1),
+            mask=None if self.mask is None else self.mask.expand(batch, -1),
         )
 
     @staticmethod
     def cat(items: Sequence["TextEmbeds"]) -> "TextEmbeds":
         pooled = None if items[0].pooled is None else torch.cat([e.pooled for e in items])
-        return TextEmbeds(torch.cat([e.tokens for e in items]), pooled, items[0].extra)
+        mask = None if items[0].mask is None else torch.cat([e.mask for e in items])
+        return TextEmbeds(torch.cat([e.tokens for e in items]), pooled, items[0].extra, mask)
 
 
 class EditModel:
@@ -121,9 +127,11 @@ class EditModel:
             return SD3EditModel(pipe, **kwargs)
         if tname == "FluxTransformer2DModel":
             return FluxEditModel(pipe, **kwargs)
+        if tname == "PixArtTransformer2DModel":
+            return PixArtEditModel(pipe, **kwargs)
         raise ConfigError(
-            f"The EMS editor needs a rectified-flow pipeline (the toy model, SD3/SD3.5 or Flux.1); got {name} "
-            f"with transformer {tname}. PixArt (a DDPM/epsilon model) is not supported by the editor yet."
+            f"The EMS editor supports the toy model, SD3/SD3.5, Flux.1 and PixArt-α/Σ pipelines; got {name} "
+            f"with transformer {tname}."
         )
 
     # ------------------------------------------------------------------ properties
@@ -502,4 +510,103 @@ class FluxEditModel(_VAEMixin, EditModel):
         return self._vae_decode(z)
 
 
-__all__ = ["EditModel", "FluxEditModel", "SD3EditModel", "TextEmbeds", "ToyEditModel"]
+# ---------------------------------------------------------------------------------- PixArt
+
+
+class PixArtEditModel(_VAEMixin, EditModel):
+    """PixArtAlphaPipeline / PixArtSigmaPipeline: T5 tokens with an attention mask, VAE latents, ε-prediction.
+
+    A variance-preserving state ``x_t = a z₀ + b ε`` (``a = √ᾱ_t``, ``b = √(1 − ᾱ_t)``) is the flow state
+    ``z_σ = x_t / (a + b)`` at ``σ = b / (a + b)``, so the editor keeps its rectified-flow conventions:
+    ``_call`` maps σ to the (fractional) timestep of the pipeline's noise schedule, predicts ε, forms
+    ``x̂₀ = (x_t − b ε̂) / a`` and returns ``v = (z − x̂₀) / σ``. An Euler step of that flow between two
+    timesteps of the schedule is exactly a deterministic DDIM step (η = 0), so :meth:`generate` with a
+    ``DDIMScheduler`` (``set_alpha_to_one=True``) reproduces the pipeline's own sampler.
+    """
+
+    kind = "pixart"
+    default_guidance = 4.5
+    default_steps = 20
+
+    def __init__(self, pipe: Any, guidance_scale: float | None = None, **kwargs: Any) -> None:
+        super().__init__(pipe, guidance_scale, **kwargs)
+        alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
+        if alphas is None:
+            raise ConfigError(
+                f"The PixArt pipeline's scheduler {type(pipe.scheduler).__name__} has no alphas_cumprod; use a DDPM-"
+                "family scheduler (DDIMScheduler, DPMSolverMultistepScheduler, ...)."
+            )
+        self._alphas = alphas.double().cpu()  # [T] ᾱ_t
+        a, b = self._alphas.sqrt(), (1 - self._alphas).sqrt()
+        self._sigma_table = (b / (a + b)).numpy()  # [T], increasing in t
+
+    def _default_size(self) -> int:
+        return int(self.transformer.config.sample_size * self.pipe.vae_scale_factor)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        f = int(self.pipe.vae_scale_factor)
+        return (int(self.transformer.config.in_channels), self.height // f, self.width // f)
+
+    def tokenizers(self) -> list[tuple[Any, int, int]]:
+        return [(self.pipe.tokenizer, 0, int(self.max_sequence_length or 120))]
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> TextEmbeds:
+        tokens, mask, _, _ = self.pipe.encode_prompt(
+            list(prompts), do_classifier_free_guidance=False, device=self.device, clean_caption=False,
+            max_sequence_length=int(self.max_sequence_length or 120),
+        )
+        return TextEmbeds(tokens, None, mask=mask)
+
+    def _timestep(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """σ ``[B]`` → (fractional timestep, a, b) ``[B]`` each; σ beyond the schedule is clamped to its ends."""
+        t = np.interp(sigma.double().cpu().numpy(), self._sigma_table, np.arange(len(self._sigma_table)))
+        low = np.floor(t).astype(np.int64)
+        high = np.minimum(low + 1, len(self._alphas) - 1)
+        frac = torch.from_numpy(t - low)
+        alpha = self._alphas[low] * (1 - frac) + self._alphas[high] * frac  # [B]
+        return torch.from_numpy(t), alpha.sqrt(), (1 - alpha).sqrt()
+
+    def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
+        t, a, b = (x.to(self.device, torch.float32).view(-1, 1, 1, 1) for x in self._timestep(sigma))
+        x_t = (a + b) * z.float()  # [B, C, h, w]
+        added: dict[str, Any] = {"resolution": None, "aspect_ratio": None}
+        if getattr(self.transformer.config, "sample_size", None) == 128:  # PixArt-α 1024 px micro-conditions
+            batch = z.shape[0]
+            added = {"resolution": torch.tensor([[self.height, self.width]] * batch, device=self.device, dtype=self.dtype),
+                     "aspect_ratio": torch.tensor([[self.height / self.width]] * batch, device=self.device, dtype=self.dtype)}
+        out = self.transformer(
+            x_t.to(self.dtype),
+            encoder_hidden_states=cond.tokens.to(self.dtype),
+            encoder_attention_mask=None if cond.mask is None else cond.mask.to(self.device),
+            timestep=t.view(-1).to(self.dtype),
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0].float()
+        eps = out[:, : z.shape[1]]  # learned-σ models return [ε, variance]
+        x0 = (x_t - b * eps) / a
+        return (z.float() - x0) / sigma.to(self.device, torch.float32).view(-1, 1, 1, 1)
+
+    def sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
+        """σ of the scheduler's timesteps (descending), then 0."""
+        n = int(num_inference_steps or self.num_inference_steps)
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(n)
+        steps = scheduler.timesteps.long().cpu().numpy()
+        return torch.tensor([float(self._sigma_table[t]) for t in steps] + [0.0], dtype=torch.float32)
+
+    def generate(self, cond: TextEmbeds, seed: Any = 0, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """From ``x_T = noise`` at the schedule's first timestep, as the pipeline starts (``z = x_T / (a + b)``)."""
+        x_T = self.noise(cond.batch, seed) if noise is None else noise.to(self.device, self.dtype)
+        sigma_max = float(self.sigmas()[0])
+        _, a, b = self._timestep(torch.tensor([sigma_max]))
+        return self.ode(x_T / float(a + b), cond, sigma_max, 0.0)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self._vae_encode(images).to(self.device, self.dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._vae_decode(z)
+
+
+__all__ = ["EditModel", "FluxEditModel", "PixArtEditModel", "SD3EditModel", "TextEmbeds", "ToyEditModel"]
