@@ -97,3 +97,7 @@ def test_edit_bench_cli_json(toy_folder, capsys):
     assert code == 0 and doc["n"] == 2 and set(doc["summary"]) == {"ems", "sdedit"}
     for row in doc["summary"].values():
         assert 0.0 <= row["success"] <= 1.0 and row["seconds_per_edit"] > 0
+    assert all("sde" in cell for cell in doc["per_attribute"]["sdedit"].values())
+    code = main(["edit-bench", "--model", toy_folder, "--n", "2", "--methods", "sdedit", "--no-sde", "--json"])
+    fast = json.loads(capsys.readouterr().out)
+    assert code == 0 and not any("sde" in cell for cell in fast["per_attribute"]["sdedit"].values())
