@@ -170,8 +170,24 @@ def test_direction_that_does_not_fit_gets_a_clear_message(app, root):
     assert "does not fit" in _text(note) and "width 7" in _text(note)
     figure, provenance, note = directions._histogram("color/blue", {"run": "good"})
     assert note is None and len(figure["data"]) == 6  # one histogram per colour
-    (root / "good" / "analysis" / "directions" / "misfit.json").unlink()
-    (root / "good" / "analysis" / "directions" / "misfit.safetensors").unlink()
+    # a token-wise [tokens, dim] direction projects the token-mean features on the mean of its rows
+    blue = directions.results(directions.config.index(), "good").load_direction("color/blue")
+    Direction(blue.vector.repeat(3, 1), site=blue.site, steps=blue.steps, provenance=dict(blue.provenance)).save(
+        root / "good" / "analysis" / "directions" / "rows")
+    clear_caches()
+    rows_figure, _, rows_note = directions._histogram("rows", {"run": "good"})
+    assert rows_note is None and len(rows_figure["data"]) == len(figure["data"])
+
+    def values(trace):  # typed arrays travel as {"dtype", "bdata": base64}
+        import base64
+
+        return np.frombuffer(base64.b64decode(trace["x"]["bdata"]), dtype=trace["x"]["dtype"])
+
+    for ours, single in zip(rows_figure["data"], figure["data"]):
+        np.testing.assert_allclose(values(ours), values(single), rtol=1e-5, atol=1e-6)
+    for name in ("misfit", "rows"):
+        for suffix in (".json", ".safetensors"):
+            (root / "good" / "analysis" / "directions" / (name + suffix)).unlink()
     clear_caches()
 
 

@@ -127,7 +127,10 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
             f"The direction {name!r} has width {direction.dim} but {direction.site!r} in this run has width {x.shape[1]}; "
             "it was found on another model and does not fit this one."
         )
-    unit = direction.vector.numpy() / max(direction.norm, 1e-12)
+    vector = direction.vector.numpy()
+    if direction.token_rows is not None:  # token-wise [tokens, dim]: the features are token means
+        vector = vector.mean(axis=0)
+    unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
     keep = np.isfinite(x).all(axis=1)
     proj = x[keep] @ unit  # [sample]
     attribute = direction.provenance.get("attribute")
