@@ -100,6 +100,12 @@ def test_send_to_editor_then_run_produces_an_edited_image(dash_duo, app):
     edited = dash_duo.wait_for_element("#editor-after-0", timeout=90)
     assert "/lens/result/" in edited.get_attribute("src")
     dash_duo.wait_for_contains_text("#editor-result", "mean |Δ|", timeout=10)
+    # then a target text: sample 0 is "black background, small blue square on the right"
+    dash_duo.find_element("#editor-mode input[value='target']").click()
+    target = dash_duo.find_element("#editor-target")
+    target.send_keys("black background, small red square on the right\n")
+    dash_duo.find_element("#editor-run").click()
+    dash_duo.wait_for_contains_text("#editor-result", "oracle: color: blue → red", timeout=90)
     _no_console_errors(dash_duo, "/editor")
     save_screenshot(dash_duo.driver, "dashboard-editor")
 
