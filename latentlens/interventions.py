@@ -171,7 +171,7 @@ class steer(_Intervention):  # noqa: N801 - function-like context manager
         new = value.clone()
         if d.ndim == 2:  # token-wise direction: one row per (selected) token
             wanted = value.shape[1] if self.tokens is None else len(self.tokens)
-            if value.ndim != 3 or d.shape[0] != wanted:
+            if value.ndim != 3 or d.shape[0] not in (1, wanted):  # [1, C] broadcasts over the tokens
                 raise ConfigError(
                     f"The token-wise direction has {d.shape[0]} rows but site {self.site!r} has {wanted} "
                     f"{'tokens' if self.tokens is None else 'selected tokens'} (shape {tuple(value.shape)}); "
