@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from notebook_runner import run_notebook
 
 from latentlens.toy import WEIGHTS_DIR
-
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / "notebooks" / "02_edit_along_a_direction.ipynb"
 
 needs_weights = pytest.mark.skipif(
     not (WEIGHTS_DIR / "model_index.json").is_file(),
@@ -48,10 +44,5 @@ def test_default_ems_edits_every_attribute_inside_its_region():
 
 @needs_weights
 def test_notebook_02_runs():
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(REPO)}}).execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    text = run_notebook("02_edit_along_a_direction.ipynb", timeout=120)
     assert "oracle after edit" in text and "oracle after the direction edit" in text
