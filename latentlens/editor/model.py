@@ -215,10 +215,14 @@ class EditModel:
     # ------------------------------------------------------------------ schedules and sampling
     def sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
         """The pipeline scheduler's σ schedule ``[n + 1]`` from ~1 down to 0 (a private copy of the scheduler)."""
+        return self._scheduler(num_inference_steps).sigmas.float().cpu()
+
+    def _scheduler(self, num_inference_steps: int | None = None) -> Any:
+        """A private copy of the pipeline's scheduler with its timesteps set for ``n`` steps."""
         n = int(num_inference_steps or self.num_inference_steps)
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
         self._set_timesteps(scheduler, n)
-        return scheduler.sigmas.float().cpu()
+        return scheduler
 
     def _set_timesteps(self, scheduler: Any, n: int) -> None:
         scheduler.set_timesteps(n)
@@ -589,10 +593,7 @@ class PixArtEditModel(_VAEMixin, EditModel):
 
     def sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
         """σ of the scheduler's timesteps (descending), then 0."""
-        n = int(num_inference_steps or self.num_inference_steps)
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        scheduler.set_timesteps(n)
-        steps = scheduler.timesteps.long().cpu().numpy()
+        steps = self._scheduler(num_inference_steps).timesteps.long().cpu().numpy()
         return torch.tensor([float(self._sigma_table[t]) for t in steps] + [0.0], dtype=torch.float32)
 
     def generate(self, cond: TextEmbeds, seed: Any = 0, noise: torch.Tensor | None = None) -> torch.Tensor:
