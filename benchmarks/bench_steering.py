@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         d = latentlens.class_mean_direction(X, labels["color"], to="blue", from_="red", site=TEXT_OUTPUT, steps=steps,
                                             attribute="color")
         plans.append((f"txt out, token mean ({TEXT_OUTPUT}, steps 10-19)", d, 4.0))
+    if rows & {3, 4}:  # read once for both rows
+        X = site_features(run, TEXT_INPUT, [0], n_samples)[canonical]  # [n_canonical, tokens, channel]
     for row, adjust in ((3, True), (4, False)):
         if row not in rows:
             continue
-        X = site_features(run, TEXT_INPUT, [0], n_samples)[canonical]  # [n_canonical, tokens, channel]
         d = latentlens.class_mean_direction(
             X, labels["color"][canonical], to="blue", from_="red", site=TEXT_INPUT, steps=None, attribute="color",
             adjust_for={a: v[canonical] for a, v in others.items()} if adjust else None,
