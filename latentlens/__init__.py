@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "load_pipeline": "latentlens.models",
     "ToyPipeline": "latentlens.toy.pipeline",
     "record": "latentlens.recorder",
-    "Recording": "latentlens.recorder",
+    "Recording": "latentlens.capture.recording",
     "site_names": "latentlens.recorder",
     "steer": "latentlens.interventions",
     "patch": "latentlens.interventions",

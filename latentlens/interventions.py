@@ -25,17 +25,15 @@ from latentlens.adapters import adapter_for, split_target
 from latentlens.adapters.base import CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
 from latentlens.errors import ConfigError
-from latentlens.names import Steps, StepSelection, is_map, unknown_name_error
+from latentlens.names import Steps, StepSelection, is_map, recordable_names, unknown_name_error
 
 
 def _site_spec(target: Any, site: str) -> tuple[Any, SiteSpec]:
     adapter = adapter_for(target)
-    name = getattr(adapter, "alias", lambda n: n)(site)
+    name = adapter.alias(site)
     specs = {s.name: s for s in adapter.sites()}
     if name not in specs:
-        from latentlens.recorder import _all_names
-
-        valid = [n for n in _all_names(adapter) if not is_map(n)]
+        valid = [n for n in recordable_names(adapter) if not is_map(n)]
         raise unknown_name_error(site, valid)
     spec = specs[name]
     if spec.set is None:

@@ -1,6 +1,6 @@
 """Site names: the grammar, selection by glob / list / callable, aliases and step selection.
 
-The grammar (DESIGN.md §3) is the public contract::
+The grammar (``docs/design.md``, "Names") is the public contract::
 
     blocks.{i}.resid_in.{img|txt}     blocks.{i}.resid_out.{img|txt}
     blocks.{i}.attn_out.{img|txt}     blocks.{i}.ff_out.{img|txt}
@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from typing import Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Protocol, Sequence, Union
 
 from latentlens.errors import ConfigError, UnknownNameError
 
@@ -35,6 +35,27 @@ MAP_KINDS = ("img2txt", "txt2img", "img2img", "txt2txt")
 def is_map(name: str) -> bool:
     """True for attention-map names (``blocks.{i}.attn.img2txt``, ``blocks.{i}.attn2.img2img``)."""
     return name.rsplit(".", 1)[-1] in MAP_KINDS
+
+
+class NamedLayout(Protocol):
+    """What :func:`recordable_names` reads of an adapter."""
+
+    def sites(self) -> Sequence[Any]: ...
+
+    def attention(self) -> Sequence[Any]: ...
+
+
+def recordable_names(adapter: NamedLayout) -> list[str]:
+    """Every recordable name in the stable order: boundary inputs, blocks (sites then maps), ``pred``."""
+    names: list[tuple[tuple, str]] = []
+    for k, s in enumerate(adapter.sites()):
+        b = block_of(s.name)
+        group = 2 if s.name == "pred" else (1 if b is not None else 0)
+        names.append(((group, b or 0, 0, k), s.name))
+    for k, spec in enumerate(adapter.attention()):
+        for kind in spec.quadrants:
+            names.append(((1, spec.block, 1, k, list(spec.quadrants).index(kind)), f"{spec.prefix}.{kind}"))
+    return [n for _, n in sorted(names)]
 
 
 def block_of(name: str) -> int | None:

@@ -11,55 +11,33 @@ Example::
 
 Everything is captured with torch hooks that are removed on exit (also when the pipeline raises);
 the model's output is bit-identical to an unrecorded run. Selection (steps, CFG branch, tokens)
-and reductions happen at capture time, so only what was asked for is kept in memory.
+and reductions happen at capture time, so only what was asked for is kept in memory. This module
+only orchestrates; the parts live in :mod:`latentlens.capture` (see ``docs/design.md``).
 """
 
 from __future__ import annotations
 
-import re
-import warnings
-from collections import defaultdict
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-import numpy as np
 import torch
 
 from latentlens.adapters import adapter_for, split_target
-from latentlens.adapters.base import Adapter, AttnSpec, CallState, SiteSpec
+from latentlens.adapters.base import AttnSpec, CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
-from latentlens.attention import quadrant_maps
-from latentlens.attention_lse import LSECapture
+from latentlens.capture.accumulator import Accumulator
+from latentlens.capture.maps import MapCapture
+from latentlens.capture.options import CfgBranch, Heads, Reduce, ReduceSpec, check_cfg, check_heads
+from latentlens.capture.recording import Recording
+from latentlens.capture.sites import select_site
 from latentlens.errors import ConfigError
-from latentlens.names import Sites, Steps, StepSelection, block_of, is_map, select_names, unknown_name_error
-
-_CTX_ORDER = {"uncond": 0, None: 1, "cond": 1}
-
-
-def _exit_mode(cap: LSECapture) -> None:
-    """Pop ``cap`` off the torch-function mode stack if it is on top (it is, unless someone leaked a mode)."""
-    n = torch._C._len_torch_function_stack()
-    if n and torch._C._get_function_stack_at(n - 1) is cap:
-        cap.__exit__(None, None, None)
+from latentlens.names import Sites, Steps, StepSelection, block_of, is_map, recordable_names, select_names
+from latentlens.text import TokenSpec, resolve_tokens, word_token_indices
 
 
-# --------------------------------------------------------------------------- names
+class RecordingSink(Protocol):
+    """Where a finished recording is written (a :class:`latentlens.RunStore`)."""
 
-
-def _all_names(adapter: Adapter) -> list[str]:
-    """Every recordable name in the stable order: boundary inputs, blocks (sites then maps), ``pred``."""
-    names: list[tuple[tuple, str]] = []
-    for k, s in enumerate(adapter.sites()):
-        b = block_of(s.name)
-        group = 2 if s.name == "pred" else (1 if b is not None else 0)
-        names.append(((group, b or 0, 0, k), s.name))
-    for k, spec in enumerate(adapter.attention()):
-        for kind in spec.quadrants:
-            names.append(((1, spec.block, 1, k, list(spec.quadrants).index(kind)), f"{spec.prefix}.{kind}"))
-    return [n for _, n in sorted(names)]
-
-
-def _alias(adapter: Adapter) -> Callable[[str], str]:
-    return getattr(adapter, "alias", lambda name: name)
+    def add_recording(self, rec: Recording) -> list[int] | None: ...
 
 
 def site_names(target: Any) -> list[str]:
@@ -67,236 +45,41 @@ def site_names(target: Any) -> list[str]:
 
     Example: ``site_names(pipe)[:3]`` → ``['latents', 'text.tokens', 'text.pooled']``.
     """
-    return _all_names(adapter_for(target))
+    return recordable_names(adapter_for(target))
 
 
-# --------------------------------------------------------------------------- options
+class Recorder:
+    """The hooks of one :func:`record` block: installs them, routes captures, builds the :class:`Recording`."""
 
-
-class _Reduce:
-    """Capture-time reductions: ``mean_img_tokens``, ``mean_steps``, ``pool=N`` (maps)."""
-
-    def __init__(self, reduce: Any) -> None:
-        self.mean_img_tokens = False
-        self.mean_steps = False
-        self.pool = 1
-        if reduce is None:
-            return
-        items: list[Any]
-        if isinstance(reduce, dict):
-            items = [f"pool={v}" if k == "pool" else k for k, v in reduce.items() if v]
-        elif isinstance(reduce, str):
-            items = [reduce]
-        else:
-            items = list(reduce)
-        for item in items:
-            m = re.fullmatch(r"pool\s*[=:]?\s*(\d+)", str(item))
-            if item == "mean_img_tokens":
-                self.mean_img_tokens = True
-            elif item == "mean_steps":
-                self.mean_steps = True
-            elif m:
-                self.pool = int(m.group(1))
-                if self.pool < 1:
-                    raise ConfigError(f"reduce pool={self.pool} must be >= 1.")
-            else:
-                raise ConfigError(
-                    f"reduce={item!r} is not understood; use 'mean_img_tokens', 'mean_steps', 'pool=N' "
-                    "(spatial pooling of maps) or a list/dict of them."
-                )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mean_img_tokens": self.mean_img_tokens, "mean_steps": self.mean_steps, "pool": self.pool}
-
-
-def _resolve_tokens(tokens: Any, adapter: Adapter, prompt: str | Sequence[str] | None = None) -> torch.Tensor | None:
-    """Token indices from ints or words: ``[k]`` shared by all rows, or ``[n_prompts, k]`` for a prompt list."""
-    if tokens is None:
-        return None
-    if isinstance(tokens, (str, int)):
-        tokens = [tokens]
-    if isinstance(tokens, torch.Tensor):
-        tokens = tokens.tolist()
-    prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
-    rows: list[list[int]] = []
-    for p in prompts:
-        idx: list[int] = []
-        for t in tokens:
-            if isinstance(t, bool):
-                raise ConfigError(f"tokens={tokens!r}: {t!r} is not a token index or a word.")
-            if isinstance(t, int):
-                if t < 0:
-                    raise ConfigError(f"tokens={tokens!r} holds the negative index {t}; pass indices >= 0.")
-                idx.append(t)
-            elif isinstance(t, str):
-                if p is None:
-                    raise ConfigError(
-                        f"tokens={tokens!r} names the word {t!r}; pass prompt='...' (the prompt it occurs in, or "
-                        "the list of prompts of the batch) so its token positions can be found, or pass token indices."
-                    )
-                idx.extend(word_token_indices(adapter, t, p))
-            else:
-                raise ConfigError(f"tokens={tokens!r}: {t!r} is not a token index or a word.")
-        rows.append(sorted(set(idx)))
-    if len(rows) == 1:
-        return torch.tensor(rows[0], dtype=torch.long)
-    counts = {len(r) for r in rows}
-    if len(counts) > 1:
-        detail = "; ".join(f"{p!r}: {len(r)}" for p, r in zip(prompts, rows))
-        raise ConfigError(
-            f"tokens={tokens!r} select a different number of tokens in different prompts ({detail}); every "
-            "row needs the same count — record prompts with the same tokenisation of these words together."
-        )
-    return torch.tensor(rows, dtype=torch.long)  # [n_prompts, k]
-
-
-def word_token_indices(adapter: Adapter, word: str, prompt: str) -> list[int]:
-    """Positions in ``encoder_hidden_states`` of the tokens of ``word`` (its first whole-word occurrence) in ``prompt``.
-
-    Uses the pipeline's own tokenizers and their offsets mapping, one segment per text encoder
-    (SD3: CLIP tokens then T5 tokens; Flux: T5; PixArt and the toy model: one tokenizer).
-    Example: ``word_token_indices(adapter_for(pipe), "red", "a small red circle")``.
-    """
-    target = word.strip()
-    found = re.search(r"(?<!\w)" + re.escape(target) + r"(?!\w)", prompt, flags=re.IGNORECASE) if target else None
-    if found is None:
-        raise ConfigError(f"tokens: the word {target!r} does not occur in the prompt {prompt!r}.")
-    start, stop = found.span()
-    segments = adapter.text_segments()
-    if not segments:
-        raise ConfigError(
-            f"tokens: {word!r} is a word, but the target has no tokenizer (a bare transformer?); "
-            "pass token indices instead."
-        )
-    out: list[int] = []
-    for tokenizer, offset in segments:
-        enc = tokenizer(prompt, return_offsets_mapping=True, truncation=True,
-                        max_length=getattr(tokenizer, "model_max_length", None))
-        for i, (a, b) in enumerate(enc["offset_mapping"]):
-            if b > a and a < stop and b > start:
-                out.append(offset + i)
-    if not out:
-        raise ConfigError(f"tokens: the word {word!r} was truncated away by the tokenizer; pass token indices.")
-    return out
-
-
-# --------------------------------------------------------------------------- the recording
-
-
-class Recording:
-    """What :func:`record` captured. ``rec[name]`` → tensor ``[step, batch, ...]`` on CPU.
-
-    Attributes: ``names`` (recorded names, stable order), ``timesteps`` (transformer timestep per
-    recorded step), ``steps`` (the transformer-call indices of the step axis), ``gaps``
-    (``[(step, block)]`` skipped by a diffusers cache, with ``allow_caching=True``), ``cfg``,
-    ``meta`` (adapter, model class, config, options), ``sample_ids`` (the samples it became in a
-    ``store``; then ``rec[name]`` reads lazily from disk and holds nothing in memory).
-    """
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.timesteps: list[float] = []
-        self.steps: list[int] = []
-        self.gaps: list[tuple[int, int]] = []
-        self.cfg: str = "cond"
-        self.meta: dict[str, Any] = {}
-        self._data: dict[str, torch.Tensor] = {}
-        self._dims: dict[str, tuple[str, ...]] = {}
-        self._done = False
-        self.sample_ids: list[int] | None = None
-        self._store: Any = None
-        self._dtypes: dict[str, torch.dtype] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
-
-    def _check(self, name: str) -> None:
-        if not self._done:
-            raise ConfigError("The recording is still running; read rec[...] after the `with record(...)` block.")
-        if name not in self._data:
-            raise unknown_name_error(name, self.names, what="recorded")
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        self._check(name)
-        if self._store is None:
-            return self._data[name]
-        ids = self.sample_ids or []
-        view = self._store[name]  # lazy [sample, ...]
-        contiguous = ids == list(range(ids[0], ids[0] + len(ids))) if ids else True
-        rows = view[ids[0] : ids[0] + len(ids)] if contiguous and ids else view[ids]  # [batch, step, ...]
-        data = torch.from_numpy(np.ascontiguousarray(np.asarray(rows).swapaxes(0, 1)))  # [step, batch, ...]
-        return data.to(self._dtypes[name])
-
-    def _move_to_store(self, store: Any, sample_ids: Sequence[int]) -> None:
-        """The recording now lives in ``store`` as ``sample_ids``: drop the in-memory tensors."""
-        self._dtypes = {name: tensor.dtype for name, tensor in self._data.items()}
-        self._shapes = {name: tuple(tensor.shape) for name, tensor in self._data.items()}
-        self._data = dict.fromkeys(self._data)  # keep the names for `in`; the tensors are freed
-        self.sample_ids = [int(i) for i in sample_ids]
-        self._store = store
-
-    def dims(self, name: str) -> tuple[str, ...]:
-        """Axis names of ``rec[name]``, e.g. ``("step", "batch", "token", "channel")``."""
-        self._check(name)
-        return self._dims[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._data
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def keys(self) -> list[str]:
-        return list(self.names)
-
-    def items(self) -> list[tuple[str, torch.Tensor]]:
-        return [(n, self[n]) for n in self.names]
-
-    def __repr__(self) -> str:
-        shapes = self._shapes if self._store is not None else {n: tuple(t.shape) for n, t in self._data.items()}
-        shown = ", ".join(f"{n}: {shapes[n]}" for n in self.names[:4]) if self._done else "running"
-        more = f", … (+{len(self.names) - 4})" if len(self.names) > 4 else ""
-        return f"Recording({shown}{more})"
-
-
-# --------------------------------------------------------------------------- the recorder
-
-
-class _Recorder:
     def __init__(
         self,
         target: Any,
         sites: Sites,
         attention: Sites,
         steps: Steps,
-        cfg: str,
-        tokens: Any,
-        reduce: Any,
+        cfg: CfgBranch,
+        tokens: TokenSpec,
+        reduce: ReduceSpec,
         dtype: torch.dtype,
-        heads: str,
-        store: Any,
+        heads: Heads,
+        store: RecordingSink | None,
         allow_caching: bool,
         prompt: str | Sequence[str] | None = None,
     ) -> None:
-        if cfg not in ("cond", "uncond", "both"):
-            raise ConfigError(f"cfg={cfg!r} is not one of 'cond', 'uncond', 'both'.")
-        if heads not in ("mean", "all"):
-            raise ConfigError(f"heads={heads!r} must be 'mean' (head average) or 'all' (per head).")
+        self.cfg = check_cfg(cfg)
+        self.heads = check_heads(heads)
         self.adapter = adapter_for(target)
         self.transformer, self.pipe = split_target(target)
-        self.cfg = cfg
         self.dtype = dtype
-        self.heads = heads
         self.store = store
         self.allow_caching = allow_caching
         self.steps = StepSelection(steps)
-        self.reduce = _Reduce(reduce)
-        self.text_index = _resolve_tokens(tokens, self.adapter, prompt)
+        self.reduce = Reduce(reduce)
+        self.text_index = resolve_tokens(tokens, self.adapter, prompt)
         self.tokens = tokens
 
-        valid = _all_names(self.adapter)
-        alias = _alias(self.adapter)
+        valid = recordable_names(self.adapter)
+        alias = self.adapter.alias
         map_valid = [n for n in valid if is_map(n)]
         wanted = set(select_names(valid, sites, alias)) | set(select_names(map_valid, attention, alias))
         if not wanted:
@@ -313,16 +96,15 @@ class _Recorder:
         self.tracker = StepTracker(self.adapter)
         self.rec = Recording()
         self.rec.cfg = cfg
-        self._store: dict[str, dict[int, list[tuple[int, torch.Tensor]]]] = defaultdict(dict)
-        self._sums: dict[str, dict[int, list[Any]]] = defaultdict(dict)
-        self._dims: dict[str, tuple[str, ...]] = {}
+        self.accumulator = Accumulator(dtype, mean_steps=self.reduce.mean_steps)
+        self.maps = MapCapture(self, self.heads, self.reduce, self._put)
         self._timesteps: dict[int, float] = {}
-        self._warned: set[str] = set()
         self._ran: set[int] = set()
-        self._active = False
-        self._rows: slice | None = None
-        self._call_index: torch.Tensor | None = None
-        self._lse_caps: dict[int, LSECapture] = {}
+        self._gap_blocks: list[int] = []
+        self.skipping = False
+        self.active = False
+        self.rows: slice | None = None
+        self.call_index: torch.Tensor | None = None
 
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
@@ -336,16 +118,9 @@ class _Recorder:
                 else:
                     self.hooks.post(spec.module, self._site_post(spec))
             for k, spec, kinds in self.map_specs:
-                parts = [("q", i, p) for i, p in enumerate(spec.q_parts)] + [("k", i, p) for i, p in enumerate(spec.k_parts)]
-                for role, i, part in parts:
-                    self.hooks.post(part.proj, self._capture_proj((k, role, i)))
-                self.hooks.pre(spec.module, self._capture_kwargs(k))
-                self.hooks.pre(spec.module, self._lse_open(k))
-                self.hooks.post(spec.module, self._maps(k, spec, kinds))
-                # runs first, and also when the module raises: the SDPA mode never outlives the call
-                self.hooks.post(spec.module, self._lse_close(k), prepend=True, always_call=True)
+                self.maps.install(self.hooks, k, spec, kinds)
             if self.skipping:
-                blocks = sorted({block_of(n) for n in self.names if block_of(n) is not None})
+                blocks = sorted({b for b in (block_of(n) for n in self.names) if b is not None})
                 for b in blocks:
                     self.hooks.post(self.adapter.block_probe(b), self._mark_ran(b))
                 self._gap_blocks = blocks
@@ -356,7 +131,7 @@ class _Recorder:
 
     def remove(self) -> None:
         self.hooks.remove()
-        self._close_all_lse()
+        self.maps.close_all()
 
     # -- per call --------------------------------------------------------------------------------
     @property
@@ -364,15 +139,15 @@ class _Recorder:
         return self.tracker.state
 
     def _begin(self, module: Any, args: tuple, kwargs: dict) -> None:
-        self._close_all_lse()  # left open only if an earlier call was interrupted (BaseException)
+        self.maps.close_all()  # left open only if an earlier call was interrupted (BaseException)
         st = self.state
         rows = cfg_rows(st, self.cfg)
-        self._active = rows is not None and st.step in self.steps
-        self._rows = rows
+        self.active = rows is not None and st.step in self.steps
+        self.rows = rows
         self._ran = set()
-        if self._active:
+        if self.active:
             self._timesteps.setdefault(st.step, st.timestep)
-            self._call_index = self._index_for_call(st)
+            self.call_index = self._index_for_call(st)
 
     def _index_for_call(self, st: CallState) -> torch.Tensor | None:
         """The text-token selection for this call's kept rows: ``[k]`` or ``[rows, k]``."""
@@ -396,15 +171,15 @@ class _Recorder:
         full = ti.repeat_interleave(per_branch // n, dim=0)  # num_images_per_prompt copies
         if st.cfg_doubled:
             full = torch.cat([full, full])  # the uncond rows use the positions of their prompt
-        return full[self._rows]
+        return full[self.rows]
 
     def _end(self, module: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        if self._active and self.skipping:
+        if self.active and self.skipping:
             for b in self._gap_blocks:
                 if b not in self._ran:
                     self.rec.gaps.append((self.state.step, b))
         self.state.scratch.clear()
-        self._active = False
+        self.active = False
 
     def _mark_ran(self, block: int) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -415,14 +190,14 @@ class _Recorder:
     # -- tensor sites ----------------------------------------------------------------------------
     def _site_pre(self, spec: SiteSpec) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if self._active:
+            if self.active:
                 self._keep(spec, spec.get(self.state, args, kwargs, None))
 
         return hook
 
     def _site_post(self, spec: SiteSpec) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            if self._active:
+            if self.active:
                 self._keep(spec, spec.get(self.state, args, kwargs, out))
 
         return hook
@@ -430,154 +205,24 @@ class _Recorder:
     def _keep(self, spec: SiteSpec, x: torch.Tensor | None) -> None:
         if x is None:
             return
-        x = x.detach()[self._rows]
-        dims = spec.dims
-        ti = self._call_index
-        if spec.stream == "txt" and ti is not None and dims[1] == "token":
-            ti = ti.to(x.device)
-            x = x.index_select(1, ti) if ti.ndim == 1 else x.gather(1, ti[:, :, None].expand(-1, -1, x.shape[-1]))
-        if self.reduce.mean_img_tokens and spec.stream == "img":
-            if dims[1:] == ("token", "channel"):
-                x, dims = x.mean(dim=1), ("batch", "channel")
-            elif dims[1:] == ("channel", "height", "width"):
-                x, dims = x.mean(dim=(2, 3)), ("batch", "channel")
-        self._put(spec.name, x, dims)
+        kept, dims = select_site(spec, x, self.rows, self.call_index, self.reduce)
+        self._put(spec.name, kept, dims)
 
-    # -- attention maps --------------------------------------------------------------------------
-    def _capture_proj(self, key: tuple) -> Callable:
-        def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            if self._active:
-                self.state.scratch[key] = out.detach()
-
-        return hook
-
-    def _capture_kwargs(self, k: int) -> Callable:
-        def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if self._active:
-                self.state.scratch[(k, "kwargs")] = kwargs
-
-        return hook
-
-    def _lse_open(self, k: int) -> Callable:
-        """Pre-hook: intercept the module's SDPA call to take its row log-sum-exp (fast maps)."""
-
-        def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if self._active and k not in self._lse_caps:
-                cap = LSECapture()
-                cap.__enter__()
-                self._lse_caps[k] = cap
-
-        return hook
-
-    def _lse_close(self, k: int) -> Callable:
-        def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            cap = self._lse_caps.pop(k, None)
-            if cap is None:
-                return
-            _exit_mode(cap)
-            if self._active and cap.result is not None and cap.sdpa_calls == 1:
-                self.state.scratch[(k, "lse")] = cap.result
-
-        return hook
-
-    def _close_all_lse(self) -> None:
-        for k in list(self._lse_caps)[::-1]:
-            _exit_mode(self._lse_caps.pop(k))
-
-    def _maps(self, k: int, spec: AttnSpec, kinds: list[str]) -> Callable:
-        def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
-            if not self._active:
-                return
-            st = self.state
-            needed = [(k, "k", i) for i in range(len(spec.k_parts))]
-            if any(key not in st.scratch for key in needed):
-                if self.skipping:  # a cache hook returned a stored attention output: a gap, not an error
-                    return
-                raise RuntimeError(
-                    f"latentlens did not see the key projections of {spec.prefix}; the attention processor "
-                    "does not call to_k/add_k_proj (or to_qkv when fused). Please report this model/processor."
-                )
-            with torch.no_grad():
-                maps = quadrant_maps(spec, st, k, st.scratch.get((k, "kwargs"), kwargs), kinds, self._rows,
-                                     heads=self.heads, text_index=self._call_index, lse=st.scratch.get((k, "lse")))
-            for key in list(st.scratch):
-                if key[0] == k:
-                    del st.scratch[key]
-            for kind, m in maps.items():
-                self._keep_map(f"{spec.prefix}.{kind}", spec.quadrants[kind], m)
-
-        return hook
-
-    def _keep_map(self, name: str, streams: tuple[str, str], m: torch.Tensor) -> None:
-        dims = ("batch", "query", "key") if self.heads == "mean" else ("batch", "head", "query", "key")
-        q_stream, k_stream = streams
-        grid = self.state.grid
-        if self.reduce.pool > 1:
-            if grid is None:
-                raise ConfigError(f"reduce pool={self.reduce.pool} needs the image grid, unknown for this model call.")
-            m = _pool_map(m, grid, self.reduce.pool, q_stream == "img", k_stream == "img")
-        if self.reduce.mean_img_tokens and q_stream == "img":
-            m = m.mean(dim=-2)
-            dims = dims[:-2] + ("key",)
-        self._put(name, m, dims)
-
-    # -- storage ---------------------------------------------------------------------------------
     def _put(self, name: str, x: torch.Tensor, dims: tuple[str, ...]) -> None:
-        st = self.state
-        y = x.to(device="cpu", dtype=self.dtype)
-        if y.data_ptr() == x.data_ptr():
-            y = y.clone()
-        # A NaN/inf anywhere makes the sum non-finite, so one reduction screens the tensor;
-        # the full element-wise check runs only when the screen fires (or the sum overflowed).
-        if (
-            name not in self._warned
-            and y.is_floating_point()
-            and not bool(torch.isfinite(y.sum()))
-            and not bool(torch.isfinite(y).all())
-        ):
-            self._warned.add(name)
-            warnings.warn(
-                f"latentlens: NaN or inf in {name!r} at step {st.step} (timestep {st.timestep:g}); "
-                "later steps of this site are not checked again.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self._dims[name] = dims
-        order = _CTX_ORDER.get(st.context, 1)
-        if self.reduce.mean_steps:
-            acc = self._sums[name].setdefault(order, [None, 0])
-            acc[0] = y.double() if acc[0] is None else acc[0] + y.double()
-            acc[1] += 1
-        else:
-            self._store[name].setdefault(st.step, []).append((order, y))
+        self.accumulator.put(name, x, dims, self.state)
 
+    # -- the result ------------------------------------------------------------------------------
     def finalize(self) -> Recording:
         rec = self.rec
-        n_steps = self.tracker.n_steps
-        self.steps.check(n_steps)
+        self.steps.check(self.tracker.n_steps)
         steps = sorted(self._timesteps)
         rec.steps = steps
         rec.timesteps = [self._timesteps[s] for s in steps]
         for name in self.names:
-            if name not in self._dims:
-                continue  # e.g. a block skipped at every step
-            if self.reduce.mean_steps:
-                parts = sorted(self._sums[name].items())
-                data = torch.cat([(acc[0] / acc[1]).to(self.dtype) for _, acc in parts], dim=0)[None]
-            else:
-                per_step = self._store[name]
-                like = next(iter(per_step.values()))
-                stacked = []
-                for s in steps:
-                    items = per_step.get(s)
-                    if items is None:  # skipped by a cache (allow_caching=True): NaN
-                        items = [(o, torch.full_like(t, float("nan"))) for o, t in like]
-                    stacked.append(torch.cat([t for _, t in sorted(items, key=lambda it: it[0])], dim=0))
-                data = torch.stack(stacked)
-            rec._data[name] = data
-            rec._dims[name] = ("step",) + self._dims[name]
-        rec.names = [n for n in self.names if n in rec._data]
-        rec.meta = {
+            stacked = self.accumulator.stacked(name, steps)
+            if stacked is not None:  # None: e.g. a block skipped at every step
+                rec.set_data(name, *stacked)
+        rec.finish(self.names, {
             "adapter": self.adapter.name,
             "model_class": type(self.transformer).__name__,
             "config": dict(getattr(self.transformer, "config", {}) or {}),
@@ -587,30 +232,8 @@ class _Recorder:
             "tokens": None if self.text_index is None else self.text_index.tolist(),
             "dtype": str(self.dtype).replace("torch.", ""),
             "skipping_hooks": self.skipping,
-        }
-        rec._done = True
+        })
         return rec
-
-
-def _pool_map(m: torch.Tensor, grid: tuple[int, int], k: int, pool_q: bool, pool_k: bool) -> torch.Tensor:
-    """Average-pool the image axes of a map ``[..., q, k]`` over ``k × k`` patches of the token grid."""
-    h, w = grid
-    if h % k or w % k:
-        raise ConfigError(f"reduce pool={k} does not divide the image token grid {h}×{w}; pick a divisor.")
-    f = torch.nn.functional
-
-    def pool_axis(x: torch.Tensor, axis: int) -> torch.Tensor:
-        x = x.movedim(axis, -1)
-        lead = x.shape[:-1]
-        x = x.reshape(-1, 1, h, w)
-        x = f.avg_pool2d(x, k)
-        return x.reshape(*lead, (h // k) * (w // k)).movedim(-1, axis)
-
-    if pool_q:
-        m = pool_axis(m, -2)
-    if pool_k:
-        m = pool_axis(m, -1)
-    return m
 
 
 class record:  # noqa: N801 - used as a function-like context manager
@@ -655,33 +278,33 @@ class record:  # noqa: N801 - used as a function-like context manager
         sites: Sites = None,
         attention: Sites = None,
         steps: Steps = None,
-        cfg: str = "cond",
-        tokens: int | str | Sequence[int | str] | None = None,
-        reduce: Any = None,
+        cfg: CfgBranch = "cond",
+        tokens: TokenSpec = None,
+        reduce: ReduceSpec = None,
         dtype: torch.dtype = torch.float32,
-        heads: str = "mean",
-        store: Any = None,
+        heads: Heads = "mean",
+        store: RecordingSink | None = None,
         *,
         allow_caching: bool = False,
         prompt: str | Sequence[str] | None = None,
     ) -> None:
         if sites is None and attention is None:
             sites = "blocks.*.resid_out.*"
-        self._recorder = _Recorder(target, sites, attention, steps, cfg, tokens, reduce, dtype, heads, store,
+        self._recorder = Recorder(target, sites, attention, steps, cfg, tokens, reduce, dtype, heads, store,
                                    allow_caching, prompt)
 
     def __enter__(self) -> Recording:
         self._recorder.install()
         return self._recorder.rec
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._recorder.remove()
         if exc_type is None:
             rec = self._recorder.finalize()
             if self._recorder.store is not None:
                 sample_ids = self._recorder.store.add_recording(rec)
                 if sample_ids is not None and hasattr(self._recorder.store, "read"):
-                    rec._move_to_store(self._recorder.store, sample_ids)
+                    rec.move_to_store(self._recorder.store, sample_ids)
 
 
-__all__ = ["Recording", "record", "site_names", "word_token_indices"]
+__all__ = ["Recorder", "Recording", "RecordingSink", "record", "site_names", "word_token_indices"]

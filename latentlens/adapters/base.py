@@ -2,19 +2,28 @@
 
 An adapter turns one transformer class into a list of named *sites* (a tensor
 read — and optionally written — by a torch hook on one module) and named
-*attention specs* (where a block's queries and keys come from). The recorder
-and the interventions only ever talk to these descriptions, so a new
-architecture is one new file in ``latentlens/adapters/`` that subclasses
-:class:`Adapter` and is listed in ``latentlens/adapters/__init__.py``.
+*attention specs* (where a block's queries and keys come from), and names the
+rest of what its pipelines imply: the text segments (tokenizer, offset, length),
+site widths and the :class:`~latentlens.adapters.generation.EditModel` that
+encodes prompts, predicts, (de)noises and decodes. The recorder, the
+interventions, the editor and the dashboard only talk to these descriptions, so
+a new architecture is one new file in ``latentlens/adapters/`` (see
+``docs/design.md``, "Adding an architecture").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from latentlens.names import is_map
+
+if TYPE_CHECKING:
+    from latentlens.adapters.generation import EditModel
 
 Getter = Callable[["CallState", tuple, dict, Any], torch.Tensor]
 Setter = Callable[["CallState", tuple, dict, Any, torch.Tensor], Any]
@@ -154,6 +163,20 @@ def joint_out_site(name: str, module: nn.Module, part: str, dims: tuple[str, ...
 TOKENS = ("batch", "token", "channel")
 
 
+@dataclass(frozen=True)
+class TextSegment:
+    """One text encoder's stretch of ``encoder_hidden_states``: tokens ``offset .. offset + length``.
+
+    ``tokenizer`` made those tokens; ``length`` is the most tokens it contributes (its truncation
+    length). The recorder locates words with it and the editor diffs prompts with it, so both truncate
+    the same way.
+    """
+
+    tokenizer: Any
+    offset: int
+    length: int
+
+
 class Adapter:
     """Base class of the per-architecture adapters.
 
@@ -161,11 +184,20 @@ class Adapter:
     :meth:`begin_call` and, where the pipeline doubles the batch, :meth:`cfg_doubled`.
     """
 
-    #: class names of the transformers this adapter handles
+    #: class names of the transformers this adapter handles (matched against the class hierarchy)
     transformer_classes: tuple[str, ...] = ()
-    #: pipeline attributes holding the tokenizers whose tokens make up ``encoder_hidden_states``,
-    #: with the offset of each segment (resolved by :meth:`text_segments`)
+    #: class names of the pipelines this adapter is for; empty = any pipeline around such a transformer
+    #: (an adapter that names pipelines is preferred over one that does not)
+    pipeline_classes: tuple[str, ...] = ()
+    #: the hook-layout family, written into run manifests
     name: str = "base"
+    #: the :class:`~latentlens.adapters.generation.EditModel` subclass that generates with this
+    #: architecture (None: the editor does not support it)
+    edit_model: ClassVar[type[EditModel] | None] = None
+    #: config key of the text encoder output width (``text.tokens``)
+    text_width_key: str = "joint_attention_dim"
+    #: pipeline subfolders holding the tokenizer of each text segment, in segment order
+    tokenizer_subfolders: tuple[str, ...] = ("tokenizer",)
 
     def __init__(self, transformer: nn.Module, pipe: Any = None) -> None:
         self.transformer = transformer
@@ -188,6 +220,10 @@ class Adapter:
         """True when this call's batch is ``[uncond, cond]`` (CFG by batch concatenation)."""
         return False
 
+    def alias(self, name: str) -> str:
+        """The canonical name of an alias (e.g. Flux's ``single_blocks.{j}``); other names unchanged."""
+        return name
+
     def block_modules(self) -> list[nn.Module]:
         """The blocks in execution order (index = block number in names)."""
         raise NotImplementedError
@@ -196,10 +232,41 @@ class Adapter:
         """A module that runs exactly when block ``index`` really computes (for gap detection)."""
         raise NotImplementedError
 
-    def text_segments(self) -> list[tuple[Any, int]]:
-        """``[(tokenizer, offset)]``: which tokenizer produced the text tokens starting at ``offset``."""
+    def text_segments(self, max_sequence_length: int | None = None) -> list[TextSegment]:
+        """Which tokenizer produced which text tokens (``max_sequence_length``: the T5-style encoder's length)."""
         tok = getattr(self.pipe, "tokenizer", None)
-        return [(tok, 0)] if tok is not None else []
+        if tok is None:
+            return []
+        length = max_sequence_length or getattr(self.pipe, "tokenizer_max_length", None) or tok.model_max_length
+        return [TextSegment(tok, 0, int(length))]
+
+    def site_width(self, name: str) -> int | None:
+        """Channel width of a token site (``text.tokens``, ``text.pooled``, block sites); None for others.
+
+        Example: ``adapter_for(sd3_pipe).site_width("text.pooled")`` → 2048.
+        """
+        config = getattr(self.transformer, "config", None) or {}
+        if name == "text.tokens":
+            value = config.get(self.text_width_key)
+        elif name == "text.pooled":
+            value = config.get("pooled_projection_dim")
+        elif name.startswith("blocks.") and not is_map(name):
+            heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+            value = int(heads) * int(head_dim) if heads and head_dim else None
+        else:
+            value = None
+        return int(value) if value else None
+
+    @classmethod
+    def offline_tokenizer(cls, model_id: str, pipeline_class: str) -> Any:
+        """The tokenizer of the first text segment of a saved pipeline folder, or None (no download)."""
+        from transformers import AutoTokenizer
+
+        folder = Path(model_id).expanduser()
+        sub = cls.tokenizer_subfolders[0] if cls.tokenizer_subfolders else None
+        if sub is None or not (folder / sub).is_dir():
+            return None
+        return AutoTokenizer.from_pretrained(str(folder / sub), local_files_only=True)
 
     # -- shared helpers ------------------------------------------------------------------------
     @staticmethod

@@ -17,9 +17,11 @@ and an "uncond" call per step inside ``transformer.cache_context``; the step axi
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from latentlens.adapters.base import (
@@ -29,12 +31,14 @@ from latentlens.adapters.base import (
     CallState,
     QKPart,
     SiteSpec,
+    TextSegment,
     arg_site,
     joint_out_site,
     out_site,
     timestep_value,
 )
-from latentlens.adapters.sd3 import ALL_QUADRANTS, MOD, _reshape_mod, pred_site
+from latentlens.adapters.generation import EditModel, TextEmbeds, VAEMixin
+from latentlens.adapters.sd3 import ALL_QUADRANTS, MOD, pred_site, reshape_mod
 
 
 class FluxAdapter(Adapter):
@@ -79,10 +83,10 @@ class FluxAdapter(Adapter):
             out.append(out_site(p + "resid_out.img", b, 1, TOKENS, "img"))
             out.append(out_site(p + "resid_out.txt", b, 0, TOKENS, "txt"))
             if i < n_double:
-                out.append(out_site(p + "mod", b.norm1.linear, None, MOD, None, _reshape_mod(6)))
-                out.append(out_site(p + "mod.txt", b.norm1_context.linear, None, MOD, None, _reshape_mod(6)))
+                out.append(out_site(p + "mod", b.norm1.linear, None, MOD, None, reshape_mod(6)))
+                out.append(out_site(p + "mod.txt", b.norm1_context.linear, None, MOD, None, reshape_mod(6)))
             else:
-                out.append(out_site(p + "mod", b.norm.linear, None, MOD, None, _reshape_mod(3)))
+                out.append(out_site(p + "mod", b.norm.linear, None, MOD, None, reshape_mod(3)))
         out.append(pred_site("pred", t, TOKENS))
         return out
 
@@ -126,6 +130,116 @@ class FluxAdapter(Adapter):
                 state.grid = (rows, cols)
         state.timestep = timestep_value(ts)
 
-    def text_segments(self) -> list[tuple[Any, int]]:
+    tokenizer_subfolders = ("tokenizer_2",)  # the T5 tokenizer: text.tokens are T5 states
+
+    def text_segments(self, max_sequence_length: int | None = None) -> list[TextSegment]:
         tok = getattr(self.pipe, "tokenizer_2", None)
-        return [(tok, 0)] if tok is not None else []
+        return [TextSegment(tok, 0, int(max_sequence_length or 512))] if tok is not None else []
+
+
+class FluxEditModel(VAEMixin, EditModel):
+    """FluxPipeline: CLIP pooled + T5 tokens, 2×2-packed VAE latents, embedded guidance or true CFG.
+
+    As in ``FluxPipeline``: ``guidance_scale`` is the embedded guidance of a guidance-distilled
+    transformer (``guidance_embeds``; ignored otherwise) and ``true_cfg_scale > 1`` runs true CFG
+    against the empty prompt (two calls, in diffusers' ``cache_context("cond"/"uncond")``).
+    """
+
+    kind = "flux"
+    default_guidance = 3.5
+    default_steps = 28
+    uses_batch_cfg = False
+
+    def __init__(self, pipe: Any, guidance_scale: float | None = None, true_cfg_scale: float = 1.0,
+                 **kwargs: Any) -> None:
+        super().__init__(pipe, guidance_scale, **kwargs)
+        self.true_cfg_scale = float(true_cfg_scale)
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.true_cfg_scale > 1.0
+
+    def _default_size(self) -> int:
+        return int(self.pipe.default_sample_size * self.pipe.vae_scale_factor)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        f = int(self.pipe.vae_scale_factor)
+        h, w = 2 * (self.height // (f * 2)), 2 * (self.width // (f * 2))
+        return (int(self.transformer.config.in_channels) // 4, h, w)
+
+    @property
+    def distilled(self) -> bool:
+        return bool(getattr(self.transformer.config, "guidance_embeds", False))
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> TextEmbeds:
+        tokens, pooled, text_ids = self.pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, device=self.device,
+            max_sequence_length=int(self.max_sequence_length or 512),
+        )
+        return TextEmbeds(tokens, pooled, {"txt_ids": text_ids})
+
+    def _set_timesteps(self, scheduler: Any, n: int) -> None:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c, h, w = self.latent_shape()
+        seq = (h // 2) * (w // 2)
+        cfg = scheduler.config
+        sigmas = np.linspace(1.0, 1 / n, n)
+        kwargs: dict[str, Any] = {}
+        if cfg.get("use_dynamic_shifting", False):
+            kwargs["mu"] = calculate_shift(seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                                           cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        scheduler.set_timesteps(sigmas=sigmas, **kwargs)
+
+    def _ids(self, batch: int) -> torch.Tensor:
+        c, h, w = self.latent_shape()
+        return self.pipe._prepare_latent_image_ids(batch, h // 2, w // 2, self.device, self.dtype)
+
+    def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
+        b, c, h, w = z.shape
+        packed = self.pipe._pack_latents(z.to(self.dtype), b, c, h, w)  # [B, hw/4, 4C]
+        guidance = None
+        if self.distilled:
+            guidance = torch.full([b], self.guidance_scale, device=self.device, dtype=torch.float32)
+        txt_ids = (cond.extra or {}).get("txt_ids")
+        if txt_ids is None:
+            txt_ids = torch.zeros(cond.tokens.shape[1], 3, device=self.device, dtype=self.dtype)
+        out = self.transformer(
+            hidden_states=packed,
+            timestep=sigma.to(self.dtype),
+            guidance=guidance,
+            pooled_projections=cond.pooled.to(self.dtype),
+            encoder_hidden_states=cond.tokens.to(self.dtype),
+            txt_ids=txt_ids,
+            img_ids=self._ids(b),
+            return_dict=False,
+        )[0]
+        vae_f = int(self.pipe.vae_scale_factor)
+        return self.pipe._unpack_latents(out, h * vae_f, w * vae_f, vae_f).float()  # [B, C, h, w]
+
+    @torch.no_grad()
+    def velocity(self, z, sigma, cond, guidance_scale=None, hook=None):  # type: ignore[override]
+        batch = z.shape[0]
+        sigma = self._sigma(sigma, batch)
+        cond = cond.expand(batch)
+        scale = self.true_cfg_scale if guidance_scale is None else float(guidance_scale)
+        ctx = (hook() if hook is not None else None) or contextlib.nullcontext()
+        with ctx:
+            with self.transformer.cache_context("cond"):
+                v = self._call(z, sigma, cond)
+            if scale > 1.0:
+                with self.transformer.cache_context("uncond"):
+                    v_u = self._call(z, sigma, self.uncond(batch))
+                v = v_u + scale * (v - v_u)
+        return v
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self._vae_encode(images).to(self.device, self.dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._vae_decode(z)
+
+
+FluxAdapter.edit_model = FluxEditModel
+FluxEditModel.adapter_class = FluxAdapter

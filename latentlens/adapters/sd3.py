@@ -24,12 +24,13 @@ The last block has no text output (``context_pre_only``): no ``resid_out.txt``, 
 CFG: when the pipeline's ``do_classifier_free_guidance`` is true (or, for pipelines without that flag,
 when the two batch halves of the latents are identical) the batch is ``[uncond, cond]``. Steps count
 transformer calls, so SD3's skip-layer guidance (an extra call per step) adds steps.
-Text tokens: ``[CLIP tokens (tokenizer_max_length), T5 tokens]`` for SD3 pipelines; one tokenizer for the toy.
+Text tokens: ``[CLIP tokens (tokenizer_max_length), T5 tokens]`` for SD3 pipelines (the toy model has its
+own file, ``toy.py``). Editing: :class:`SD3EditModel` (CLIP-L + CLIP-G (+ T5) text, VAE latents, batch CFG).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -40,9 +41,11 @@ from latentlens.adapters.base import (
     PatchGridAdapter,
     QKPart,
     SiteSpec,
+    TextSegment,
     arg_site,
     out_site,
 )
+from latentlens.adapters.generation import EditModel, TextEmbeds, VAEMixin
 
 IMAGE = ("batch", "channel", "height", "width")
 MOD = ("batch", "param", "channel")
@@ -63,7 +66,9 @@ def pred_site(name: str, module: Any, dims: tuple[str, ...]) -> SiteSpec:
     return SiteSpec(name, module, "post", get, set_, dims, "img" if dims == TOKENS else None)
 
 
-def _reshape_mod(k: int):
+def reshape_mod(k: int) -> Any:
+    """A transform reshaping a flat AdaLN output `[batch, k * channel]` to `[batch, k, channel]`."""
+
     def transform(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], k, -1)  # [batch, k, dim]
 
@@ -137,9 +142,9 @@ class SD3Adapter(PatchGridAdapter):
             out.append(out_site(p + "resid_out.img", b, 1, TOKENS, "img"))
             if not pre_only:
                 out.append(out_site(p + "resid_out.txt", b, 0, TOKENS, "txt"))
-            out.append(out_site(p + "mod", b.norm1.linear, None, MOD, None, _reshape_mod(9 if dual else 6)))
+            out.append(out_site(p + "mod", b.norm1.linear, None, MOD, None, reshape_mod(9 if dual else 6)))
             out.append(
-                out_site(p + "mod.txt", b.norm1_context.linear, None, MOD, None, _reshape_mod(2 if pre_only else 6))
+                out_site(p + "mod.txt", b.norm1_context.linear, None, MOD, None, reshape_mod(2 if pre_only else 6))
             )
         out.append(pred_site("pred", t, IMAGE))
         return out
@@ -156,11 +161,55 @@ class SD3Adapter(PatchGridAdapter):
                                       b.attn2.inner_dim // b.attn2.heads, q2, k2, {"img2img": ("img", "img")}))
         return specs
 
-    def text_segments(self) -> list[tuple[Any, int]]:
+    def text_segments(self, max_sequence_length: int | None = None) -> list[TextSegment]:
         pipe = self.pipe
+        clip_len = int(getattr(pipe, "tokenizer_max_length", 77))
         segments = []
         if getattr(pipe, "tokenizer", None) is not None:
-            segments.append((pipe.tokenizer, 0))
+            segments.append(TextSegment(pipe.tokenizer, 0, clip_len))
         if getattr(pipe, "tokenizer_3", None) is not None:
-            segments.append((pipe.tokenizer_3, int(getattr(pipe, "tokenizer_max_length", 77))))
+            segments.append(TextSegment(pipe.tokenizer_3, clip_len, int(max_sequence_length or 256)))
         return segments
+
+
+class SD3EditModel(VAEMixin, EditModel):
+    """StableDiffusion3Pipeline (SD3 / SD3.5): CLIP-L + CLIP-G (+ T5) text, VAE latents, batch CFG."""
+
+    kind = "sd3"
+    default_guidance = 7.0
+    default_steps = 28
+
+    def _default_size(self) -> int:
+        return int(self.pipe.default_sample_size * self.pipe.vae_scale_factor)
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        f = int(self.pipe.vae_scale_factor)
+        return (int(self.transformer.config.in_channels), self.height // f, self.width // f)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> TextEmbeds:
+        prompts = list(prompts)
+        tokens, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
+            do_classifier_free_guidance=False, max_sequence_length=int(self.max_sequence_length or 256),
+        )
+        return TextEmbeds(tokens, pooled)
+
+    def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
+        return self.transformer(
+            hidden_states=z.to(self.dtype),
+            timestep=(sigma * 1000.0).to(self.dtype),
+            encoder_hidden_states=cond.tokens.to(self.dtype),
+            pooled_projections=cond.pooled.to(self.dtype),
+            return_dict=False,
+        )[0].float()
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self._vae_encode(images).to(self.device, self.dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._vae_decode(z)
+
+
+SD3Adapter.edit_model = SD3EditModel
+SD3EditModel.adapter_class = SD3Adapter

@@ -17,14 +17,14 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
-from latentlens.editor.model import EditModel, TextEmbeds
+from latentlens import text
+from latentlens.adapters import EditModel, TextEmbeds
 from latentlens.errors import ConfigError
 
 #: |α| above this gets a warning: the embedding leaves the region the model was trained on.
@@ -131,23 +131,9 @@ def apply_text_direction(e_s: TextEmbeds, direction: Any, alpha: float) -> TextE
 def changed_tokens(model: EditModel, source: str, target: str) -> tuple[list[int], list[int]]:
     """Token positions of the words that differ: ``(in the source, in the target)``.
 
-    Each text encoder's token ids are compared with a longest-matching-blocks diff, so a word that
-    changes into a word with a different number of tokens still marks only itself; positions are
-    offsets into ``encoder_hidden_states`` (segment offsets included). Special tokens never count.
+    Same as :func:`latentlens.text.changed_tokens` with the model's text segments.
     """
-    src_pos: list[int] = []
-    tgt_pos: list[int] = []
-    for tokenizer, offset, length in model.tokenizers():
-        ids_s = tokenizer(source, truncation=True, max_length=length)["input_ids"]
-        ids_t = tokenizer(target, truncation=True, max_length=length)["input_ids"]
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        matcher = difflib.SequenceMatcher(a=ids_s, b=ids_t, autojunk=False)
-        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-            if tag == "equal":
-                continue
-            src_pos += [offset + i for i in range(i1, i2) if ids_s[i] not in special]
-            tgt_pos += [offset + j for j in range(j1, j2) if ids_t[j] not in special]
-    return sorted(set(src_pos)), sorted(set(tgt_pos))
+    return text.changed_tokens(model, source, target)
 
 
 __all__ = ["SANE_DEGREE", "apply_text_direction", "changed_tokens", "check_degree", "encode_pair", "interpolate"]

@@ -116,7 +116,7 @@ def test_chunking_is_exact_and_columns_are_normalised_over_all_keys():
 
 def test_only_requested_work_is_done(monkeypatch):
     """Maps are computed only for requested blocks, steps and query streams."""
-    import latentlens.recorder as recorder_mod
+    import latentlens.capture.maps as recorder_mod
 
     pipe = get_pipe("sd3")
     seen = []

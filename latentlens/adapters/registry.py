@@ -1,0 +1,123 @@
+"""The architecture registry: which adapter (and so which hooks, text segments, widths and
+:class:`~latentlens.adapters.generation.EditModel`) a pipeline or transformer gets.
+
+Dispatch is by class hierarchy: an adapter matches when one of its ``transformer_classes`` is in
+the MRO of the target's transformer and, if it names ``pipeline_classes``, one of them is in the
+MRO of the pipeline; adapters that name pipelines win over those that do not, so a subclass of a
+supported class is recorded *and* edited like its parent.
+
+Example::
+
+    from latentlens.adapters import adapter_for
+    adapter = adapter_for(pipe)
+    adapter.site_width("text.pooled"), [s.offset for s in adapter.text_segments()]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latentlens.adapters.base import Adapter
+from latentlens.adapters.flux import FluxAdapter
+from latentlens.adapters.generation import EditModel
+from latentlens.adapters.pixart import PixArtAdapter
+from latentlens.adapters.sd3 import SD3Adapter
+from latentlens.adapters.toy import ToyAdapter
+from latentlens.errors import ConfigError
+
+#: every adapter, most specific first (one line per architecture file)
+ADAPTERS: tuple[type[Adapter], ...] = (ToyAdapter, SD3Adapter, FluxAdapter, PixArtAdapter)
+
+
+class UnsupportedModelError(ConfigError):
+    """The transformer's class has no adapter."""
+
+
+def supported_classes() -> list[str]:
+    """Transformer class names some adapter handles, e.g. ``['SD3Transformer2DModel', ...]``."""
+    return list(dict.fromkeys(c for a in ADAPTERS for c in a.transformer_classes))
+
+
+def split_target(target: Any) -> tuple[Any, Any]:
+    """``(transformer, pipeline or None)`` from a pipeline (has ``.transformer``) or a bare transformer."""
+    transformer = getattr(target, "transformer", None)
+    if transformer is not None:
+        return transformer, target
+    return target, None
+
+
+def _class_names(obj: Any) -> set[str]:
+    return {cls.__name__ for cls in type(obj).__mro__} if obj is not None else set()
+
+
+def adapter_class_for(target: Any) -> type[Adapter]:
+    """The adapter class for a pipeline or bare transformer; :class:`UnsupportedModelError` otherwise."""
+    transformer, pipe = split_target(target)
+    transformer_names, pipe_names = _class_names(transformer), _class_names(pipe)
+    matches = [a for a in ADAPTERS if transformer_names & set(a.transformer_classes)]
+    for adapter_cls in matches:
+        if not adapter_cls.pipeline_classes or pipe_names & set(adapter_cls.pipeline_classes):
+            return adapter_cls
+    raise UnsupportedModelError(
+        f"latentlens has no adapter for {type(transformer).__name__} (the target's transformer); supported "
+        f"classes are {', '.join(supported_classes())}. Pass a pipeline whose .transformer is one of them, or "
+        "add an adapter: one file in latentlens/adapters/ subclassing latentlens.adapters.base.Adapter "
+        "(see sd3.py), listed in ADAPTERS of latentlens/adapters/registry.py."
+    )
+
+
+def adapter_for(target: Any) -> Adapter:
+    """The adapter for a pipeline or bare transformer; raises :class:`UnsupportedModelError` otherwise."""
+    transformer, pipe = split_target(target)
+    return adapter_class_for(target)(transformer, pipe)
+
+
+def edit_model_for(pipe: Any, **kwargs: Any) -> EditModel:
+    """The architecture's :class:`EditModel` around ``pipe`` (keyword arguments go to its constructor)."""
+    adapter = adapter_for(pipe)
+    model_cls = adapter.edit_model
+    if model_cls is None or getattr(pipe, "transformer", None) is None:
+        raise ConfigError(
+            f"The EMS editor has no support for {type(pipe).__name__} (adapter {type(adapter).__name__}); it "
+            "edits pipelines of the toy model, SD3/SD3.5, Flux.1 and PixArt-α/Σ. Pass one of those pipelines."
+        )
+    return model_cls(pipe, adapter=adapter, **kwargs)
+
+
+def site_width(target: Any, name: str) -> int | None:
+    """Channel width of site ``name`` in ``target`` (None where it has no single channel width).
+
+    Example: ``site_width(sd3_pipe, "text.pooled")`` → 2048; ``site_width(flux_pipe, "text.pooled")`` → 768.
+    """
+    return adapter_for(target).site_width(name)
+
+
+def offline_tokenizer(model_id: str, pipeline_class: str = "") -> Any:
+    """The first text segment's tokenizer of a recorded run's model, loaded offline, or None.
+
+    ``model_id`` and ``pipeline_class`` are what a run's manifest says (``model.id``,
+    ``model.pipeline_class``); nothing is downloaded.
+    """
+    for adapter_cls in ADAPTERS:
+        if adapter_cls.pipeline_classes and pipeline_class not in adapter_cls.pipeline_classes and model_id != "toy":
+            continue
+        try:
+            tokenizer = adapter_cls.offline_tokenizer(model_id, pipeline_class)
+        except (OSError, ValueError):  # an unreadable tokenizer folder: labels fall back to indices
+            tokenizer = None
+        if tokenizer is not None:
+            return tokenizer
+    return None
+
+
+__all__ = [
+    "ADAPTERS",
+    "UnsupportedModelError",
+    "adapter_class_for",
+    "adapter_for",
+    "edit_model_for",
+    "offline_tokenizer",
+    "site_width",
+    "split_target",
+    "supported_classes",
+]

@@ -1,0 +1,90 @@
+"""Per-step accumulation of captured tensors and the final ``[step, batch, ...]`` arrays.
+
+Each captured tensor is moved to the CPU in the recording's dtype, screened once for NaN/inf, and
+kept per (name, step) — ordered ``uncond`` before ``cond`` when a pipeline makes one call per CFG
+branch — or summed into a running mean with ``reduce="mean_steps"``.
+
+Example::
+
+    acc = Accumulator(torch.float32, mean_steps=False)
+    acc.put("pred", x, ("batch", "channel", "height", "width"), state)
+    data, dims = acc.stacked("pred", steps=[0, 1])   # [step, batch, ...]
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from latentlens.adapters.base import CallState
+
+_CONTEXT_ORDER = {"uncond": 0, None: 1, "cond": 1}
+
+
+class Accumulator:
+    """Holds what a recording captured until it ends."""
+
+    def __init__(self, dtype: torch.dtype, mean_steps: bool) -> None:
+        self.dtype = dtype
+        self.mean_steps = mean_steps
+        self._per_step: dict[str, dict[int, list[tuple[int, torch.Tensor]]]] = defaultdict(dict)
+        self._sums: dict[str, dict[int, list[Any]]] = defaultdict(dict)
+        self.dims: dict[str, tuple[str, ...]] = {}
+        self._warned: set[str] = set()
+
+    def put(self, name: str, x: torch.Tensor, dims: tuple[str, ...], state: CallState) -> None:
+        """Keep ``x`` (first axis batch, named ``dims``) as ``name`` at the call's step."""
+        y = x.to(device="cpu", dtype=self.dtype)
+        if y.data_ptr() == x.data_ptr():
+            y = y.clone()
+        # A NaN/inf anywhere makes the sum non-finite, so one reduction screens the tensor;
+        # the full element-wise check runs only when the screen fires (or the sum overflowed).
+        if (
+            name not in self._warned
+            and y.is_floating_point()
+            and not bool(torch.isfinite(y.sum()))
+            and not bool(torch.isfinite(y).all())
+        ):
+            self._warned.add(name)
+            warnings.warn(
+                f"latentlens: NaN or inf in {name!r} at step {state.step} (timestep {state.timestep:g}); "
+                "later steps of this site are not checked again.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self.dims[name] = dims
+        order = _CONTEXT_ORDER.get(state.context, 1)
+        if self.mean_steps:
+            acc = self._sums[name].setdefault(order, [None, 0])
+            acc[0] = y.double() if acc[0] is None else acc[0] + y.double()
+            acc[1] += 1
+        else:
+            self._per_step[name].setdefault(state.step, []).append((order, y))
+
+    def stacked(self, name: str, steps: list[int]) -> tuple[torch.Tensor, tuple[str, ...]] | None:
+        """``(data [step, batch, ...], dims)`` of ``name`` over ``steps``; None if it was never captured.
+
+        A step a diffusers cache skipped (``allow_caching=True``) is filled with NaN.
+        """
+        if name not in self.dims:
+            return None
+        if self.mean_steps:
+            parts = sorted(self._sums[name].items())
+            data = torch.cat([(acc[0] / acc[1]).to(self.dtype) for _, acc in parts], dim=0)[None]
+        else:
+            per_step = self._per_step[name]
+            like = next(iter(per_step.values()))
+            stacked = []
+            for s in steps:
+                items = per_step.get(s)
+                if items is None:
+                    items = [(o, torch.full_like(t, float("nan"))) for o, t in like]
+                stacked.append(torch.cat([t for _, t in sorted(items, key=lambda it: it[0])], dim=0))
+            data = torch.stack(stacked)
+        return data, ("step",) + self.dims[name]
+
+
+__all__ = ["Accumulator"]
