@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 import latentlens
+from latentlens.adapters import offline_tokenizer
 from latentlens.errors import LatentlensError, StoreError
 from latentlens.results import AnalysisResults, has_analysis, load_results
 
@@ -158,7 +159,7 @@ class RunIndex:
 # Keys are (path, mtime-of-manifest) so a re-recorded run is read afresh.
 
 
-def _stamp(path: Path) -> float:
+def stamp(path: Path) -> float:
     try:
         return max((path / MANIFEST).stat().st_mtime, (path / "analysis").stat().st_mtime if (path / "analysis").exists() else 0)
     except OSError:
@@ -172,7 +173,7 @@ def _open_cached(path: str, stamp: float) -> Any:
 
 def _open(path: Path) -> Any:
     try:
-        return _open_cached(str(path), _stamp(path))
+        return _open_cached(str(path), stamp(path))
     except LatentlensError:
         raise
     except Exception as error:  # zarr/json errors of a damaged folder
@@ -192,7 +193,7 @@ def _results_cached(path: str, stamp: float) -> AnalysisResults:
 def results(index: RunIndex, run_id: str) -> AnalysisResults:
     """The analysis of ``run_id``; :class:`StoreError` with the command to run when it is missing."""
     path = index.path(run_id)
-    return _results_cached(str(path), _stamp(path))
+    return _results_cached(str(path), stamp(path))
 
 
 _PER_RUN: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
@@ -270,7 +271,7 @@ def features(index: RunIndex, run_id: str, site: str, step: int) -> np.ndarray:
     """``[sample, channel]`` features of ``site`` at ``step`` (mean over tokens); NaN rows = unfinished samples."""
     path = index.path(run_id)
     _open(path)
-    return _features_cached(str(path), _stamp(path), str(site), int(step))
+    return _features_cached(str(path), stamp(path), str(site), int(step))
 
 
 @functools.lru_cache(maxsize=32)
@@ -293,7 +294,7 @@ def pca(index: RunIndex, run_id: str, site: str, step: int) -> tuple[np.ndarray,
     """``(sample ids [n], coords [n, 2], explained variance ratio [2])`` of a PCA of the cell."""
     path = index.path(run_id)
     _open(path)
-    return _pca_cached(str(path), _stamp(path), str(site), int(step))
+    return _pca_cached(str(path), stamp(path), str(site), int(step))
 
 
 def attention_map(index: RunIndex, run_id: str, site: str, sample: int) -> np.ndarray:
@@ -325,13 +326,8 @@ def attention_sites(run: Any) -> dict[int, str]:
 
 
 def activation_sites(run: Any) -> list[str]:
-    """Recorded names with dims [sample, step, (token,) channel] (residuals etc., not attention maps)."""
-    names = []
-    for name in run.names:
-        if ".attn." in name and name.rsplit(".", 1)[-1] in ("img2txt", "txt2img", "img2img", "txt2txt"):
-            continue
-        names.append(name)
-    return names
+    """Recorded names that are activations (residuals etc.), not attention maps, as the store says."""
+    return [name for name in run.names if run.kind(name) == "activation"]
 
 
 def image_file(index: RunIndex, run_id: str, sample: int) -> Path | None:
@@ -351,20 +347,8 @@ def clear_caches() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(manifest_model: str, pipeline_class: str) -> Any:
-    """A tokenizer for the run's model, or None: the toy's MiniLM, or a local pipeline folder's ``tokenizer/``."""
-    from transformers import AutoTokenizer
-
-    folder = Path(manifest_model).expanduser()
-    try:
-        if manifest_model == "toy" or pipeline_class == "ToyPipeline":
-            from latentlens.toy.text_encoder import text_encoder_path
-
-            return AutoTokenizer.from_pretrained(str(text_encoder_path()), local_files_only=True)
-        if (folder / "tokenizer").is_dir():
-            return AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
-    except Exception:  # noqa: BLE001 - labels are a convenience; "token k" is shown without them
-        return None
-    return None
+    """A tokenizer for the run's model from the architecture registry, or None (labels show indices)."""
+    return offline_tokenizer(manifest_model, pipeline_class)
 
 
 def token_labels(run: Any, sample: int, n_keys: int) -> list[str]:
@@ -383,22 +367,12 @@ def token_labels(run: Any, sample: int, n_keys: int) -> list[str]:
 
 
 def recorded_steps(run: Any, n_steps: int) -> list[int]:
-    """Denoising step of every position of a stored step axis (the manifest's recorded ``steps``).
+    """Denoising step of every position of a stored step axis (what the recorder resolved).
 
     ``latentlens record --steps 0,4,8`` stores 3 positions; probe results, directions and the pages
     speak of denoising steps (0, 4, 8), and this is the map between the two.
     """
-    spec = (run_manifest(run).get("recording") or {}).get("steps")
-    steps: list[int] | None = None
-    if isinstance(spec, list) and spec and all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
-        steps = sorted(set(spec))
-    elif isinstance(spec, dict) and isinstance(spec.get("range"), list):
-        steps = list(range(*[v for v in spec["range"] if v is not None]))
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        steps = [spec]
-    if steps is None or len(steps) != n_steps:
-        steps = list(range(n_steps))
-    return steps
+    return list(run.recorded_steps(n_steps))
 
 
 def step_position(run: Any, site: str, step: int) -> int:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 import latentlens
+from latentlens.adapters import site_width
 from latentlens.errors import ConfigError
 
 from dashboards import config
@@ -199,7 +200,7 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
     progress(0, 1, f"loading model {model_id} …")
     pipe = load_pipeline_for(model_id)
     if direction is not None:
-        width = _site_width(pipe, direction.site)
+        width = site_width(pipe, direction.site)
         if width is not None:
             direction.check_fits(width, what=f"model {model_id!r}")
     steps = int(request.steps or config.setting("edit_steps"))
@@ -264,18 +265,6 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
     progress(total, total, "done")
     metrics = [edit_metrics(source, image) for image in images]
     return EditOutput(source=source, images=images, alphas=[float(a) for a in request.alphas], metrics=metrics, method=method)
-
-
-def _site_width(pipe: Any, site: str) -> int | None:
-    """Channel width of ``site`` in ``pipe`` (image/text residual sites of a DiT), or None if unknown."""
-    transformer = getattr(pipe, "transformer", None)
-    config_ = getattr(transformer, "config", None)
-    if config_ is None:
-        return None
-    if site.startswith("text."):
-        return int(config_.get("joint_attention_dim")) if config_.get("joint_attention_dim") else None
-    heads, head_dim = config_.get("num_attention_heads"), config_.get("attention_head_dim")
-    return int(heads) * int(head_dim) if heads and head_dim else None
 
 
 __all__ = ["EditRequest", "EditOutput", "run_edit", "save_upload", "save_result_image", "edit_metrics", "png_data_uri"]

@@ -45,11 +45,15 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from latentlens.errors import StoreError
+from latentlens.names import is_map
+
+#: what an array of a run holds
+ArrayKind = Literal["map", "activation"]
 
 FORMAT = "latentlens-run/1"
 MANIFEST = "manifest.json"
@@ -589,6 +593,33 @@ class RunStore:
         """Dim names of array ``name``, e.g. ``('sample', 'step', 'token', 'channel')``."""
         return self.read(name).dims
 
+    def kind(self, name: str) -> ArrayKind:
+        """``"map"`` (an attention map) or ``"activation"``, as the recorder wrote it.
+
+        Example: ``[n for n in run.names if run.kind(n) == "activation"]``.
+        """
+        self.read(name)  # an unknown name is a clear error
+        entry = (self._manifest.get("recorded") or {}).get(name) or {}
+        kind = entry.get("kind")
+        if kind in ("map", "activation"):
+            return kind  # type: ignore[no-any-return]
+        return "map" if is_map(name) else "activation"  # runs written before kinds were recorded
+
+    def recorded_steps(self, n_steps_axis: int | None = None) -> list[int]:
+        """The denoising step (transformer call index) of every position of the stored step axis.
+
+        Read from the steps the recorder resolved; runs written before that was recorded fall back to
+        the manifest's ``recording.steps`` spec (a list, ``{"range": …}``, ``{"slice": …}`` or an int).
+        With ``n_steps_axis`` a spec that does not give that many steps falls back to ``0..n-1``.
+        Example: ``run.recorded_steps()`` → ``[0, 4, 8]`` for ``latentlens record --steps 0:10:4``.
+        """
+        steps = self._manifest.get("recorded_steps")
+        if not (isinstance(steps, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in steps)):
+            steps = _steps_from_spec((self._manifest.get("recording") or {}).get("steps"))
+        if n_steps_axis is not None and (steps is None or len(steps) != n_steps_axis):
+            steps = list(range(n_steps_axis))
+        return list(steps or [])
+
     def image_path(self, sample_id: int) -> Path:
         """Where the generated image of ``sample_id`` is (or will be) saved."""
         return self.path / IMAGES / f"{sample_id:04d}.png"
@@ -684,7 +715,8 @@ class RunStore:
             overwrite=True,
         )
         self._arrays[name] = array
-        recorded[name] = {"dims": list(dims), "sample_shape": list(sample_shape), "dtype": dtype.name}
+        recorded[name] = {"dims": list(dims), "sample_shape": list(sample_shape), "dtype": dtype.name,
+                          "kind": "map" if is_map(name) else "activation"}
         self._update_manifest({"recorded": recorded, "updated": now_iso()})
         return array
 
@@ -834,6 +866,9 @@ class RunStore:
         timesteps = getattr(rec, "timesteps", None)
         if timesteps is not None and self._manifest.get("timesteps") is None:
             self._update_manifest({"timesteps": [float(t) for t in _to_numpy(timesteps).reshape(-1)]})
+        steps = getattr(rec, "steps", None)
+        if steps and self._manifest.get("recorded_steps") is None:
+            self._update_manifest({"recorded_steps": [int(s) for s in steps]})
         if complete:
             self.mark_complete(ids, metadata)
         return ids
@@ -867,6 +902,24 @@ class RunStore:
             f"RunStore({str(self.path)!r}, {len(self._samples)}/{len(self._manifest.get('prompts') or [])} "
             f"samples, {len(self.names)} arrays)"
         )
+
+
+def _steps_from_spec(spec: Any) -> list[int] | None:
+    """Steps named by a ``recording.steps`` spec as written by ``record_prompts``, or None."""
+    if isinstance(spec, bool):
+        return None
+    if isinstance(spec, int):
+        return [spec]
+    if isinstance(spec, list) and spec and all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+        return sorted(set(spec))
+    if isinstance(spec, dict) and isinstance(spec.get("range"), list) and len(spec["range"]) == 3:
+        return list(range(*[v for v in spec["range"] if v is not None]))
+    if isinstance(spec, dict) and isinstance(spec.get("slice"), list) and len(spec["slice"]) == 3:
+        start, stop, step = spec["slice"]
+        if not isinstance(stop, int) or stop < 0 or (isinstance(start, int) and start < 0):
+            return None  # an open or negative slice needs the step count, which a spec does not hold
+        return list(range(stop))[slice(start, stop, step)]
+    return None
 
 
 def open_run(path: str | os.PathLike[str]) -> RunStore:

@@ -19,7 +19,7 @@ from latentlens.errors import LatentlensError
 
 from dashboards import config, ids, lod
 from dashboards.lod import Cell
-from dashboards.data import (DashboardError, _stamp, activation_sites, manifest_labels, open_run, pca, recorded_steps, results,
+from dashboards.data import (DashboardError, stamp, activation_sites, manifest_labels, open_run, pca, recorded_steps, results,
                              run_manifest)
 from dashboards.ui import empty_figure, guarded, image_src, label_colours, message, state_get, typed_array
 
@@ -111,7 +111,7 @@ def cell(run_id: str, site: str, step: int, method: str, colour: Any) -> Cell:
     """The cached :class:`dashboards.lod.Cell` of the scatter; ``method`` "umap" falls back to PCA with a note."""
     index = config.index()
     path = index.path(run_id)
-    return _cell_cached(str(path), _stamp(path), run_id, str(site), int(step), str(method), str(colour))
+    return _cell_cached(str(path), stamp(path), run_id, str(site), int(step), str(method), str(colour))
 
 
 @functools.lru_cache(maxsize=8)

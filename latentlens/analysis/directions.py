@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentlens.adapters import edit_model_for
 from latentlens.direction import Direction
+from latentlens.text import changed_tokens
 from latentlens.errors import ConfigError
 
 
@@ -177,14 +179,11 @@ def text_direction(
 
     Example: ``text_direction(pipe, [(f"a red {s}", f"a blue {s}") for s in ("circle", "square")])``.
     """
-    from latentlens.editor.manipulate import changed_tokens
-    from latentlens.editor.model import EditModel
-
     if not pairs:
         raise ConfigError("text_direction needs at least one (source, target) prompt pair.")
     if where not in ("changed", "all", "pooled"):
         raise ConfigError(f"where must be 'changed', 'all' or 'pooled', got {where!r}.")
-    model = EditModel.wrap(pipe)
+    model = edit_model_for(pipe)
     diffs: list[torch.Tensor] = []
     positions: list[tuple[list[int], list[int]]] = []
     with torch.no_grad():

@@ -61,21 +61,6 @@ def open_analysable_run(run_dir: str | Path) -> Any:
     return open_run(path)
 
 
-def recorded_steps(manifest: dict[str, Any], n_steps_axis: int) -> list[int]:
-    """Denoising step index of every position of a stored array's step axis."""
-    spec = (manifest.get("recording") or {}).get("steps")
-    steps: list[int] | None = None
-    if isinstance(spec, list) and all(isinstance(s, int) for s in spec):
-        steps = sorted(set(spec))
-    elif isinstance(spec, dict) and "range" in spec:
-        steps = list(range(*[v for v in spec["range"] if v is not None]))
-    elif isinstance(spec, int):
-        steps = [spec]
-    if steps is None or len(steps) != n_steps_axis:
-        steps = list(range(n_steps_axis))
-    return steps
-
-
 def feature_sites(run: Any) -> list[str]:
     """Recorded arrays that are per-sample activations ``[sample, step, (token,) channel]``."""
     sites = []
@@ -139,7 +124,7 @@ def load_features(
     contiguous = len(index) > 0 and np.array_equal(index, np.arange(index[0], index[0] + len(index)))
     for site in sites:
         array = run[site]
-        axis_steps = recorded_steps(run.manifest, array.shape[1])
+        axis_steps = run.recorded_steps(array.shape[1])
         missing = [s for s in (steps or []) if s not in axis_steps]
         if missing:
             raise UnknownNameError(
@@ -311,7 +296,7 @@ def analyze_run(
             attribute, site, step, stream = best["attribute"], best["site"], best["step"], best["stream"]
             x = feats[(site, step)]
             if features != "mean":
-                x = token_features(np.asarray(run[site][samples, recorded_steps(run.manifest, run[site].shape[1]).index(step)]), "mean")
+                x = token_features(np.asarray(run[site][samples, run.recorded_steps(run[site].shape[1]).index(step)]), "mean")
             for value in grid.attributes_[attribute]:
                 d = class_mean_direction(
                     x, labels[attribute], to=str(value), site=site, steps=[int(step)], attribute=attribute,

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from latentlens.errors import LatentlensError
 
 
-def _command_modules() -> list[ModuleType]:
+def command_modules() -> list[ModuleType]:
     from latentlens.cli import commands
 
     modules = [
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"latentlens {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _command_modules():
+    for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)

@@ -51,6 +51,7 @@ from latentlens.editor.images import to_uint8
 from latentlens.editor.manipulate import encode_pair
 from latentlens.editor.model import EditModel
 from latentlens.errors import ConfigError
+from latentlens.metrics import psnr, sde
 
 METHODS = ("ems", "ems_text", "ems_image", "prompt_swap", "sdedit", "flowedit")
 METHOD_LABELS = {
@@ -114,17 +115,6 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     out[:, 1:] |= mask[:, :-1]
     out[:, :-1] |= mask[:, 1:]
     return out
-
-
-def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
-    """PSNR in dB of two uint8 images ``[H, W, 3]`` over the pixels in ``where`` (all when None); 100 if identical."""
-    diff = (a.astype(np.float64) - b.astype(np.float64)) ** 2  # [H, W, 3]
-    if where is not None:
-        if not where.any():
-            return float("nan")
-        diff = diff[where]
-    mse = float(diff.mean())
-    return 100.0 if mse == 0 else min(100.0, 10 * math.log10(255.0**2 / mse))
 
 
 @dataclass
@@ -304,12 +294,10 @@ def run_benchmark(
 
 
 def attribute_sde(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """SDE of DESIGN §7 pooled over edits: ``parts`` = ``[(reconstruction uint8 [H, W, 3], flipped, M bool [H, W])]``.
+    """SDE (``docs/design.md``) pooled over edits: ``parts`` = ``[(reconstruction uint8 [H, W, 3], flipped, M bool [H, W])]``.
 
     Returns ``sde``, ``effectiveness`` and ``leakage`` from :func:`latentlens.analysis.metrics.sde` (pixels in [0, 1]).
     """
-    from latentlens.analysis.metrics import sde
-
     x = np.stack([p[0] for p in parts]).astype(np.float64) / 255.0  # [n, H, W, 3]
     flip = np.stack([p[1] for p in parts]).astype(np.float64) / 255.0
     region = np.stack([p[2] for p in parts])  # [n, H, W]

@@ -60,9 +60,9 @@ def _spec_path(given: str | None) -> Path:
 
 
 def _analysis_command() -> Any:
-    from latentlens.cli import _command_modules
+    from latentlens.cli import command_modules
 
-    for module in _command_modules():
+    for module in command_modules():
         if module.NAME == "analyze":
             return module
     return None
