@@ -1,4 +1,4 @@
-"""Exact, memory-bounded attention maps from captured queries and keys (DESIGN.md §4).
+"""Exact, memory-bounded attention maps from captured queries and keys (docs/design.md, "Capture").
 
 The model's own attention backend still produces its output. latentlens captures the
 projections ``to_q``/``to_k`` (and ``add_q_proj``/``add_k_proj``) with forward hooks, applies

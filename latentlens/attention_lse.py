@@ -1,4 +1,4 @@
-"""Take each attention row's log-sum-exp from the model's own SDPA call (DESIGN.md §4, fast path).
+"""Take each attention row's log-sum-exp from the model's own SDPA call (docs/design.md, "Capture": the fast path).
 
 While a recorded attention module runs, :class:`LSECapture` (a ``TorchFunctionMode``) intercepts
 ``torch.nn.functional.scaled_dot_product_attention``. When the dispatcher would pick the CPU flash

@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from latentlens.cli import _command_modules, build_parser, main
+from latentlens.cli import command_modules, build_parser, main
 
 
 def test_help_lists_every_command_module(capsys):
     parser = build_parser()
     help_text = parser.format_help()
-    for module in _command_modules():
+    for module in command_modules():
         assert module.NAME in help_text
         assert module.HELP, f"command {module.NAME} has no help text"
 

@@ -1,4 +1,4 @@
-"""The shapes world's combinations, held-out split and renderer geometry (DESIGN.md §5)."""
+"""The shapes world's combinations, held-out split and renderer geometry (docs/design.md ("The shapes world"))."""
 
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ def test_manifest_fields(tmp_path):
     assert {"latentlens", "torch", "diffusers", "zarr"} <= set(manifest["versions"])
     assert manifest["created"] and manifest["updated"]
     assert manifest["store"]["samples_per_chunk"] == 3
-    assert manifest["recorded"]["x"] == {"dims": ["sample", "step", "channel"], "sample_shape": [2, 4], "dtype": "float16"}
+    assert manifest["recorded"]["x"] == {"dims": ["sample", "step", "channel"], "sample_shape": [2, 4], "dtype": "float16",
+                                       "kind": "activation"}
     assert open_run(tmp_path / "run")["x"].dtype == np.float16
 
 

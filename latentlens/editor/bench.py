@@ -19,7 +19,7 @@ Protocol (``run_benchmark``):
      reported as 100 dB;
    - *seconds per edit*: wall time of the method's batched call divided by the batch size.
    The headline score is ``success × preserved``.
-4. **SDE per attribute** (DESIGN.md §7, with :func:`latentlens.analysis.metrics.sde`; ``sde=True``):
+4. **SDE per attribute** (docs/design.md, "Disentanglement metric", with :func:`latentlens.analysis.metrics.sde`; ``sde=True``):
    each method also *reconstructs* the source under its own description ``p_x`` (the method run
    with target = source, same seeds and noise: EMS both and FlowEdit return the source exactly,
    prompt swap regenerates it from its noise, SDEdit / text-only / image-only re-sample it), and
@@ -229,7 +229,7 @@ def run_benchmark(
             z = run_method(m, targets, e_t)
             outputs[m] = to_uint8(model.decode(z))
             times[m] += time.perf_counter() - t0
-            if sde:  # the same method under the source description p_x: the reconstruction of DESIGN §7
+            if sde:  # the same method under the source description p_x: the reconstruction of in docs/design.md
                 recons[m] = to_uint8(model.decode(run_method(m, sources, e_s)))
         for m in methods:
             judged = read_batch(outputs[m])

@@ -1,4 +1,4 @@
-"""The shapes world: a procedural ground-truth world for measuring interpretability claims (DESIGN.md §5).
+"""The shapes world: a procedural ground-truth world for measuring interpretability claims (docs/design.md ("The shapes world")).
 
 One flat-coloured shape on a uniform background; 4 shapes x 6 colours x 2 sizes x 5 positions x
 3 backgrounds = 720 combinations, each with a deterministic renderer, captions with known word

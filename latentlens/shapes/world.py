@@ -1,6 +1,6 @@
 """The shapes world's vocabulary: attributes, their values, the palette, and the 720 combinations.
 
-This module is the single source of truth for DESIGN.md §5. Everything else in
+This module is the single source of truth for docs/design.md ("The shapes world"). Everything else in
 ``latentlens.shapes`` (renderer, captions, oracle, dataset) reads its facts from here.
 
 Example::

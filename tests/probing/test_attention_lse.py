@@ -1,4 +1,4 @@
-"""Fast attention maps: the row normaliser is taken from the model's own SDPA call (DESIGN.md §4).
+"""Fast attention maps: the row normaliser is taken from the model's own SDPA call (docs/design.md, "Capture").
 
 The model output must stay bit-identical, the maps must equal the recomputing fallback path, and
 the torch-function mode must never outlive the attention call.
