@@ -16,3 +16,22 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402  (after the environment is set)
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+# The slow tier (`pytest -m "not slow"` skips it; `make test` runs everything): tests that need the
+# trained toy weights at full sampling length, execute notebooks, train, or drive a real browser.
+SLOW_TIERS = {
+    "trained": ("test_toy_quality.py", "test_editor_trained.py", "test_analysis_steering.py", "test_readme.py"),
+    "notebook": ("test_analysis_notebook.py",),
+    "training": ("test_toy_train.py",),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    files = {name: tier for tier, names in SLOW_TIERS.items() for name in names}
+    for item in items:
+        tier = "browser" if "browser" in item.path.parts else files.get(item.path.name)
+        if tier is not None:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(getattr(pytest.mark, tier))

@@ -31,6 +31,7 @@ def _accuracy(truth: list[Attributes], read: list[Attributes]) -> dict[str, floa
     return {k: float(np.mean([getattr(t, k) == getattr(r, k) for t, r in zip(truth, read)])) for k in ATTRIBUTES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("canvas", [32, 64])
 def test_round_trip_on_all_720_with_jitter_noise_and_blur(canvas):
     rng = np.random.default_rng(canvas)
