@@ -24,6 +24,7 @@ import torch
 from latentlens.adapters import adapter_for, split_target
 from latentlens.adapters.base import CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
+from latentlens.capture.options import check_cfg
 from latentlens.errors import ConfigError
 from latentlens.names import Steps, StepSelection, is_map, recordable_names, unknown_name_error
 
@@ -62,13 +63,11 @@ class _Intervention:
     """Installs one modifying hook on a site; subclasses implement :meth:`modify`."""
 
     def __init__(self, target: Any, site: str, steps: Steps, cfg: str) -> None:
-        if cfg not in ("cond", "uncond", "both"):
-            raise ConfigError(f"cfg={cfg!r} is not one of 'cond', 'uncond', 'both'.")
+        self.cfg = check_cfg(cfg)
         self.adapter, self.spec = _site_spec(target, site)
         self.transformer, self.pipe = split_target(target)
         self.site = self.spec.name
         self.steps = StepSelection(steps)
-        self.cfg = cfg
         self.hooks = HookSet()
         self.tracker = StepTracker(self.adapter)
         self.calls = 0  # calls that were modified
@@ -85,7 +84,7 @@ class _Intervention:
             return None
         value = self.spec.get(state, args, kwargs, out)
         new = self.modify(state, value, rows)
-        if new is None:
+        if new is None or self.spec.set is None:  # read-only sites are refused in _site_spec
             return None
         self.calls += 1
         return self.spec.set(state, args, kwargs, out, new)
@@ -235,7 +234,10 @@ class patch(_Intervention):  # noqa: N801 - function-like context manager
             target_rows = slice(None)
         elif state.cfg_doubled and src.shape[0] * 2 == b:
             branch = self.branch if self.branch in ("cond", "uncond") else "cond"
-            target_rows = cfg_rows(state, branch)
+            kept = cfg_rows(state, branch)
+            if kept is None:
+                return None
+            target_rows = kept
         else:
             raise ConfigError(
                 f"patch {self.site!r}: the source has batch {src.shape[0]} but the model call has batch {b}"

@@ -101,7 +101,7 @@ class Recorder:
         self._timesteps: dict[int, float] = {}
         self._ran: set[int] = set()
         self._gap_blocks: list[int] = []
-        self.skipping = False
+        self.skipping: list[str] = []  # names of diffusers hooks that may skip blocks
         self.active = False
         self.rows: slice | None = None
         self.call_index: torch.Tensor | None = None
@@ -112,13 +112,13 @@ class Recorder:
         try:
             self.tracker.install(self.hooks)
             self.hooks.pre(self.transformer, self._begin)
-            for spec in self.site_specs.values():
-                if spec.hook == "pre":
-                    self.hooks.pre(spec.module, self._site_pre(spec))
+            for site in self.site_specs.values():
+                if site.hook == "pre":
+                    self.hooks.pre(site.module, self._site_pre(site))
                 else:
-                    self.hooks.post(spec.module, self._site_post(spec))
-            for k, spec, kinds in self.map_specs:
-                self.maps.install(self.hooks, k, spec, kinds)
+                    self.hooks.post(site.module, self._site_post(site))
+            for k, attn, kinds in self.map_specs:
+                self.maps.install(self.hooks, k, attn, kinds)
             if self.skipping:
                 blocks = sorted({b for b in (block_of(n) for n in self.names) if b is not None})
                 for b in blocks:
@@ -289,7 +289,7 @@ class record:  # noqa: N801 - used as a function-like context manager
         prompt: str | Sequence[str] | None = None,
     ) -> None:
         if sites is None and attention is None:
-            sites = "blocks.*.resid_out.*"
+            sites = "blocks.*.resid_out.*"  # the default: every block's residual outputs
         self._recorder = Recorder(target, sites, attention, steps, cfg, tokens, reduce, dtype, heads, store,
                                    allow_caching, prompt)
 

@@ -76,15 +76,18 @@ def resolve_tokens(
     """
     if tokens is None:
         return None
+    items: list[int | str]
     if isinstance(tokens, (str, int)):
-        tokens = [tokens]
-    if isinstance(tokens, torch.Tensor):
-        tokens = tokens.tolist()
+        items = [tokens]
+    elif isinstance(tokens, torch.Tensor):
+        items = tokens.tolist()
+    else:
+        items = list(tokens)
     prompts = [prompt] if isinstance(prompt, str) or prompt is None else list(prompt)
     rows: list[list[int]] = []
     for p in prompts:
         idx: list[int] = []
-        for t in tokens:
+        for t in items:
             if isinstance(t, bool):
                 raise ConfigError(f"tokens={tokens!r}: {t!r} is not a token index or a word.")
             if isinstance(t, int):

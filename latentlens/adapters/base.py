@@ -103,6 +103,17 @@ def _arg(args: tuple, kwargs: dict, name: str, pos: int) -> Any:
     return None
 
 
+def tensor_arg(args: tuple, kwargs: dict, name: str, pos: int) -> torch.Tensor:
+    """The forward's tensor argument ``name`` (keyword, or positional ``pos``); a clear error if absent."""
+    value = _arg(args, kwargs, name, pos)
+    if not torch.is_tensor(value):
+        raise RuntimeError(
+            f"latentlens expected the tensor argument {name!r} in this forward call and got {type(value).__name__}; "
+            "the model's calling convention differs from the one its adapter knows. Please report this model."
+        )
+    return value
+
+
 def arg_site(
     name: str, module: nn.Module, arg: str, pos: int, dims: tuple[str, ...], stream: str | None = None,
     settable: bool = True,
@@ -303,7 +314,7 @@ class PatchGridAdapter(Adapter):
     timestep_position: int = 3
 
     def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
-        x = kwargs.get("hidden_states", args[0] if args else None)  # [batch, C, H, W]
+        x = tensor_arg(args, kwargs, "hidden_states", 0)  # [batch, channel, height, width]
         ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         at = self.timestep_position
         ts = kwargs.get("timestep", args[at] if len(args) > at else None)
@@ -314,7 +325,7 @@ class PatchGridAdapter(Adapter):
         state.timestep = timestep_value(ts)
 
     def cfg_doubled(self, args: tuple, kwargs: dict) -> bool:
-        x = kwargs.get("hidden_states", args[0] if args else None)
+        x = tensor_arg(args, kwargs, "hidden_states", 0)
         flag = self.pipe_cfg_flag()
         if flag is None:
             return self.batch_halves_equal(x)

@@ -35,6 +35,7 @@ from latentlens.adapters.base import (
     arg_site,
     joint_out_site,
     out_site,
+    tensor_arg,
     timestep_value,
 )
 from latentlens.adapters.generation import EditModel, TextEmbeds, VAEMixin
@@ -93,6 +94,8 @@ class FluxAdapter(Adapter):
     def attention(self) -> list[AttnSpec]:
         specs = []
         n_double = len(self.transformer.transformer_blocks)
+        q: tuple[QKPart, ...]
+        k: tuple[QKPart, ...]
         for i, b in enumerate(self.block_modules()):
             a = b.attn
             fused = bool(getattr(a, "fused_projections", False))
@@ -115,14 +118,14 @@ class FluxAdapter(Adapter):
         return specs
 
     def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
-        x = kwargs.get("hidden_states", args[0] if args else None)  # [batch, tokens, C]
+        x = tensor_arg(args, kwargs, "hidden_states", 0)  # [batch, token, channel]
         ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         ts = kwargs.get("timestep", args[3] if len(args) > 3 else None)
         img_ids = kwargs.get("img_ids")
         state.batch = x.shape[0]
         state.text_len = ctx.shape[1] if ctx is not None else 0
         state.grid = None
-        if torch.is_tensor(img_ids):
+        if isinstance(img_ids, torch.Tensor):
             ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # [tokens, 3]
             rows = int(ids[:, 1].max().item()) + 1
             cols = int(ids[:, 2].max().item()) + 1
@@ -209,7 +212,7 @@ class FluxEditModel(VAEMixin, EditModel):
             hidden_states=packed,
             timestep=sigma.to(self.dtype),
             guidance=guidance,
-            pooled_projections=cond.pooled.to(self.dtype),
+            pooled_projections=cond.require_pooled().to(self.dtype),
             encoder_hidden_states=cond.tokens.to(self.dtype),
             txt_ids=txt_ids,
             img_ids=self._ids(b),

@@ -54,6 +54,12 @@ class TextEmbeds:
     def batch(self) -> int:
         return int(self.tokens.shape[0])
 
+    def require_pooled(self) -> torch.Tensor:
+        """The pooled embedding; a :class:`ConfigError` for models that have none."""
+        if self.pooled is None:
+            raise ConfigError("These text embeddings have no pooled vector, but this model needs one.")
+        return self.pooled
+
     def __getitem__(self, index: Any) -> TextEmbeds:
         if isinstance(index, int):
             index = slice(index, index + 1)

@@ -27,6 +27,7 @@ from latentlens.adapters.base import (
     TextSegment,
     arg_site,
     out_site,
+    tensor_arg,
 )
 from latentlens.adapters.generation import EditModel, TextEmbeds, VAEMixin
 from latentlens.adapters.sd3 import IMAGE, MOD, pred_site
@@ -35,7 +36,7 @@ from latentlens.errors import ConfigError
 
 def _mod_site(name: str, block: Any) -> SiteSpec:
     def get(state: CallState, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
-        t = kwargs.get("timestep", args[4] if len(args) > 4 else None)  # [batch, 6 * dim]
+        t = tensor_arg(args, kwargs, "timestep", 4)  # [batch, 6 * channel]
         return block.scale_shift_table[None] + t.reshape(t.shape[0], 6, -1)  # [batch, 6, dim]
 
     return SiteSpec(name, block, "pre", get, None, MOD, None)

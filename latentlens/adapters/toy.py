@@ -61,7 +61,7 @@ class ToyEditModel(EditModel):
             hidden_states=z.to(self.dtype),
             timestep=(sigma * 1000.0).to(self.dtype),
             encoder_hidden_states=cond.tokens.to(self.dtype),
-            pooled_projections=cond.pooled.to(self.dtype),
+            pooled_projections=cond.require_pooled().to(self.dtype),
             return_dict=False,
         )[0]
 

@@ -38,7 +38,7 @@ class CallContext(Protocol):
     def call_index(self) -> torch.Tensor | None: ...
 
     @property
-    def skipping(self) -> bool: ...
+    def skipping(self) -> list[str]: ...
 
 
 #: ``keep(name, tensor, dims)``: where finished maps go
@@ -118,7 +118,8 @@ class MapCapture:
     def _maps(self, k: int, spec: AttnSpec, kinds: list[str]) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
             ctx = self.context
-            if not ctx.active:
+            rows = ctx.rows
+            if not ctx.active or rows is None:  # an active call always keeps some rows
                 return
             st = ctx.state
             needed = [(k, "k", i) for i in range(len(spec.k_parts))]
@@ -130,7 +131,7 @@ class MapCapture:
                     "does not call to_k/add_k_proj (or to_qkv when fused). Please report this model/processor."
                 )
             with torch.no_grad():
-                maps = quadrant_maps(spec, st, k, st.scratch.get((k, "kwargs"), kwargs), kinds, ctx.rows,
+                maps = quadrant_maps(spec, st, k, st.scratch.get((k, "kwargs"), kwargs), kinds, rows,
                                      heads=self.heads, text_index=ctx.call_index, lse=st.scratch.get((k, "lse")))
             for key in list(st.scratch):
                 if key[0] == k:

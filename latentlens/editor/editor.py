@@ -281,6 +281,8 @@ class EMSEditor:
         b = z_src.shape[0]
         hook = None
         if direction is None:
+            if targets is None:
+                raise ConfigError("A text edit needs target descriptions; pass targets or a direction.")
             e_s, e_t = encode_pair(model, sources, targets)
             e_alpha = interpolate(e_s, e_t, degree)
             token_sets = [changed_tokens(model, s, t) for s, t in zip(sources, targets)]
