@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -101,6 +102,8 @@ def _register_shell_callbacks(app: Dash) -> None:
 def _register_routes(app: Dash) -> None:
     from flask import abort, request, send_file
 
+    from latentlens.safepath import is_inside
+
     server = app.server
 
     @server.route("/lens/image/<int:sample>.png")
@@ -129,6 +132,9 @@ def _register_routes(app: Dash) -> None:
             abort(404)
         path = folder / f"{image_id}.png"
         if not path.is_file():
+            abort(404)
+        if not is_inside(path, folder):  # resolved (symlinks followed) inside its folder, or nothing
+            logging.getLogger("latentlens.dashboard").warning("refused to serve %s: it resolves outside %s", path, folder)
             abort(404)
         return send_file(path, mimetype="image/png")
 
