@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -101,6 +102,8 @@ def _register_shell_callbacks(app: Dash) -> None:
 def _register_routes(app: Dash) -> None:
     from flask import abort, request, send_file
 
+    from latentlens.safepath import is_inside
+
     server = app.server
 
     @server.route("/lens/image/<int:sample>.png")
@@ -130,6 +133,9 @@ def _register_routes(app: Dash) -> None:
         path = folder / f"{image_id}.png"
         if not path.is_file():
             abort(404)
+        if not is_inside(path, folder):  # resolved (symlinks followed) inside its folder, or nothing
+            logging.getLogger("latentlens.dashboard").warning("refused to serve %s: it resolves outside %s", path, folder)
+            abort(404)
         return send_file(path, mimetype="image/png")
 
 
@@ -152,7 +158,11 @@ def create_app(
     import diskcache
 
     index = RunIndex(root)
-    cache = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="latentlens-dashboard-"))
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+    else:
+        cache = Path(tempfile.mkdtemp(prefix="latentlens-dashboard-"))
+        _remove_at_exit(cache)  # a temp folder per start would pile up otherwise
     cache.mkdir(parents=True, exist_ok=True)
     config.SETTINGS.update(
         index=index,
@@ -180,7 +190,40 @@ def create_app(
     app.layout = _shell
     _register_shell_callbacks(app)
     _register_routes(app)
+    _enforce_request_limits(app, int(config.SETTINGS["upload_max_bytes"]))
     return app
+
+
+def _remove_at_exit(folder: Path) -> None:
+    import atexit
+    import os
+    import shutil
+
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not in forked background-job processes
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+
+
+def _enforce_request_limits(app: Dash, upload_max_bytes: int) -> None:
+    """Request bodies are capped (413 beyond: an upload as base64 plus the callback's other inputs);
+    a page path the app does not have is answered with its 404 page *and* status 404."""
+    from flask import request
+
+    server = app.server
+    server.config["MAX_CONTENT_LENGTH"] = upload_max_bytes * 4 // 3 + 256 * 1024
+
+    @server.after_request
+    def _not_found_status(response: Any) -> Any:
+        if request.method == "GET" and response.status_code == 200 and response.mimetype == "text/html":
+            known = {page["path"] for page in dash.page_registry.values()} - {"/404"}
+            path = request.path.rstrip("/") or "/"
+            if path not in known:
+                response.status_code = 404
+        return response
 
 
 def warm_up() -> None:

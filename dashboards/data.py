@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -30,9 +31,11 @@ import latentlens
 from latentlens.adapters import offline_tokenizer
 from latentlens.errors import LatentlensError, StoreError
 from latentlens.results import AnalysisResults, has_analysis, load_results
+from latentlens.safepath import is_inside
 
 MANIFEST = "manifest.json"
 SCAN_DEPTH = 2  # runs are found at ROOT, ROOT/x and ROOT/x/y
+_LOG = logging.getLogger("latentlens.dashboard")
 
 
 class DashboardError(LatentlensError):
@@ -336,7 +339,12 @@ def image_file(index: RunIndex, run_id: str, sample: int) -> Path | None:
     if not isinstance(sample, (int, np.integer)) or sample < 0:
         return None
     path = run.image_path(int(sample))
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    if not is_inside(path, index.root):  # a symlink out of the root: never served
+        _LOG.warning("refused to serve %s: it resolves outside the dashboard root %s", path, index.root)
+        return None
+    return path.resolve()
 
 
 def clear_caches() -> None:

@@ -218,6 +218,10 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
             raise DashboardError(f"Sample {sample} is out of range; the run has samples 0..{len(prompts) - 1}.")
         prompt, seed = prompts[sample], int(seeds[sample]) if sample < len(seeds) else sample
         path = run.image_path(sample)
+        if path.is_file():
+            from latentlens.safepath import confined
+
+            confined(path, index.root)  # a symlink out of the root is never read
         source = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(path).convert("RGB")) if path.is_file() else None  # type: ignore[assignment]
 
     editor_cls = _ems_editor()

@@ -134,6 +134,9 @@ def load_pipeline(
             )
     if device is not None:
         pipe.to(device)
+    from latentlens.weights import screen_first_outputs
+
+    screen_first_outputs(pipe)  # corrupt weights fail loudly on the first call, naming the component
     return pipe
 
 
@@ -143,6 +146,9 @@ def _load_toy_folder(folder: Path, hint: str, torch_dtype: Any, **kwargs: Any) -
     from latentlens.toy.pipeline import ToyPipeline
 
     _check_pipeline_folder(folder, hint)
+    from latentlens.weights import verify_checksums
+
+    verify_checksums(folder, hint, required=folder.resolve() == _toy_weights_dir().resolve())
     try:
         pipe = ToyPipeline.from_pretrained(str(folder), dtype=torch_dtype or torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError) as error:
@@ -163,6 +169,6 @@ def _from_pretrained(name: str, **kwargs: Any) -> Any:
         if kwargs.get("local_files_only"):
             raise StoreError(
                 f"The pipeline {name!r} could not be loaded from local files ({error}). Download it first "
-                "(huggingface-cli download) or pass allow_download=True."
+                "(`huggingface-cli download NAME`, or load_pipeline(NAME, allow_download=True) in Python)."
             ) from error
         raise StoreError(f"The pipeline {name!r} could not be loaded ({error}).") from error

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from latentlens.errors import ConfigError, StoreError, UnknownNameError
+from latentlens.safepath import confined
 
 ANALYSIS = "analysis"
 PROBES_FILES = ("probes.json", "probes.jsonl")
@@ -165,6 +166,7 @@ class AnalysisResults:
         path = self.embeddings.get((site, int(step)))
         if path is None:
             raise UnknownNameError(f"No stored embedding for site {site!r} at step {step} in {self.folder}.")
+        confined(path, self.run)
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {k: np.asarray(data[k]) for k in data.files}
@@ -179,7 +181,10 @@ class AnalysisResults:
             raise UnknownNameError(
                 f"The run has no direction {name!r}; it has: {', '.join(self.direction_names) or 'none'}."
             )
-        return Direction.load(self.directions[name])
+        path = self.directions[name]
+        for suffix in (".json", ".safetensors"):
+            confined(path.with_name(path.name + suffix), self.run)
+        return Direction.load(path)
 
 
 def _scan_embeddings(folder: Path) -> dict[tuple[str, int], Path]:

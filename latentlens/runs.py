@@ -28,6 +28,7 @@ from typing import Any
 
 from latentlens.errors import ConfigError, LatentlensError, StoreError
 from latentlens.store import MANIFEST, RunStore, config_hash
+from latentlens.textfile import check_prompt
 
 #: What ``latentlens record`` records when no ``--sites`` is given.
 DEFAULT_SITES = "blocks.*.resid_out.*"
@@ -115,6 +116,7 @@ def prompt_set(prompts: Any, seeds: int | Sequence[int] | None = None) -> Prompt
             raise ConfigError(f"Prompt {i} is a {type(item).__name__}; give a string, a dict or a (prompt, seed, labels) tuple.")
         if not text.strip():
             raise ConfigError(f"Prompt {i} is empty; remove the empty line or give it a text.")
+        check_prompt(text, where=f"Prompt {i}")
         any_labels = any_labels or bool(label)
         texts.append(text)
         out_seeds.append(seed)
@@ -197,11 +199,20 @@ def build_manifest(
     }
 
 
-def check_out_dir(out: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse early (before a model is loaded) if ``out`` holds a run and neither flag is given."""
+def check_out_dir(
+    out: str | Path, *, resume: bool, overwrite: bool, manifest: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse early (before a model is loaded) if ``out`` holds a run and neither flag is given.
+
+    With the new run's ``manifest`` the message says whether the old run has the same configuration.
+    """
     path = Path(out)
     if (path / MANIFEST).exists() and not (resume or overwrite):
-        RunStore.create(path, {"prompts": []})  # raises the full "already holds a run" StoreError
+        from latentlens.store import occupied_error, read_manifest
+
+        old = read_manifest(path / MANIFEST)
+        same = None if manifest is None else old.get("config_hash") == config_hash(manifest)
+        raise occupied_error(path, old, same=same)
     if path.exists() and not path.is_dir():
         raise StoreError(f"The output path {path} is a file; give a folder path for the run.")
 
@@ -245,6 +256,7 @@ def record_prompts(
     overwrite: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    repair: bool = False,
 ) -> RunResult:
     """Record ``prompts`` through ``pipe`` into the run folder ``out``; returns a :class:`RunResult`.
 
@@ -256,7 +268,10 @@ def record_prompts(
     run is refused unless ``resume`` (same configuration; finished samples are
     skipped) or ``overwrite``. If the pipeline raises, finished samples stay on disk
     and :class:`RunInterruptedError` says how to resume; a full disk raises
-    :class:`~latentlens.errors.StoreError` and leaves the run readable.
+    :class:`~latentlens.errors.StoreError` and leaves the run readable. A resumed run
+    whose finished samples have damaged chunk files is refused; ``repair=True`` (implies
+    ``resume``) checks every finished sample (sizes and checksums) and records exactly the
+    damaged ones again.
     """
     import torch
 
@@ -285,13 +300,25 @@ def record_prompts(
     recording = dict(record_kwargs)
     recording["dtype"] = str(dtype) if dtype is not None else None
     manifest = build_manifest(pipe, items, model_id=model_id, generation=generation, recording=recording)
-    check_out_dir(out, resume=resume, overwrite=overwrite)
+    resume = resume or repair
+    check_out_dir(out, resume=resume, overwrite=overwrite, manifest=manifest)
 
     wanted = list(range(len(items) if limit is None else min(limit, len(items))))
     store: RunStore | None = None
     existing = (Path(out) / MANIFEST).exists()
     if existing and (resume or overwrite):
-        store = RunStore.create(out, manifest, resume=resume and not overwrite, overwrite=overwrite, samples_per_chunk=batch_size)
+        store = RunStore.create(out, manifest, resume=resume and not overwrite, overwrite=overwrite,
+                                samples_per_chunk=batch_size, repair=repair and not overwrite)
+        if repair and not overwrite:
+            repaired = store.repair()
+            if repaired and progress:
+                print(f"record: {len(repaired)} damaged samples will be recorded again: {repaired[:12]}",
+                      file=sys.stderr)
+        elif resume and not overwrite:
+            report = store.verify(checksums=False)  # sizes only: cheap, and catches truncated chunks
+            if not report.ok:
+                store.close()
+                raise StoreError(report.message())
     resumed_from = len(store.completed) if store is not None else 0
     done = store.completed if store is not None else frozenset()
     # Batches are aligned to multiples of batch_size, so a resumed run rewrites whole chunks only.

@@ -61,6 +61,7 @@ JOURNAL = "completed.jsonl"
 ARRAYS = "arrays"
 IMAGES = "images"
 LOCK = ".writer.lock"
+DIGEST = "crc32"  # journal field: {name: CRC-32 of the sample's little-endian C-order bytes}
 
 #: Manifest sections that define *what* a run computes; two runs with the same
 #: values here produce the same data, so one may resume the other.
@@ -176,6 +177,14 @@ def _raw_chunk_dir(array: Any, root: Path | None) -> Path | None:
     return root / array.path
 
 
+def _crc32(sample: np.ndarray) -> int:
+    """CRC-32 of one sample's data ``[step, ...]`` as little-endian C-order bytes."""
+    import zlib
+
+    data = np.ascontiguousarray(sample, dtype=sample.dtype.newbyteorder("<"))
+    return zlib.crc32(memoryview(data).cast("B")) if data.size else 0
+
+
 def _write_chunk_file(path: Path, block: np.ndarray) -> None:
     """Replace one chunk file atomically (temp file + rename, as zarr's LocalStore does)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
@@ -203,11 +212,112 @@ def _read_chunk(path: str, out: np.ndarray, offset: int) -> bool:
             while got < len(view):
                 n = handle.readinto(view[got:])
                 if not n:
-                    raise StoreError(f"Chunk file {path} is shorter than its array's chunk shape; the run is damaged.")
+                    raise StoreError(
+                        f"Chunk file {path} is shorter than its array's chunk shape; the run is damaged. "
+                        "`latentlens verify RUN` lists the damaged samples and `latentlens record ... --resume "
+                        "--repair` records them again."
+                    )
                 got += n
     except FileNotFoundError:
         return False
     return True
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 3) -> str:
+    """The config-defining fields that differ between two manifests, with both values.
+
+    Example: ``"generation.num_inference_steps (the run has 10, these settings 20)"``.
+    """
+    found: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if a == b or len(found) >= limit:
+            return
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key), b.get(key), f"{where}.{key}")
+            return
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for k, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{where}[{k}]")
+            return
+        found.append(f"{where} (the run has {_shown(a)}, these settings {_shown(b)})")
+
+    for key in HASHED_KEYS:
+        walk(old.get(key), new.get(key), key)
+    return "; ".join(found)
+
+
+def occupied_error(path: Path, old: Mapping[str, Any], *, same: bool | None = None) -> StoreError:
+    """The error for an ``--out`` folder that already holds a run (``same``: of these very settings)."""
+    model = (old.get("model") or {}).get("id") if isinstance(old.get("model"), Mapping) else None
+    what = {True: "a run of this same configuration", False: "a run of another model or configuration",
+            None: "a run"}[same]
+    return StoreError(
+        f"{path} already holds {what}"
+        + (f" (model {model!r}, {len(old.get('prompts') or [])} prompts)" if model else "")
+        + ". Pass --resume (resume=True) to continue it, --overwrite (overwrite=True) to replace it, "
+        "or choose another --out folder."
+    )
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path`` as a dict; :class:`StoreError` naming the file when it is not one."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        manifest = json.loads(text)
+    except UnicodeDecodeError as error:
+        raise StoreError(
+            f"The manifest {path} is not UTF-8 text (byte {error.start}); the run folder is damaged. "
+            "Restore manifest.json from a copy, or record the run again into a new folder."
+        ) from None
+    except (OSError, ValueError) as error:
+        raise StoreError(
+            f"The manifest {path} cannot be read ({error}); the run folder is damaged. "
+            "Restore manifest.json from a copy, or record the run again into a new folder."
+        ) from None
+    if not isinstance(manifest, dict):
+        raise StoreError(
+            f"The manifest {path} holds a JSON {type(manifest).__name__}, not an object; the run folder is damaged. "
+            "Restore manifest.json from a copy, or record the run again into a new folder."
+        )
+    return manifest
+
+
+def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """The entries of a completion journal and its damaged lines ``(line number, reason)``.
+
+    A last line without its newline is a write torn by a crash: it is ignored, not damage.
+    Every other line must be UTF-8 JSON with an integer ``sample``.
+    """
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a torn line
+    entries: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+            if not isinstance(entry, dict) or isinstance(entry.get("sample"), bool):
+                raise TypeError("not an object with a sample id")
+            sample = int(entry["sample"])
+            if sample < 0 or sample != entry["sample"]:
+                raise ValueError(f"sample id {entry['sample']!r} is not a non-negative integer")
+        except UnicodeDecodeError:
+            bad.append((number, "not UTF-8 text"))
+            continue
+        except (ValueError, KeyError, TypeError) as error:
+            bad.append((number, "not a journal entry" if not str(error) else f"not a journal entry: {error}"[:120]))
+            continue
+        entries.append(entry)
+    return entries, bad
 
 
 class StoredArray:
@@ -256,14 +366,23 @@ class StoredArray:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        fast = self._step_slice(key)
-        if fast is not None:
-            return fast
-        if isinstance(key, tuple) and any(isinstance(k, (list, np.ndarray)) for k in key):
-            return self._array.oindex[key]
-        if isinstance(key, (list, np.ndarray)):
-            return self._array.oindex[(key,)]
-        return self._array[key]
+        try:
+            fast = self._step_slice(key)
+            if fast is not None:
+                return fast
+            if isinstance(key, tuple) and any(isinstance(k, (list, np.ndarray)) for k in key):
+                return self._array.oindex[key]
+            if isinstance(key, (list, np.ndarray)):
+                return self._array.oindex[(key,)]
+            return self._array[key]
+        except (StoreError, IndexError, TypeError, KeyError):
+            raise
+        except Exception as error:  # zarr's decode errors of a damaged chunk file
+            raise StoreError(
+                f"Reading {self.name!r} failed ({type(error).__name__}: {str(error)[:160]}); a chunk file of "
+                "this array is damaged. `latentlens verify RUN` lists the damaged samples and "
+                "`latentlens record ... --resume --repair` records them again."
+            ) from None
 
     def _step_slice(self, key: Any) -> np.ndarray | None:
         """``arr[a:b, step]`` (the probing read) straight from the chunk files, or ``None`` if not that case."""
@@ -313,6 +432,41 @@ class StoredArray:
         return f"StoredArray({self.name!r}, [{dims}], {self.dtype})"
 
 
+class VerifyReport:
+    """What :meth:`RunStore.verify` found: ``damaged`` maps a sample id to the first problem seen.
+
+    Example::
+
+        report = open_run("runs/x").verify()
+        report.ok               # True when every finished sample's data is intact
+        report.damaged          # {5: "blocks.0.resid_out.img: chunk file ... has 100 of 4096 bytes"}
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.damaged: dict[int, str] = {}
+        self.bad_files: list[Path] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def add(self, ids: Any, finished: Mapping[int, Any], name: str, reason: str) -> None:
+        for i in ids:
+            if i in finished:
+                self.damaged.setdefault(int(i), f"{name}: {reason}")
+
+    def message(self) -> str:
+        """One sentence naming the damaged samples, the first problem and the fix."""
+        ids = sorted(self.damaged)
+        shown = ", ".join(map(str, ids[:12])) + (" ..." if len(ids) > 12 else "")
+        return (
+            f"{len(ids)} finished samples of {self.path} are damaged (samples {shown}; sample {ids[0]}: "
+            f"{self.damaged[ids[0]]}). Rerun the recording with `latentlens record ... --resume --repair` "
+            "to record exactly those samples again."
+        )
+
+
 class RunStore:
     """One run folder: a manifest, one lazy array per recorded name, and a completion journal.
 
@@ -329,36 +483,43 @@ class RunStore:
         open_run("runs/x")["pred"][:, 3].shape   # (2, 16, 8)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False, repair: bool = False) -> None:
         self.path = Path(path)
+        self._repair = bool(repair and writable)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise StoreError(
                 f"{self.path} is not a latentlens run: it has no {MANIFEST}. "
                 "Record one with `latentlens record --out PATH ...` or check the path."
             )
-        try:
-            self._manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as error:
-            raise StoreError(f"The manifest {manifest_path} cannot be read ({error}); the run folder is damaged.") from error
+        self._manifest: dict[str, Any] = read_manifest(manifest_path)
         self.writable = writable
         self._group: Any = None
         self._arrays: dict[str, Any] = {}
         self._samples: dict[int, dict[str, Any]] = {}
+        self._digests: dict[int, dict[str, int]] = {}  # sample -> name -> crc32 of data written, not yet journaled
         self._lock_held = False
         if writable:
             self._acquire_lock()
-            self._repair_journal()
-        self._load_journal()
+        try:
+            if writable:
+                self._repair_journal()
+            self._load_journal()
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> RunStore:
-        """Open an existing run; ``mode="r"`` reads (lock-free), ``mode="a"`` appends (one writer)."""
+    def open(cls, path: str | os.PathLike[str], *, mode: str = "r", repair: bool = False) -> RunStore:
+        """Open an existing run; ``mode="r"`` reads (lock-free), ``mode="a"`` appends (one writer).
+
+        ``repair=True`` (append mode only) drops damaged journal lines instead of refusing the run.
+        """
         if mode not in ("r", "a"):
             raise StoreError(f"mode must be 'r' (read) or 'a' (append), not {mode!r}.")
-        return cls(path, writable=mode == "a")
+        return cls(path, writable=mode == "a", repair=repair)
 
     @classmethod
     def create(
@@ -369,6 +530,7 @@ class RunStore:
         overwrite: bool = False,
         resume: bool = False,
         samples_per_chunk: int | None = None,
+        repair: bool = False,
     ) -> RunStore:
         """Start a run at ``path`` described by ``manifest`` (or continue it with ``resume=True``).
 
@@ -377,7 +539,8 @@ class RunStore:
         holds a run is refused unless ``resume=True`` (same config hash: finished
         samples are kept and skipped) or ``overwrite=True`` (the old run is deleted).
         ``samples_per_chunk`` (default 1; :func:`latentlens.runs.record_prompts`
-        passes its batch size) is the first chunk dim of every array.
+        passes its batch size) is the first chunk dim of every array. ``repair`` (with
+        ``resume``) drops damaged journal lines instead of refusing the run.
         """
         path = Path(path)
         manifest = dict(manifest)
@@ -388,32 +551,27 @@ class RunStore:
         existing = path / MANIFEST
         if existing.exists():
             try:
-                old = json.loads(existing.read_text())
-            except (OSError, ValueError):
+                old = read_manifest(existing)
+            except StoreError:
+                if not overwrite:
+                    raise
                 old = {}
             old_hash = old.get("config_hash")
             if overwrite:
                 cls._remove_run(path)
             elif resume:
                 if old_hash != new_hash:
-                    diff = ", ".join(k for k in HASHED_KEYS if old.get(k) != manifest.get(k)) or "unknown"
+                    diff = describe_difference(old, manifest) or "its configuration hash"
                     raise StoreError(
                         f"{path} holds a run of another model or configuration (it differs in: {diff}), "
                         "so it cannot be resumed with these settings. Use the original settings with "
                         "--resume, pass --overwrite to replace it, or choose another --out folder."
                     )
-                store = cls(path, writable=True)
+                store = cls(path, writable=True, repair=repair)
                 store._update_manifest({"updated": now_iso()})
                 return store
             else:
-                what = "this same configuration" if old_hash == new_hash else "another model or configuration"
-                model = (old.get("model") or {}).get("id")
-                raise StoreError(
-                    f"{path} already holds a run of {what}"
-                    + (f" (model {model!r})" if model else "")
-                    + ". Pass --resume (resume=True) to continue it, --overwrite (overwrite=True) to replace it, "
-                    "or choose another --out folder."
-                )
+                raise occupied_error(path, old, same=old_hash == new_hash)
         elif path.is_dir() and any(path.iterdir()):
             raise StoreError(
                 f"{path} is not empty and is not a latentlens run; choose an empty or new folder for --out "
@@ -523,16 +681,24 @@ class RunStore:
         self._samples = {}
         if not journal.exists():
             return
-        for line in journal.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                self._samples[int(entry["sample"])] = entry
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn line from a crash: that sample is simply not complete
+        try:
+            entries, bad = read_journal(journal)
+        except OSError as error:
+            raise StoreError(f"The completion journal {journal} cannot be read ({error}).") from error
+        if bad and not self._repair:
+            where = ", ".join(f"line {n} ({why})" for n, why in bad[:3]) + (" ..." if len(bad) > 3 else "")
+            raise StoreError(
+                f"The completion journal {journal} is damaged: {where}. Rerun the recording with "
+                "`latentlens record ... --resume --repair` (RunStore.open(path, mode='a', repair=True)) to drop "
+                "the damaged lines and record those samples again."
+            )
+        if bad:  # repair: keep the readable lines, rewrite the journal without the others
+            _write_atomic(journal, b"".join(json.dumps(e, default=str).encode() + b"\n" for e in entries))
+        self._samples = {int(e["sample"]): e for e in entries}
 
     def refresh(self) -> None:
         """Re-read the manifest and the journal (for a reader following a run being written)."""
-        self._manifest = json.loads((self.path / MANIFEST).read_text())
+        self._manifest = read_manifest(self.path / MANIFEST)
         self._arrays.clear()
         self._group = None
         self._load_journal()
@@ -630,12 +796,15 @@ class RunStore:
         if self._group is not None:
             return self._group
         location = self.path / ARRAYS
-        if not location.exists():
-            if not create:
-                return None
-            self._group = zarr.open_group(str(location), mode="a", zarr_format=3)
-        else:
-            self._group = zarr.open_group(str(location), mode="a" if self.writable else "r", zarr_format=3)
+        try:
+            if not location.exists():
+                if not create:
+                    return None
+                self._group = zarr.open_group(str(location), mode="a", zarr_format=3)
+            else:
+                self._group = zarr.open_group(str(location), mode="a" if self.writable else "r", zarr_format=3)
+        except Exception as error:  # zarr raises JSON, value and file errors for damaged metadata
+            raise self._metadata_error(location, error) from None
         return self._group
 
     def _open_array(self, name: str) -> Any:
@@ -643,8 +812,27 @@ class RunStore:
             group = self._open_group(create=False)
             if group is None:
                 raise StoreError(f"{self.path} has no arrays yet; no sample has been written.")
-            self._arrays[name] = group[name]
+            try:
+                self._arrays[name] = group[name]
+            except Exception as error:  # noqa: BLE001 - a missing or damaged array's zarr.json
+                raise self._metadata_error(self.path / ARRAYS / name, error) from None
         return self._arrays[name]
+
+    @staticmethod
+    def _metadata_error(folder: Path, error: BaseException) -> StoreError:
+        meta = folder / "zarr.json"
+        if not meta.is_file():
+            problem = "is missing"
+        else:
+            try:
+                json.loads(meta.read_bytes().decode("utf-8"))
+                problem = f"is not valid Zarr v3 metadata ({type(error).__name__}: {str(error)[:160]})"
+            except (UnicodeDecodeError, ValueError) as bad:
+                problem = f"is not valid JSON ({str(bad)[:120]})"
+        return StoreError(
+            f"The array metadata {meta} {problem}; the run folder is damaged. Restore it from a copy, or "
+            "record the run again with `latentlens record --overwrite`."
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -750,6 +938,8 @@ class RunStore:
                 array = self._ensure_array(name, tuple(data.shape[1:]), data.dtype, name_dims, need)
                 if data.dtype != array.dtype:
                     data = data.astype(array.dtype)
+                for pos, i in enumerate(ids):  # checked by verify(); journaled by mark_complete
+                    self._digests.setdefault(i, {})[name] = _crc32(data[pos])
                 for pos, first, length in _runs(ids):
                     self._write_run(array, data[pos : pos + length], first)
         except OSError as error:
@@ -801,6 +991,8 @@ class RunStore:
         entries = []
         for i, meta in zip(ids, metadata):
             entry = {"sample": i, **{k: v for k, v in dict(meta).items() if k != "sample"}, "time": stamp}
+            if i in self._digests:
+                entry[DIGEST] = self._digests[i]
             entries.append(entry)
             lines.append(json.dumps(entry, default=str))
         try:
@@ -819,6 +1011,7 @@ class RunStore:
             raise
         for entry in entries:
             self._samples[entry["sample"]] = entry
+            self._digests.pop(entry["sample"], None)
 
     def next_sample_ids(self, count: int) -> list[int]:
         """``count`` fresh ids after every id written or finished so far (for recordings without ids)."""
@@ -897,6 +1090,76 @@ class RunStore:
             raise
         return target
 
+    # ------------------------------------------------------------------ verification
+
+    def verify(self, *, checksums: bool = True) -> VerifyReport:
+        """Check every finished sample's data on disk; see :class:`VerifyReport`.
+
+        Chunk files of the wrong size (truncated, padded) damage every sample they hold;
+        with ``checksums`` (default) each sample's data is also read back and compared with
+        the CRC-32 journaled when it was written (a full read of the run). Samples journaled
+        without a checksum (older runs) get the size check only.
+        """
+        report = VerifyReport(path=self.path)
+        done = sorted(self._samples)
+        for name in self.names:
+            array = self._open_array(name)
+            spc = int(array.chunks[0])
+            chunks = sorted({i // spc for i in done if i < array.shape[0]})
+            raw = _raw_chunk_dir(array, self.path / ARRAYS)
+            bad_chunks: set[int] = set()
+            if raw is not None and array.ndim >= 2 and tuple(array.chunks[1:]) == (1, *array.shape[2:]):
+                expected = int(np.prod(array.chunks, dtype=np.int64)) * np.dtype(array.dtype).itemsize
+                tail = (0,) * (array.ndim - 2)
+                for chunk in chunks:
+                    for step in range(array.shape[1]):
+                        path = raw / array.metadata.encode_chunk_key((chunk, step) + tail)
+                        try:
+                            size = path.stat().st_size
+                        except FileNotFoundError:
+                            continue  # never written: reads as the fill value (the checksum tells)
+                        if size != expected:
+                            bad_chunks.add(chunk)
+                            report.bad_files.append(path)
+                            report.add(range(chunk * spc, chunk * spc + spc), self._samples, name,
+                                       f"chunk file {path} has {size} of {expected} bytes")
+            if not checksums:
+                continue
+            for chunk in chunks:
+                if chunk in bad_chunks:
+                    continue
+                ids = [i for i in range(chunk * spc, min(chunk * spc + spc, array.shape[0])) if i in self._samples]
+                wanted = [i for i in ids if name in (self._samples[i].get(DIGEST) or {})]
+                if not wanted:
+                    continue
+                try:
+                    block = array[chunk * spc : chunk * spc + spc]  # [spc, step, ...]
+                except Exception as error:  # noqa: BLE001 - zarr's decode errors of a damaged chunk
+                    report.add(wanted, self._samples, name, f"a chunk cannot be decoded ({type(error).__name__})")
+                    continue
+                for i in wanted:
+                    if _crc32(block[i - chunk * spc]) != int(self._samples[i][DIGEST][name]):
+                        report.add([i], self._samples, name, "its data differs from the checksum written with it")
+        return report
+
+    def repair(self) -> list[int]:
+        """Forget every damaged sample (see :meth:`verify`) so that a resumed recording writes it again.
+
+        Chunk files of the wrong size are deleted (latentlens wrote them; what they held is lost
+        anyway) and the journal is rewritten without the damaged samples. Returns their ids.
+        """
+        self._require_writable()
+        report = self.verify()
+        if not report.damaged:
+            return []
+        for path in report.bad_files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        keep = [self._samples[i] for i in sorted(self._samples) if i not in report.damaged]
+        _write_atomic(self.path / JOURNAL, b"".join(json.dumps(e, default=str).encode() + b"\n" for e in keep))
+        self._samples = {int(e["sample"]): e for e in keep}
+        return sorted(report.damaged)
+
     def __repr__(self) -> str:
         return (
             f"RunStore({str(self.path)!r}, {len(self._samples)}/{len(self._manifest.get('prompts') or [])} "
@@ -927,4 +1190,5 @@ def open_run(path: str | os.PathLike[str]) -> RunStore:
     return RunStore.open(path, mode="r")
 
 
-__all__ = ["RunStore", "StoredArray", "open_run", "config_hash", "FORMAT", "HASHED_KEYS"]
+__all__ = ["RunStore", "StoredArray", "VerifyReport", "open_run", "config_hash", "read_journal", "read_manifest",
+           "FORMAT", "HASHED_KEYS"]

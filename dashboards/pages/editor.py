@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dash
@@ -179,20 +180,26 @@ def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, u
     from latentlens.errors import LatentlensError
 
     from dashboards.editing import EditRequest, run_edit, save_result_image
+    from dashboards.limits import EDIT_ALPHA, EDIT_STEPS, MAX_EDIT_JOBS, JobSlots, bounded_float, bounded_int, bounded_text
 
     started = time.perf_counter()
     try:
         run_id = state_get(state, "run")
         if not run_id:
             return {"error": "Choose a run in the picker at the top.", "kind": "info"}
-        alpha = float(alpha if alpha is not None else 1.0)
+        # The server enforces every bound itself: a client can post any value.
+        alpha = bounded_float(alpha if alpha is not None else 1.0, "α", *EDIT_ALPHA)
+        steps = bounded_int(steps, "steps", *EDIT_STEPS) if steps not in (None, "") else None
+        sample = bounded_int(sample or 0, "sample", 0, 10**9) if kind != "upload" else None
+        target = bounded_text(target, "The target text")
+        direction = bounded_text(direction, "The direction name", 200)
         alphas = [round(alpha * k / (SWEEP_POINTS - 1), 4) for k in range(SWEEP_POINTS)] if "sweep" in (sweep or []) else [alpha]
         request = EditRequest(
-            sample=int(sample or 0) if kind != "upload" else None,
+            sample=sample,
             upload=(upload or {}).get("upload") if kind == "upload" else None,
             direction=direction if mode == "direction" else None,
             target=target if mode == "target" else None,
-            alphas=alphas, steps=int(steps) if steps else None,
+            alphas=alphas, steps=steps,
         )
         if kind == "upload" and not request.upload:
             return {"error": "Upload an image first (PNG or JPEG).", "kind": "warning"}
@@ -202,7 +209,11 @@ def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, u
         def progress(done: int, total: int, text: str) -> None:
             set_progress([str(done), str(max(total, 1)), text])
 
-        out = run_edit(config.index(), run_id, request, progress)
+        with JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS).take() as slot:
+            if slot is None:
+                return {"error": f"The editor is busy: {MAX_EDIT_JOBS} edits are running. Try again when one "
+                        "has finished.", "kind": "warning", "busy": True}
+            out = run_edit(config.index(), run_id, request, progress)
         return {
             "before": save_result_image(out.source), "after": [save_result_image(im) for im in out.images],
             "alphas": out.alphas, "metrics": out.metrics, "method": out.method,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentlens.analysis.ownfiles import has_probes, swap_in
 from latentlens.errors import ConfigError, StoreError, UnknownNameError
 
 ANALYSIS = "analysis"
@@ -216,6 +217,7 @@ def analyze_run(
         )
     chosen = select_sites(available, sites)
     labels = _labels(run, samples)
+    usable = [a for a, v in labels.items() if len(set(v)) >= 2]
     if attributes is not None:
         missing = [a for a in attributes if a not in labels]
         if missing:
@@ -223,7 +225,21 @@ def analyze_run(
                 f"The run has no label {missing[0]!r} on every sample; its labels: {', '.join(labels) or 'none'}."
             )
         labels = {a: labels[a] for a in attributes}
+    if attributes is not None:
+        single = [a for a in attributes if len(set(labels[a])) < 2]
+        if single:
+            raise ConfigError(
+                f"The label {single[0]!r} has the single value {labels[single[0]][0]!r} on all {len(samples)} "
+                "finished samples, so there is nothing to probe; choose labels with at least 2 values "
+                f"(the run's labels with at least 2 values: {', '.join(usable) or 'none'})."
+            )
     labels = {a: v for a, v in labels.items() if len(set(v)) >= 2}
+    if write and not labels and has_probes(Path(run_dir) / ANALYSIS):
+        raise StoreError(
+            f"{Path(run_dir) / ANALYSIS} holds probe results, and this analysis would have none (no label with "
+            "at least 2 values); it was not replaced. Analyse labels with at least 2 values, or move that "
+            "folder away first to replace it with an analysis without probes."
+        )
 
     t0 = time.perf_counter()
     feats, site_steps = load_features(run, chosen, samples, steps, features, quiet)
@@ -382,6 +398,4 @@ def _write(run_dir: Path, summary, grid, pca_info, embeddings, directions) -> No
     if summary.get("cosine") is not None:
         (tmp / "cosine.json").write_text(dump(summary["cosine"]))
     (tmp / "summary.json").write_text(dump(summary))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    swap_in(tmp, out)  # only latentlens' own files are replaced or removed; a user's files stay

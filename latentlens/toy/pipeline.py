@@ -117,6 +117,9 @@ class ToyPipeline(DiffusionPipeline):
         finally:
             self._optional_components = original_optional
             self.register_to_config(**saved)
+        from latentlens.weights import write_checksums
+
+        write_checksums(save_directory)  # verified by load_pipeline before the weights are used
 
     # ------------------------------------------------------------------ SD3-style properties
     @property

@@ -46,6 +46,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8050, *, cache_
     if not root.is_dir():
         raise StoreError(f"{root} is a file; give a run folder (with manifest.json) or a folder of runs.")
     check_port(port)
+    port_free(host, port)  # before anything is printed or built
     try:
         from dashboards.app import create_app
     except ImportError as error:  # pragma: no cover - dash is a dependency
@@ -69,7 +70,37 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8050, *, cache_
         import webbrowser
 
         threading.Timer(1.0, lambda: webbrowser.open(url)).start()
+    quiet_server()
     app.run(host=host, port=port, debug=False)
+
+
+def port_free(host: str, port: int) -> None:
+    """ConfigError naming the port if ``host:port`` cannot be bound (in use, or not this machine's)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"Cannot serve on {host}:{port} ({error.strerror or error}); another program uses that port, "
+                f"or the address is not this machine's. Pass another --port (e.g. --port {port + 1})."
+            ) from None
+
+
+def quiet_server() -> None:
+    """No Flask development-server banner and no per-request log lines (errors are still logged)."""
+    import logging
+
+    try:
+        import flask.cli
+
+        flask.cli.show_server_banner = lambda *args, **kwargs: None
+    except (ImportError, AttributeError):  # pragma: no cover - the banner only
+        pass
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 
 def run(args: argparse.Namespace) -> int:

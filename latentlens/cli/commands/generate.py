@@ -45,12 +45,15 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
         path = Path(args.prompts)
         if not path.is_file():
             raise ConfigError(f"The prompts file {path} does not exist; give a text file with one prompt per line.")
-        try:
-            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"The prompts file {path} cannot be read as UTF-8 text ({error}).") from error
+        from latentlens.textfile import read_text
+
+        prompts = [line.strip() for line in read_text(path, what="The prompts file").splitlines() if line.strip()]
         if not prompts:
             raise ConfigError(f"The prompts file {path} holds no prompts; write one prompt per line.")
+    from latentlens.textfile import check_prompt
+
+    for i, prompt in enumerate(prompts):
+        check_prompt(prompt, where=f"Prompt {i}")
     return prompts
 
 

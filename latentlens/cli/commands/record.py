@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-images", action="store_true", help="do not save the generated images.")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out made with the same settings.")
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --out.")
+    parser.add_argument("--repair", action="store_true", help="with --resume (implied): check every finished "
+                        "sample (chunk sizes and checksums) and record exactly the damaged ones again.")
     parser.add_argument("--quiet", action="store_true", help="no progress bar.")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the result.")
 
@@ -145,7 +147,9 @@ def read_prompt_file(path: str | Path) -> list[Any]:
     if not path.is_file():
         raise ConfigError(f"--prompts {path}: no such file; give a text file with one prompt per line.")
     items: list[Any] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    from latentlens.textfile import read_text
+
+    for number, line in enumerate(read_text(path, what="--prompts").splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -180,7 +184,7 @@ def _check_sites(pipe: Any, patterns: list[str] | None, flag: str) -> None:
         if not fnmatch.filter(names, pattern) and pattern not in names:
             close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; valid names look like {names[0]!r}."
-            raise ConfigError(f"{flag} {pattern!r} matches no site of this model{hint} (`latentlens sites --model ...` lists them)")
+            raise ConfigError(f"{flag} {pattern!r} matches no site of this model{hint} (`latentlens sites --model MODEL` lists them).")
 
 
 def _load_model(model: str) -> Any:
@@ -197,8 +201,9 @@ def run(args: argparse.Namespace) -> int:
                         ("--num-inference-steps", args.num_inference_steps)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be a positive integer, got {value}.")
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other; pick one.")
+    if (args.resume or args.repair) and args.overwrite:
+        raise ConfigError("--resume/--repair and --overwrite exclude each other; pick one.")
+    args.resume = args.resume or args.repair
 
     options: dict[str, Any] = {}
     model = args.model
@@ -254,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = record_prompts(
             pipe, prompts, args.out, seeds=args.seed, model_id=model, save_images=not args.no_images,
-            resume=args.resume, overwrite=args.overwrite, limit=args.limit, progress=not args.quiet, **options,
+            resume=args.resume, overwrite=args.overwrite, limit=args.limit, progress=not args.quiet,
+            repair=args.repair, **options,
         )
     except RunInterruptedError as error:
         print(f"latentlens record: error: {error}", file=sys.stderr)

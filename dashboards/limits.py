@@ -1,0 +1,100 @@
+"""Limits the server enforces itself: whatever the browser sends, bounds hold.
+
+The page's controls carry ``min``/``max``, but any client can post a callback
+directly; every number a callback reads goes through :func:`bounded_int` /
+:func:`bounded_float`, every text through :func:`bounded_text`, and long jobs take
+a slot from :class:`JobSlots` (a fixed number of lock files: a cap across the
+background-job processes, released by the OS even when a job process dies).
+
+Example::
+
+    steps = bounded_int(value, "steps", 1, 100)   # DashboardError outside 1..100
+    with JobSlots(folder, 2).take() as slot:      # None when every slot is busy
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dashboards.data import DashboardError
+
+#: Bounds of the editor's inputs (the page's controls use the same numbers).
+EDIT_STEPS = (1, 100)
+EDIT_ALPHA = (-8.0, 8.0)
+TEXT_CHARS = 500
+MAX_EDIT_JOBS = 2  # edits running at once; further requests get a "busy" answer
+
+
+def bounded_int(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` as an int in ``low..high``; DashboardError naming the bounds otherwise."""
+    if isinstance(value, bool) or value is None:
+        raise DashboardError(f"{name} must be a whole number between {low} and {high}, not {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DashboardError(f"{name} must be a whole number between {low} and {high}, not {str(value)[:40]!r}.") from None
+    if not math.isfinite(number) or number != int(number) or not low <= number <= high:
+        raise DashboardError(f"{name} must be a whole number between {low} and {high}, not {str(value)[:40]}.")
+    return int(number)
+
+
+def bounded_float(value: Any, name: str, low: float, high: float) -> float:
+    """``value`` as a finite float in ``[low, high]``; DashboardError naming the bounds otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DashboardError(f"{name} must be a number between {low:g} and {high:g}, not {str(value)[:40]!r}.") from None
+    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
+        raise DashboardError(f"{name} must be a number between {low:g} and {high:g}, not {str(value)[:40]}.")
+    return number
+
+
+def bounded_text(value: Any, name: str, limit: int = TEXT_CHARS) -> str | None:
+    """``value`` as a string of at most ``limit`` characters without control characters (None stays None)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DashboardError(f"{name} must be text, not a {type(value).__name__}.")
+    if len(value) > limit:
+        raise DashboardError(f"{name} has {len(value):,} characters; at most {limit:,} are accepted.")
+    if any(ord(ch) < 32 and ch not in "\t\n" for ch in value):
+        raise DashboardError(f"{name} contains control characters; type plain text.")
+    return value
+
+
+class JobSlots:
+    """At most ``count`` concurrent jobs across processes, one lock file per slot."""
+
+    def __init__(self, folder: str | os.PathLike[str], count: int = MAX_EDIT_JOBS) -> None:
+        self.folder = Path(folder)
+        self.count = int(count)
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[int | None]:
+        """Yield a free slot number (held until the block ends), or ``None`` when all are busy."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for slot in range(self.count):
+            fd = os.open(self.folder / f"slot-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                yield slot
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            return
+        yield None
+
+
+__all__ = ["bounded_int", "bounded_float", "bounded_text", "JobSlots", "EDIT_STEPS", "EDIT_ALPHA", "MAX_EDIT_JOBS"]
