@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "class_mean_direction": "latentlens.analysis.directions",
     "text_direction": "latentlens.analysis.directions",
     "cosine_matrix": "latentlens.analysis.metrics",
+    "SparseAutoencoder": "latentlens.analysis.sae",
+    "train_run_sae": "latentlens.analysis.sae_run",
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
     "record_prompts": "latentlens.runs",

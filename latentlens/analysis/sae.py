@@ -100,7 +100,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
     Fitted: ``W_enc_`` ``[dim, n_features]``, ``b_enc_`` ``[n_features]``, ``W_dec_``
     ``[n_features, dim]`` (unit rows, standardised units), ``b_pre_`` ``[dim]``, ``mean_`` ``[dim]``,
     ``scale_`` (float), ``n_features_in_``, ``n_steps_``, ``n_rows_seen_``, ``rows_since_fired_``
-    ``[n_features]``, ``fire_count_`` and ``activation_sum_`` ``[n_features]`` (training rows
+    ``[n_features]``, ``aux_steps_`` (Adam steps on which the auxiliary loss was active), ``fire_count_`` and ``activation_sum_`` ``[n_features]`` (training rows
     each feature fired on, and the sum of its activations there), ``loss_curve_``.
 
     Example::
@@ -191,13 +191,14 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         self.fire_count_ = np.zeros(int(self.n_features), dtype=np.float64)
         self.activation_sum_ = np.zeros(int(self.n_features), dtype=np.float64)
         self.n_steps_ = 0
+        self.aux_steps_ = 0
         self.n_rows_seen_ = 0
         self.loss_curve_: list[float] = []
         self.optimizer_state_: dict[str, Any] | None = None
         self.rng_state_ = generator.get_state().numpy()
 
     def _reset(self) -> None:
-        for name in (*_ARRAYS, "scale_", "n_steps_", "n_rows_seen_", "loss_curve_", "optimizer_state_",
+        for name in (*_ARRAYS, "scale_", "n_steps_", "aux_steps_", "n_rows_seen_", "loss_curve_", "optimizer_state_",
                      "rng_state_", "n_features_in_"):
             self.__dict__.pop(name, None)
 
@@ -248,6 +249,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         data = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         W_enc, b_enc, W_dec, b_pre = params["W_enc"], params["b_enc"], params["W_dec"], params["b_pre"]
         losses: list[float] = []
+        aux_steps = 0
         for start in range(0, rows, step):
             u = (data[order[start : start + step]].to(device) - mean) / scale  # [b, dim]
             pre = (u - b_pre) @ W_enc + b_enc  # [b, n_features]
@@ -265,6 +267,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
                 z_aux = torch.zeros_like(pre).scatter(-1, aux_indices, aux_values)
                 aux = (residual - z_aux @ W_dec).pow(2).mean() / residual.pow(2).mean().clamp_min(1e-12)
                 loss = loss + float(self.aux_coef) * aux
+                aux_steps += 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():  # keep decoder rows on the unit sphere: drop the radial gradient
@@ -284,6 +287,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         self.activation_sum_ = activation_sum.cpu().numpy()
         self.optimizer_state_ = _optimizer_state_to(optimizer.state_dict(), torch.device("cpu"), numpy=True)
         self.n_steps_ += len(losses)
+        self.aux_steps_ += aux_steps
         self.n_rows_seen_ += rows
         self.loss_curve_.extend(losses)
 
@@ -426,7 +430,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
             self.provenance_ = dict(provenance)
         meta = {
             "format": FORMAT, "version": FORMAT_VERSION, "config": self.config(), "config_hash": self.config_hash(),
-            "n_features_in": int(self.n_features_in_), "scale": float(self.scale_), "n_steps": int(self.n_steps_),
+            "n_features_in": int(self.n_features_in_), "scale": float(self.scale_), "n_steps": int(self.n_steps_), "aux_steps": int(self.aux_steps_),
             "n_rows_seen": int(self.n_rows_seen_), "provenance": getattr(self, "provenance_", {}),
             "metrics": metrics or {}, "loss_curve_tail": [float(v) for v in self.loss_curve_[-50:]],
         }
@@ -475,6 +479,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         sae.scale_ = float(meta["scale"])
         sae.n_features_in_ = int(meta["n_features_in"])
         sae.n_steps_ = int(meta.get("n_steps", 0))
+        sae.aux_steps_ = int(meta.get("aux_steps", 0))
         sae.n_rows_seen_ = int(meta.get("n_rows_seen", 0))
         sae.loss_curve_ = list(meta.get("loss_curve_tail") or [])
         sae.optimizer_state_ = None
