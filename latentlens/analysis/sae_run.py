@@ -19,8 +19,10 @@ Metrics (held-out samples, a grouped 20 % split by prompt):
 - ``alignment["<attribute>=<value>"]``: the feature whose *sample score* (its largest activation
   over the sample's tokens and the chosen steps) best separates the samples with that value,
   with the F1-maximising threshold picked on the training samples and ``f1`` measured on the
-  held-out ones; ``iou``: token-level IoU, over all samples, of the tokens where that feature
-  fires with the ground-truth tokens (the patches the object covers for shape / colour / size /
+  held-out ones; ``iou``: token-level IoU, over the held-out samples, of the tokens where that
+  feature's activation reaches ``token_threshold`` (the IoU-maximising one of 48 quantiles of its
+  positive activations on the training samples; TopK fills its k slots with small activations
+  too, so "fires at all" would count noise) with the ground-truth tokens (the patches the object covers for shape / colour / size /
   position, the other patches for background, none on samples without the value).
 
 Runs store no object masks; they are rendered from each sample's shapes-world labels (the scene
@@ -290,7 +292,7 @@ def train_run_sae(
                 "train_f1": float(train_f1[f, j]), "iou": None, "attribute": attribute, "value": value,
             }
         if masks is not None:
-            _token_iou(run, site, step_list, samples, sae, best_features, labels, masks, position)
+            _token_iou(run, site, step_list, samples, sae, best_features, labels, masks, position, is_test)
         hits = sum(1 for r in best_features.values() if r["f1"] >= F1_GOAL)
         summary["alignment_summary"] = {"values": len(values), f"f1_at_least_{F1_GOAL}": hits,
                                         "fraction": hits / len(values) if values else math.nan}
@@ -324,18 +326,30 @@ def _token_activations(run: Any, site: str, steps: Sequence[int], samples: Seque
     return out
 
 
+def _iou(active: np.ndarray, truth: np.ndarray) -> float:
+    union = float((active | truth).sum())
+    return float((active & truth).sum()) / union if union else 0.0
+
+
 def _token_iou(run: Any, site: str, steps: Sequence[int], samples: Sequence[int], sae: SparseAutoencoder,
                best: dict[str, dict[str, Any]], labels: dict[str, np.ndarray], masks: np.ndarray,
-               position: dict[int, int]) -> None:
+               position: dict[int, int], is_test: np.ndarray, candidates: int = 48) -> None:
+    """Fill ``iou`` (held-out samples) and ``token_threshold`` (chosen on the training samples) of every record."""
     features = sorted({r["feature"] for r in best.values()})
-    acts = _token_activations(run, site, steps, samples, sae, features, position) > 0  # [n, tokens, B]
+    acts = _token_activations(run, site, steps, samples, sae, features, position)  # [n, tokens, B]
     for record in best.values():
-        active = acts[:, :, features.index(record["feature"])]  # [n, tokens]
+        a = acts[:, :, features.index(record["feature"])]  # [n, tokens]
         has_value = (labels[record["attribute"]] == record["value"])[:, None]  # [n, 1]
-        region = masks if record["attribute"] != "background" else ~masks
-        truth = region & has_value
-        union = float((active | truth).sum())
-        record["iou"] = float((active & truth).sum()) / union if union else 0.0
+        truth = (masks if record["attribute"] != "background" else ~masks) & has_value
+        positive = a[~is_test][a[~is_test] > 0]
+        if positive.size == 0:
+            record["iou"], record["token_threshold"] = 0.0, None
+            continue
+        grid = np.unique(np.quantile(positive, np.linspace(0.0, 0.98, candidates)))
+        scores = [_iou(a[~is_test] >= t, truth[~is_test]) for t in grid]
+        threshold = float(grid[int(np.argmax(scores))])
+        record["token_threshold"] = threshold
+        record["iou"] = _iou(a[is_test] >= threshold, truth[is_test])
 
 
 # ------------------------------------------------------------------- write
