@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "cosine_matrix": "latentlens.metrics",
     "sde": "latentlens.metrics",
     "psnr": "latentlens.metrics",
+    "SparseAutoencoder": "latentlens.analysis.sae",
+    "train_run_sae": "latentlens.analysis.sae_run",
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
     "record_prompts": "latentlens.runs",

@@ -8,4 +8,13 @@ from __future__ import annotations
 
 from latentlens.analysis.spec import ProbeSample, ProbeSpec, load_probe_spec
 
-__all__ = ["ProbeSample", "ProbeSpec", "load_probe_spec"]
+__all__ = ["ProbeSample", "ProbeSpec", "SparseAutoencoder", "load_probe_spec"]
+
+
+def __getattr__(name: str) -> object:
+    # torch-backed estimators are imported on first use, so importing the package stays light
+    if name == "SparseAutoencoder":
+        from latentlens.analysis.sae import SparseAutoencoder
+
+        return SparseAutoencoder
+    raise AttributeError(f"module 'latentlens.analysis' has no attribute {name!r}")
