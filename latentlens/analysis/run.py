@@ -14,6 +14,7 @@ reads::
       directions/<attribute>/<value>.json + .safetensors   class-mean directions (value vs. the rest) at the
                              best image-stream cell (and text-stream cell, under directions/txt/)
       cosine.json            cosine matrix of the value directions at one shared cell
+      patching/              patching grids (`latentlens patch-grid`; kept when analyze reruns)
       summary.json           what `latentlens analyze --json` prints
 
 Example::
@@ -397,6 +398,8 @@ def _write(run_dir: Path, summary, grid, pca_info, embeddings, directions) -> No
     if summary.get("cosine") is not None:
         (tmp / "cosine.json").write_text(dump(summary["cosine"]))
     (tmp / "summary.json").write_text(dump(summary))
+    if (out / "patching").is_dir():  # written by `latentlens patch-grid`, not by analyze: keep it
+        (out / "patching").rename(tmp / "patching")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
