@@ -156,8 +156,8 @@ def test_bad_inputs_fail_before_compute(pipe, tmp_path, monkeypatch):
     bad.write_text('{"base": "a red circle", "source": "a blue circle", "seed": 0}\n{"base": "x"}\n')
     with pytest.raises(ConfigError, match="Line 2 of .*pairs.jsonl"):
         load_pairs(bad)
-    with pytest.raises(ConfigError, match="Unknown color 'purple'"):
-        shapes_pairs("color", "red", "purple", n=2)
+    with pytest.raises(ConfigError, match="Unknown color 'pink'"):
+        shapes_pairs("color", "red", "pink", n=2)
 
 
 def test_patch_grid_is_importable_from_the_public_packages():
