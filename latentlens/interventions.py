@@ -1,4 +1,5 @@
-"""Interventions: ``steer`` (add α·d at a site) and ``patch`` (replace a site with recorded values).
+"""Interventions: ``steer`` (add α·d at a site), ``patch`` (replace a site with recorded values) and
+``ablate`` (project a direction out of a site).
 
 Both are context managers built on the same named sites as :func:`latentlens.record`, use torch
 hooks that are removed on exit, and compose with ``record``: their hooks run before any
@@ -194,6 +195,7 @@ class patch(_Intervention):  # noqa: N801 - function-like context manager
     branch are used), or a tensor ``[step, batch, ...]`` indexed by transformer-call index. When the
     source batch is half the call's batch and the pipeline doubles it for CFG, the ``cfg`` rows
     ("cond" unless given) are replaced; when it matches the whole batch, every row is.
+    ``tokens`` (indices of the site's stream) replaces only those token positions.
 
     Example::
 
@@ -201,8 +203,19 @@ class patch(_Intervention):  # noqa: N801 - function-like context manager
             pipe(prompt)
     """
 
-    def __init__(self, target: Any, site: str, source: Any, steps: Steps = None, cfg: str | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        site: str,
+        source: Any,
+        steps: Steps = None,
+        cfg: str | None = None,
+        tokens: Sequence[int] | int | None = None,
+    ) -> None:
         super().__init__(target, site, steps, "both")
+        self.tokens = _token_index(tokens)
+        if self.tokens is not None and (len(self.spec.dims) < 2 or self.spec.dims[1] != "token"):
+            raise ConfigError(f"tokens=... needs a per-token site; {self.site!r} has axes {self.spec.dims}.")
         if hasattr(source, "names") and hasattr(source, "steps") and not torch.is_tensor(source):
             if self.site not in source:
                 raise ConfigError(
@@ -249,8 +262,92 @@ class patch(_Intervention):  # noqa: N801 - function-like context manager
                 f"{tuple(value.shape[1:])}; record the source with the same model, resolution and prompt length."
             )
         new = value.clone()
-        new[target_rows] = src
+        if self.tokens is None:
+            new[target_rows] = src
+        else:
+            if int(self.tokens.max()) >= value.shape[1]:
+                raise ConfigError(
+                    f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}."
+                )
+            idx = self.tokens.to(value.device)
+            sub = new[target_rows]  # [b, tokens, channel] (a view: target_rows is a slice)
+            sub[:, idx] = src[:, idx]
         return new
 
 
-__all__ = ["patch", "steer"]
+class ablate(_Intervention):  # noqa: N801 - function-like context manager
+    """Project a direction out of a site's activation: ``x ← x − (x·d̂) d̂`` at chosen steps and tokens.
+
+    ``direction`` is a vector ``[channel]`` or a ``Direction`` (its ``site``, ``steps`` and
+    ``tokens`` are used unless given); a token-wise ``[tokens, channel]`` direction projects each
+    token row out of its own token. The causal test of a probe's direction: if the model reads the
+    attribute along ``d``, removing ``d`` changes the image.
+
+    Example::
+
+        with ablate(pipe, direction, steps=range(10, 20)):
+            pipe(prompt)
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        site: Any,
+        direction: Any = None,
+        steps: Steps = None,
+        tokens: Sequence[int] | int | None = None,
+        cfg: str = "both",
+    ) -> None:
+        if direction is None and hasattr(site, "vector"):
+            direction, site = site, site.site
+        if direction is None:
+            raise ConfigError("ablate needs a direction: ablate(target, site, vector_or_Direction).")
+        if hasattr(direction, "vector"):
+            steps = getattr(direction, "steps", None) if steps is None else steps
+            tokens = getattr(direction, "tokens", None) if tokens is None else tokens
+            vector = direction.vector
+        else:
+            vector = direction
+        if not isinstance(site, str):
+            raise ConfigError(f"site={site!r} must be a site name such as 'blocks.3.resid_out.img'.")
+        super().__init__(target, site, steps, cfg)
+        vector = torch.as_tensor(vector).detach().to(torch.float64)
+        norm = vector.norm(dim=-1, keepdim=True)
+        if not bool((norm > 0).any()):
+            raise ConfigError("ablate: the direction is the zero vector; there is nothing to project out.")
+        self.unit = torch.where(norm > 0, vector / norm.clamp_min(1e-30), torch.zeros_like(vector))
+        self.tokens = _token_index(tokens)
+        if self.tokens is not None and (len(self.spec.dims) < 2 or self.spec.dims[1] != "token"):
+            raise ConfigError(f"tokens=... needs a per-token site; {self.site!r} has axes {self.spec.dims}.")
+
+    def modify(self, state: CallState, value: torch.Tensor, rows: slice) -> torch.Tensor | None:
+        u = self.unit.to(device=value.device, dtype=torch.float32)
+        if u.shape[-1] != value.shape[-1]:
+            raise ConfigError(
+                f"The direction has {u.shape[-1]} channels but site {self.site!r} has {value.shape[-1]} "
+                f"(shape {tuple(value.shape)}); use a direction found at this site of this model."
+            )
+        new = value.clone()
+        sub = new[rows]  # [b, (tokens,) channel], a view
+        if self.tokens is not None:
+            if int(self.tokens.max()) >= value.shape[1]:
+                raise ConfigError(f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}.")
+            idx = self.tokens.to(value.device)
+            part = sub[:, idx].float()
+        else:
+            part = sub.float()
+        if u.ndim == 2 and (part.ndim != 3 or u.shape[0] not in (1, part.shape[1])):
+            raise ConfigError(
+                f"The token-wise direction has {u.shape[0]} rows but site {self.site!r} has {part.shape[1]} "
+                "(selected) tokens; use prompts with the token layout the direction came from, or pass tokens=..."
+            )
+        coef = (part * u).sum(dim=-1, keepdim=True)  # [b, (tokens,) 1]
+        part = (part - coef * u).to(value.dtype)
+        if self.tokens is not None:
+            sub[:, idx] = part
+        else:
+            sub[...] = part
+        return new
+
+
+__all__ = ["ablate", "patch", "steer"]

@@ -12,6 +12,7 @@ Layout read (every part optional; :attr:`AnalysisResults.missing` lists what is 
       embeddings/*.npz       one file per (site, step): arrays ``pca`` [n, k], optional ``umap`` [n, 2],
                              ``sample`` [n] (sample ids); the JSON twin ``*.json`` names ``site`` and ``step``
       directions/NAME.json   + NAME.safetensors, written by :meth:`latentlens.Direction.save`
+      patching/NAME/grid.json + images.npz, written by :meth:`latentlens.PatchGrid.save`
 
 Example::
 
@@ -39,6 +40,7 @@ ANALYSIS = "analysis"
 PROBES_FILES = ("probes.json", "probes.jsonl")
 EMBEDDINGS = "embeddings"
 DIRECTIONS = "directions"
+PATCHING = "patching"
 _BLOCK_PREFIX = "blocks."
 
 
@@ -98,6 +100,7 @@ class AnalysisResults:
     classes: dict[str, list[Any]] = field(default_factory=dict)
     embeddings: dict[tuple[str, int], Path] = field(default_factory=dict)
     directions: dict[str, Path] = field(default_factory=dict)
+    patch_grids: dict[str, Path] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -186,6 +189,21 @@ class AnalysisResults:
             confined(path.with_name(path.name + suffix), self.run)
         return Direction.load(path)
 
+    @property
+    def patch_grid_names(self) -> list[str]:
+        return sorted(self.patch_grids)
+
+    def load_patch_grid(self, name: str) -> Any:
+        """The saved :class:`latentlens.PatchGrid` called ``name`` (``latentlens patch-grid --out RUN_DIR``)."""
+        from latentlens.analysis.patching import PatchGrid
+
+        if name not in self.patch_grids:
+            raise UnknownNameError(
+                f"The run has no patching grid {name!r}; it has: {', '.join(self.patch_grid_names) or 'none'} "
+                f"(`latentlens patch-grid --out {self.run}` writes one)."
+            )
+        return PatchGrid.load(self.patch_grids[name])
+
 
 def _scan_embeddings(folder: Path) -> dict[tuple[str, int], Path]:
     out: dict[tuple[str, int], Path] = {}
@@ -220,6 +238,12 @@ def _scan_directions(folder: Path) -> dict[str, Path]:
     return out
 
 
+def _scan_patch_grids(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {p.parent.name: p.parent for p in sorted(folder.glob("*/grid.json"))}
+
+
 def has_analysis(run_dir: str | Path) -> bool:
     """Whether ``run_dir/analysis/`` exists."""
     return (Path(run_dir) / ANALYSIS).is_dir()
@@ -244,6 +268,7 @@ def load_results(run_dir: str | Path) -> AnalysisResults:
         classes=classes,
         embeddings=_scan_embeddings(folder / EMBEDDINGS),
         directions=_scan_directions(folder / DIRECTIONS),
+        patch_grids=_scan_patch_grids(folder / PATCHING),
     )
 
 

@@ -14,6 +14,7 @@ reads::
       directions/<attribute>/<value>.json + .safetensors   class-mean directions (value vs. the rest) at the
                              best image-stream cell (and text-stream cell, under directions/txt/)
       cosine.json            cosine matrix of the value directions at one shared cell
+      patching/              patching grids (`latentlens patch-grid`; kept when analyze reruns)
       summary.json           what `latentlens analyze --json` prints
 
 Example::
