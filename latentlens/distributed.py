@@ -302,6 +302,7 @@ def record_on_ray(
         probe = None
         # 2. every worker builds its pipeline (an error names the worker; nothing is written)
         _gather(ray_mod, [a.load.remote() for a in actors], "could not build its pipeline")
+        startup = time.perf_counter() - started
 
         existing = (out_path / "manifest.json").exists()
         if existing and (resume or overwrite):
@@ -387,6 +388,7 @@ def record_on_ray(
     return RunResult(
         path=Path(out), store=run, samples=len(run.completed), recorded_now=recorded_now, names=run.names,
         seconds=time.perf_counter() - started, resumed_from=resumed_from, workers=n_workers, retried=retried,
+        startup_seconds=startup,
     )
 
 

@@ -62,6 +62,7 @@ class RunResult:
     resumed_from: int
     workers: int = 0  # Ray workers (0: recorded in this process)
     retried: int = 0  # batches redone because their Ray worker died
+    startup_seconds: float = 0.0  # Ray: starting the workers and building their pipelines
 
     def to_json(self) -> dict[str, Any]:
         """The ``latentlens record --json`` document."""
@@ -74,7 +75,8 @@ class RunResult:
             "resumed_from": self.resumed_from,
         }
         if self.workers:
-            document.update(workers=self.workers, retried=self.retried)
+            document.update(workers=self.workers, retried=self.retried,
+                            startup_seconds=round(self.startup_seconds, 3))
         return document
 
 

@@ -1,5 +1,8 @@
 """Recording on a real local Ray cluster (2 CPUs, started once for this file): the same store as a
-serial run, a SIGKILLed worker, a SIGKILLed driver + --resume, and the errors before any work."""
+serial run, a SIGKILLed worker, a SIGKILLed driver + --resume, and the errors before any work.
+
+Most of each test is Ray starting worker processes that import torch and load the toy model
+(about 4.5 s per worker alone, twice that with two at once on 2 busy cores)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402  (the test setup installs latentlens[ray])
 
+pytestmark = pytest.mark.slow  # each test starts Ray worker processes that import torch (seconds each)
+
 from latentlens.cli import main  # noqa: E402
 from latentlens.distributed import ACTOR_PREFIX, RecordWorker, connect, import_ray  # noqa: E402
 from latentlens.errors import ConfigError, LatentlensError, StoreError  # noqa: E402
@@ -26,7 +31,7 @@ from latentlens.runs import RunInterruptedError, record_prompts  # noqa: E402
 from latentlens.store import JOURNAL, open_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = [f"a {c} {s} on the {p}" for c in ("red", "blue") for s in ("circle", "square") for p in ("left", "right", "top", "bottom")] * 2
+PROMPTS = [f"a {c} {s} on the {p}" for c in ("red", "blue") for s in ("circle", "square") for p in ("left", "right", "top", "bottom")]
 COMMON = dict(num_inference_steps=4, batch_size=2, progress=False, model_id="toy", sites="blocks.*.resid_out.*")
 
 
