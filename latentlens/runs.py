@@ -61,10 +61,13 @@ class RunResult:
     names: list[str]
     seconds: float
     resumed_from: int
+    workers: int = 0  # Ray workers (0: recorded in this process)
+    retried: int = 0  # batches redone because their Ray worker died
+    startup_seconds: float = 0.0  # Ray: starting the workers and building their pipelines
 
     def to_json(self) -> dict[str, Any]:
         """The ``latentlens record --json`` document."""
-        return {
+        document = {
             "run": str(self.path),
             "samples": self.samples,
             "recorded": self.names,
@@ -72,6 +75,10 @@ class RunResult:
             "seconds": round(self.seconds, 3),
             "resumed_from": self.resumed_from,
         }
+        if self.workers:
+            document.update(workers=self.workers, retried=self.retried,
+                            startup_seconds=round(self.startup_seconds, 3))
+        return document
 
 
 def prompt_set(prompts: Any, seeds: int | Sequence[int] | None = None) -> PromptSet:
@@ -217,7 +224,8 @@ def check_out_dir(
         raise StoreError(f"The output path {path} is a file; give a folder path for the run.")
 
 
-def _images_of(output: Any) -> list[Any]:
+def pipeline_images(output: Any) -> list[Any]:
+    """The images of a pipeline's output (PIL images or HxWxC arrays), ``[]`` if it made none."""
     images = getattr(output, "images", None)
     if images is None and isinstance(output, tuple) and output:
         images = output[0]
@@ -229,6 +237,97 @@ def _images_of(output: Any) -> list[Any]:
             array = array.transpose(0, 2, 3, 1)
         return list(array)
     return list(images)
+
+
+@dataclasses.dataclass
+class BatchRecording:
+    """A finished batch as plain numpy arrays (what a Ray worker sends back): reads like a
+    :class:`~latentlens.recorder.Recording` for :meth:`RunStore.add_recording`."""
+
+    data: dict[str, Any]  # name -> [step, batch, ...] numpy
+    dim_names: dict[str, tuple[str, ...]]
+    timesteps: list[float]
+
+    @classmethod
+    def of(cls, rec: Any) -> BatchRecording:
+        """Copy ``rec`` (tensors on any device, bfloat16 becomes float32) into numpy arrays."""
+        data = {}
+        for name in rec.names:
+            tensor = rec[name].detach().cpu()
+            data[name] = (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
+        return cls(data, {n: tuple(rec.dims(n)) for n in rec.names}, [float(t) for t in rec.timesteps])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.data)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.data[name]
+
+    def dims(self, name: str) -> tuple[str, ...]:
+        return self.dim_names[name]
+
+
+def run_batch(
+    pipe: Any,
+    items: PromptSet,
+    batch: Sequence[int],
+    record_kwargs: Mapping[str, Any],
+    call_kwargs: Mapping[str, Any],
+    before_call: Any = None,
+) -> tuple[Any, Any]:
+    """Generate prompts ``batch`` of ``items`` (each with its own seeded generator) while recording.
+
+    Returns ``(recording, pipeline output)``; ``before_call()`` runs once the recorder accepted
+    the sites. Pipeline errors other than a :class:`LatentlensError` propagate unchanged.
+    """
+    import torch
+
+    from latentlens.recorder import record
+
+    generators = [torch.Generator().manual_seed(items.seeds[i]) for i in batch]
+    with record(pipe, **record_kwargs) as rec:
+        if before_call is not None:
+            before_call()
+        output = pipe([items.prompts[i] for i in batch], generator=generators, **call_kwargs)
+    return rec, output
+
+
+def batch_metadata(
+    items: PromptSet, batch: Sequence[int], images: Sequence[bool]
+) -> list[dict[str, Any]]:
+    """Journal entries of ``batch``: prompt, seed, labels and (where ``images[pos]``) the image path."""
+    metadata = []
+    for pos, i in enumerate(batch):
+        meta: dict[str, Any] = {"prompt": items.prompts[i], "seed": items.seeds[i]}
+        if items.labels is not None:
+            meta["labels"] = items.labels[i]
+        if pos < len(images) and images[pos]:
+            meta["image"] = f"images/{i:04d}.png"
+        metadata.append(meta)
+    return metadata
+
+
+def save_batch_images(store: RunStore, batch: Sequence[int], output: Any, save_images: bool) -> list[bool]:
+    """Save the images of ``output`` as samples ``batch``; ``[saved?]`` per sample."""
+    images = pipeline_images(output) if save_images else []
+    for pos, i in enumerate(batch[: len(images)]):
+        store.save_image(i, images[pos])
+    return [pos < len(images) for pos in range(len(batch))]
+
+
+def plan_batches(n_wanted: int, batch_size: int, done: frozenset[int] | set[int]) -> list[list[int]]:
+    """Batches of the first ``n_wanted`` samples, aligned to multiples of ``batch_size``, finished ones left out.
+
+    Aligned batches cover whole chunks (``samples_per_chunk`` divides ``batch_size``), so a resumed
+    run or a parallel worker never shares a chunk with another batch.
+    """
+    batches: list[list[int]] = []
+    for start in range(0, n_wanted, batch_size):
+        todo = [i for i in range(start, min(start + batch_size, n_wanted)) if i not in done]
+        if todo:
+            batches.append(todo)
+    return batches
 
 
 def record_prompts(
@@ -257,6 +356,9 @@ def record_prompts(
     limit: int | None = None,
     progress: bool = True,
     repair: bool = False,
+    ray: Any = None,
+    workers: int | None = None,
+    worker_pipeline: Any = None,
 ) -> RunResult:
     """Record ``prompts`` through ``pipe`` into the run folder ``out``; returns a :class:`RunResult`.
 
@@ -272,11 +374,13 @@ def record_prompts(
     whose finished samples have damaged chunk files is refused; ``repair=True`` (implies
     ``resume``) checks every finished sample (sizes and checksums) and records exactly the
     damaged ones again.
+
+    ``ray`` records on a Ray cluster instead (``"local"`` starts one on this machine, ``"auto"``
+    or an address joins a running one; see :mod:`latentlens.distributed`) with ``workers``
+    pipelines, each built from ``worker_pipeline`` (a model name for :func:`load_pipeline` or a
+    zero-argument callable; default: ``model_id``, else a pickled copy of ``pipe``). The result
+    is the same store as a serial run.
     """
-    import torch
-
-    from latentlens.recorder import record
-
     started = time.perf_counter()
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -300,10 +404,22 @@ def record_prompts(
     recording = dict(record_kwargs)
     recording["dtype"] = str(dtype) if dtype is not None else None
     manifest = build_manifest(pipe, items, model_id=model_id, generation=generation, recording=recording)
+    if repair and (ray is not None or workers is not None):
+        raise ConfigError("repair runs in this process; drop ray=/workers= (--ray/--workers) to repair a run.")
     resume = resume or repair
     check_out_dir(out, resume=resume, overwrite=overwrite, manifest=manifest)
+    kwargs = {k: v for k, v in record_kwargs.items() if v is not None}
+    n_wanted = len(items) if limit is None else min(limit, len(items))
+    if ray is not None or workers is not None:
+        from latentlens.distributed import record_on_ray
 
-    wanted = list(range(len(items) if limit is None else min(limit, len(items))))
+        return record_on_ray(
+            pipe, items, out, manifest=manifest, record_kwargs=kwargs, call_kwargs=call_kwargs,
+            batch_size=batch_size, n_wanted=n_wanted, save_images=save_images, resume=resume,
+            overwrite=overwrite, progress=progress, ray=ray, workers=workers,
+            worker_pipeline=worker_pipeline if worker_pipeline is not None else model_id, started=started,
+        )
+
     store: RunStore | None = None
     existing = (Path(out) / MANIFEST).exists()
     if existing and (resume or overwrite):
@@ -321,12 +437,7 @@ def record_prompts(
                 raise StoreError(report.message())
     resumed_from = len(store.completed) if store is not None else 0
     done = store.completed if store is not None else frozenset()
-    # Batches are aligned to multiples of batch_size, so a resumed run rewrites whole chunks only.
-    batches: list[list[int]] = []
-    for start in range(0, len(wanted), batch_size):
-        todo = [i for i in wanted[start : start + batch_size] if i not in done]
-        if todo:
-            batches.append(todo)
+    batches = plan_batches(n_wanted, batch_size, done)
 
     bar = None
     if progress and batches:
@@ -334,15 +445,16 @@ def record_prompts(
 
         bar = tqdm(total=sum(map(len, batches)), desc=f"record {Path(out).name}", unit="prompt", file=sys.stderr)
     recorded_now: list[int] = []
-    kwargs = {k: v for k, v in record_kwargs.items() if v is not None}
+
+    def create_store() -> None:  # once the recorder accepted the sites (bad names fail first)
+        nonlocal store
+        if store is None:
+            store = RunStore.create(out, manifest, samples_per_chunk=batch_size)
+
     try:
         for batch in batches:
-            generators = [torch.Generator().manual_seed(items.seeds[i]) for i in batch]
             try:
-                with record(pipe, **kwargs) as rec:
-                    if store is None:  # created once the recorder accepted the sites (bad names fail first)
-                        store = RunStore.create(out, manifest, samples_per_chunk=batch_size)
-                    output = pipe([items.prompts[i] for i in batch], generator=generators, **call_kwargs)
+                rec, output = run_batch(pipe, items, batch, kwargs, call_kwargs, before_call=create_store)
             except (LatentlensError, KeyboardInterrupt):
                 raise
             except Exception as error:
@@ -353,17 +465,8 @@ def record_prompts(
                     "fix the cause and rerun with --resume (resume=True) to record the rest."
                 ) from error
             assert store is not None
-            metadata = []
-            images = _images_of(output) if save_images else []
-            for pos, i in enumerate(batch):
-                meta: dict[str, Any] = {"prompt": items.prompts[i], "seed": items.seeds[i]}
-                if items.labels is not None:
-                    meta["labels"] = items.labels[i]
-                if pos < len(images):
-                    store.save_image(i, images[pos])
-                    meta["image"] = f"images/{i:04d}.png"
-                metadata.append(meta)
-            store.add_recording(rec, sample_ids=batch, metadata=metadata)
+            saved = save_batch_images(store, batch, output, save_images)
+            store.add_recording(rec, sample_ids=batch, metadata=batch_metadata(items, batch, saved))
             recorded_now.extend(batch)
             if bar is not None:
                 bar.update(len(batch))
@@ -389,4 +492,5 @@ def record_prompts(
 
 
 __all__ = ["record_prompts", "prompt_set", "PromptSet", "RunResult", "RunInterruptedError", "DEFAULT_SITES",
-           "build_manifest", "check_out_dir", "config_hash"]
+           "build_manifest", "check_out_dir", "config_hash", "BatchRecording", "run_batch", "plan_batches",
+           "batch_metadata", "save_batch_images", "pipeline_images"]

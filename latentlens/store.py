@@ -483,7 +483,8 @@ class RunStore:
         open_run("runs/x")["pred"][:, 3].shape   # (2, 16, 8)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False, repair: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False, repair: bool = False,
+                 chunks_only: bool = False) -> None:
         self.path = Path(path)
         self._repair = bool(repair and writable)
         manifest_path = self.path / MANIFEST
@@ -493,13 +494,16 @@ class RunStore:
                 "Record one with `latentlens record --out PATH ...` or check the path."
             )
         self._manifest: dict[str, Any] = read_manifest(manifest_path)
-        self.writable = writable
+        self.writable = writable or chunks_only
+        #: a worker of a distributed run: writes samples into existing arrays, never creates,
+        #: resizes, journals or touches the manifest, and takes no lock (the driver holds it)
+        self.chunks_only = chunks_only
         self._group: Any = None
         self._arrays: dict[str, Any] = {}
         self._samples: dict[int, dict[str, Any]] = {}
         self._digests: dict[int, dict[str, int]] = {}  # sample -> name -> crc32 of data written, not yet journaled
         self._lock_held = False
-        if writable:
+        if writable and not chunks_only:
             self._acquire_lock()
         try:
             if writable:
@@ -516,10 +520,13 @@ class RunStore:
         """Open an existing run; ``mode="r"`` reads (lock-free), ``mode="a"`` appends (one writer).
 
         ``repair=True`` (append mode only) drops damaged journal lines instead of refusing the run.
+        ``mode="chunks"`` is for the workers of a distributed run: they write samples into the arrays
+        the driver created at full length (and save images) while the driver, which holds the
+        writer lock, alone journals samples and updates the manifest.
         """
-        if mode not in ("r", "a"):
-            raise StoreError(f"mode must be 'r' (read) or 'a' (append), not {mode!r}.")
-        return cls(path, writable=mode == "a", repair=repair)
+        if mode not in ("r", "a", "chunks"):
+            raise StoreError(f"mode must be 'r' (read), 'a' (append) or 'chunks' (worker), not {mode!r}.")
+        return cls(path, writable=mode == "a", repair=repair, chunks_only=mode == "chunks")
 
     @classmethod
     def create(
@@ -658,8 +665,10 @@ class RunStore:
         self.close()
 
     def __del__(self) -> None:  # best effort; close() is the documented way
-        with contextlib.suppress(Exception):
+        try:
             self.close()
+        except Exception:  # noqa: BLE001 - also at interpreter exit, when module globals are gone
+            pass
 
     # ------------------------------------------------------------------ journal
 
@@ -836,10 +845,15 @@ class RunStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _require_writable(self) -> None:
+    def _require_writable(self, driver: bool = False) -> None:
         if not self.writable:
             raise StoreError(
                 f"{self.path} was opened read-only; open it with RunStore.open(path, mode='a') to write."
+            )
+        if driver and self.chunks_only:
+            raise StoreError(
+                f"{self.path} was opened by a worker (mode='chunks'), which writes sample data only; the "
+                "journal, the manifest and new arrays are written by the driver (mode='a')."
             )
 
     @staticmethod
@@ -860,7 +874,7 @@ class RunStore:
 
     def update_manifest(self, **fields: Any) -> None:
         """Set top-level manifest fields (atomically); the config-defining sections cannot change."""
-        self._require_writable()
+        self._require_writable(driver=True)
         frozen = sorted(set(fields) & set(HASHED_KEYS + ("config_hash",)))
         if frozen:
             raise StoreError(
@@ -883,11 +897,23 @@ class RunStore:
                     "and reduction for every sample (record into a new folder to change them)."
                 )
             if array.shape[0] < need:
+                if self.chunks_only:
+                    raise StoreError(
+                        f"{name!r} in {self.path} holds {array.shape[0]} samples but sample {need - 1} was "
+                        "given; a worker writes only into arrays the driver created at full length."
+                    )
                 array.resize((need, *array.shape[1:]))
             return array
+        if self.chunks_only:
+            raise StoreError(
+                f"{self.path} has no array {name!r}; a worker writes only into arrays the driver created."
+            )
         per_sample_step = int(np.prod(sample_shape[1:], dtype=np.int64)) * dtype.itemsize if sample_shape else dtype.itemsize
         spc = int((self._manifest.get("store") or {}).get("samples_per_chunk") or 1)
-        spc = max(1, min(spc, MAX_CHUNK_BYTES // max(per_sample_step, 1)))
+        cap = max(1, MAX_CHUNK_BYTES // max(per_sample_step, 1))
+        # the largest divisor of the requested size that fits: a batch of samples_per_chunk samples
+        # (aligned) then covers whole chunks only, so no chunk is shared by two batches or workers
+        spc = max(d for d in range(1, max(spc, 1) + 1) if spc % d == 0 and d <= cap)
         length = max(need, len(self._manifest.get("prompts") or []))
         chunks = (spc, 1, *sample_shape[1:]) if len(sample_shape) >= 1 else (spc,)
         fill = np.nan if dtype.kind == "f" else 0
@@ -981,7 +1007,7 @@ class RunStore:
         The data written so far is synced to disk first, then the journal line is written and fsync'ed,
         so after a crash or power loss a journaled sample's data is on disk.
         """
-        self._require_writable()
+        self._require_writable(driver=True)
         ids = [int(i) for i in sample_ids]
         metadata = list(metadata) if metadata is not None else [{} for _ in ids]
         if len(metadata) != len(ids):
@@ -1057,7 +1083,7 @@ class RunStore:
             raise StoreError(f"The recording holds {batch} samples but {len(ids)} sample ids were given.")
         self.write_samples(ids, arrays, dims)
         timesteps = getattr(rec, "timesteps", None)
-        if timesteps is not None and self._manifest.get("timesteps") is None:
+        if timesteps is not None and self._manifest.get("timesteps") is None and not self.chunks_only:
             self._update_manifest({"timesteps": [float(t) for t in _to_numpy(timesteps).reshape(-1)]})
         steps = getattr(rec, "steps", None)
         if steps and self._manifest.get("recorded_steps") is None:

@@ -18,7 +18,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
             || "$PY" -m pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
     fi
 fi
-"$PY" -m pip install --quiet -c constraints.txt -e ".[test]"
+"$PY" -m pip install --quiet -c constraints.txt -e ".[test,ray]"
 
 # Chromium + chromedriver for the dashboard's browser tests (Debian packages; never a downloaded browser).
 if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null 2>&1; then

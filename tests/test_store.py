@@ -281,3 +281,37 @@ def test_whole_chunk_fast_paths_agree_with_zarr(tmp_path, spc):
             np.testing.assert_array_equal(ref["x"][2:7, step - steps], expected[2:7, step])
     store.close()
 
+
+
+def test_a_worker_writes_samples_but_never_journals_creates_or_resizes(tmp_path):
+    """mode='chunks' (a distributed run's worker) beside the driver, which holds the lock."""
+    driver = RunStore.create(tmp_path / "run", _manifest(6), samples_per_chunk=2)
+    x = np.arange(6 * 3 * 4 * 2, dtype=np.float32).reshape(6, 3, 4, 2)
+    driver.write_samples([0, 1], {"a": x[:2]}, dims={"a": DIMS})  # the driver creates "a" at full length
+    worker = RunStore.open(tmp_path / "run", mode="chunks")  # no lock taken: the driver holds it
+    worker.write_samples([2, 3], {"a": x[2:4]}, dims={"a": DIMS})
+    worker.write_samples([2, 3], {"a": x[2:4]}, dims={"a": DIMS})  # a retried batch: the same bytes again
+    with pytest.raises(StoreError, match="written by the driver"):
+        worker.mark_complete([2, 3])
+    with pytest.raises(StoreError, match="written by the driver"):
+        worker.update_manifest(note="x")
+    with pytest.raises(StoreError, match="has no array 'b'"):
+        worker.write_samples([4], {"b": x[4:5]}, dims={"b": DIMS})
+    with pytest.raises(StoreError, match="full length"):
+        worker.write_samples([6], {"a": x[5:6]}, dims={"a": DIMS})
+    driver.mark_complete([0, 1, 2, 3])
+    driver.close()
+    run = open_run(tmp_path / "run")
+    assert sorted(run.completed) == [0, 1, 2, 3] and run.names == ["a"]
+    np.testing.assert_array_equal(run["a"][:4], x[:4])
+    assert run["a"].shape[0] == 6
+
+
+def test_chunks_never_straddle_two_batches(tmp_path):
+    """A capped chunk size divides the batch size, so parallel batches never share a chunk."""
+    store = RunStore.create(tmp_path / "run", _manifest(12), samples_per_chunk=6)
+    big = np.zeros((1, 1, 1, 1), dtype=np.float32)
+    per_sample = 16 * 2**20 // 4  # 16 MiB per sample and step: 4 fit the 64 MiB cap, but 4 does not divide 6
+    store.write_samples([0], {"a": np.broadcast_to(big, (1, 1, 1, per_sample))}, dims={"a": DIMS})
+    assert store.read("a").chunks[0] == 3
+    store.close()

@@ -44,6 +44,8 @@ from latentlens.errors import ConfigError, StoreError, UnknownNameError
 
 ANALYSIS = "analysis"
 FEATURES = ("mean", "mean+grid")
+#: Default bound on the raw activations read at once (a block of samples of one site and step).
+MAX_READ_BYTES = 256 * 2**20
 
 
 def _log(message: str, quiet: bool) -> None:
@@ -115,15 +117,53 @@ def token_features(x: np.ndarray, how: str = "mean") -> np.ndarray:
     return np.concatenate([mean] + [q.mean(axis=(1, 2)) for q in quads], axis=1)
 
 
+def cell_features(
+    array: Any, samples: Sequence[int], step_index: int, how: str = "mean",
+    max_read_bytes: int | None = MAX_READ_BYTES,
+) -> np.ndarray:
+    """``[n_samples, features]`` of one (site, step), read in blocks of whole chunks of samples.
+
+    Never more than ``max_read_bytes`` of raw activations (``[block, token, channel]``) are in
+    memory at once (``None``: the whole cell in one read), so a run far larger than memory is
+    reduced to its features (token-count times smaller) one block at a time.
+    """
+    index = np.asarray(samples, dtype=np.int64)
+    n = len(index)
+    per_sample = int(np.prod(array.shape[2:], dtype=np.int64)) * np.dtype(array.dtype).itemsize
+    block = n
+    if max_read_bytes is not None:
+        spc = int(array.chunks[0])
+        block = max(1, int(max_read_bytes) // max(per_sample, 1))
+        block = max(spc, block // spc * spc) if block >= spc else block  # whole chunks where they fit
+    out: np.ndarray | None = None
+    for start in range(0, max(n, 1), max(block, 1)):
+        ids = index[start : start + block]
+        if not len(ids):
+            break
+        if np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+            raw = array[int(ids[0]) : int(ids[0]) + len(ids), step_index]  # [block, (token,) channel]
+        else:
+            raw = array[ids.tolist(), step_index]
+        part = token_features(raw, how)  # [block, features]
+        del raw
+        if out is None:
+            out = np.empty((n, part.shape[1]), dtype=np.float32)
+        out[start : start + len(ids)] = part
+    if out is None:
+        out = np.empty((0, 0), dtype=np.float32)
+    return out
+
+
 def load_features(
     run: Any, sites: Sequence[str], samples: Sequence[int], steps: Sequence[int] | None = None,
-    how: str = "mean", quiet: bool = True,
+    how: str = "mean", quiet: bool = True, max_read_bytes: int | None = MAX_READ_BYTES,
 ) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, list[int]]]:
-    """``{(site, step): [n_samples, features]}`` for every chosen site and recorded step."""
+    """``{(site, step): [n_samples, features]}`` for every chosen site and recorded step.
+
+    Raw activations are streamed (see :func:`cell_features`); only the features stay in memory.
+    """
     features: dict[tuple[str, int], np.ndarray] = {}
     site_steps: dict[str, list[int]] = {}
-    index = np.asarray(samples, dtype=np.int64)
-    contiguous = len(index) > 0 and np.array_equal(index, np.arange(index[0], index[0] + len(index)))
     for site in sites:
         array = run[site]
         axis_steps = run.recorded_steps(array.shape[1])
@@ -135,11 +175,7 @@ def load_features(
         keep = [(k, s) for k, s in enumerate(axis_steps) if steps is None or s in steps]
         site_steps[site] = [s for _, s in keep]
         for k, step in keep:
-            if contiguous:
-                raw = array[int(index[0]) : int(index[0]) + len(index), k]
-            else:
-                raw = array[index.tolist(), k]
-            features[(site, step)] = token_features(raw, how)
+            features[(site, step)] = cell_features(array, samples, k, how, max_read_bytes)
         _log(f"analyze: read {site} ({len(keep)} steps)", quiet)
     return features, site_steps
 
@@ -181,6 +217,7 @@ def analyze_run(
     random_state: int = 0,
     write: bool = True,
     quiet: bool = False,
+    max_read_bytes: int | None = MAX_READ_BYTES,
 ) -> dict[str, Any]:
     """Analyse ``run_dir`` and (``write=True``) store the results in ``run_dir/analysis/``.
 
@@ -191,6 +228,9 @@ def analyze_run(
         features: ``"mean"`` (token mean) or ``"mean+grid"`` (plus 2×2 spatial pooling of image tokens).
         umap: embed with UMAP the ``"best"`` cells, ``"all"`` cells or ``"none"``; the fallback
             without umap-learn is PCA (marked in the embedding's JSON).
+        max_read_bytes: raw activations read at once (``None``: a whole (site, step) at once). The
+            run is streamed block by block and only its features (``[sample, channel]`` per cell,
+            5x that for ``"mean+grid"``) are held, so runs larger than memory can be analysed.
 
     Returns the summary (the ``--json`` document): best cell per attribute and stream, NaN cells,
     directions written, cosine matrix, timings.
@@ -243,7 +283,7 @@ def analyze_run(
         )
 
     t0 = time.perf_counter()
-    feats, site_steps = load_features(run, chosen, samples, steps, features, quiet)
+    feats, site_steps = load_features(run, chosen, samples, steps, features, quiet, max_read_bytes)
     read_seconds = time.perf_counter() - t0
 
     summary: dict[str, Any] = {
@@ -313,7 +353,8 @@ def analyze_run(
             attribute, site, step, stream = best["attribute"], best["site"], best["step"], best["stream"]
             x = feats[(site, step)]
             if features != "mean":
-                x = token_features(np.asarray(run[site][samples, run.recorded_steps(run[site].shape[1]).index(step)]), "mean")
+                k = run.recorded_steps(run[site].shape[1]).index(step)
+                x = cell_features(run[site], samples, k, "mean", max_read_bytes)
             for value in grid.attributes_[attribute]:
                 d = class_mean_direction(
                     x, labels[attribute], to=str(value), site=site, steps=[int(step)], attribute=attribute,

@@ -513,9 +513,7 @@ def _optimizer_state_to(state: dict[str, Any], device: torch.device, numpy: bool
 # ------------------------------------------------------------------ streaming
 def site_steps(run: Any, site: str, steps: Sequence[int] | None) -> list[tuple[int, int]]:
     """``[(position on the stored step axis, denoising step)]`` of ``steps`` at ``site`` (``None``: all)."""
-    from latentlens.analysis.run import recorded_steps
-
-    recorded = recorded_steps(run.manifest, run[site].shape[1])
+    recorded = run.recorded_steps(run[site].shape[1])
     if steps is None:
         return list(enumerate(recorded))
     missing = [s for s in steps if s not in recorded]

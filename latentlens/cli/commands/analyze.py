@@ -37,7 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch threads for the fit (default: torch's; 1 is faster on a busy machine).")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and control task.")
+    parser.add_argument("--max-read-mb", type=float, default=256, metavar="MB",
+                        help="raw activations read at once, in MiB (default 256); the run is streamed, so "
+                        "runs larger than memory can be analysed.")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the results.")
+
+
+def _read_bytes(mb: float) -> int:
+    if not mb > 0:
+        from latentlens.errors import ConfigError
+
+        raise ConfigError(f"--max-read-mb must be a positive number of MiB, got {mb}.")
+    return int(mb * 2**20)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     summary = analyze_run(
         args.run_dir, sites=args.sites, steps=args.steps, attributes=args.attributes, features=args.features,
         C=args.C, max_features=args.max_features or None, umap=args.umap, random_state=args.seed,
-        quiet=False,
+        quiet=False, max_read_bytes=_read_bytes(args.max_read_mb),
     )
     if args.json:
         print_json(summary)

@@ -5,6 +5,7 @@ Example::
     $ latentlens record --model toy --prompts prompts.txt --out runs/colors \\
           --sites 'blocks.*.resid_out.*' --attention img2txt --steps 0:20:5 --json
     $ latentlens record --model toy --probe probes/shapes.yaml --out runs/shapes --resume
+    $ latentlens record --model toy --probe probes/shapes.yaml --out runs/shapes --ray local --workers 2
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --out.")
     parser.add_argument("--repair", action="store_true", help="with --resume (implied): check every finished "
                         "sample (chunk sizes and checksums) and record exactly the damaged ones again.")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="record on a Ray cluster: 'local' (the default when no ADDRESS is given) starts one "
+                        "on this machine, 'auto' or HOST:PORT joins one started with `ray start --head` "
+                        "(needs latentlens[ray]).")
+    parser.add_argument("--workers", type=int, metavar="N", help="with --ray: pipelines to run, one per GPU "
+                        "(or per CPU on a cluster without GPUs); default: all of them.")
     parser.add_argument("--quiet", action="store_true", help="no progress bar.")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the result.")
 
@@ -204,6 +211,10 @@ def run(args: argparse.Namespace) -> int:
     if (args.resume or args.repair) and args.overwrite:
         raise ConfigError("--resume/--repair and --overwrite exclude each other; pick one.")
     args.resume = args.resume or args.repair
+    if args.workers is not None and args.ray is None:
+        raise ConfigError("--workers needs --ray (e.g. --ray local --workers 2); without it the run uses one process.")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, got {args.workers}.")
 
     options: dict[str, Any] = {}
     model = args.model
@@ -243,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"dtype {options['dtype']!r} is not one of {', '.join(_DTYPES)}.")
         options["dtype"] = getattr(torch, options["dtype"])
 
+    if args.ray is not None:  # an unreachable cluster or a missing extra fails before the model loads
+        from latentlens.distributed import connect
+
+        connect(args.ray)
     pipe = _load_model(model)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
@@ -260,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
         result = record_prompts(
             pipe, prompts, args.out, seeds=args.seed, model_id=model, save_images=not args.no_images,
             resume=args.resume, overwrite=args.overwrite, limit=args.limit, progress=not args.quiet,
-            repair=args.repair, **options,
+            repair=args.repair, ray=args.ray, workers=args.workers, **options,
         )
     except RunInterruptedError as error:
         print(f"latentlens record: error: {error}", file=sys.stderr)
