@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "edit": "latentlens.editor.editor",
     "EMSEditor": "latentlens.editor.editor",
     "EditResult": "latentlens.editor.editor",
+    "CompatNotice": "latentlens.compat",
 }
 
 

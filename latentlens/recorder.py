@@ -28,6 +28,7 @@ from latentlens.adapters import adapter_for, split_target
 from latentlens.adapters.base import Adapter, AttnSpec, CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
 from latentlens.attention import quadrant_maps
+from latentlens import compat
 from latentlens.attention_lse import LSECapture
 from latentlens.errors import ConfigError
 from latentlens.names import Sites, Steps, StepSelection, block_of, is_map, select_names, unknown_name_error
@@ -37,9 +38,7 @@ _CTX_ORDER = {"uncond": 0, None: 1, "cond": 1}
 
 def _exit_mode(cap: LSECapture) -> None:
     """Pop ``cap`` off the torch-function mode stack if it is on top (it is, unless someone leaked a mode)."""
-    n = torch._C._len_torch_function_stack()
-    if n and torch._C._get_function_stack_at(n - 1) is cap:
-        cap.__exit__(None, None, None)
+    compat.pop_mode_if_top(cap)
 
 
 # --------------------------------------------------------------------------- names
@@ -462,7 +461,7 @@ class _Recorder:
         """Pre-hook: intercept the module's SDPA call to take its row log-sum-exp (fast maps)."""
 
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if self._active and k not in self._lse_caps:
+            if self._active and k not in self._lse_caps and compat.function_modes_usable():
                 cap = LSECapture()
                 cap.__enter__()
                 self._lse_caps[k] = cap
