@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "EMSEditor": "latentlens.editor.editor",
     "EditResult": "latentlens.editor.editor",
     "CompatNotice": "latentlens.compat",
+    "plan_record": "latentlens.size_plan",
 }
 
 

@@ -118,7 +118,9 @@ class FluxAdapter(Adapter):
         state.batch = x.shape[0]
         state.text_len = ctx.shape[1] if ctx is not None else 0
         state.grid = None
-        if torch.is_tensor(img_ids):
+        if torch.is_tensor(img_ids) and img_ids.is_meta:  # a size plan: no values, the grid is attached
+            state.grid = getattr(img_ids, "latentlens_grid", None)
+        elif torch.is_tensor(img_ids):
             ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # [tokens, 3]
             rows = int(ids[:, 1].max().item()) + 1
             cols = int(ids[:, 2].max().item()) + 1
