@@ -56,6 +56,8 @@ _EXPORTS: dict[str, str] = {
     "edit": "latentlens.editor.editor",
     "EMSEditor": "latentlens.editor.editor",
     "EditResult": "latentlens.editor.editor",
+    "CompatNotice": "latentlens.compat",
+    "plan_record": "latentlens.size_plan",
 }
 
 

@@ -1,31 +1,47 @@
-"""Take each attention row's log-sum-exp from the model's own SDPA call (docs/design.md, "Capture": the fast path).
+"""Take each attention row's log-sum-exp from the model's own fused SDPA call (fast exact maps; docs/design.md, "Capture").
 
 While a recorded attention module runs, :class:`LSECapture` (a ``TorchFunctionMode``) intercepts
-``torch.nn.functional.scaled_dot_product_attention``. When the dispatcher would pick the CPU flash
-kernel anyway (CPU tensors, no mask, no dropout, not causal, no GQA, 4-D ``[batch, heads, tokens, d]``,
-no autograd), it calls that kernel directly — the output is the very tensor SDPA would have
-returned — and keeps its row log-sum-exp. Any other call runs unchanged and the maps fall back to
-recomputing the normaliser. Usage (the recorder does this)::
+``torch.nn.functional.scaled_dot_product_attention``. When the call is one the fused kernels serve
+(no mask, no dropout, not causal, no GQA, 4-D ``[batch, heads, tokens, d]``, no autograd), it asks
+the dispatcher which backend it would pick and calls that very kernel directly, keeping its row
+log-sum-exp (natural log) next to the output:
+
+- CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` (float32, bfloat16);
+- CUDA flash: ``aten._scaled_dot_product_flash_attention`` (float16/bfloat16; LSE ``[B, H, Sq]``);
+- CUDA memory-efficient: ``aten._scaled_dot_product_efficient_attention(compute_log_sumexp=True)``
+  (LSE padded to a multiple of 32 along the query axis: sliced);
+- CUDA cuDNN: ``aten._scaled_dot_product_cudnn_attention`` (LSE ``[B, H, Sq, 1]`` from torch 2.9).
+
+The first call of each (device, dtype, backend) is verified: the kernel's output must be identical
+to what SDPA itself returns and its LSE must match a float32 reference over a block of rows; else
+(or if the kernel raises, or a private op is missing) that combination falls back, with a one-line
+:class:`~latentlens.compat.CompatNotice`, to recomputing the normaliser. The returned output is
+always SDPA's own. Usage (the recorder does this)::
 
     cap = LSECapture()
     with cap:
         out = attn(hidden_states, encoder_hidden_states)
-    cap.result  # LSEResult(lse=[batch, heads, tokens], scale=...) or None
+    cap.result  # LSEResult(lse=[batch, heads, tokens], scale=..., nk=...) or None
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+
+from latentlens import compat
 
 _SDPA = F.scaled_dot_product_attention
-_FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 _PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-_DTYPES = (torch.float32, torch.bfloat16)
+_VERIFY_ROWS = 64
+
+_Mode: Any = compat.TORCH_FUNCTION_MODE.value or object
+
+#: ``(device, dtype, backend name) -> True`` (verified) or ``False`` (falls back); filled on first use
+VERIFIED: dict[tuple[str, str, str], bool] = {}
 
 
 @dataclass
@@ -48,7 +64,8 @@ def _bind(args: tuple, kwargs: dict) -> dict[str, Any] | None:
     return bound
 
 
-def _eligible(a: dict[str, Any]) -> bool:
+def _plain_call(a: dict[str, Any]) -> bool:
+    """A call the fused kernels can serve with their log-sum-exp: tensors, no mask/dropout/causal/GQA."""
     q, k, v = a.get("query"), a.get("key"), a.get("value")
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
         return False
@@ -56,22 +73,58 @@ def _eligible(a: dict[str, Any]) -> bool:
         return False
     if a.get("enable_gqa", False):
         return False
-    if any(t.device.type != "cpu" or t.ndim != 4 or t.dtype not in _DTYPES or t.requires_grad for t in (q, k, v)):
+    if any(t.ndim != 4 or t.requires_grad or type(t) is not torch.Tensor for t in (q, k, v)):
         return False
-    if q.dtype != k.dtype or q.dtype != v.dtype or type(q) is not torch.Tensor:
-        return False
-    # only when the dispatcher itself would run the flash kernel: then its output is SDPA's output, bit for bit
-    return int(torch._fused_sdp_choice(q, k, v, None, 0.0, False, scale=a.get("scale"))) == _FLASH
+    return q.dtype == k.dtype == v.dtype and q.device == k.device == v.device
 
 
-class LSECapture(TorchFunctionMode):
+def _kernel(a: dict[str, Any]) -> tuple[tuple[str, str, str], Callable[..., tuple]] | None:
+    """The fused kernel SDPA would run for this call, with its verification key, or None."""
+    if not _plain_call(a):
+        return None
+    q, k, v = a["query"], a["key"], a["value"]
+    if q.device.type == "cpu" and q.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    backend = compat.sdp_choice(q, k, v, a.get("scale"))
+    entry = compat.SDPA_KERNELS.get((q.device.type, backend)) if backend is not None else None
+    if entry is None:
+        return None
+    shim, runner = entry
+    if q.device.type == "cuda" and backend == compat.FLASH_BACKEND and q.shape[-1] % 8:
+        return None  # SDPA pads the head dim for this kernel; the direct call would differ
+    key = (str(q.device), str(q.dtype).replace("torch.", ""), compat.BACKEND_NAMES.get(backend, str(backend)))
+    if VERIFIED.get(key) is False:
+        return None
+    if shim.get(f"fast attention maps on {key[0]} ({key[2]})") is None:
+        VERIFIED[key] = False
+        return None
+    return key, runner
+
+
+def _lse_matches(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> bool:
+    """The kernel's LSE of the first rows against a float32 ``logsumexp(q kᵀ · scale)`` reference."""
+    rows = min(q.shape[2], _VERIFY_ROWS)
+    ref = torch.logsumexp(torch.matmul(q[:, :, :rows].float(), k.float().transpose(-1, -2)) * scale, dim=-1)
+    atol = 1e-4 if q.dtype in (torch.float32, torch.float64) else 4e-3
+    return bool(torch.allclose(lse[:, :, :rows].float(), ref, atol=atol, rtol=1e-4))
+
+
+def _fall_back(key: tuple[str, str, str], why: str) -> None:
+    VERIFIED[key] = False
+    compat.notice(f"lse:{key}", f"the {key[2]} attention kernel on {key[0]} ({key[1]}) {why}; attention maps "
+                  "there recompute the softmax normaliser (exact, slower).")
+
+
+class LSECapture(_Mode):
     """Records the log-sum-exp of the single eligible SDPA call made while active.
 
     ``result`` is None if there was no eligible call or more than one SDPA call (ambiguous).
-    ``fast_calls`` counts the calls served by the flash kernel (for tests).
+    ``fast_calls`` counts the calls served by a fused kernel directly, ``verifications`` the
+    (device, dtype, backend) checks run (class-wide, for tests).
     """
 
-    fast_calls = 0  # class-wide counter
+    fast_calls = 0
+    verifications = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,16 +136,38 @@ class LSECapture(TorchFunctionMode):
         if func is not _SDPA:
             return func(*args, **kwargs)
         self.sdpa_calls += 1
+        self.result = None
         a = _bind(args, kwargs)
-        if self.sdpa_calls > 1 or a is None or not _eligible(a):
-            self.result = None
+        chosen = _kernel(a) if self.sdpa_calls == 1 and a is not None else None
+        if chosen is None:
             return func(*args, **kwargs)
-        q = a["query"]
+        key, runner = chosen
+        q, k = a["query"], a["key"]
         scale = a.get("scale")
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, a["key"], a["value"], dropout_p=0.0, is_causal=False, attn_mask=None, scale=scale
-        )
         eff = float(scale) if scale is not None else q.shape[-1] ** -0.5
-        self.result = LSEResult(lse.detach(), eff, a["key"].shape[-2])  # [batch, heads, nq]
+        try:
+            out, raw = runner(q, k, a["value"], scale)
+        except Exception as error:  # an op whose behaviour changed: never raise inside the pipeline call
+            _fall_back(key, f"raised {type(error).__name__}: {error}")
+            return func(*args, **kwargs)
+        lse = compat.normalise_lse(raw, q.shape[2])
+        if not VERIFIED.get(key):
+            LSECapture.verifications += 1
+            expected = func(*args, **kwargs)
+            if lse is None:
+                _fall_back(key, f"returned a log-sum-exp of shape {tuple(raw.shape)}")
+                return expected
+            if not (out.shape == expected.shape and torch.equal(out, expected)):
+                _fall_back(key, "returned an output that differs from SDPA's own")
+                return expected
+            if not _lse_matches(q, k, lse, eff):
+                _fall_back(key, "returned a log-sum-exp that does not match a float32 reference")
+                return expected
+            VERIFIED[key] = True
+            out = expected
+        elif lse is None:
+            _fall_back(key, f"returned a log-sum-exp of shape {tuple(raw.shape)}")
+            return out
+        self.result = LSEResult(lse.detach(), eff, k.shape[-2])  # [batch, heads, nq]
         LSECapture.fast_calls += 1
         return out

@@ -166,6 +166,10 @@ def _raw_chunk_dir(array: Any, root: Path | None) -> Path | None:
     """
     if root is None or sys.byteorder != "little":
         return None
+    from latentlens.compat import zarr_raw_chunks_ok
+
+    if not zarr_raw_chunks_ok():  # zarr changed its chunk-key layout: use zarr's own path (a notice says so)
+        return None
     meta = array.metadata
     codecs = getattr(meta, "codecs", ())
     if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":

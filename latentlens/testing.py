@@ -276,6 +276,170 @@ def pixart_inputs(
     }
 
 
+# --------------------------------------------------------------------------- published sizes
+
+#: The published transformer configs (``transformer/config.json`` of each model on the Hugging Face hub).
+REAL_CONFIGS: dict[str, dict[str, Any]] = {
+    "sd3-medium": dict(
+        cls="SD3Transformer2DModel", sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+        pooled_projection_dim=2048, pos_embed_max_size=192,
+    ),
+    "sd3.5-medium": dict(
+        cls="SD3Transformer2DModel", sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+        pooled_projection_dim=2048, pos_embed_max_size=384, qk_norm="rms_norm",
+        dual_attention_layers=tuple(range(13)),
+    ),
+    "sd3.5-large": dict(
+        cls="SD3Transformer2DModel", sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38,
+        attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+        pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm",
+    ),
+    "flux.1-dev": dict(
+        cls="FluxTransformer2DModel", patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+        guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+    ),
+    "flux.1-schnell": dict(
+        cls="FluxTransformer2DModel", patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+        guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+    ),
+    "pixart-sigma": dict(
+        cls="PixArtTransformer2DModel", sample_size=128, patch_size=2, in_channels=4, out_channels=8, num_layers=28,
+        attention_head_dim=72, num_attention_heads=16, caption_channels=4096, cross_attention_dim=1152,
+        attention_bias=True, activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=2, use_additional_conditions=False,
+    ),
+}
+
+#: Text tokens each model's pipeline gives the transformer: SD3 77 CLIP + 256 T5, Flux 512 T5 (schnell 256),
+#: PixArt-Σ 300 T5; and the width of each text encoder's output.
+REAL_TEXT: dict[str, dict[str, int]] = {
+    "sd3-medium": {"clip": 77, "t5": 256, "tokens": 333},
+    "sd3.5-medium": {"clip": 77, "t5": 256, "tokens": 333},
+    "sd3.5-large": {"clip": 77, "t5": 256, "tokens": 333},
+    "flux.1-dev": {"clip": 77, "t5": 512, "tokens": 512},
+    "flux.1-schnell": {"clip": 77, "t5": 256, "tokens": 256},
+    "pixart-sigma": {"t5": 300, "tokens": 300},
+}
+
+
+def _real_config(name: str) -> dict[str, Any]:
+    if name not in REAL_CONFIGS:
+        raise ValueError(f"Unknown model size {name!r}; use one of {', '.join(REAL_CONFIGS)}.")
+    return dict(REAL_CONFIGS[name])
+
+
+def real_transformer(
+    name: str,
+    *,
+    num_layers: int | None = None,
+    num_single_layers: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> Any:
+    """A random-weight transformer of a published model's width, heads, head dim, patch and text width.
+
+    ``name`` is a key of :data:`REAL_CONFIGS`; ``num_layers`` (and Flux's ``num_single_layers``)
+    cut it in depth only. Example: ``real_transformer("sd3-medium", num_layers=2)`` (1536 wide, 24 heads).
+    SD3.5-medium keeps its dual-attention blocks among the first 13 of whatever depth is chosen.
+    """
+    import diffusers
+
+    config = _real_config(name)
+    cls = getattr(diffusers, config.pop("cls"))
+    if num_layers is not None:
+        config["num_layers"] = num_layers
+        if "dual_attention_layers" in config:
+            config["dual_attention_layers"] = tuple(i for i in config["dual_attention_layers"] if i < num_layers)
+    if num_single_layers is not None and "num_single_layers" in config:
+        config["num_single_layers"] = num_single_layers
+    _seed(seed)
+    model = cls(**config)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def real_inputs(
+    name: str,
+    model: Any,
+    *,
+    image_tokens: int = 4096,
+    batch: int = 1,
+    text_tokens: int | None = None,
+    timestep: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Random keyword inputs for a :func:`real_transformer` at ``image_tokens`` (4,096 = 1024² px) and the
+    model's real text length (:data:`REAL_TEXT`), e.g. SD3: ``encoder_hidden_states`` ``[batch, 333, 4096]``."""
+    side = int(round(image_tokens**0.5))
+    if side * side != image_tokens:
+        raise ValueError(f"image_tokens={image_tokens} must be a square number (a square image).")
+    text = text_tokens or REAL_TEXT[name]["tokens"]
+    p = next(model.parameters())
+    cfg = model.config
+    if cfg.get("num_single_layers") is not None:  # Flux: packed 2×2 latent patches
+        out = flux_inputs(model, batch=batch, text_tokens=text, height=side, width=side, seed=seed,
+                          timestep=0.5 if timestep is None else timestep)
+    elif cfg.get("caption_channels") is not None:  # PixArt
+        out = pixart_inputs(model, batch=batch, text_tokens=text, seed=seed,
+                            timestep=500.0 if timestep is None else timestep)
+        g = torch.Generator().manual_seed(seed)
+        out["hidden_states"] = torch.randn(batch, cfg.in_channels, 2 * side, 2 * side, generator=g)
+    else:
+        out = sd3_inputs(model, batch=batch, text_tokens=text, latent_size=2 * side, seed=seed,
+                         timestep=500.0 if timestep is None else timestep)
+    return {k: v.to(p) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
+
+
+def real_text_encoders(name: str, *, seed: int = 0) -> dict[str, Any]:
+    """One-layer random text encoders (and tokenizers) of a model's real output width and token count.
+
+    SD3: CLIP-L (768, pooled 768), CLIP-G (1280, pooled 1280), T5 (4096 wide, 256 tokens); Flux: CLIP-L
+    and T5 (512 tokens for dev); PixArt-Σ: T5 (300 tokens). Keys are the pipeline's component names.
+    Example: ``StableDiffusion3Pipeline(transformer=..., vae=..., scheduler=..., **real_text_encoders("sd3-medium"))``.
+    """
+    text = REAL_TEXT[name]
+    t5 = _wide_t5(4096, seed + 4)
+    if name.startswith("sd3"):
+        return {
+            "text_encoder": _wide_clip(768, seed + 2), "tokenizer": tiny_tokenizer(text["clip"]),
+            "text_encoder_2": _wide_clip(1280, seed + 3), "tokenizer_2": tiny_tokenizer(text["clip"]),
+            "text_encoder_3": t5, "tokenizer_3": tiny_tokenizer(text["t5"]),
+        }
+    if name.startswith("flux"):
+        return {"text_encoder": _wide_clip(768, seed + 2, with_projection=False), "tokenizer": tiny_tokenizer(text["clip"]),
+                "text_encoder_2": t5, "tokenizer_2": tiny_tokenizer(text["t5"])}
+    return {"text_encoder": t5, "tokenizer": tiny_tokenizer(text["t5"])}
+
+
+def _wide_clip(width: int, seed: int, with_projection: bool = True) -> Any:
+    """A one-layer CLIP text model of hidden width ``width`` (pooled = ``width``)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    _seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=width, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=width, bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID, pad_token_id=PAD_ID, hidden_act="gelu",
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg).eval()
+
+
+def _wide_t5(d_model: int, seed: int) -> Any:
+    """A one-layer T5 encoder of output width ``d_model`` with tiny attention and feed-forward widths."""
+    from transformers import T5Config, T5EncoderModel
+
+    _seed(seed)
+    cfg = T5Config(
+        vocab_size=VOCAB_SIZE, d_model=d_model, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
+    )
+    return T5EncoderModel(cfg).eval()
+
+
 # --------------------------------------------------------------------------- text encoders, VAE
 
 
@@ -417,9 +581,14 @@ def tiny_pixart_pipeline(*, num_layers: int = 2, seed: int = 0) -> Any:
 
 
 __all__ = [
+    "REAL_CONFIGS",
+    "REAL_TEXT",
     "flux_inputs",
     "pixart_inputs",
     "random_sd3_transformer",
+    "real_inputs",
+    "real_text_encoders",
+    "real_transformer",
     "sd3_inputs",
     "tiny_flux_pipeline",
     "tiny_flux_transformer",

@@ -302,7 +302,7 @@ class Adapter:
 def timestep_value(ts: Any) -> float:
     """The transformer call's timestep as a float (the first row's; NaN when absent)."""
     if torch.is_tensor(ts):
-        return float(ts.flatten()[0])
+        return float("nan") if ts.is_meta else float(ts.flatten()[0])  # meta: a size plan, no values
     return float(ts) if ts is not None else float("nan")
 
 

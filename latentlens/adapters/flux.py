@@ -125,7 +125,9 @@ class FluxAdapter(Adapter):
         state.batch = x.shape[0]
         state.text_len = ctx.shape[1] if ctx is not None else 0
         state.grid = None
-        if isinstance(img_ids, torch.Tensor):
+        if isinstance(img_ids, torch.Tensor) and img_ids.is_meta:  # a size plan: no values, the grid is attached
+            state.grid = getattr(img_ids, "latentlens_grid", None)
+        elif isinstance(img_ids, torch.Tensor):
             ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # [tokens, 3]
             rows = int(ids[:, 1].max().item()) + 1
             cols = int(ids[:, 2].max().item()) + 1

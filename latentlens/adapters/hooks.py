@@ -79,8 +79,9 @@ def _context_probe_cls() -> type:
 
         @property
         def context_name(self) -> str | None:
-            ctx = self.state._context
-            return None if ctx is None else ctx.name
+            from latentlens.compat import cache_context_name
+
+            return cache_context_name(self.state)
 
         def reset_state(self, module: nn.Module) -> nn.Module:
             self.state.reset()

@@ -37,13 +37,17 @@ class Accumulator:
 
     def put(self, name: str, x: torch.Tensor, dims: tuple[str, ...], state: CallState) -> None:
         """Keep ``x`` (first axis batch, named ``dims``) as ``name`` at the call's step."""
-        y = x.to(device="cpu", dtype=self.dtype)
-        if y.data_ptr() == x.data_ptr():
-            y = y.clone()
+        if x.is_meta:  # a size plan (latentlens.size_plan) runs the model on the meta device: shapes only
+            y = x.to(dtype=self.dtype)
+        else:
+            y = x.to(device="cpu", dtype=self.dtype)
+            if y.data_ptr() == x.data_ptr():
+                y = y.clone()
         # A NaN/inf anywhere makes the sum non-finite, so one reduction screens the tensor;
         # the full element-wise check runs only when the screen fires (or the sum overflowed).
         if (
             name not in self._warned
+            and not y.is_meta
             and y.is_floating_point()
             and not bool(torch.isfinite(y.sum()))
             and not bool(torch.isfinite(y).all())

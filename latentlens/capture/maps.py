@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from latentlens import compat
 from latentlens.adapters.base import AttnSpec, CallState
 from latentlens.adapters.hooks import HookSet
 from latentlens.attention import quadrant_maps
@@ -47,9 +48,7 @@ Keep = Callable[[str, torch.Tensor, tuple[str, ...]], None]
 
 def _exit_mode(cap: LSECapture) -> None:
     """Pop ``cap`` off the torch-function mode stack if it is on top (it is, unless someone leaked a mode)."""
-    n = torch._C._len_torch_function_stack()
-    if n and torch._C._get_function_stack_at(n - 1) is cap:
-        cap.__exit__(None, None, None)
+    compat.pop_mode_if_top(cap)
 
 
 class MapCapture:
@@ -97,7 +96,7 @@ class MapCapture:
         """Pre-hook: intercept the module's SDPA call to take its row log-sum-exp (fast maps)."""
 
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if self.context.active and k not in self._lse_caps:
+            if self.context.active and k not in self._lse_caps and compat.function_modes_usable():
                 cap = LSECapture()
                 cap.__enter__()
                 self._lse_caps[k] = cap

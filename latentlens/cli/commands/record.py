@@ -66,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(or per CPU on a cluster without GPUs); default: all of them.")
     parser.add_argument("--quiet", action="store_true", help="no progress bar.")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the result.")
+    parser.add_argument("--reduce", action="append", metavar="R",
+                        help="capture-time reductions: mean_img_tokens, mean_steps, pool=N (maps); comma-separated or repeated.")
+    parser.add_argument("--dry-run", action="store_true", help="load only the configs and print what the run would "
+                        "write (bytes per sample and site, total, free disk); compute nothing.")
 
 
 # ------------------------------------------------------------------ parsing
@@ -200,6 +204,59 @@ def _load_model(model: str) -> Any:
     return load_pipeline(model)
 
 
+_DRY_RUN_DONE = object()
+
+
+def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, options: dict[str, Any],
+                      steps_parts: list[Any] | None) -> Any:
+    """The size plan (configs only): printed with --dry-run; a run that does not fit its disk is refused."""
+    from latentlens.errors import LatentlensError
+    from latentlens.runs import prompt_set
+    from latentlens.size_plan import pipeline_defaults, plan_record, reductions, refusal
+
+    count = len(prompt_set(prompts, args.seed))
+    if args.limit is not None:
+        count = min(count, args.limit)
+    if args.resume and (Path(args.out) / "manifest.json").exists():
+        from latentlens.store import open_run
+
+        count = max(0, count - len(open_run(args.out).completed))
+    try:
+        num_steps = options.get("num_inference_steps") or pipeline_defaults(model)["num_inference_steps"]
+        base = {
+            "samples": count, "out": args.out, "steps": resolve_steps(steps_parts, num_steps),
+            "save_images": not args.no_images, "batch_size": options.get("batch_size", 4),
+            **{k: options.get(k) for k in ("sites", "attention", "tokens", "reduce", "dtype", "height", "width",
+                                           "num_inference_steps", "guidance_scale")},
+            "cfg": options.get("cfg") or "cond",
+        }
+        plan = plan_record(model, **base)
+    except LatentlensError:
+        raise
+    except Exception as error:  # noqa: BLE001 - planning must not stop a run it cannot model
+        if args.dry_run:
+            raise ConfigError(f"The size of this recording cannot be planned from the configs of {model!r} "
+                              f"({type(error).__name__}: {error}).") from error
+        print(f"latentlens record: note: no size plan ({type(error).__name__}: {error}); recording anyway.",
+              file=sys.stderr)
+        return None
+    if args.dry_run:
+        if args.json:
+            from latentlens.cli import print_json
+
+            print_json(plan.to_json())
+        else:
+            from latentlens.size_plan import human
+
+            print(plan.summary())
+            for name, size in plan.biggest(len(plan.sites)):
+                print(f"  {name:40s} {human(size)} per sample")
+        return _DRY_RUN_DONE
+    if not plan.fits:
+        raise refusal(plan, reductions(model, base, plan))
+    return plan
+
+
 def run(args: argparse.Namespace) -> int:
     from latentlens.runs import DEFAULT_SITES, RunInterruptedError, check_out_dir, record_prompts
 
@@ -241,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     cli = {
         "sites": _split(args.sites), "attention": expand_attention(_split(args.attention)), "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance, "height": args.height, "width": args.width, "batch_size": args.batch_size,
-        "cfg": args.cfg, "dtype": args.dtype,
+        "cfg": args.cfg, "dtype": args.dtype, "reduce": _split(args.reduce),
     }
     options.update({k: v for k, v in cli.items() if v is not None})
     if "sites" not in options and "attention" not in options:
@@ -258,6 +315,10 @@ def run(args: argparse.Namespace) -> int:
         from latentlens.distributed import connect
 
         connect(args.ray)
+    plan_steps = _plan_before_load(args, model, prompts, options, steps_parts)
+    if plan_steps is _DRY_RUN_DONE:
+        return 0
+
     pipe = _load_model(model)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)

@@ -1,0 +1,126 @@
+"""``latentlens record --dry-run``: the size plan from configs alone, within 10 % of what a run writes.
+
+A record whose plan exceeds the free disk is refused before the model loads, naming the biggest
+sites and the reductions that would fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentlens.cli import main
+from latentlens.size_plan import free_bytes, plan_record
+from latentlens.store import open_run
+
+
+def _written(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Saved tiny SD3 / Flux / PixArt pipelines (real diffusers classes), and an SD3 copy without weights."""
+    from latentlens import testing
+
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for kind, make in (("sd3", testing.tiny_sd3_pipeline), ("flux", testing.tiny_flux_pipeline),
+                       ("pixart", testing.tiny_pixart_pipeline)):
+        dirs[kind] = root / kind
+        make().save_pretrained(str(dirs[kind]))
+    dirs["no-weights"] = root / "no-weights"
+    shutil.copytree(dirs["sd3"], dirs["no-weights"])
+    for weights in dirs["no-weights"].rglob("*.safetensors"):
+        weights.unlink()
+    return dirs
+
+
+def _prompts(tmp_path, n=3):
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(f"a red circle number {i}\n" for i in range(n)))
+    return path
+
+
+def _dry_run(capsys, args):
+    code = main(["record", *args, "--dry-run", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["--dtype", "bfloat16", "--reduce", "mean_img_tokens", "--steps", "0:20:6", "--batch-size", "2"],
+])
+def test_dry_run_matches_what_the_toy_run_writes(tmp_path, capsys, extra):
+    args = ["--model", "toy", "--prompts", str(_prompts(tmp_path)), "--out", str(tmp_path / "run"),
+            "--sites", "blocks.*.resid_out.*", "--attention", "img2txt", "--quiet", *extra]
+    plan = _dry_run(capsys, args)
+    assert not (tmp_path / "run").exists(), "a dry run wrote to --out"
+    for field in ("bytes_per_sample", "total_bytes", "free_bytes", "sites"):
+        assert field in plan
+    assert plan["free_bytes"] == pytest.approx(free_bytes(tmp_path), rel=0.01)
+    assert main(["record", *args]) == 0
+    written = _written(tmp_path / "run")
+    assert abs(plan["total_bytes"] - written) <= 0.10 * written, (plan["total_bytes"], written)
+    run = open_run(tmp_path / "run")
+    assert sorted(plan["sites"]) == sorted(run.names)
+    for name, size in plan["sites"].items():  # per site exact: bytes of one stored sample
+        array = run[name]
+        assert size == int(np.prod(array.shape[1:])) * array.dtype.itemsize, name
+    assert plan["bytes_per_sample"] == sum(plan["sites"].values())
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart"])
+def test_plan_matches_the_diffusers_pipelines(kind, model_dirs, tmp_path):
+    import latentlens
+    from latentlens.runs import record_prompts
+
+    call = {"sd3": {"max_sequence_length": 8}, "flux": {"max_sequence_length": 8},
+            "pixart": {"max_sequence_length": 8, "use_resolution_binning": False, "clean_caption": False}}[kind]
+    size = {"flux": 16}.get(kind)
+    options = dict(sites="blocks.*.resid_out.*", attention="blocks.*.attn.img2txt", num_inference_steps=2,
+                   height=size, width=size)
+    plan = plan_record(str(model_dirs[kind]), samples=2, out=tmp_path / "run", batch_size=2,
+                       max_sequence_length=8, **options)
+    pipe = latentlens.load_pipeline(str(model_dirs[kind]))
+    record_prompts(pipe, ["a red circle", "a blue square"], tmp_path / "run", batch_size=2, progress=False,
+                   pipeline_kwargs=call, **options)
+    run = open_run(tmp_path / "run")
+    assert sorted(plan.sites) == sorted(run.names)
+    for name, nbytes in plan.sites.items():
+        array = run[name]
+        assert nbytes == int(np.prod(array.shape[1:])) * array.dtype.itemsize, name
+    written = _written(tmp_path / "run")
+    assert abs(plan.total_bytes - written) <= 0.10 * written, (plan.total_bytes, written)
+
+
+def test_dry_run_reads_configs_only(model_dirs, tmp_path, capsys):
+    plan = _dry_run(capsys, ["--model", str(model_dirs["no-weights"]), "--prompts", str(_prompts(tmp_path)),
+                             "--out", str(tmp_path / "run"), "--attention", "img2txt"])
+    # tiny SD3: 8×8 latents / patch 2 = 16 image tokens; 8 CLIP + 256 T5 tokens (the pipeline's default)
+    assert plan["image_tokens"] == 16 and plan["text_tokens"] == 8 + 256
+    assert plan["sites"]["blocks.0.attn.img2txt"] == 28 * 16 * 264 * 4  # steps × img × txt × float32
+    assert plan["samples"] == 3 and plan["recorded_steps"] == 28
+
+
+def test_record_that_does_not_fit_is_refused_before_loading(model_dirs, tmp_path, capsys):
+    base = ["--model", str(model_dirs["no-weights"]), "--out", str(tmp_path / "run"), "--attention", "img2txt",
+            "--sites", "blocks.*.resid_out.*", "--num-inference-steps", "1000"]
+    one = _dry_run(capsys, ["--prompts", str(_prompts(tmp_path, 1)), *base])
+    n = int(1.5 * free_bytes(tmp_path) / one["bytes_per_sample"]) + 1  # float32 does not fit, float16 does
+    prompts = _prompts(tmp_path, n)
+    code = main(["record", "--prompts", str(prompts), *base, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "would write" in err and "free" in err and "Nothing was computed" in err
+    assert "The biggest sites: blocks.0.resid_out.txt" in err  # 264 text tokens × 32 channels
+    assert "These would fit: --dtype float16" in err
+    assert "weights" not in err, "the model was loaded before the refusal"
+    assert not (tmp_path / "run").exists()
