@@ -78,6 +78,7 @@ class TrainConfig:
     # world v2: this fraction of each batch are two-object scenes (0 = the one-object world only)
     two_object_fraction: float = 0.0
     two_object_templates: tuple[int, ...] | None = None  # two-object template indices; None = all
+    two_object_limit: int | None = None  # only the first N two-object training pairs (quick tests); None = all
     # bookkeeping
     checkpoint_every_s: float = 240.0
     num_threads: int = 2
@@ -98,6 +99,10 @@ class TrainConfig:
             self.templates = tuple(int(t) for t in self.templates)
         if self.two_object_templates is not None:
             self.two_object_templates = tuple(int(t) for t in self.two_object_templates)
+        if self.two_object_limit is not None and (
+            isinstance(self.two_object_limit, bool) or not isinstance(self.two_object_limit, int) or self.two_object_limit < 1
+        ):
+            raise ConfigError(f"two_object_limit={self.two_object_limit!r} must be a positive integer or None.")
 
     @classmethod
     def for_world(cls, world: WorldVersion, **overrides: Any) -> TrainConfig:
@@ -184,7 +189,9 @@ class TwoObjectCaptionBank:
     ``rows[c]`` are the bank rows of combination ``c``, one per template valid for its layout.
     """
 
-    def __init__(self, templates: tuple[int, ...] | None, tokenizer: Any, text_encoder: Any) -> None:
+    def __init__(
+        self, templates: tuple[int, ...] | None, tokenizer: Any, text_encoder: Any, limit: int | None = None
+    ) -> None:
         from latentlens.shapes import (
             TWO_OBJECT_TEMPLATES,
             TWO_OBJECT_TEMPLATES_FOR,
@@ -199,7 +206,7 @@ class TwoObjectCaptionBank:
                 raise ConfigError(
                     f"Two-object caption template {template} does not exist (0..{len(TWO_OBJECT_TEMPLATES) - 1})."
                 )
-        self.combinations = two_object_training_combinations()
+        self.combinations = two_object_training_combinations()[:limit]
         texts: list[str] = []
         self.rows: list[tuple[int, ...]] = []
         for pair in self.combinations:
@@ -217,7 +224,8 @@ class TwoObjectCaptionBank:
 
 
 def _load_or_build_bank2(path: Path, config: TrainConfig, tokenizer: Any, text_encoder: Any) -> TwoObjectCaptionBank:
-    key = config.to_dict()["two_object_templates"]
+    templates = config.to_dict()["two_object_templates"]
+    key = templates if config.two_object_limit is None else [templates, config.two_object_limit]
     if path.exists():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=False)
@@ -227,7 +235,7 @@ def _load_or_build_bank2(path: Path, config: TrainConfig, tokenizer: Any, text_e
                 return bank
         except Exception:  # noqa: BLE001 - a bad cache is rebuilt
             pass
-    bank = TwoObjectCaptionBank(config.two_object_templates, tokenizer, text_encoder)
+    bank = TwoObjectCaptionBank(config.two_object_templates, tokenizer, text_encoder, config.two_object_limit)
     _atomic_save({"templates": key, "bank": bank.__dict__}, path)
     return bank
 
