@@ -13,6 +13,7 @@ Usage::
     python benchmarks/toy_quality.py                       # shipped model, n = 300 / 320 / 300 / 300
     python benchmarks/toy_quality.py --model /work/toy2_train/pipeline --json-out /tmp/q.json
     python benchmarks/toy_quality.py --n-trained 96 --held-out-seeds 1 --n-two 96 --pairs 0 --two-pairs 0   # quick
+    python benchmarks/toy_quality.py --checkpoint /work/toy2_train/checkpoint.pt   # EMA of a run in progress
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _tables(report: dict) -> str:
         lines += ["", "Two objects (canonical two-object captions; per attribute = mean over both objects):", ""]
         lines.append("| split | n | " + " | ".join(ATTRIBUTES) + " | both entirely right | any binding error | "
                      + " | ".join(f"{a} swapped" for a in OBJECT_ATTRIBUTES) + " |")
-        lines.append("|" + "---|" * (len(ATTRIBUTES) + 5 + len(OBJECT_ATTRIBUTES)))
+        lines.append("|" + "---|" * (len(ATTRIBUTES) + 4 + len(OBJECT_ATTRIBUTES)))
         for split in ("two_trained", "two_held_out"):
             r = report[split]
             cells = " | ".join(f"{100 * r['per_attribute'][a]:.1f}%" for a in ATTRIBUTES)
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy", help="'toy' or a pipeline folder (default: toy).")
+    parser.add_argument(
+        "--checkpoint", default=None,
+        help="A train-toy checkpoint.pt: its EMA weights are exported to a temporary folder and measured (overrides --model).",
+    )
     parser.add_argument("--n-trained", type=int, default=300, help="Trained one-object combinations (default 300).")
     parser.add_argument("--n-held-out", type=int, default=80, help="Held-out one-object combinations (default 80, all).")
     parser.add_argument("--held-out-seeds", type=int, default=4, help="Seeds per held-out combination (default 4: n = 320).")
@@ -95,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    step = None
+    if args.checkpoint:
+        import tempfile
+
+        from latentlens.toy.train import export_checkpoint
+
+        step = int(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["step"])
+        args.model = str(export_checkpoint(args.checkpoint, tempfile.mkdtemp(prefix="toy_quality_")))
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     if args.shift is not None:
@@ -110,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     report: dict = {
         "model": args.model,
+        "checkpoint": args.checkpoint,
+        "checkpoint_step": step,
         "settings": {**settings, "shift": float(pipe.scheduler.config.shift), "seed": args.seed},
         "trained": attribute_accuracy(pipe, trained, seed=args.seed, **settings),
         "held_out": attribute_accuracy(pipe, held_out, seed=args.seed + 100_000, **settings),

@@ -31,6 +31,7 @@ from latentlens.shapes import (
     two_object_held_out_combinations,
     two_object_token_indices,
     two_object_training_combinations,
+    unknown_words,
 )
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,7 @@ def test_every_template_parses_back_and_spans_name_the_right_words(layout):
             for attribute in ("shape", "color", "size", "position"):
                 assert c.word(k, attribute) == getattr(obj, attribute)
         assert set(w for w in c.text.replace(",", " ").split()) <= TWO_OBJECT_VOCABULARY
+        assert unknown_words(c.text) == []  # `latentlens generate` does not warn about two-object prompts
     assert len(texts) == len(TWO_OBJECT_TEMPLATES_FOR[layout]) >= 6
     with pytest.raises(ConfigError, match="does not describe"):
         make_two_object_caption(pair, [t for t in range(len(TWO_OBJECT_TEMPLATES)) if t not in TWO_OBJECT_TEMPLATES_FOR[layout]][0])

@@ -373,7 +373,23 @@ def export_checkpoint(checkpoint: str | Path, dest: str | Path, dtype: torch.dty
     pipe = build_pipeline_from_state(state["ema"], config)
     pipe.transformer.to(dtype)
     pipe.save_pretrained(dest)
+    _write_training_record(Path(dest), state)
     return Path(dest)
+
+
+TRAINING_RECORD_NAME = "training.json"
+
+
+def _write_training_record(dest: Path, state: dict[str, Any]) -> None:
+    """``training.json`` beside exported weights: the settings, the step and the time that made them."""
+    record = {
+        "config": state["config"],
+        "step": int(state["step"]),
+        "elapsed_s": round(float(state.get("elapsed_s", 0.0)), 1),
+        "cpu_s": round(float(state.get("cpu_s", 0.0)), 1),
+        "setup_s": round(float(state.get("setup_s", 0.0)), 1),
+    }
+    (dest / TRAINING_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def train_toy(
