@@ -16,21 +16,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentlens.shapes import ATTRIBUTES, held_out_combinations, two_object_held_out_combinations
+from latentlens.shapes import (
+    ATTRIBUTES,
+    held_out_combinations,
+    two_object_held_out_combinations,
+)
 from latentlens.toy import WEIGHTS_DIR
 
 MARGIN = 0.04
 ONE_OBJECT_PER_ATTRIBUTE = 0.98 - MARGIN
 ONE_OBJECT_ALL_FIVE = 0.95 - MARGIN
-TWO_OBJECTS_BOTH_RIGHT = 0.90 - 2 * MARGIN  # ten attributes per image: a wider spread on 64 images
+TWO_OBJECTS_BOTH_RIGHT = (
+    0.90 - 2 * MARGIN
+)  # ten attributes per image: a wider spread on 64 images
 
 
 def _v2_model_dir() -> Path | None:
     override = os.environ.get("LATENTLENS_TOY_V2")
     if override:
         return Path(override)
-    record = WEIGHTS_DIR / "training.json"  # written by export_checkpoint; v1's weights predate it
-    if record.exists() and json.loads(record.read_text())["config"].get("two_object_fraction", 0) > 0:
+    record = (
+        WEIGHTS_DIR / "training.json"
+    )  # written by export_checkpoint; v1's weights predate it
+    if (
+        record.exists()
+        and json.loads(record.read_text())["config"].get("two_object_fraction", 0) > 0
+    ):
         return WEIGHTS_DIR
     return None
 
@@ -39,7 +50,9 @@ def _v2_model_dir() -> Path | None:
 def pipe():
     path = _v2_model_dir()
     if path is None:
-        pytest.skip("the shipped toy weights are v1 (one object); set LATENTLENS_TOY_V2 to a v2 pipeline folder")
+        pytest.skip(
+            "the shipped toy weights are v1 (one object); set LATENTLENS_TOY_V2 to a v2 pipeline folder"
+        )
     from latentlens.models import load_pipeline
 
     return load_pipeline(str(path))
@@ -50,10 +63,15 @@ def test_one_object_held_out_meets_the_v2_bars(pipe):
     from latentlens.toy.evaluate import attribute_accuracy
 
     rng = np.random.default_rng(77)
-    held = [held_out_combinations()[int(i)] for i in rng.choice(80, size=64, replace=False)]
+    held = [
+        held_out_combinations()[int(i)] for i in rng.choice(80, size=64, replace=False)
+    ]
     report = attribute_accuracy(pipe, held, seed=700)
     for attribute in ATTRIBUTES:
-        assert report["per_attribute"][attribute] >= ONE_OBJECT_PER_ATTRIBUTE, (attribute, report["errors"][:5])
+        assert report["per_attribute"][attribute] >= ONE_OBJECT_PER_ATTRIBUTE, (
+            attribute,
+            report["errors"][:5],
+        )
     assert report["all_five"] >= ONE_OBJECT_ALL_FIVE, report["errors"][:5]
 
 
@@ -65,5 +83,8 @@ def test_two_objects_held_out_meet_the_v2_bar(pipe):
     pool = two_object_held_out_combinations()
     pairs = [pool[int(i)] for i in rng.choice(len(pool), size=64, replace=False)]
     report = two_object_accuracy(pipe, pairs, seed=800)
-    assert report["both_right"] >= TWO_OBJECTS_BOTH_RIGHT, (report["both_right"], report["errors"][:5])
+    assert report["both_right"] >= TWO_OBJECTS_BOTH_RIGHT, (
+        report["both_right"],
+        report["errors"][:5],
+    )
     assert report["any_binding_error"] <= 0.10, report["binding_errors"]

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,14 @@ import numpy as np
 
 from latentlens.errors import ConfigError
 from latentlens.shapes.captions import WHERE_PHRASES, _words
-from latentlens.shapes.world import BACKGROUNDS, COLORS, SHAPES, SIZES, VALUES, Attributes
+from latentlens.shapes.world import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    SIZES,
+    VALUES,
+    Attributes,
+)
 from latentlens.shapes.world2 import LAYOUT_POSITIONS, TwoObjectAttributes
 
 # Per-object key words a caption spans (background is the scene's, spanned once).
@@ -70,7 +76,8 @@ _TEMPLATES2: tuple[tuple[str, tuple[str, ...]], ...] = (
 TWO_OBJECT_TEMPLATES: tuple[str, ...] = tuple(t for t, _ in _TEMPLATES2)
 # Template indices valid for each layout ("above" only describes a vertical scene, "next to" a horizontal one).
 TWO_OBJECT_TEMPLATES_FOR: dict[str, tuple[int, ...]] = {
-    layout: tuple(i for i, (_, layouts) in enumerate(_TEMPLATES2) if layout in layouts) for layout in LAYOUT_POSITIONS
+    layout: tuple(i for i, (_, layouts) in enumerate(_TEMPLATES2) if layout in layouts)
+    for layout in LAYOUT_POSITIONS
 }
 CANONICAL_TWO_OBJECT_TEMPLATE: int = 0
 
@@ -96,7 +103,9 @@ class TwoObjectCaption:
     """A two-object caption with the [start, end) span of every key word, per object."""
 
     text: str
-    object_spans: tuple[Mapping[str, tuple[int, int]], Mapping[str, tuple[int, int]]]  # [object][attribute]
+    object_spans: tuple[
+        Mapping[str, tuple[int, int]], Mapping[str, tuple[int, int]]
+    ]  # [object][attribute]
     background_span: tuple[int, int]
 
     def word(self, index: int, attribute: str) -> str:
@@ -110,7 +119,11 @@ class TwoObjectCaption:
 
 def _check_template2(template: Any, layout: str) -> int:
     valid = TWO_OBJECT_TEMPLATES_FOR[layout]
-    if isinstance(template, bool) or not isinstance(template, (int, np.integer)) or int(template) not in valid:
+    if (
+        isinstance(template, bool)
+        or not isinstance(template, (int, np.integer))
+        or int(template) not in valid
+    ):
         raise ConfigError(
             f"Two-object caption template {template!r} does not describe a {layout} scene; use one of "
             f"{', '.join(map(str, valid))} (0 is the canonical form) or None."
@@ -119,7 +132,9 @@ def _check_template2(template: Any, layout: str) -> int:
 
 
 def make_two_object_caption(
-    attributes: TwoObjectAttributes, template: int | None = None, rng: np.random.Generator | None = None
+    attributes: TwoObjectAttributes,
+    template: int | None = None,
+    rng: np.random.Generator | None = None,
 ) -> TwoObjectCaption:
     """Caption a two-object scene with template ``template`` (``None``: random with ``rng``, else canonical)."""
     if not isinstance(attributes, TwoObjectAttributes):
@@ -128,14 +143,20 @@ def make_two_object_caption(
         )
     valid = TWO_OBJECT_TEMPLATES_FOR[attributes.layout]
     if template is None:
-        template = valid[int(rng.integers(len(valid)))] if rng is not None else CANONICAL_TWO_OBJECT_TEMPLATE
+        template = (
+            valid[int(rng.integers(len(valid)))]
+            if rng is not None
+            else CANONICAL_TWO_OBJECT_TEMPLATE
+        )
     index = _check_template2(template, attributes.layout)
     objects = attributes.objects
     parts: list[str] = []
     spans: tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]] = ({}, {})
     background_span = (0, 0)
     length = 0
-    for literal, field, _spec, _conv in string.Formatter().parse(TWO_OBJECT_TEMPLATES[index]):
+    for literal, field, _spec, _conv in string.Formatter().parse(
+        TWO_OBJECT_TEMPLATES[index]
+    ):
         parts.append(literal)
         length += len(literal)
         if field is None:
@@ -149,14 +170,19 @@ def make_two_object_caption(
             if name == "where":
                 phrase = WHERE_PHRASES[obj.position]
                 offset = phrase.rindex(obj.position)
-                spans[which]["position"] = (length + offset, length + offset + len(obj.position))
+                spans[which]["position"] = (
+                    length + offset,
+                    length + offset + len(obj.position),
+                )
             else:
                 phrase = getattr(obj, name)
                 spans[which][name] = (length, length + len(phrase))
         parts.append(phrase)
         length += len(phrase)
     ordered = tuple({a: s[a] for a in OBJECT_SPAN_ATTRIBUTES} for s in spans)
-    return TwoObjectCaption(text="".join(parts), object_spans=ordered, background_span=background_span)  # type: ignore[arg-type]
+    return TwoObjectCaption(
+        text="".join(parts), object_spans=ordered, background_span=background_span
+    )  # type: ignore[arg-type]
 
 
 def canonical_two_object_caption(attributes: TwoObjectAttributes) -> str:
@@ -174,10 +200,13 @@ def parse_two_object_caption(text: str) -> TwoObjectAttributes:
     word (left/right/top/bottom) before the next object, and the background before "background".
     """
     if not isinstance(text, str):
-        raise ConfigError(f"parse_two_object_caption() needs a string, got {type(text).__name__}.")
+        raise ConfigError(
+            f"parse_two_object_caption() needs a string, got {type(text).__name__}."
+        )
     words = [m.group() for m in _words(text)]
     triples = [
-        i for i in range(len(words) - 2)
+        i
+        for i in range(len(words) - 2)
         if words[i] in SIZES and words[i + 1] in COLORS and words[i + 2] in SHAPES
     ]
     if len(triples) != 2:
@@ -186,7 +215,11 @@ def parse_two_object_caption(text: str) -> TwoObjectAttributes:
             "'{size} {color} {shape}' (e.g. 'small red circle'); name exactly two."
         )
     objects: list[Attributes] = []
-    backgrounds = [words[i - 1] for i, w in enumerate(words) if w == "background" and i > 0 and words[i - 1] in BACKGROUNDS]
+    backgrounds = [
+        words[i - 1]
+        for i, w in enumerate(words)
+        if w == "background" and i > 0 and words[i - 1] in BACKGROUNDS
+    ]
     if len(backgrounds) != 1:
         raise ConfigError(
             f"Cannot parse {text!r}: name the background once as '{{{'/'.join(BACKGROUNDS)}}} background'."
@@ -196,7 +229,7 @@ def parse_two_object_caption(text: str) -> TwoObjectAttributes:
         where = [w for w in words[start + 3 : stop] if w in _POSITION_WORDS]
         if len(where) != 1:
             raise ConfigError(
-                f"Cannot parse {text!r}: the object '{' '.join(words[start:start + 3])}' needs exactly one "
+                f"Cannot parse {text!r}: the object '{' '.join(words[start : start + 3])}' needs exactly one "
                 f"position word after it ({', '.join(_POSITION_WORDS)}), found {len(where)}."
             )
         size, color, shape = words[start : start + 3]
@@ -205,7 +238,9 @@ def parse_two_object_caption(text: str) -> TwoObjectAttributes:
     return TwoObjectAttributes(objects[0], objects[1])
 
 
-def two_object_token_indices(caption: TwoObjectCaption, tokenizer: Any) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+def two_object_token_indices(
+    caption: TwoObjectCaption, tokenizer: Any
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Per object, per key word (shape, color, size, position, background), the token indices covering it.
 
     Indices count into ``tokenizer(caption.text)["input_ids"]`` ([CLS] is 0); the background's
@@ -220,11 +255,15 @@ def two_object_token_indices(caption: TwoObjectCaption, tokenizer: Any) -> tuple
         raise ConfigError(
             f"Tokenizer {type(tokenizer).__name__} cannot return character offsets; load a fast tokenizer."
         ) from exc
-    offsets = [tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]]  # [tokens, 2]
+    offsets = [
+        tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]
+    ]  # [tokens, 2]
 
     def cover(span: tuple[int, int], what: str) -> list[int]:
         start, end = span
-        indices = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+        indices = [
+            i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start
+        ]
         if not indices:
             raise ConfigError(
                 f"No token of {caption.text!r} covers the {what} word {caption.text[start:end]!r}; "
@@ -239,6 +278,3 @@ def two_object_token_indices(caption: TwoObjectCaption, tokenizer: Any) -> tuple
         per["background"] = list(background)
         result.append(per)
     return result[0], result[1]
-
-
-_ = re  # the word pattern lives in captions.py

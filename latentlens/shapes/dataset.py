@@ -21,7 +21,10 @@ from latentlens.shapes.captions2 import TwoObjectCaption, make_two_object_captio
 from latentlens.shapes.render import Scene, render
 from latentlens.shapes.render2 import TwoObjectScene, render_two
 from latentlens.shapes.world import Attributes, training_combinations
-from latentlens.shapes.world2 import TwoObjectAttributes, two_object_training_combinations
+from latentlens.shapes.world2 import (
+    TwoObjectAttributes,
+    two_object_training_combinations,
+)
 
 
 def sample_scenes(

@@ -33,7 +33,12 @@ import numpy as np
 from latentlens.errors import ConfigError
 from latentlens.shapes.oracle import Reading, _as_image, inspect_image
 from latentlens.shapes.world import ATTRIBUTES, Attributes
-from latentlens.shapes.world2 import LAYOUT_POSITIONS, LAYOUTS, OBJECT_ATTRIBUTES, TwoObjectAttributes
+from latentlens.shapes.world2 import (
+    LAYOUT_POSITIONS,
+    LAYOUTS,
+    OBJECT_ATTRIBUTES,
+    TwoObjectAttributes,
+)
 
 # Attributes scored per object in a two-object scene (background is the scene's, scored per object too).
 TWO_OBJECT_SCORED: tuple[str, ...] = ATTRIBUTES
@@ -63,11 +68,18 @@ def detect_layout(image: np.ndarray) -> str:
     side = img.shape[0]
     b = max(1, side // 32)
     border = np.concatenate(
-        [img[:b].reshape(-1, 3), img[-b:].reshape(-1, 3), img[:, :b].reshape(-1, 3), img[:, -b:].reshape(-1, 3)]
+        [
+            img[:b].reshape(-1, 3),
+            img[-b:].reshape(-1, 3),
+            img[:, :b].reshape(-1, 3),
+            img[:, -b:].reshape(-1, 3),
+        ]
     )
     bg = np.median(border, axis=0)  # [3]
     dist = np.linalg.norm(img - bg, axis=-1)  # [H, W]
-    weights = np.clip(dist - 0.25 * float(dist.max()), 0.0, None)  # [H, W], background noise suppressed
+    weights = np.clip(
+        dist - 0.25 * float(dist.max()), 0.0, None
+    )  # [H, W], background noise suppressed
     total = float(weights.sum())
     if total <= 0:
         return "horizontal"
@@ -87,11 +99,18 @@ def read_two_objects(image: np.ndarray, layout: str | None = None) -> TwoObjectR
     if layout is None:
         layout = detect_layout(img)
     elif layout not in LAYOUT_POSITIONS:
-        raise ConfigError(f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)} or None to detect it.")
+        raise ConfigError(
+            f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)} or None to detect it."
+        )
     side = img.shape[0]
     b = max(1, side // 32)
     border = np.concatenate(
-        [img[:b].reshape(-1, 3), img[-b:].reshape(-1, 3), img[:, :b].reshape(-1, 3), img[:, -b:].reshape(-1, 3)]
+        [
+            img[:b].reshape(-1, 3),
+            img[-b:].reshape(-1, 3),
+            img[:, :b].reshape(-1, 3),
+            img[:, -b:].reshape(-1, 3),
+        ]
     )
     bg = np.median(border, axis=0)  # [3]
     half = side // 2
@@ -114,13 +133,20 @@ def read_two_objects(image: np.ndarray, layout: str | None = None) -> TwoObjectR
     )
 
 
-def read_two_object_batch(images: Sequence[np.ndarray] | np.ndarray, layouts: Sequence[str | None] | None = None) -> list[TwoObjectReading]:
+def read_two_object_batch(
+    images: Sequence[np.ndarray] | np.ndarray,
+    layouts: Sequence[str | None] | None = None,
+) -> list[TwoObjectReading]:
     """``read_two_objects`` for each image of a [N, H, W, 3] batch (``layouts``: one per image, or detect)."""
     if isinstance(images, np.ndarray) and images.ndim != 4:
-        raise ConfigError(f"read_two_object_batch() needs images shaped [N, H, W, 3], got shape {images.shape}.")
+        raise ConfigError(
+            f"read_two_object_batch() needs images shaped [N, H, W, 3], got shape {images.shape}."
+        )
     layouts = [None] * len(images) if layouts is None else list(layouts)
     if len(layouts) != len(images):
-        raise ConfigError(f"{len(layouts)} layouts were given for {len(images)} images; give one per image or None.")
+        raise ConfigError(
+            f"{len(layouts)} layouts were given for {len(images)} images; give one per image or None."
+        )
     return [read_two_objects(image, layout) for image, layout in zip(images, layouts)]
 
 
@@ -131,14 +157,17 @@ def binding_errors(asked: TwoObjectAttributes, read: Sequence[Attributes]) -> li
     """
     first, second = read
     return [
-        a for a in OBJECT_ATTRIBUTES
+        a
+        for a in OBJECT_ATTRIBUTES
         if getattr(asked.first, a) != getattr(asked.second, a)
         and getattr(first, a) == getattr(asked.second, a)
         and getattr(second, a) == getattr(asked.first, a)
     ]
 
 
-def score_two_object_readings(asked: Sequence[TwoObjectAttributes], read: Sequence[Any]) -> dict[str, Any]:
+def score_two_object_readings(
+    asked: Sequence[TwoObjectAttributes], read: Sequence[Any]
+) -> dict[str, Any]:
     """Accuracy of two-object readings (``TwoObjectReading`` or (Attributes, Attributes)) against ``asked``.
 
     Returns per-object per-attribute accuracy (``"first"``/``"second"``), per-attribute accuracy
@@ -148,11 +177,20 @@ def score_two_object_readings(asked: Sequence[TwoObjectAttributes], read: Sequen
     n = len(asked)
     pairs = [r.objects if isinstance(r, TwoObjectReading) else tuple(r) for r in read]
     per_object = {
-        name: {a: sum(getattr(p.objects[k], a) == getattr(r[k], a) for p, r in zip(asked, pairs)) / max(n, 1)
-               for a in TWO_OBJECT_SCORED}
+        name: {
+            a: sum(
+                getattr(p.objects[k], a) == getattr(r[k], a)
+                for p, r in zip(asked, pairs)
+            )
+            / max(n, 1)
+            for a in TWO_OBJECT_SCORED
+        }
         for k, name in enumerate(("first", "second"))
     }
-    per_attribute = {a: (per_object["first"][a] + per_object["second"][a]) / 2 for a in TWO_OBJECT_SCORED}
+    per_attribute = {
+        a: (per_object["first"][a] + per_object["second"][a]) / 2
+        for a in TWO_OBJECT_SCORED
+    }
     both = sum(p.objects == tuple(r) for p, r in zip(asked, pairs)) / max(n, 1)
     bindings = [binding_errors(p, r) for p, r in zip(asked, pairs)]
     binding = {a: sum(a in b for b in bindings) / max(n, 1) for a in OBJECT_ATTRIBUTES}

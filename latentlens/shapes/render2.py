@@ -17,7 +17,13 @@ import numpy as np
 
 from latentlens.errors import ConfigError
 from latentlens.shapes.render import _check_canvas, shape_coverage
-from latentlens.shapes.world import BACKGROUND_RGB, COLOR_RGB, JITTER, POSITION_CENTER, SIZE_EXTENT
+from latentlens.shapes.world import (
+    BACKGROUND_RGB,
+    COLOR_RGB,
+    JITTER,
+    POSITION_CENTER,
+    SIZE_EXTENT,
+)
 from latentlens.shapes.world2 import TwoObjectAttributes
 
 
@@ -28,10 +34,16 @@ class TwoObjectScene:
     attributes: TwoObjectAttributes
     image: np.ndarray  # uint8 [H, W, 3]
     masks: np.ndarray  # bool [2, H, W], each object's pixels (coverage >= 0.5)
-    centers: tuple[tuple[float, float], tuple[float, float]]  # (x, y) fractions of the side, jitter included
+    centers: tuple[
+        tuple[float, float], tuple[float, float]
+    ]  # (x, y) fractions of the side, jitter included
 
 
-def render_two(attributes: TwoObjectAttributes, canvas: int = 32, rng: np.random.Generator | None = None) -> TwoObjectScene:
+def render_two(
+    attributes: TwoObjectAttributes,
+    canvas: int = 32,
+    rng: np.random.Generator | None = None,
+) -> TwoObjectScene:
     """Render a two-object scene; ``rng`` jitters each object's centre independently (±0.03 per axis)."""
     if not isinstance(attributes, TwoObjectAttributes):
         raise ConfigError(
@@ -40,7 +52,8 @@ def render_two(attributes: TwoObjectAttributes, canvas: int = 32, rng: np.random
         )
     _check_canvas(canvas)
     image = np.broadcast_to(
-        np.asarray(BACKGROUND_RGB[attributes.background], dtype=np.float64), (canvas, canvas, 3)
+        np.asarray(BACKGROUND_RGB[attributes.background], dtype=np.float64),
+        (canvas, canvas, 3),
     ).copy()  # [H, W, 3]
     masks = np.zeros((2, canvas, canvas), dtype=bool)
     centers = []
@@ -49,10 +62,19 @@ def render_two(attributes: TwoObjectAttributes, canvas: int = 32, rng: np.random
         if rng is not None:
             jx, jy = rng.uniform(-JITTER, JITTER, size=2)
             cx, cy = cx + float(jx), cy + float(jy)
-        coverage = shape_coverage(obj.shape, (cx, cy), SIZE_EXTENT[obj.size], canvas)  # [H, W]
+        coverage = shape_coverage(
+            obj.shape, (cx, cy), SIZE_EXTENT[obj.size], canvas
+        )  # [H, W]
         color = np.asarray(COLOR_RGB[obj.color], dtype=np.float64)  # [3]
-        image = image + coverage[..., None] * (color - image)  # [H, W, 3], painted over what is there
+        image = image + coverage[..., None] * (
+            color - image
+        )  # [H, W, 3], painted over what is there
         masks[index] = coverage >= 0.5
         centers.append((cx, cy))
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return TwoObjectScene(attributes=attributes, image=image, masks=masks, centers=(centers[0], centers[1]))
+    return TwoObjectScene(
+        attributes=attributes,
+        image=image,
+        masks=masks,
+        centers=(centers[0], centers[1]),
+    )

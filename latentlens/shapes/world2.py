@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from latentlens.shapes.world import (
     COLORS,
     SHAPES,
     SIZES,
-    VALUES,
     Attributes,
     is_held_out,
 )
@@ -48,7 +46,10 @@ from latentlens.shapes.world import (
 Layout = Literal["horizontal", "vertical"]
 LAYOUTS: tuple[str, ...] = ("horizontal", "vertical")
 # The positions of the (first, second) object of each layout: first = left or top.
-LAYOUT_POSITIONS: dict[str, tuple[str, str]] = {"horizontal": ("left", "right"), "vertical": ("top", "bottom")}
+LAYOUT_POSITIONS: dict[str, tuple[str, str]] = {
+    "horizontal": ("left", "right"),
+    "vertical": ("top", "bottom"),
+}
 # The attributes each object of a pair has of its own (position and background follow from the scene).
 OBJECT_ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size")
 
@@ -102,9 +103,14 @@ class TwoObjectAttributes:
     ) -> TwoObjectAttributes:
         """Build from two (shape, colour, size) triples, a layout and a background."""
         if layout not in LAYOUT_POSITIONS:
-            raise ConfigError(f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}.")
+            raise ConfigError(
+                f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}."
+            )
         p1, p2 = LAYOUT_POSITIONS[layout]
-        return cls(Attributes(*first, position=p1, background=background), Attributes(*second, position=p2, background=background))
+        return cls(
+            Attributes(*first, position=p1, background=background),
+            Attributes(*second, position=p2, background=background),
+        )
 
     @property
     def layout(self) -> str:
@@ -121,7 +127,9 @@ class TwoObjectAttributes:
     def replace_object(self, index: int, **changes: str) -> TwoObjectAttributes:
         """A copy with object ``index`` (0 = first, 1 = second) changed in shape, colour or size."""
         if index not in (0, 1):
-            raise ConfigError(f"Object index {index!r} does not exist; use 0 (first) or 1 (second).")
+            raise ConfigError(
+                f"Object index {index!r} does not exist; use 0 (first) or 1 (second)."
+            )
         bad = sorted(set(changes) - set(OBJECT_ATTRIBUTES))
         if bad:
             raise ConfigError(
@@ -132,12 +140,17 @@ class TwoObjectAttributes:
         objects[index] = objects[index].replace(**changes)
         return TwoObjectAttributes(*objects)
 
-    def replace(self, layout: Layout | None = None, background: str | None = None) -> TwoObjectAttributes:
+    def replace(
+        self, layout: Layout | None = None, background: str | None = None
+    ) -> TwoObjectAttributes:
         """A copy with another layout and/or background (the objects keep their shape, colour, size)."""
         layout = self.layout if layout is None else layout
         background = self.background if background is None else background
         return TwoObjectAttributes.of(
-            object_triple(self.first), object_triple(self.second), layout=layout, background=background
+            object_triple(self.first),
+            object_triple(self.second),
+            layout=layout,
+            background=background,
         )
 
     def as_tuple(self) -> tuple[str, ...]:
@@ -158,7 +171,11 @@ def _all2() -> tuple[TwoObjectAttributes, ...]:
             for first in objects:
                 for second in objects:
                     if first[1] != second[1]:
-                        combos.append(TwoObjectAttributes.of(first, second, layout=layout, background=background))
+                        combos.append(
+                            TwoObjectAttributes.of(
+                                first, second, layout=layout, background=background
+                            )
+                        )
     return tuple(combos)
 
 
@@ -174,7 +191,11 @@ def contains_held_out_object(pair: TwoObjectAttributes) -> bool:
 
 def _slots_covered(train: list[TwoObjectAttributes]) -> bool:
     """Every object occurs in every slot (left, right, top, bottom) on every background in ``train``."""
-    seen = {(o.shape, o.color, o.size, o.position, o.background) for p in train for o in p.objects}
+    seen = {
+        (o.shape, o.color, o.size, o.position, o.background)
+        for p in train
+        for o in p.objects
+    }
     need = {
         (s, c, z, pos, b)
         for s, c, z in itertools.product(SHAPES, COLORS, SIZES)
@@ -191,12 +212,19 @@ def _held_out_indices2() -> tuple[int, ...]:
     eligible = [i for i, c in enumerate(combos) if not contains_held_out_object(c)]
     for attempt in range(100):
         rng = np.random.Generator(np.random.PCG64(_HELD_OUT_SEED_2 + attempt))
-        chosen = sorted(int(eligible[i]) for i in rng.choice(len(eligible), size=N_TWO_OBJECT_HELD_OUT, replace=False))
+        chosen = sorted(
+            int(eligible[i])
+            for i in rng.choice(
+                len(eligible), size=N_TWO_OBJECT_HELD_OUT, replace=False
+            )
+        )
         chosen_set = set(chosen)
         train = [combos[i] for i in eligible if i not in chosen_set]
         if _slots_covered(train):
             return tuple(chosen)
-    raise RuntimeError("No valid two-object held-out split found; this is a bug in latentlens.shapes.world2.")
+    raise RuntimeError(
+        "No valid two-object held-out split found; this is a bug in latentlens.shapes.world2."
+    )
 
 
 def two_object_held_out_combinations() -> list[TwoObjectAttributes]:
@@ -212,7 +240,11 @@ def two_object_held_out_combinations() -> list[TwoObjectAttributes]:
 @functools.lru_cache(maxsize=1)
 def _training2() -> tuple[TwoObjectAttributes, ...]:
     held = set(_held_out_indices2())
-    return tuple(c for i, c in enumerate(_all2()) if i not in held and not contains_held_out_object(c))
+    return tuple(
+        c
+        for i, c in enumerate(_all2())
+        if i not in held and not contains_held_out_object(c)
+    )
 
 
 def two_object_training_combinations() -> list[TwoObjectAttributes]:
@@ -248,5 +280,3 @@ __all__ = [
     "two_object_held_out_combinations",
     "two_object_training_combinations",
 ]
-
-_ = (VALUES, dataclasses)  # re-exported names used by the docs above

@@ -140,7 +140,11 @@ def two_object_accuracy(
         report = two_object_accuracy(pipe, two_object_held_out_combinations()[:64])
         report["both_right"], report["binding_errors"]["color"]
     """
-    from latentlens.shapes import canonical_two_object_caption, read_two_object_batch, score_two_object_readings
+    from latentlens.shapes import (
+        canonical_two_object_caption,
+        read_two_object_batch,
+        score_two_object_readings,
+    )
 
     prompts = [canonical_two_object_caption(p) for p in pairs]
     seeds = [seed + i for i in range(len(prompts))]
@@ -173,7 +177,12 @@ def two_object_edits(
     attribute of both objects reads as on the base image; ``target_reached``: the new value is read;
     ``other_object_kept``: the other object reads the same on both images.
     """
-    from latentlens.shapes import OBJECT_ATTRIBUTES, VALUES, canonical_two_object_caption, read_two_object_batch
+    from latentlens.shapes import (
+        OBJECT_ATTRIBUTES,
+        VALUES,
+        canonical_two_object_caption,
+        read_two_object_batch,
+    )
 
     rng = np.random.default_rng(seed)
     results: dict[str, dict[str, float]] = {}
