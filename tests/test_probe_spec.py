@@ -128,3 +128,36 @@ def test_from_dict_without_file():
     assert [s.prompt for s in spec.prompts()] == ["x", "x", "y", "y"] and spec.source == "<dict>"
     with pytest.raises(ConfigError, match="gets 1 sample,"):
         ProbeSpec.from_dict({"attributes": {"a": ["x", "y"]}, "templates": ["{a}"], "seeds": [0]})
+
+
+def test_two_object_spec_labels_each_objects_attributes():
+    from latentlens import shapes
+
+    spec = load_probe_spec(PROBES / "shapes2.yaml")
+    assert spec.world == "shapes2" and len(spec) == 1200
+    assert list(spec.attributes)[:3] == ["first_shape", "first_color", "first_size"]
+    for counts in spec.class_counts().values():
+        assert min(counts.values()) >= spec.min_samples_per_class
+    for prompt, _seed, labels in spec.prompts()[:200]:
+        pair = shapes.parse_two_object_caption(prompt)
+        assert shapes.is_two_object_trained(pair)
+        assert labels["first_color"] == pair.first.color and labels["second_shape"] == pair.second.shape
+        assert labels["layout"] == pair.layout and labels["background"] == pair.background
+        assert labels["first_color"] != labels["second_color"]
+    # Either object is named first in some prompts (varied templates).
+    firsts = {p.index(l["first_color"]) < p.index(l["second_color"]) for p, _, l in spec.prompts()[:100]}
+    assert firsts == {True, False}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("world: shapes2\nattributes: [first_colour]\nsamples: 10\n", "unknown two-object label 'first_colour'"),
+        ("world: shapes2\nattributes: {layout: [diagonal, vertical]}\nsamples: 10\n", "unknown layout 'diagonal'"),
+        ("world: shapes2\nattributes: [layout]\nsamples: 10\ncaptions: 99\n", "template index 0..7"),
+        ("world: shapes3\nsamples: 10\n", "shapes2"),
+    ],
+)
+def test_two_object_spec_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_probe_spec(_write(tmp_path, text))

@@ -100,3 +100,45 @@ def test_bad_config_is_a_clear_error():
         TrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match="caption_dropout"):
         TrainConfig(caption_dropout=1.5)
+
+
+def tiny_v2_config(steps: int, seed: int = 5) -> TrainConfig:
+    return TrainConfig.for_world(
+        "v2", steps=steps, batch_size=8, seed=seed, num_layers=1, num_attention_heads=2, attention_head_dim=16,
+        templates=(0,), two_object_templates=(0, 1), two_object_limit=40, warmup_steps=2, log_every=2,
+        checkpoint_every_s=1e9,
+    )
+
+
+@pytest.mark.slow  # three tiny runs, ~11 s
+def test_v2_train_toy_from_scratch_is_deterministic_and_mixes_two_object_scenes(tmp_path):
+    from latentlens.shapes import is_two_object_trained
+
+    runs = []
+    for name in ("a", "b"):
+        result = train_toy(tiny_v2_config(4), tmp_path / name, progress=False)
+        runs.append(torch.load(tmp_path / name / CHECKPOINT_NAME, weights_only=False))
+        assert result["steps"] == 4 and result["cpu_seconds_total"] > 0
+    a, b = runs
+    assert a["config"]["two_object_fraction"] == 0.5
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    for name, value in a["ema"].items():
+        assert torch.equal(value, b["ema"][name]), name
+    other = train_toy(tiny_v2_config(4, seed=6), tmp_path / "c", progress=False)
+    c = torch.load(other["checkpoint"], weights_only=False)
+    assert any(not torch.equal(value, c["model"][name]) for name, value in a["model"].items())
+    bank2 = torch.load(tmp_path / "a" / "caption_embeddings_2.pt", weights_only=False)["bank"]
+    assert len(bank2["combinations"]) == 40 and all(is_two_object_trained(p) for p in bank2["combinations"])
+    log = [json.loads(line) for line in (tmp_path / "a" / LOSS_LOG_NAME).read_text().splitlines()]
+    assert [row["step"] for row in log] == [2, 4] and all(row["step_s"] > 0 and "cpu_s" in row for row in log)
+
+
+def test_world_presets_and_v2_config_errors():
+    config = tiny_v2_config(1)
+    assert TrainConfig.for_world("v2").two_object_fraction == 0.5 and TrainConfig.for_world("v1") == TrainConfig()
+    with pytest.raises(ConfigError, match="v3"):
+        TrainConfig.for_world("v3")
+    with pytest.raises(ConfigError, match="two_object_fraction"):
+        TrainConfig(two_object_fraction=1.5)
+    assert config.to_dict()["two_object_templates"] == [0, 1]

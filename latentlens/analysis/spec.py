@@ -28,6 +28,12 @@ attribute, and seeds. The prompts are the full factorial (or a seeded sample of 
     captions: varied           # varied | canonical | a template index
     seed: 0                    # seeds the sampling; sample i is generated with noise seed i
 
+**Two-object specs** (``world: shapes2``, world v2) label each object's attributes by its
+slot: ``first_shape, first_color, first_size`` (the left or top object), ``second_shape, ...``,
+plus ``layout`` (horizontal | vertical) and ``background``; ``combinations`` is
+training | held_out | all of the two-object split, ``captions`` varied | canonical | a
+two-object template index; the other fields are as for ``world: shapes``.
+
 Every mistake (a missing field, an attribute with a single value, too few samples per
 class, a template that names an unknown attribute) raises
 :class:`~latentlens.errors.ConfigError` naming the file, line and field.
@@ -59,6 +65,10 @@ _TOP_LEVEL_TEMPLATE = {
     "name", "description", "model", "attributes", "templates", "seeds", "sample",
     "min_samples_per_class", "record",
 }
+# Labels of a two-object spec: each object's own attributes by slot, then the scene's.
+TWO_OBJECT_LABELS: tuple[str, ...] = (
+    "first_shape", "first_color", "first_size", "second_shape", "second_color", "second_size", "layout", "background",
+)
 _TOP_LEVEL_SHAPES = {
     "name", "description", "model", "world", "attributes", "combinations", "samples", "captions",
     "seed", "canvas", "min_samples_per_class", "record",
@@ -253,8 +263,10 @@ class _Validator:
         if not isinstance(data, dict):
             raise self.fail((), f"a probe spec must be a YAML mapping, got {type(data).__name__}.")
         world = data.get("world")
-        if world is not None and world != "shapes":
-            raise self.fail(("world",), f"unknown world {world!r}; the only built-in world is 'shapes'.")
+        if world is not None and world not in ("shapes", "shapes2"):
+            raise self.fail(
+                ("world",), f"unknown world {world!r}; the built-in worlds are 'shapes' and 'shapes2' (two objects)."
+            )
         common: dict[str, Any] = {
             "name": str(data.get("name") or ""),
             "description": str(data.get("description") or ""),
@@ -271,6 +283,8 @@ class _Validator:
             )
         if world == "shapes":
             return self.shapes_spec(data, common)
+        if world == "shapes2":
+            return self.shapes2_spec(data, common)
         return self.template_spec(data, common)
 
     def template_spec(self, data: dict, common: dict[str, Any]) -> ProbeSpec:
@@ -428,3 +442,89 @@ class _Validator:
         spec = ProbeSpec(attributes=attributes, world="shapes", _samples=samples, **common)
         self.check_counts(spec, "raise 'samples' or restrict the values.")
         return spec
+
+    def shapes2_spec(self, data: dict, common: dict[str, Any]) -> ProbeSpec:
+        from latentlens import shapes
+
+        self.check_unknown(data, _TOP_LEVEL_SHAPES, "two-object shapes-world")
+        raw = data.get("attributes", list(TWO_OBJECT_LABELS))
+        if isinstance(raw, list):
+            raw = {a: None for a in raw}
+        if not isinstance(raw, dict) or not raw:
+            raise self.fail(("attributes",), "attributes must be a list of two-object labels or a mapping label -> values.")
+        attributes: dict[str, tuple[str, ...]] = {}
+        for name, values in raw.items():
+            path = ("attributes", name)
+            if name not in TWO_OBJECT_LABELS:
+                raise self.fail(path, f"unknown two-object label {name!r}; use: {', '.join(TWO_OBJECT_LABELS)}.")
+            valid = shapes.LAYOUTS if name == "layout" else shapes.VALUES[name.split("_", 1)[-1]]
+            if values is None:
+                values = list(valid)
+            if not isinstance(values, list):
+                raise self.fail(path, f"values of '{name}' must be a list.")
+            for i, v in enumerate(values):
+                if v not in valid:
+                    raise self.fail(path + (i,), f"unknown {name} {v!r}; use one of: {', '.join(valid)}.")
+            attributes[name] = tuple(values)
+        self.check_classes(attributes)
+
+        which = data.get("combinations", "training")
+        pools = {
+            "training": shapes.two_object_training_combinations,
+            "held_out": shapes.two_object_held_out_combinations,
+            "all": shapes.all_two_object_combinations,
+        }
+        if which not in pools:
+            raise self.fail(("combinations",), f"combinations {which!r} is not one of: {', '.join(pools)}.")
+        pool = [(c, two_object_labels(c)) for c in pools[which]()]
+        pool = [(c, labels) for c, labels in pool if all(labels[a] in v for a, v in attributes.items())]
+        if not pool:
+            raise self.fail(("attributes",), "no two-object combination matches the listed values.")
+        n = self.positive_int(self.require(data, "samples", ("samples",), "how many prompts to record"), ("samples",))
+        captions = data.get("captions", "varied")
+        n_templates = len(shapes.TWO_OBJECT_TEMPLATES)
+        if captions not in ("varied", "canonical") and not (
+            isinstance(captions, int) and not isinstance(captions, bool) and 0 <= captions < n_templates
+        ):
+            raise self.fail(
+                ("captions",),
+                f"captions {captions!r} must be 'varied', 'canonical' or a two-object template index 0..{n_templates - 1}.",
+            )
+        if isinstance(captions, int) and not isinstance(captions, bool):
+            pool = [(c, labels) for c, labels in pool if captions in shapes.TWO_OBJECT_TEMPLATES_FOR[c.layout]]
+            if not pool:
+                raise self.fail(("captions",), f"two-object template {captions} describes none of the chosen layouts.")
+        seed = data.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise self.fail(("seed",), f"seed must be a non-negative integer, got {seed!r}.")
+        if "canvas" in data:
+            common["record"].setdefault("canvas", self.positive_int(data["canvas"], ("canvas",)))
+
+        rng = np.random.Generator(np.random.PCG64(seed))
+        order: list[int] = []
+        while len(order) < n:
+            order.extend(int(i) for i in rng.permutation(len(pool)))
+        samples = []
+        for i, k in enumerate(order[:n]):
+            combo, labels = pool[k]
+            if captions == "varied":
+                caption = shapes.make_two_object_caption(combo, rng=rng)
+            elif captions == "canonical":
+                caption = shapes.make_two_object_caption(combo)
+            else:
+                caption = shapes.make_two_object_caption(combo, template=int(captions))
+            samples.append(ProbeSample(caption.text, i, {a: labels[a] for a in attributes}))
+        spec = ProbeSpec(attributes=attributes, world="shapes2", _samples=samples, **common)
+        self.check_counts(spec, "raise 'samples' or restrict the values.")
+        return spec
+
+
+def two_object_labels(pair: Any) -> dict[str, str]:
+    """The labels a two-object spec gives a scene: ``{"first_shape": ..., ..., "layout": ..., "background": ...}``."""
+    labels = {}
+    for slot, obj in (("first", pair.first), ("second", pair.second)):
+        for attribute in ("shape", "color", "size"):
+            labels[f"{slot}_{attribute}"] = getattr(obj, attribute)
+    labels["layout"] = pair.layout
+    labels["background"] = pair.background
+    return labels

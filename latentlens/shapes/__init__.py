@@ -12,6 +12,10 @@ Example::
     scene = shapes.render(a, canvas=32, rng=np.random.default_rng(0))
     caption = shapes.make_caption(a)        # 'a small red circle on the left on a gray background'
     shapes.read_attributes(scene.image) == a   # True
+
+World v2 adds two-object scenes (left/right or top/bottom, colours differ, one background):
+``TwoObjectAttributes``, ``render_two``, ``make_two_object_caption``, ``read_two_objects`` and the
+two-object held-out split; one-object scenes are unchanged.
 """
 
 from latentlens.shapes.captions import (
@@ -25,9 +29,28 @@ from latentlens.shapes.captions import (
     unknown_words,
     word_token_indices,
 )
-from latentlens.shapes.dataset import sample_scenes
+from latentlens.shapes.captions2 import (
+    TWO_OBJECT_TEMPLATES,
+    TWO_OBJECT_TEMPLATES_FOR,
+    TWO_OBJECT_VOCABULARY,
+    TwoObjectCaption,
+    canonical_two_object_caption,
+    make_two_object_caption,
+    parse_two_object_caption,
+    two_object_token_indices,
+)
+from latentlens.shapes.dataset import sample_scenes, sample_two_object_scenes
 from latentlens.shapes.oracle import Reading, describe, inspect_image, object_mask, read_attributes, read_batch
+from latentlens.shapes.oracle2 import (
+    TwoObjectReading,
+    binding_errors,
+    detect_layout,
+    read_two_object_batch,
+    read_two_objects,
+    score_two_object_readings,
+)
 from latentlens.shapes.render import Scene, degrade, render, shape_coverage
+from latentlens.shapes.render2 import TwoObjectScene, render_two
 from latentlens.shapes.world import (
     ATTRIBUTES,
     BACKGROUND_RGB,
@@ -46,6 +69,19 @@ from latentlens.shapes.world import (
     held_out_combinations,
     is_held_out,
     training_combinations,
+)
+from latentlens.shapes.world2 import (
+    LAYOUT_POSITIONS,
+    LAYOUTS,
+    OBJECT_ATTRIBUTES,
+    TwoObjectAttributes,
+    all_two_object_combinations,
+    contains_held_out_object,
+    is_two_object_held_out,
+    is_two_object_trained,
+    object_triple,
+    two_object_held_out_combinations,
+    two_object_training_combinations,
 )
 
 __all__ = [
@@ -86,4 +122,32 @@ __all__ = [
     "training_combinations",
     "unknown_words",
     "word_token_indices",
+    "TWO_OBJECT_TEMPLATES",
+    "TWO_OBJECT_TEMPLATES_FOR",
+    "TWO_OBJECT_VOCABULARY",
+    "TwoObjectCaption",
+    "canonical_two_object_caption",
+    "make_two_object_caption",
+    "parse_two_object_caption",
+    "two_object_token_indices",
+    "sample_two_object_scenes",
+    "TwoObjectReading",
+    "binding_errors",
+    "detect_layout",
+    "read_two_object_batch",
+    "read_two_objects",
+    "score_two_object_readings",
+    "TwoObjectScene",
+    "render_two",
+    "LAYOUT_POSITIONS",
+    "LAYOUTS",
+    "OBJECT_ATTRIBUTES",
+    "TwoObjectAttributes",
+    "all_two_object_combinations",
+    "contains_held_out_object",
+    "is_two_object_held_out",
+    "is_two_object_trained",
+    "object_triple",
+    "two_object_held_out_combinations",
+    "two_object_training_combinations",
 ]

@@ -172,14 +172,17 @@ def parse_caption(text: str) -> Attributes:
 
 
 def unknown_words(text: str) -> list[str]:
-    """Words of ``text`` outside the shapes world's vocabulary, lower-cased, in order, once each.
+    """Words of ``text`` outside the shapes world's vocabulary (one- and two-object captions), lower-cased,
+    in order, once each.
 
     Example: ``unknown_words("a red dog on the left") == ["dog"]``.
     """
+    from latentlens.shapes.captions2 import TWO_OBJECT_VOCABULARY  # world v2's captions are in the world too
+
     seen: list[str] = []
     for match in _words(text):
         word = match.group()
-        if word not in VOCABULARY and word not in seen:
+        if word not in VOCABULARY and word not in TWO_OBJECT_VOCABULARY and word not in seen:
             seen.append(word)
     return seen
 

@@ -17,8 +17,14 @@ import numpy as np
 
 from latentlens.errors import ConfigError
 from latentlens.shapes.captions import Caption, make_caption
+from latentlens.shapes.captions2 import TwoObjectCaption, make_two_object_caption
 from latentlens.shapes.render import Scene, render
+from latentlens.shapes.render2 import TwoObjectScene, render_two
 from latentlens.shapes.world import Attributes, training_combinations
+from latentlens.shapes.world2 import (
+    TwoObjectAttributes,
+    two_object_training_combinations,
+)
 
 
 def sample_scenes(
@@ -49,4 +55,33 @@ def sample_scenes(
         scene = render(attributes, canvas=canvas, rng=rng)
         caption = make_caption(attributes, template=template, rng=rng)
         pairs.append((scene, caption))
+    return pairs
+
+
+def sample_two_object_scenes(
+    n: int,
+    rng: np.random.Generator,
+    canvas: int = 32,
+    combinations: Sequence[TwoObjectAttributes] | None = None,
+    template: int | None = None,
+) -> list[tuple[TwoObjectScene, TwoObjectCaption]]:
+    """Like :func:`sample_scenes` for two-object scenes (default: the two-object training combinations).
+
+    Example: ``sample_two_object_scenes(8, np.random.default_rng(0))[0][1].text``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ConfigError(f"Number of scenes {n!r} must be a non-negative integer.")
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(
+            f"sample_two_object_scenes() needs a numpy Generator, got {type(rng).__name__}; "
+            "pass np.random.default_rng(seed)."
+        )
+    pool = list(two_object_training_combinations() if combinations is None else combinations)
+    if not pool:
+        raise ConfigError("sample_two_object_scenes() got an empty list of combinations; pass at least one.")
+    pairs: list[tuple[TwoObjectScene, TwoObjectCaption]] = []
+    for _ in range(int(n)):
+        attributes = pool[int(rng.integers(len(pool)))]
+        scene = render_two(attributes, canvas=canvas, rng=rng)
+        pairs.append((scene, make_two_object_caption(attributes, template=template, rng=rng)))
     return pairs

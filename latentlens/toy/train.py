@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ TEXT_CACHE_NAME = "caption_embeddings.pt"
 
 # Fields that may change between a run and its resumption (they do not change the trajectory so far).
 _RESUMABLE_FIELDS = ("steps", "checkpoint_every_s", "num_threads", "log_every")
+TEXT_CACHE_2_NAME = "caption_embeddings_2.pt"
+
+WorldVersion = Literal["v1", "v2"]
 
 
 @dataclass
@@ -72,6 +75,10 @@ class TrainConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     templates: tuple[int, ...] | None = None  # caption template indices; None = all
+    # world v2: this fraction of each batch are two-object scenes (0 = the one-object world only)
+    two_object_fraction: float = 0.0
+    two_object_templates: tuple[int, ...] | None = None  # two-object template indices; None = all
+    two_object_limit: int | None = None  # only the first N two-object training pairs (quick tests); None = all
     # bookkeeping
     checkpoint_every_s: float = 240.0
     num_threads: int = 2
@@ -86,13 +93,46 @@ class TrainConfig:
             raise ConfigError(f"caption_dropout={self.caption_dropout!r} must be in [0, 1).")
         if self.canvas % self.patch_size:
             raise ConfigError(f"canvas {self.canvas} is not divisible by patch_size {self.patch_size}.")
+        if not 0.0 <= self.two_object_fraction <= 1.0:
+            raise ConfigError(f"two_object_fraction={self.two_object_fraction!r} must be in [0, 1].")
         if self.templates is not None:
             self.templates = tuple(int(t) for t in self.templates)
+        if self.two_object_templates is not None:
+            self.two_object_templates = tuple(int(t) for t in self.two_object_templates)
+        if self.two_object_limit is not None and (
+            isinstance(self.two_object_limit, bool) or not isinstance(self.two_object_limit, int) or self.two_object_limit < 1
+        ):
+            raise ConfigError(f"two_object_limit={self.two_object_limit!r} must be a positive integer or None.")
+
+    @classmethod
+    def for_world(cls, world: WorldVersion, **overrides: Any) -> TrainConfig:
+        """The documented recipe of the toy model for shapes world ``"v1"`` or ``"v2"`` (one and two objects).
+
+        Example: ``TrainConfig.for_world("v2", steps=100)``.
+        """
+        if world not in WORLD_PRESETS:
+            raise ConfigError(f"Unknown shapes world {world!r}; use one of: {', '.join(WORLD_PRESETS)}.")
+        return cls(**{**WORLD_PRESETS[world], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["templates"] = list(self.templates) if self.templates is not None else None
+        data["two_object_templates"] = (
+            list(self.two_object_templates) if self.two_object_templates is not None else None
+        )
         return data
+
+
+# The recipe of each world's toy model (v2's sizes chosen by measured step time; see the model card).
+WORLD_PRESETS: dict[str, dict[str, Any]] = {
+    "v1": {},
+    "v2": {
+        "steps": 12000,
+        "num_layers": 8,
+        "two_object_fraction": 0.5,
+        "num_threads": 1,
+    },
+}
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -143,15 +183,84 @@ def _load_or_build_bank(path: Path, config: TrainConfig, tokenizer: Any, text_en
     return bank
 
 
-class _Batcher:
-    """Fresh random scenes every batch: combination, template, jitter and caption dropout."""
+class TwoObjectCaptionBank:
+    """Precomputed MiniLM embeddings (fp16) of every (two-object training combination, template) caption.
 
-    def __init__(self, bank: CaptionBank, config: TrainConfig, rng: np.random.Generator) -> None:
+    ``rows[c]`` are the bank rows of combination ``c``, one per template valid for its layout.
+    """
+
+    def __init__(
+        self, templates: tuple[int, ...] | None, tokenizer: Any, text_encoder: Any, limit: int | None = None
+    ) -> None:
+        from latentlens.shapes import (
+            TWO_OBJECT_TEMPLATES,
+            TWO_OBJECT_TEMPLATES_FOR,
+            make_two_object_caption,
+            two_object_training_combinations,
+        )
+        from latentlens.toy.text_encoder import encode_texts
+
+        chosen = tuple(range(len(TWO_OBJECT_TEMPLATES))) if templates is None else templates
+        for template in chosen:
+            if not 0 <= template < len(TWO_OBJECT_TEMPLATES):
+                raise ConfigError(
+                    f"Two-object caption template {template} does not exist (0..{len(TWO_OBJECT_TEMPLATES) - 1})."
+                )
+        self.combinations = two_object_training_combinations()[:limit]
+        texts: list[str] = []
+        self.rows: list[tuple[int, ...]] = []
+        for pair in self.combinations:
+            valid = [t for t in TWO_OBJECT_TEMPLATES_FOR[pair.layout] if t in chosen]
+            if not valid:
+                raise ConfigError(
+                    f"None of the two-object templates {list(chosen)} describes a {pair.layout} scene; "
+                    f"include one of {list(TWO_OBJECT_TEMPLATES_FOR[pair.layout])}."
+                )
+            self.rows.append(tuple(range(len(texts), len(texts) + len(valid))))
+            texts.extend(make_two_object_caption(pair, template=t).text for t in valid)
+        tokens, pooled = encode_texts(texts, tokenizer, text_encoder)
+        self.tokens = tokens.half()  # [n_captions, L, 384], fp16 to keep ~50k captions in memory
+        self.pooled = pooled.half()  # [n_captions, 384]
+
+
+def _load_or_build_bank2(path: Path, config: TrainConfig, tokenizer: Any, text_encoder: Any) -> TwoObjectCaptionBank:
+    templates = config.to_dict()["two_object_templates"]
+    key = templates if config.two_object_limit is None else [templates, config.two_object_limit]
+    if path.exists():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=False)
+            if cached.get("templates") == key:
+                bank = TwoObjectCaptionBank.__new__(TwoObjectCaptionBank)
+                bank.__dict__.update(cached["bank"])
+                return bank
+        except Exception:  # noqa: BLE001 - a bad cache is rebuilt
+            pass
+    bank = TwoObjectCaptionBank(config.two_object_templates, tokenizer, text_encoder, config.two_object_limit)
+    _atomic_save({"templates": key, "bank": bank.__dict__}, path)
+    return bank
+
+
+class _Batcher:
+    """Fresh random scenes every batch: combination, template, jitter and caption dropout.
+
+    With ``two_object_fraction > 0`` each image is a two-object scene with that probability.
+    """
+
+    def __init__(
+        self,
+        bank: CaptionBank,
+        config: TrainConfig,
+        rng: np.random.Generator,
+        bank2: TwoObjectCaptionBank | None = None,
+    ) -> None:
         self.bank = bank
+        self.bank2 = bank2
         self.config = config
         self.rng = rng
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.config.two_object_fraction > 0:
+            return self._next_mixed()
         from latentlens.shapes import render
 
         n = self.config.batch_size
@@ -165,6 +274,30 @@ class _Batcher:
         x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
         index = torch.as_tensor(rows)
         return x0, self.bank.tokens[index], self.bank.pooled[index]
+
+    def _next_mixed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from latentlens.shapes import render, render_two
+
+        assert self.bank2 is not None
+        n, canvas = self.config.batch_size, self.config.canvas
+        two = self.rng.random(n) < self.config.two_object_fraction
+        drop = self.rng.random(n) < self.config.caption_dropout
+        images, tokens, pooled = [], [], []
+        for is_two, dropped in zip(two, drop):
+            if is_two:
+                c = int(self.rng.integers(len(self.bank2.combinations)))
+                row = self.bank2.rows[c][int(self.rng.integers(len(self.bank2.rows[c])))]
+                images.append(render_two(self.bank2.combinations[c], canvas=canvas, rng=self.rng).image)
+                source, index = (self.bank, self.bank.empty_index) if dropped else (self.bank2, row)
+            else:
+                c = int(self.rng.integers(len(self.bank.combinations)))
+                slot = int(self.rng.integers(len(self.bank.templates)))
+                images.append(render(self.bank.combinations[c], canvas=canvas, rng=self.rng).image)
+                source, index = self.bank, (self.bank.empty_index if dropped else self.bank.index(c, slot))
+            tokens.append(source.tokens[index].float())
+            pooled.append(source.pooled[index].float())
+        x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W]
+        return x0, torch.stack(tokens), torch.stack(pooled)  # [B, 3, H, W], [B, L, 384], [B, 384]
 
 
 def flow_matching_loss(
@@ -201,6 +334,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    saved = {**TrainConfig().to_dict(), **saved}  # settings added later keep their defaults in old checkpoints
     keys = (set(saved) | set(current)) - set(_RESUMABLE_FIELDS)
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
@@ -239,7 +373,23 @@ def export_checkpoint(checkpoint: str | Path, dest: str | Path, dtype: torch.dty
     pipe = build_pipeline_from_state(state["ema"], config)
     pipe.transformer.to(dtype)
     pipe.save_pretrained(dest)
+    _write_training_record(Path(dest), state)
     return Path(dest)
+
+
+TRAINING_RECORD_NAME = "training.json"
+
+
+def _write_training_record(dest: Path, state: dict[str, Any]) -> None:
+    """``training.json`` beside exported weights: the settings, the step and the time that made them."""
+    record = {
+        "config": state["config"],
+        "step": int(state["step"]),
+        "elapsed_s": round(float(state.get("elapsed_s", 0.0)), 1),
+        "cpu_s": round(float(state.get("cpu_s", 0.0)), 1),
+        "setup_s": round(float(state.get("setup_s", 0.0)), 1),
+    }
+    (dest / TRAINING_RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def train_toy(
@@ -269,6 +419,7 @@ def train_toy(
         )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
+    setup_start = time.time()
     try:
         tokenizer, text_encoder = load_text_encoder()
         torch.manual_seed(config.seed)
@@ -288,6 +439,8 @@ def train_toy(
         generator = torch.Generator().manual_seed(config.seed)
         step = 0
         elapsed_before = 0.0
+        cpu_before = 0.0
+        setup_before = 0.0
         resumed_from = None
         if checkpoint_path.exists():
             try:
@@ -309,11 +462,18 @@ def train_toy(
             generator.set_state(state["torch_rng"])
             step = int(state["step"])
             elapsed_before = float(state.get("elapsed_s", 0.0))
+            cpu_before = float(state.get("cpu_s", 0.0))
+            setup_before = float(state.get("setup_s", 0.0))
             resumed_from = step
         (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
         bank = _load_or_build_bank(out / TEXT_CACHE_NAME, config, tokenizer, text_encoder)
-        batcher = _Batcher(bank, config, rng)
+        bank2 = (
+            _load_or_build_bank2(out / TEXT_CACHE_2_NAME, config, tokenizer, text_encoder)
+            if config.two_object_fraction > 0
+            else None
+        )
+        batcher = _Batcher(bank, config, rng, bank2)
 
         def save_checkpoint() -> None:
             _atomic_save(
@@ -326,12 +486,17 @@ def train_toy(
                     "step": step,
                     "config": config.to_dict(),
                     "elapsed_s": elapsed_before + (time.time() - start),
+                    "cpu_s": cpu_before + (time.process_time() - cpu_start),
+                    "setup_s": setup_s,
                 },
                 checkpoint_path,
             )
 
         start = time.time()
+        setup_s = setup_before + (start - setup_start)  # loading the text encoder, encoding captions
+        cpu_start = time.process_time()
         last_checkpoint = start
+        window_start = start
         losses: list[float] = []
         first_losses: list[float] = []
         bar = tqdm(
@@ -366,10 +531,16 @@ def train_toy(
                     if step % config.log_every == 0 or step == config.steps:
                         recent = losses[-config.log_every :]
                         mean_loss = sum(recent) / len(recent)
+                        now = time.time()
+                        # step_s: wall seconds per step over this window (a SIGSTOP pause shows here);
+                        # cpu_s: this process's CPU seconds so far (pauses excluded), across resumes.
                         log.write(json.dumps({
                             "step": step, "loss": round(mean_loss, 6), "lr": lr,
-                            "elapsed_s": round(elapsed_before + time.time() - start, 1),
+                            "elapsed_s": round(elapsed_before + now - start, 1),
+                            "step_s": round((now - window_start) / len(recent), 4),
+                            "cpu_s": round(cpu_before + time.process_time() - cpu_start, 1),
                         }) + "\n")
+                        window_start = now
                         log.flush()
                         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                     bar.update(1)
@@ -397,6 +568,8 @@ def train_toy(
             "last_loss": (sum(losses[-20:]) / len(losses[-20:])) if losses else None,
             "seconds_total": round(elapsed, 1),
             "seconds_this_run": round(time.time() - start, 1),
+            "cpu_seconds_total": round(cpu_before + time.process_time() - cpu_start, 1),
+            "setup_seconds_total": round(setup_s, 1),
         }
     finally:
         torch.set_num_threads(previous_threads)
