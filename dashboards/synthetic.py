@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +116,10 @@ def write_fake_analysis(path: str | Path, *, blocks: int, steps: int, channels: 
     import torch
 
     from latentlens import Direction, open_run
+    from latentlens.analysis import AnalysisWriter
     from latentlens.shapes import VALUES
 
     rng = np.random.default_rng(seed + 1)
-    folder = Path(path) / "analysis"
-    folder.mkdir(parents=True, exist_ok=True)
     records = []
     for a in ATTRIBUTES:
         chance = 1.0 / len(VALUES[a])
@@ -132,7 +130,6 @@ def write_fake_analysis(path: str | Path, *, blocks: int, steps: int, channels: 
                     records.append({"attribute": a, "site": f"blocks.{b}.resid_out.{stream}", "stream": stream, "block": b,
                                     "step": s, "accuracy": round(float(acc), 4), "selectivity": round(float(acc - chance), 4),
                                     "n_train": 80, "n_test": 20})
-    (folder / "probes.json").write_text(json.dumps({"records": records, "attributes": {a: list(VALUES[a]) for a in ATTRIBUTES}}))
     run = open_run(path)
     site, step = f"blocks.{blocks - 1}.resid_out.img", steps - 1
     x = np.asarray(run[site][:, step]).mean(axis=1)  # [sample, channel]
@@ -140,20 +137,18 @@ def write_fake_analysis(path: str | Path, *, blocks: int, steps: int, channels: 
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     pcs = x @ vt[:2].T
     umap_like = np.tanh(pcs / (pcs.std(axis=0) + 1e-6))  # a stand-in 2-D layout
-    emb = folder / "embeddings"
-    emb.mkdir(exist_ok=True)
-    np.savez(emb / f"{site}@{step}.npz", pca=pcs.astype(np.float32), umap=umap_like.astype(np.float32),
-             sample=np.arange(len(x)))
-    (emb / f"{site}@{step}.json").write_text(json.dumps({"site": site, "step": step}))
     labels = run.manifest["labels"]
-    directions = folder / "directions"
-    for a, to in (("color", "blue"), ("color", "red"), ("shape", "square"), ("size", "large")):
-        mask = np.array([row[a] == to for row in labels])
-        vector = x[mask].mean(axis=0) - x[~mask].mean(axis=0)
-        d = Direction(torch.from_numpy(vector.astype(np.float32)), site=site, steps=[step],
-                      provenance={"method": "class_mean", "attribute": a, "to": to, "from": "rest", "run": str(path),
-                                  "accuracy": 0.9})
-        d.save(directions / a / to)  # directions/<attribute>/<value>, as `latentlens analyze` writes them
+    with AnalysisWriter(path) as out:  # the writer `latentlens analyze` uses: one home for the format
+        out.probes(records, attributes={a: list(VALUES[a]) for a in ATTRIBUTES})
+        out.embedding(site, step, {"pca": pcs.astype(np.float32), "umap": umap_like.astype(np.float32),
+                                   "sample": np.arange(len(x))}, "umap")
+        for a, to in (("color", "blue"), ("color", "red"), ("shape", "square"), ("size", "large")):
+            mask = np.array([row[a] == to for row in labels])
+            vector = x[mask].mean(axis=0) - x[~mask].mean(axis=0)
+            d = Direction(torch.from_numpy(vector.astype(np.float32)), site=site, steps=[step],
+                          provenance={"method": "class_mean", "attribute": a, "to": to, "from": "rest", "run": str(path),
+                                      "accuracy": 0.9})
+            out.direction(f"{a}/{to}", d)
 
 
 def save_tiny_toy_pipeline(path: str | Path, *, num_layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Path:

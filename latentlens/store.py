@@ -379,8 +379,8 @@ class StoredArray:
             if isinstance(key, (list, np.ndarray)):
                 return self._array.oindex[(key,)]
             return self._array[key]
-        except (StoreError, IndexError, TypeError, KeyError):
-            raise
+        except (StoreError, IndexError, TypeError, KeyError, MemoryError):
+            raise  # a read larger than memory is not damage: read fewer samples at a time
         except Exception as error:  # zarr's decode errors of a damaged chunk file
             raise StoreError(
                 f"Reading {self.name!r} failed ({type(error).__name__}: {str(error)[:160]}); a chunk file of "

@@ -37,7 +37,9 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
+from latentlens.adapters import adapter_for
 from latentlens.errors import ConfigError, StoreError
+from latentlens.text import word_token_indices
 
 Column = Union[int, Literal["all"]]
 Metric = Literal["rms", "mae"]
@@ -404,24 +406,22 @@ def patchable_sites(pipe: Any, sites: str | Sequence[str], tokens: Any = None) -
     return chosen
 
 
-def _token_count(tokenizer: Any, prompt: str) -> int:
-    return len(tokenizer(prompt, truncation=True, max_length=getattr(tokenizer, "model_max_length", None))["input_ids"])
+def _token_count(tokenizer: Any, prompt: str, length: int) -> int:
+    return len(tokenizer(prompt, truncation=True, max_length=length)["input_ids"])
 
 
 def pair_token_positions(pipe: Any, pairs: Sequence[PatchPair], words: Sequence[str]) -> list[tuple[int, ...]]:
     """Text-token positions of ``words`` in each pair (in its base or its source prompt), checking that base and
     source share one token layout (same token count per text encoder); errors name the pair."""
-    from latentlens.adapters import adapter_for
-    from latentlens.recorder import word_token_indices
-
     adapter = adapter_for(pipe)
     segments = adapter.text_segments()
     if not segments:
         raise ConfigError("tokens: the pipeline has no tokenizer, so words cannot be located; pass a pipeline.")
     out = []
     for k, pair in enumerate(pairs):
-        for tokenizer, _offset in segments:
-            nb, ns = _token_count(tokenizer, pair.base), _token_count(tokenizer, pair.source)
+        for segment in segments:
+            nb = _token_count(segment.tokenizer, pair.base, segment.length)
+            ns = _token_count(segment.tokenizer, pair.source, segment.length)
             if nb != ns:
                 raise ConfigError(
                     f"Pair {k} has different token layouts: the base {pair.base!r} has {nb} tokens, the source "

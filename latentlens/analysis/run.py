@@ -29,7 +29,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -37,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from latentlens.analysis.ownfiles import has_probes, swap_in
+from latentlens.analysis.folder import ANALYSIS, AnalysisWriter, json_default
+from latentlens.analysis.ownfiles import has_probes
 from latentlens.errors import ConfigError, StoreError, UnknownNameError
 
-ANALYSIS = "analysis"
 FEATURES = ("mean", "mean+grid")
 #: Default bound on the raw activations read at once (a block of samples of one site and step).
 MAX_READ_BYTES = 256 * 2**20
@@ -197,10 +195,6 @@ def _labels(run: Any, samples: Sequence[int]) -> dict[str, list[str]]:
         if all(name in r and r[name] is not None for r in rows):
             out[name] = [str(r[name]) for r in rows]
     return out
-
-
-def _cell_name(site: str, step: int) -> str:
-    return f"{site}@{step}"
 
 
 def analyze_run(
@@ -370,7 +364,7 @@ def analyze_run(
     if write:
         _write(Path(run_dir), summary, grid, pca_info, embeddings, directions)
         summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
-        (Path(run_dir) / ANALYSIS / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        (Path(run_dir) / ANALYSIS / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     return summary
 
 
@@ -404,40 +398,19 @@ def _cosine_summary(feats, labels, grid, features, cosine_matrix, class_mean_dir
             "attribute_max_abs_cosine": np.round(summary, 4).tolist()}
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
 def _write(run_dir: Path, summary, grid, pca_info, embeddings, directions) -> None:
-    out = run_dir / ANALYSIS
-    tmp = run_dir / f".{ANALYSIS}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    dump = lambda obj: json.dumps(obj, indent=1, default=_json_default, allow_nan=True) + "\n"  # noqa: E731
-    if grid is not None:
-        (tmp / "probes.json").write_text(dump({
-            "records": grid.records(),
-            "attributes": {a: [str(c) for c in v] for a, v in grid.attributes_.items()},
-            "settings": {"C": grid.C, "test_size": grid.test_size, "max_features": grid.max_features,
-                         "features": summary["features"], "random_state": grid.random_state,
-                         "control": "Hewitt & Liang: a random class per label combination"},
-        }))
-    (tmp / "pca.json").write_text(dump(pca_info))
-    emb = tmp / "embeddings"
-    emb.mkdir()
-    for (site, step), arrays in embeddings.items():
-        stem = _cell_name(site, step)
-        np.savez(emb / f"{stem}.npz", **arrays)
-        method = "umap" if "umap" in arrays else ("pca" if "pca2d" in arrays else None)
-        (emb / f"{stem}.json").write_text(dump({"site": site, "step": int(step), "embedding": method}))
-    for name, direction in directions.items():
-        direction.save(tmp / "directions" / name)
-    if summary.get("cosine") is not None:
-        (tmp / "cosine.json").write_text(dump(summary["cosine"]))
-    (tmp / "summary.json").write_text(dump(summary))
-    swap_in(tmp, out)  # only latentlens' own files are replaced or removed; a user's files stay
+    with AnalysisWriter(run_dir) as out:
+        if grid is not None:
+            out.probes(grid.records(), grid.attributes_, settings={
+                "C": grid.C, "test_size": grid.test_size, "max_features": grid.max_features,
+                "features": summary["features"], "random_state": grid.random_state,
+                "control": "Hewitt & Liang: a random class per label combination"})
+        out.pca(pca_info)
+        for (site, step), arrays in embeddings.items():
+            method = "umap" if "umap" in arrays else ("pca" if "pca2d" in arrays else None)
+            out.embedding(site, step, arrays, method)
+        for name, direction in directions.items():
+            out.direction(name, direction)
+        if summary.get("cosine") is not None:
+            out.cosine(summary["cosine"])
+        out.summary(summary)

@@ -210,7 +210,7 @@ _DRY_RUN_DONE = object()
 def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, options: dict[str, Any],
                       steps_parts: list[Any] | None) -> Any:
     """The size plan (configs only): printed with --dry-run; a run that does not fit its disk is refused."""
-    from latentlens.errors import LatentlensError
+    from latentlens.errors import LatentlensError, UnknownNameError
     from latentlens.runs import prompt_set
     from latentlens.size_plan import pipeline_defaults, plan_record, reductions, refusal
 
@@ -231,6 +231,8 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
             "cfg": options.get("cfg") or "cond",
         }
         plan = plan_record(model, **base)
+    except UnknownNameError as error:  # found by the plan before the model loads: name the options
+        raise ConfigError(f"--sites/--attention: {error}") from None
     except LatentlensError:
         raise
     except Exception as error:  # noqa: BLE001 - planning must not stop a run it cannot model
