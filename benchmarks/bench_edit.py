@@ -8,7 +8,7 @@ Usage::
     nice -n 10 python benchmarks/bench_edit.py                          # shipped toy model, 200 edits, all methods
     python benchmarks/bench_edit.py --n 20 --methods ems sdedit         # quick look
     python benchmarks/bench_edit.py --model /tmp/toy --json-out /tmp/bench.json --threads 1
-    python benchmarks/bench_edit.py --dev --n 200 --methods ems --ems '{"degree": 1.5}'   # tuning: dev set only
+    python benchmarks/bench_edit.py --dev --n 200 --methods ems --ems '{"alpha": 1.5}'   # tuning: dev set only
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sde", action="store_true", help="Skip the SDE reconstructions (faster).")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy 2-core box).")
-    parser.add_argument("--ems", default="{}", help="JSON dict of EMSEditor overrides (degree, iterations, rho, ...).")
+    parser.add_argument("--ems", default="{}", help="JSON dict of EMSEditor overrides (alpha, iterations, rho, ...).")
     parser.add_argument("--baselines", default="{}", help='JSON dict, e.g. {"sdedit": {"strength": 0.5}}.')
     parser.add_argument("--json-out", default=None, help="Write the full result (summary, per attribute, settings) here.")
     args = parser.parse_args(argv)

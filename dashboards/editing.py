@@ -236,7 +236,7 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
         for k, alpha in enumerate(request.alphas):
             progress(k * steps, total, f"EMS α={alpha:g} ({k + 1}/{len(request.alphas)})")
             result = editor.edit(source, target=None if direction is not None else request.target,
-                                 source=prompt or None, degree=float(alpha), direction=direction,
+                                 source=prompt or None, alpha=float(alpha), direction=direction,
                                  steps=list(range(steps)) if direction is not None else None)
             images.append(_as_uint8(result.image))
     else:

@@ -76,7 +76,7 @@ def test_batch_reports_bad_lines_and_finishes_the_good_ones(toy_folder, red_png,
         json.dumps({"image": str(red_png), "target": "", "out": str(tmp_path / "empty.png")}),
         json.dumps({"image": str(tmp_path / "missing.png"), "target": TGT, "out": str(tmp_path / "m.png")}),
         "",
-        json.dumps({"image": str(red_png), "target": TGT, "source": SRC, "degree": 0.5, "mode": "image",
+        json.dumps({"image": str(red_png), "target": TGT, "source": SRC, "alpha": 0.5, "mode": "image",
                     "out": str(good2)}),
     ]
     batch = tmp_path / "edits.jsonl"

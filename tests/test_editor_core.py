@@ -184,12 +184,12 @@ def test_flow_step_rule_walks_the_sigma_grid_down_to_zero(toy):
 def test_image_mode_uses_neither_the_degree_nor_the_source_text(toy_pipe):
     editor = EMSEditor(toy_pipe, mode="image", iterations=2, num_inference_steps=3)
     z = editor.model.generate(editor.model.encode([SRC]), seed=2)
-    a = editor.edit(latent=z, source=SRC, target=TGT, degree=1.0)
-    b = editor.edit(latent=z, source="a large green cross at the top on a black background", target=TGT, degree=0.5)
+    a = editor.edit(latent=z, source=SRC, target=TGT, alpha=1.0)
+    b = editor.edit(latent=z, source="a large green cross at the top on a black background", target=TGT, alpha=0.5)
     assert a.changed and torch.equal(a.latent, b.latent)
     both = EMSEditor(toy_pipe, mode="both", iterations=2, num_inference_steps=3)
-    assert not torch.equal(both.edit(latent=z, source=SRC, target=TGT, degree=0.5).latent,
-                           both.edit(latent=z, source=SRC, target=TGT, degree=1.0).latent)
+    assert not torch.equal(both.edit(latent=z, source=SRC, target=TGT, alpha=0.5).latent,
+                           both.edit(latent=z, source=SRC, target=TGT, alpha=1.0).latent)
 
 
 def test_cleanup_keeps_the_mask_and_the_constraint(toy):
@@ -205,7 +205,7 @@ def test_cleanup_keeps_the_mask_and_the_constraint(toy):
 def test_degree_zero_and_rho_zero_return_the_source_exactly(toy_pipe):
     editor = EMSEditor(toy_pipe, iterations=3, num_inference_steps=4)
     z = editor.model.generate(editor.model.encode([SRC]), seed=1)
-    for kwargs in ({"degree": 0.0}, {"rho": 0.0}):
+    for kwargs in ({"alpha": 0.0}, {"rho": 0.0}):
         out = editor.edit(latent=z, source=SRC, target=TGT, **kwargs)
         assert torch.equal(out.latent, z.cpu()) and not out.changed
         assert out.image is out.source_image
@@ -221,10 +221,10 @@ def test_editor_rejects_bad_input(toy_pipe):
     with pytest.raises(ConfigError, match="Unknown EMS parameter"):
         EMSEditor(toy_pipe, radius=1.0)
     with pytest.warns(UserWarning, match="outside"):
-        editor.edit(latent=z, source=SRC, target=TGT, degree=5.0)
+        editor.edit(latent=z, source=SRC, target=TGT, alpha=5.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        editor.edit(latent=z, source=SRC, target=TGT, degree=1.5)
+        editor.edit(latent=z, source=SRC, target=TGT, alpha=1.5)
 
 
 @pytest.mark.parametrize("mode", ["both", "text", "image"])
@@ -297,11 +297,11 @@ def test_image_space_direction_is_steered_during_sampling(toy_pipe):
     z = editor.model.generate(editor.model.encode([SRC]), seed=3)
     width = toy_pipe.transformer.config.num_attention_heads * toy_pipe.transformer.config.attention_head_dim
     d = Direction(torch.ones(width), site="blocks.1.resid_out.img")
-    out = editor.edit(latent=z, source=SRC, direction=d, degree=1.0)
+    out = editor.edit(latent=z, source=SRC, direction=d, alpha=1.0)
     assert out.changed and out.params["direction"]["site"] == "blocks.1.resid_out.img"
-    none = editor.edit(latent=z, source=SRC, direction=d, degree=1.0, steps=[99])  # never applied
+    none = editor.edit(latent=z, source=SRC, direction=d, alpha=1.0, steps=[99])  # never applied
     assert not none.changed
-    text = editor.edit(latent=z, source=SRC, direction=Direction(torch.ones(384), site="text.pooled"), degree=0.5)
+    text = editor.edit(latent=z, source=SRC, direction=Direction(torch.ones(384), site="text.pooled"), alpha=0.5)
     assert text.changed
     with pytest.raises(ConfigError, match="either a target description or a direction"):
         editor.edit(latent=z, source=SRC, target=TGT, direction=d)

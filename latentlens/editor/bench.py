@@ -256,7 +256,7 @@ def run_benchmark(
         say(f"edit-bench: {min(start + b, n)}/{n} edits done")
 
     result = BenchResult(n=n, methods=list(methods), sources_matching_prompt=matching / n,
-                         settings={"editor": {"mode_defaults": editor.mode, "degree": editor.degree,
+                         settings={"editor": {"mode_defaults": editor.mode, "alpha": editor.alpha,
                                               "inversion_sigma": editor.inversion_sigma,
                                               **{k: (list(v) if isinstance(v, tuple) else v)
                                                  for k, v in vars(editor.params).items()}},

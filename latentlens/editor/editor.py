@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -73,10 +74,16 @@ class EditResult:
     source: str | None
     target: str | None
     mode: str
-    degree: float
+    alpha: float
     mask: np.ndarray | None = None
     seconds: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def degree(self) -> float:
+        """Deprecated name of :attr:`alpha` (the editing degree α)."""
+        warnings.warn("EditResult.degree is deprecated; use EditResult.alpha.", DeprecationWarning, stacklevel=2)
+        return self.alpha
 
     @property
     def changed(self) -> bool:
@@ -93,7 +100,7 @@ class EditResult:
             "source": self.source,
             "target": self.target,
             "mode": self.mode,
-            "degree": self.degree,
+            "alpha": self.alpha,
             "seconds": round(self.seconds, 4),
             "latent_rms_change": float((self.latent - self.source_latent).float().pow(2).mean().sqrt()),
             "mask_fraction": None if self.mask is None else float(self.mask.mean()),
@@ -107,7 +114,8 @@ class EMSEditor:
     Args:
         pipe: a pipeline (or an :class:`EditModel`).
         mode: ``"both"`` (EMS), ``"text"`` or ``"image"`` (ablations, see module docstring).
-        degree: α, the editing degree (0 = no edit, 1 = the target, > 1 extrapolates).
+        alpha: α, the editing degree (0 = no edit, 1 = the target, > 1 extrapolates); the same α as in
+            :func:`latentlens.steer`. ``degree`` is its deprecated old name.
         describer: how the source description is extracted when none is given: a :class:`Describer`,
             ``"shapes"``, or a spec for :func:`~latentlens.editor.describe.make_describer`
             (default: the shapes captioner for the toy model, otherwise a source text is required).
@@ -120,7 +128,7 @@ class EMSEditor:
 
     Example::
 
-        editor = EMSEditor(pipe, degree=1.0, rho=1.0, iterations=20, mask="attention")
+        editor = EMSEditor(pipe, alpha=1.0, rho=1.0, iterations=20, mask="attention")
         out = editor.edit(image, target="a small blue circle on the left on a gray background")
     """
 
@@ -129,7 +137,7 @@ class EMSEditor:
         pipe: Any,
         *,
         mode: str = "both",
-        degree: float = DEFAULT_DEGREE,
+        alpha: float | None = None,
         describer: Any = None,
         inversion_sigma: float = DEFAULT_INVERSION_SIGMA,
         guidance_scale: float | None = None,
@@ -137,6 +145,7 @@ class EMSEditor:
         max_sequence_length: int | None = None,
         height: int | None = None,
         width: int | None = None,
+        degree: float | None = None,
         **params: Any,
     ) -> None:
         model_kwargs = {k: v for k, v in dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
@@ -145,7 +154,7 @@ class EMSEditor:
         self.model = EditModel.wrap(pipe, **model_kwargs)
         self.pipe = self.model.pipe
         self.mode = _check_mode(mode)
-        self.degree = check_degree(degree)
+        self.alpha = resolve_alpha(alpha, degree, DEFAULT_DEGREE)
         unknown = sorted(set(params) - set(EMSParams.__dataclass_fields__))
         if unknown:
             raise ConfigError(
@@ -168,11 +177,12 @@ class EMSEditor:
         target: str | None = None,
         *,
         source: str | None = None,
-        degree: float | None = None,
+        alpha: float | None = None,
         direction: Any = None,
         mode: str | None = None,
         latent: torch.Tensor | None = None,
         steps: Sequence[int] | None = None,
+        degree: float | None = None,
         **params: Any,
     ) -> EditResult:
         """Edit one image towards ``target`` (text) or along ``direction``.
@@ -182,7 +192,7 @@ class EMSEditor:
                 policy), or None when ``latent`` is given.
             target: the target description (non-empty), unless ``direction`` is given.
             source: the source description; extracted with the describer when None.
-            degree, mode: override the editor's defaults for this edit.
+            alpha, mode: override the editor's defaults for this edit (``degree``: deprecated name of ``alpha``).
             direction: a :class:`~latentlens.Direction` (or a path to one saved with ``Direction.save``).
             latent: the source latent ``[1, C, h, w]`` (e.g. the generation's own) instead of encoding ``image``.
             steps: EMS iterations / regeneration steps at which an image-space direction is applied.
@@ -190,7 +200,7 @@ class EMSEditor:
         """
         start = time.perf_counter()
         mode = _check_mode(mode or self.mode)
-        degree = self.degree if degree is None else check_degree(degree)
+        alpha = resolve_alpha(alpha, degree, self.alpha)
         run_params = replace(self.params, **params) if params else self.params
         run_params.check()
         direction = _load_direction(direction)
@@ -226,7 +236,7 @@ class EMSEditor:
             source = self.describer.describe(np.asarray(source_pil))
 
         z, mask = self._edit_latents(z_src, [source], None if direction is not None else [str(target)],
-                                     degree, mode, run_params, direction, steps)
+                                     alpha, mode, run_params, direction, steps)
         if torch.equal(z, z_src):
             out_image = source_pil
         else:
@@ -241,7 +251,7 @@ class EMSEditor:
             record["direction"] = {"site": direction.site, "steps": steps if steps is not None else direction.steps}
         return EditResult(
             image=out_image, source_image=source_pil, latent=z.detach().cpu(), source_latent=z_src.detach().cpu(),
-            source=source, target=None if direction is not None else str(target), mode=mode, degree=degree,
+            source=source, target=None if direction is not None else str(target), mode=mode, alpha=alpha,
             mask=mask_np, seconds=time.perf_counter() - start, params=record,
         )
 
@@ -251,8 +261,9 @@ class EMSEditor:
         sources: Sequence[str],
         targets: Sequence[str],
         *,
-        degree: float | None = None,
+        alpha: float | None = None,
         mode: str | None = None,
+        degree: float | None = None,
         **params: Any,
     ) -> torch.Tensor:
         """Batched text edits of latents ``[B, C, h, w]`` (one source and one target per row) → ``[B, C, h, w]``."""
@@ -261,8 +272,8 @@ class EMSEditor:
         if any(not str(t).strip() for t in targets):
             raise ConfigError("A target description is empty; every edit needs a target.")
         run_params = replace(self.params, **params) if params else self.params
-        z, _ = self._edit_latents(z_src, list(sources), list(targets), self.degree if degree is None else
-                                  check_degree(degree), _check_mode(mode or self.mode), run_params, None, None)
+        z, _ = self._edit_latents(z_src, list(sources), list(targets), resolve_alpha(alpha, degree, self.alpha),
+                                  _check_mode(mode or self.mode), run_params, None, None)
         return z
 
     # ------------------------------------------------------------------ core
@@ -271,7 +282,7 @@ class EMSEditor:
         z_src: torch.Tensor,
         sources: list[str],
         targets: list[str] | None,
-        degree: float,
+        alpha: float,
         mode: str,
         params: EMSParams,
         direction: Any,
@@ -284,7 +295,7 @@ class EMSEditor:
             if targets is None:
                 raise ConfigError("A text edit needs target descriptions; pass targets or a direction.")
             e_s, e_t = encode_pair(model, sources, targets)
-            e_alpha = interpolate(e_s, e_t, degree)
+            e_alpha = interpolate(e_s, e_t, alpha)
             token_sets = [changed_tokens(model, s, t) for s, t in zip(sources, targets)]
             src_tokens = [ts[0] for ts in token_sets]
             tgt_tokens = [ts[1] for ts in token_sets]
@@ -292,11 +303,11 @@ class EMSEditor:
             e_s = model.encode(sources)
             e_t = None
             if direction.site in TEXT_SITES:
-                e_alpha = apply_text_direction(e_s, direction, degree)
+                e_alpha = apply_text_direction(e_s, direction, alpha)
             else:
                 e_alpha = e_s
-                hook = self._steer_hook(direction, degree, steps)
-                steer_all = self._steer_hook(direction, degree, [0])  # the diff mask sees the steering at every draw
+                hook = self._steer_hook(direction, alpha, steps)
+                steer_all = self._steer_hook(direction, alpha, [0])  # the diff mask sees the steering at every draw
             toks = list(direction.tokens or []) if direction.site == "text.tokens" else []
             src_tokens = [toks] * b
             tgt_tokens = [toks] * b
@@ -351,6 +362,17 @@ class EMSEditor:
         return hook
 
 
+def resolve_alpha(alpha: float | None, degree: float | None, default: float) -> float:
+    """The editing degree α from ``alpha`` or its deprecated name ``degree`` (``default`` when neither)."""
+    if degree is not None:
+        warnings.warn("degree= is deprecated; pass alpha= (the same editing degree α as in latentlens.steer).",
+                      DeprecationWarning, stacklevel=3)
+        if alpha is not None and float(alpha) != float(degree):
+            raise ConfigError(f"alpha={alpha} and its deprecated name degree={degree} disagree; pass only alpha.")
+        alpha = degree
+    return check_degree(default if alpha is None else alpha)
+
+
 def _check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not one of {', '.join(MODES)} (both = EMS; text/image = ablations).")
@@ -368,9 +390,9 @@ def _load_direction(direction: Any) -> Any:
 
 
 def edit(pipe: Any, image: Any = None, target: str | None = None, **kwargs: Any) -> EditResult:
-    """One-call EMS edit: ``edit(pipe, "in.png", "a small blue circle ...", degree=1.0).image``.
+    """One-call EMS edit: ``edit(pipe, "in.png", "a small blue circle ...", alpha=1.0).image``.
 
-    Keyword arguments go to :class:`EMSEditor` (``mode``, ``degree``, ``describer``, EMS parameters) or to
+    Keyword arguments go to :class:`EMSEditor` (``mode``, ``alpha``, ``describer``, EMS parameters) or to
     :meth:`EMSEditor.edit` (``source``, ``direction``, ``latent``, ``steps``).
     """
     per_edit = {k: kwargs.pop(k) for k in ("source", "direction", "latent", "steps") if k in kwargs}

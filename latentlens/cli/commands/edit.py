@@ -3,10 +3,10 @@
 Example::
 
     $ latentlens edit --model toy --image red.png --target "a small blue circle on the left on a gray background" --out blue.png
-    $ latentlens edit --model toy --image red.png --direction red_to_blue --degree 1.5 --out blue.png --json
+    $ latentlens edit --model toy --image red.png --direction red_to_blue --alpha 1.5 --out blue.png --json
     $ latentlens edit --model toy --batch edits.jsonl --json
 
-``--batch FILE.jsonl``: one JSON object per line, ``{"image", "target", "source"?, "degree"?,
+``--batch FILE.jsonl``: one JSON object per line, ``{"image", "target", "source"?, "alpha"?,
 "direction"?, "mode"?, "out"}``. The model is loaded once; a bad line is reported with its line
 number and the other lines are still edited (exit status 1 if any line failed). Every output
 image is written to a temporary file and renamed, so a failure never leaves a partial file.
@@ -26,7 +26,7 @@ from latentlens.errors import ConfigError, LatentlensError
 NAME = "edit"
 HELP = "Edit an image towards a target description or along a direction with EMS (text + image space)."
 
-_BATCH_KEYS = {"image", "target", "source", "degree", "direction", "mode", "out"}
+_BATCH_KEYS = {"image", "target", "source", "alpha", "degree", "direction", "mode", "out"}  # degree: old name of alpha
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="The image to edit (PNG/JPEG; centre-cropped and resized to the model's size).")
     parser.add_argument("--target", help="What the edited image should show.")
     parser.add_argument("--source", help="What the image shows now (default: the describer's description).")
-    parser.add_argument("--degree", type=float, default=None, help="Editing degree alpha (default 1; 0 = no edit).")
+    parser.add_argument("--alpha", "--degree", dest="alpha", type=float, default=None,
+                        help="Editing degree alpha, as in steer (default 1; 0 = no edit). --degree is its deprecated "
+                        "old name.")
     parser.add_argument("--direction", help="A saved Direction (NAME or NAME.json) to edit along instead of --target.")
     parser.add_argument("--mode", choices=("both", "text", "image"), default="both",
                         help="both = EMS (default); text / image = the single-space ablations.")
@@ -141,13 +143,13 @@ def _one(editor: Any, item: dict[str, Any]) -> dict[str, Any]:
     target = item.get("target")
     if not direction and (target is None or not str(target).strip()):
         raise ConfigError("The target is empty; give --target TEXT (what the edited image should show) or --direction.")
-    degree = item.get("degree")
-    if degree is not None and not isinstance(degree, (int, float)):
-        raise ConfigError(f"degree must be a number, got {degree!r}.")
+    alpha = item.get("alpha", item.get("degree"))  # "degree": the deprecated name
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
+        raise ConfigError(f"alpha must be a number, got {alpha!r}.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = editor.edit(item["image"], target if not direction else None, source=item.get("source"),
-                             degree=degree, direction=direction or None, mode=item.get("mode"))
+                             alpha=alpha, direction=direction or None, mode=item.get("mode"))
     for w in caught:
         print(f"latentlens edit: warning: {w.message}", file=sys.stderr)
     save_image(result.image, out)
@@ -212,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     if args.direction is None and (args.target is None or not args.target.strip()):
         raise ConfigError("The target is empty; give --target TEXT (what the edited image should show) or --direction.")
     editor = _editor(args)
-    doc = _one(editor, {"image": args.image, "target": args.target, "source": args.source, "degree": args.degree,
+    doc = _one(editor, {"image": args.image, "target": args.target, "source": args.source, "alpha": args.alpha,
                         "direction": args.direction, "out": args.out})
     if args.json:
         print_json(doc)
