@@ -142,3 +142,16 @@ def test_world_presets_and_v2_config_errors():
     with pytest.raises(ConfigError, match="two_object_fraction"):
         TrainConfig(two_object_fraction=1.5)
     assert config.to_dict()["two_object_templates"] == [0, 1]
+
+
+@pytest.mark.slow  # three tiny runs, ~10 s
+def test_v2_resume_matches_an_uninterrupted_run(tmp_path):
+    train_toy(tiny_v2_config(2), tmp_path / "a", progress=False)
+    resumed = train_toy(tiny_v2_config(4), tmp_path / "a", resume=True, progress=False)
+    assert resumed["resumed_from"] == 2
+    train_toy(tiny_v2_config(4), tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / CHECKPOINT_NAME, weights_only=False)
+    b = torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)
+    for name, value in b["model"].items():
+        torch.testing.assert_close(a["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert a["cpu_s"] > 0 and a["setup_s"] > 0
