@@ -29,6 +29,7 @@ NAV_ITEMS = (
     ("Latents", "/latents"),
     ("Attention", "/attention"),
     ("Directions", "/directions"),
+    ("Features", "/features"),
     ("Editor", "/editor"),
 )
 
