@@ -30,6 +30,7 @@ NAV_ITEMS = (
     ("Latents", "/latents"),
     ("Attention", "/attention"),
     ("Directions", "/directions"),
+    ("Features", "/features"),
     ("Editor", "/editor"),
 )
 

@@ -81,3 +81,13 @@ ED_RESULT = "editor-result"
 ED_MESSAGE = "editor-message"
 ED_UPLOAD_STORE = "editor-upload-store"  # {"upload": id} of the validated upload
 ED_RESULT_STORE = "editor-result-store"  # image ids + metrics of the last edit (JSON only)
+
+# /features
+FEAT_SITE = "features-site"
+FEAT_SORT = "features-sort"
+FEAT_SELECT = "features-select"
+FEAT_SEND = "features-send"
+FEAT_SUMMARY = "features-summary"
+FEAT_TABLE = "features-table"
+FEAT_DETAIL = "features-detail"
+FEAT_MESSAGE = "features-message"

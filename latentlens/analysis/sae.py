@@ -207,7 +207,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
                 for name in ("W_enc", "b_enc", "W_dec", "b_pre")}
 
     # --------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Any = None) -> "SparseAutoencoder":
+    def fit(self, X: Any, y: Any = None) -> SparseAutoencoder:
         """Train from scratch for ``epochs`` passes over ``X`` ``[rows, dim]``; returns ``self``."""
         self.check_params()
         self._reset()
@@ -216,7 +216,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
             self._train_pass(X)
         return self
 
-    def partial_fit(self, X: Any, y: Any = None) -> "SparseAutoencoder":
+    def partial_fit(self, X: Any, y: Any = None) -> SparseAutoencoder:
         """One pass over the rows ``X`` ``[rows, dim]`` (a chunk of a stream), continuing the training."""
         self.check_params()
         first = not hasattr(self, "W_dec_")
@@ -444,7 +444,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         return tensor_path, json_path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "SparseAutoencoder":
+    def load(cls, path: str | Path, device: str | None = None) -> SparseAutoencoder:
         """Read an SAE written by :meth:`save` (``path`` with or without suffix); ready to ``transform``.
 
         The Adam moments are not saved: ``partial_fit`` after ``load`` restarts the optimiser.

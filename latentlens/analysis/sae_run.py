@@ -8,7 +8,9 @@ value with its best single feature. It writes ``RUN_DIR/analysis/sae/<site>/``::
     sae.safetensors + sae.json     the SAE (weights; config, provenance, metrics)
     summary.json                   what `latentlens sae --json` prints
     features.npz                   sample [n], sample_max [n, F], frequency [F], top_samples [F, T],
-                                   top_tokens [F, T, tokens] (per-token activation of the top samples)
+                                   top_tokens [F, T, tokens] (per-token activation of the top samples);
+                                   with labels also values [V] ("color=red"...), best_value [F] (index
+                                   into values) and best_f1 [F] (held-out F1 of that value)
 
 and the best-aligned features as directions ``RUN_DIR/analysis/directions/sae/<site>/fNNNN``.
 
@@ -266,7 +268,7 @@ def train_run_sae(
     denominator = total_sq - float((channel_sum**2).sum()) / max(n_rows, 1)
     summary: dict[str, Any] = {
         "run": str(run_dir), "site": site, "steps": step_list, "n_features": int(n_features), "k": int(k),
-        "epochs": int(epochs), "samples": {"train": int(len(train_ids)), "held_out": int(len(test_ids))},
+        "epochs": int(epochs), "samples": {"train": len(train_ids), "held_out": len(test_ids)},
         "rows": {"trained": int(rows_trained), "held_out": int(n_rows)},
         "fvu": sse / denominator if denominator > 0 else math.nan,
         "dead_fraction": float(1.0 - fired.mean()),
@@ -277,6 +279,7 @@ def train_run_sae(
 
     # ---- alignment with ground truth
     best_features: dict[str, dict[str, Any]] = {}
+    per_feature: dict[str, np.ndarray] = {}  # every feature's best-aligned value (for the dashboard)
     if labels:
         values = [(a, v) for a in sorted(labels) for v in sorted(set(labels[a]))]
         targets = np.stack([labels[a] == v for a, v in values], axis=1)  # [n, V]
@@ -293,6 +296,11 @@ def train_run_sae(
             }
         if masks is not None:
             _token_iou(run, site, step_list, samples, sae, best_features, labels, masks, position, is_test)
+        best_value = train_f1.argmax(axis=1)  # [F]
+        held_f1 = np.asarray([_f1(sample_max[is_test, f] >= max(float(thresholds[f, j]), 1e-30), targets[is_test, j])[0]
+                              for f, j in enumerate(best_value)])
+        per_feature = {"values": np.asarray([f"{a}={v}" for a, v in values]), "best_value": best_value.astype(np.int64),
+                       "best_f1": held_f1.astype(np.float32)}
         hits = sum(1 for r in best_features.values() if r["f1"] >= F1_GOAL)
         summary["alignment_summary"] = {"values": len(values), f"f1_at_least_{F1_GOAL}": hits,
                                         "fraction": hits / len(values) if values else math.nan}
@@ -303,13 +311,13 @@ def train_run_sae(
 
     provenance = {"run": str(Path(run_dir).resolve()), "site": site, "steps": step_list,
                   "run_config_hash": run.manifest.get("config_hash") or config_hash(run.manifest),
-                  "train_samples": int(len(train_ids)), "rows_trained": int(rows_trained), "seed": int(seed)}
+                  "train_samples": len(train_ids), "rows_trained": int(rows_trained), "seed": int(seed)}
     summary["config_hash"] = sae.config_hash()
     summary["seconds"] = {"train": round(train_seconds, 3), "evaluate": round(eval_seconds, 3),
                           "total": round(time.perf_counter() - started, 3)}
     if write:
         summary["paths"] = _write(Path(run_dir), site, sae, summary, provenance, samples, sample_max, position,
-                                  run, step_list, best_features)
+                                  run, step_list, best_features, per_feature)
     return summary
 
 
@@ -355,7 +363,7 @@ def _token_iou(run: Any, site: str, steps: Sequence[int], samples: Sequence[int]
 # ------------------------------------------------------------------- write
 def _write(run_dir: Path, site: str, sae: SparseAutoencoder, summary: dict[str, Any], provenance: dict[str, Any],
            samples: Sequence[int], sample_max: np.ndarray, position: dict[int, int], run: Any,
-           steps: Sequence[int], best: dict[str, dict[str, Any]]) -> dict[str, str]:
+           steps: Sequence[int], best: dict[str, dict[str, Any]], per_feature: dict[str, np.ndarray]) -> dict[str, Any]:
     folder = site_folder(run_dir, site)
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {key: summary[key] for key in ("fvu", "dead_fraction", "l0", "alignment_summary")}
@@ -371,7 +379,7 @@ def _write(run_dir: Path, site: str, sae: SparseAutoencoder, summary: dict[str, 
         for t, s in enumerate(top_ids[f]):
             tokens[f, t] = acts[sub_position[int(s)], :, f]
     np.savez(folder / "features.npz", sample=np.asarray(samples, dtype=np.int64), sample_max=sample_max.astype(np.float16),
-             frequency=sae.frequency_.astype(np.float32), top_samples=top_ids, top_tokens=tokens)
+             frequency=sae.frequency_.astype(np.float32), top_samples=top_ids, top_tokens=tokens, **per_feature)
     # the best-aligned features as directions (the editor and /directions read analysis/directions/)
     directions = run_dir / "analysis" / "directions" / DIRECTIONS_FOLDER / site
     if directions.is_dir():  # drop only the feature directions an earlier `latentlens sae` wrote here
@@ -429,5 +437,12 @@ def load_sae_result(run_dir: str | Path, site: str) -> dict[str, Any]:
     return {"summary": summary, "arrays": arrays}
 
 
-__all__ = ["train_run_sae", "best_thresholds", "ground_truth_masks", "run_labels", "sae_sites", "load_sae_result",
-           "site_folder"]
+__all__ = [
+    "best_thresholds",
+    "ground_truth_masks",
+    "load_sae_result",
+    "run_labels",
+    "sae_sites",
+    "site_folder",
+    "train_run_sae",
+]
