@@ -127,7 +127,7 @@ DRIVER = textwrap.dedent("""
     import latentlens
     prompts = sys.argv[3].split("|")
     pipe = latentlens.load_pipeline("toy")
-    record_prompts(pipe, prompts, sys.argv[2], ray=sys.argv[1], workers=2, num_inference_steps=4, batch_size=2,
+    record_prompts(pipe, prompts, sys.argv[2], ray=sys.argv[1], workers=1, num_inference_steps=4, batch_size=2,
                    progress=False, model_id="toy", sites="blocks.*.resid_out.*")
 """)
 
