@@ -344,7 +344,7 @@ def record_prompts(
     overwrite: bool = False,
     limit: int | None = None,
     progress: bool = True,
-    ray: Any = None,
+    ray: str | None = None,
     workers: int | None = None,
     worker_pipeline: Any = None,
 ) -> RunResult:

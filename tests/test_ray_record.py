@@ -156,6 +156,21 @@ def test_a_killed_driver_is_finished_by_resume(cluster, pipe, serial, tmp_path):
     assert_same_run(out, serial)
 
 
+def test_ray_resume_finishes_a_serial_run(cluster, pipe, serial, tmp_path, capsys):
+    """The arrays exist already: no first batch through the driver, the workers fill in the rest."""
+    out = tmp_path / "run"
+    record_prompts(pipe, PROMPTS, out, limit=6, **COMMON)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    code = main(["record", "--model", "toy", "--prompts", str(prompts), "--out", str(out), "--num-inference-steps", "4",
+                 "--batch-size", "2", "--quiet", "--json", "--resume", "--ray", cluster, "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads(captured.out)
+    assert document["resumed_from"] == 6 and document["recorded_now"] == len(PROMPTS) - 6
+    assert_same_run(out, serial)
+
+
 def test_a_worker_that_cannot_load_the_model_ends_the_run(cluster, pipe, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(LatentlensError, match="Ray worker 0") as info:
