@@ -24,6 +24,11 @@ Example::
 
 The run folder must be on storage every worker sees at the same path (a local
 disk for ``--ray local``, a shared filesystem for a multi-node cluster).
+
+Workers are plain Ray actors rather than a Ray Data pipeline: each keeps one
+pipeline loaded for the whole run, the driver decides which batch is redone
+after a death (and counts it in ``RunResult.retried``), and no CPU has to be
+left free for Ray Data's read tasks.
 """
 
 from __future__ import annotations
