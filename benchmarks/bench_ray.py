@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--update-results", action="store_true")
+    parser.add_argument("--note", default="", help="how the machine was kept quiet (written to RESULTS.md).")
     args = parser.parse_args(argv)
 
     import torch
@@ -133,12 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     print(json.dumps(document, indent=1))
     if args.update_results:
-        _update_results(document, table, argv)
+        _update_results(document, table, argv, args.note)
     return 0
 
 
-def _update_results(doc: dict, table: list[str], argv: list[str] | None) -> None:
-    command = "python benchmarks/bench_ray.py " + " ".join(argv if argv is not None else sys.argv[1:])
+def _update_results(doc: dict, table: list[str], argv: list[str] | None, note: str) -> None:
+    args = [a for a in (argv if argv is not None else sys.argv[1:])]
+    if "--note" in args:  # the note is printed below the command, not inside it
+        del args[args.index("--note") : args.index("--note") + 2]
+    command = "python benchmarks/bench_ray.py " + " ".join(args)
     body = [
         BEGIN,
         "## Recording on Ray (issue 13)",
@@ -146,7 +150,8 @@ def _update_results(doc: dict, table: list[str], argv: list[str] | None) -> None
         f"`{command.strip()}` — {doc['machine']}, {doc['date']}, Ray {doc['ray']}, toy model, {doc['prompts']} prompts, "
         f"{doc['steps']} steps, batch {doc['batch_size']}, default sites + images, one torch thread per pipeline. "
         f"Load average before / after: {doc['load_average_before']} / {doc['load_average_after']}. "
-        f"Starting the local cluster (`ray.init(num_cpus=2)`, before the clock): {doc['ray_start_s']} s.",
+        f"Starting the local cluster (`ray.init(num_cpus=2)`, before the clock): {doc['ray_start_s']} s."
+        + (f" {note}" if note else ""),
         "",
         *table,
         "",

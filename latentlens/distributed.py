@@ -24,6 +24,11 @@ Example::
 
 The run folder must be on storage every worker sees at the same path (a local
 disk for ``--ray local``, a shared filesystem for a multi-node cluster).
+
+Workers are plain Ray actors rather than a Ray Data pipeline: each keeps one
+pipeline loaded for the whole run, the driver decides which batch is redone
+after a death (and counts it in ``RunResult.retried``), and no CPU has to be
+left free for Ray Data's read tasks.
 """
 
 from __future__ import annotations
@@ -253,7 +258,7 @@ def record_on_ray(
     resume: bool,
     overwrite: bool,
     progress: bool,
-    ray: Any,
+    ray: str | None,
     workers: int | None,
     worker_pipeline: Any,
     started: float,
@@ -261,7 +266,7 @@ def record_on_ray(
     """The Ray path of :func:`latentlens.runs.record_prompts` (which validates and builds the manifest)."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"--workers must be a positive integer, got {workers!r}.")
-    address = "local" if ray in (None, True) else ray
+    address = "local" if ray is None else ray
     ray_mod = import_ray()
     started_cluster = connect(address)
     actors: list[Any] = []
@@ -297,7 +302,7 @@ def record_on_ray(
         probe = _probe_file(out_path)
         token = secrets.token_hex(16)
         probe.write_text(token)
-        _gather(ray_mod, [a.check_path.remote(str(probe), token) for a in actors], "cannot reach the run folder")
+        _gather(ray_mod, [a.check_path.remote(str(probe), token) for a in actors], "could not start")
         probe.unlink()
         probe = None
         # 2. every worker builds its pipeline (an error names the worker; nothing is written)

@@ -356,7 +356,7 @@ def record_prompts(
     limit: int | None = None,
     progress: bool = True,
     repair: bool = False,
-    ray: Any = None,
+    ray: str | None = None,
     workers: int | None = None,
     worker_pipeline: Any = None,
 ) -> RunResult:

@@ -127,7 +127,7 @@ DRIVER = textwrap.dedent("""
     import latentlens
     prompts = sys.argv[3].split("|")
     pipe = latentlens.load_pipeline("toy")
-    record_prompts(pipe, prompts, sys.argv[2], ray=sys.argv[1], workers=2, num_inference_steps=4, batch_size=2,
+    record_prompts(pipe, prompts, sys.argv[2], ray=sys.argv[1], workers=1, num_inference_steps=4, batch_size=2,
                    progress=False, model_id="toy", sites="blocks.*.resid_out.*")
 """)
 
@@ -153,6 +153,21 @@ def test_a_killed_driver_is_finished_by_resume(cluster, pipe, serial, tmp_path):
     resumed = record_prompts(pipe, PROMPTS, out, resume=True, **COMMON)  # serial resume of a Ray run
     assert resumed.resumed_from == len(partial.completed)
     assert sorted(resumed.recorded_now + sorted(partial.completed)) == list(range(len(PROMPTS)))
+    assert_same_run(out, serial)
+
+
+def test_ray_resume_finishes_a_serial_run(cluster, pipe, serial, tmp_path, capsys):
+    """The arrays exist already: no first batch through the driver, the workers fill in the rest."""
+    out = tmp_path / "run"
+    record_prompts(pipe, PROMPTS, out, limit=6, **COMMON)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    code = main(["record", "--model", "toy", "--prompts", str(prompts), "--out", str(out), "--num-inference-steps", "4",
+                 "--batch-size", "2", "--quiet", "--json", "--resume", "--ray", cluster, "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    document = json.loads(captured.out)
+    assert document["resumed_from"] == 6 and document["recorded_now"] == len(PROMPTS) - 6
     assert_same_run(out, serial)
 
 
