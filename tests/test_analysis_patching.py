@@ -162,3 +162,34 @@ def test_bad_inputs_fail_before_compute(pipe, tmp_path, monkeypatch):
 
 def test_patch_grid_is_importable_from_the_public_packages():
     assert latentlens.analysis.patch_grid is patch_grid and latentlens.PatchGrid is PatchGrid
+
+
+def test_cli_builds_shapes_pairs_prints_json_and_saves_the_grid(tmp_path, capsys):
+    from latentlens.cli import main
+
+    out = tmp_path / "grids"
+    status = main(["patch-grid", "--model", "toy", "--attribute", "color", "--from", "red", "--to", "blue", "--n", "2",
+                   "--sites", "blocks.0.resid_in.txt", "--steps", "1", "all", "--inference-steps", str(STEPS),
+                   "--threads", "1", "--out", str(out), "--json"])
+    assert status == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["metric"] == "rms" and doc["n"] == 2
+    assert [(c["site"], c["step"]) for c in doc["cells"]] == [("blocks.0.resid_in.txt", 1), ("blocks.0.resid_in.txt", "all")]
+    for cell in doc["cells"]:
+        assert cell["ci"][0] <= cell["effect"] <= cell["ci"][1] and 0.0 <= cell["oracle_flip"] <= 1.0
+    grid = latentlens.load_results(out).load_patch_grid("color_red_blue")
+    assert grid.cells() == doc["cells"]
+
+
+def test_cli_bad_input_is_one_clear_message(tmp_path, capsys):
+    from latentlens.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"base": "a red circle", "source": "a blue circle", "seed": 0}\n')
+    assert main(["patch-grid", "--pairs", str(pairs), "--attribute", "color", "--out", str(tmp_path)]) == 2
+    assert "either --pairs FILE or --attribute" in capsys.readouterr().err
+    assert main(["patch-grid", "--out", str(tmp_path)]) == 2
+    assert "--attribute color --from red --to blue --n 20" in capsys.readouterr().err
+    assert main(["patch-grid", "--pairs", str(pairs), "--sites", "blocks.0.mod", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "latentlens patch-grid: error: Site 'blocks.0.mod' is read-only" in err and "ConfigError" not in err
