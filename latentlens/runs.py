@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 from latentlens.errors import ConfigError, LatentlensError, StoreError
 from latentlens.store import MANIFEST, RunStore, config_hash
+from latentlens.store_writer import BackgroundWriter
 
 #: What ``latentlens record`` records when no ``--sites`` is given.
 DEFAULT_SITES = "blocks.*.resid_out.*"
@@ -220,6 +222,13 @@ def _images_of(output: Any) -> list[Any]:
     return list(images)
 
 
+def _write_batch(store: RunStore, rec: Any, batch: list[int], images: list[Any], metadata: list[dict]) -> None:
+    """Images, then the recording, then the journal lines of one batch (on the writer thread)."""
+    for i, image in zip(batch, images):
+        store.save_image(i, image)
+    store.add_recording(rec, sample_ids=batch, metadata=metadata)
+
+
 def record_prompts(
     pipe: Any,
     prompts: Any,
@@ -245,6 +254,7 @@ def record_prompts(
     overwrite: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    write_ahead: int = 1,
 ) -> RunResult:
     """Record ``prompts`` through ``pipe`` into the run folder ``out``; returns a :class:`RunResult`.
 
@@ -256,7 +266,9 @@ def record_prompts(
     run is refused unless ``resume`` (same configuration; finished samples are
     skipped) or ``overwrite``. If the pipeline raises, finished samples stay on disk
     and :class:`RunInterruptedError` says how to resume; a full disk raises
-    :class:`~latentlens.errors.StoreError` and leaves the run readable.
+    :class:`~latentlens.errors.StoreError` and leaves the run readable. Each batch is
+    written by a background thread while the next one is generated; at most
+    ``write_ahead`` finished batches wait for the disk (``0``: write in this thread).
     """
     import torch
 
@@ -308,6 +320,7 @@ def record_prompts(
         bar = tqdm(total=sum(map(len, batches)), desc=f"record {Path(out).name}", unit="prompt", file=sys.stderr)
     recorded_now: list[int] = []
     kwargs = {k: v for k, v in record_kwargs.items() if v is not None}
+    writer = BackgroundWriter(write_ahead)
     try:
         for batch in batches:
             generators = [torch.Generator().manual_seed(items.seeds[i]) for i in batch]
@@ -319,6 +332,7 @@ def record_prompts(
             except (LatentlensError, KeyboardInterrupt):
                 raise
             except Exception as error:
+                writer.flush()  # the batches generated before are finished samples: write them
                 finished = len(store.completed) if store is not None else 0
                 raise RunInterruptedError(
                     f"The pipeline raised {type(error).__name__}: {error} while recording prompts "
@@ -333,13 +347,16 @@ def record_prompts(
                 if items.labels is not None:
                     meta["labels"] = items.labels[i]
                 if pos < len(images):
-                    store.save_image(i, images[pos])
                     meta["image"] = f"images/{i:04d}.png"
                 metadata.append(meta)
-            store.add_recording(rec, sample_ids=batch, metadata=metadata)
+            writer.submit(functools.partial(_write_batch, store, rec, batch, images, metadata))
             recorded_now.extend(batch)
             if bar is not None:
                 bar.update(len(batch))
+        writer.close()
+    except BaseException:
+        writer.close(raise_error=False)  # the error on its way up says more than a later writer error
+        raise
     finally:
         if bar is not None:
             bar.close()
