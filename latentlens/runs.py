@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import sys
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 from latentlens.errors import ConfigError, LatentlensError, StoreError
 from latentlens.store import MANIFEST, RunStore, config_hash
+from latentlens.store_writer import BackgroundWriter
 from latentlens.textfile import check_prompt
 
 #: What ``latentlens record`` records when no ``--sites`` is given.
@@ -330,6 +332,13 @@ def plan_batches(n_wanted: int, batch_size: int, done: frozenset[int] | set[int]
     return batches
 
 
+def _write_batch(store: RunStore, rec: Any, batch: list[int], images: list[Any], metadata: list[dict]) -> None:
+    """Images, then the recording, then the journal lines of one batch (on the writer thread)."""
+    for i, image in zip(batch, images):
+        store.save_image(i, image)
+    store.add_recording(rec, sample_ids=batch, metadata=metadata)
+
+
 def record_prompts(
     pipe: Any,
     prompts: Any,
@@ -359,6 +368,7 @@ def record_prompts(
     ray: str | None = None,
     workers: int | None = None,
     worker_pipeline: Any = None,
+    write_ahead: int = 1,
 ) -> RunResult:
     """Record ``prompts`` through ``pipe`` into the run folder ``out``; returns a :class:`RunResult`.
 
@@ -370,10 +380,12 @@ def record_prompts(
     run is refused unless ``resume`` (same configuration; finished samples are
     skipped) or ``overwrite``. If the pipeline raises, finished samples stay on disk
     and :class:`RunInterruptedError` says how to resume; a full disk raises
-    :class:`~latentlens.errors.StoreError` and leaves the run readable. A resumed run
-    whose finished samples have damaged chunk files is refused; ``repair=True`` (implies
-    ``resume``) checks every finished sample (sizes and checksums) and records exactly the
-    damaged ones again.
+    :class:`~latentlens.errors.StoreError` and leaves the run readable. Each batch is
+    written by a background thread while the next one is generated; at most
+    ``write_ahead`` finished batches wait for the disk (``0``: write in this thread).
+    A resumed run whose finished samples have damaged chunk files is refused;
+    ``repair=True`` (implies ``resume``) checks every finished sample (sizes and checksums)
+    and records exactly the damaged ones again.
 
     ``ray`` records on a Ray cluster instead (``"local"`` starts one on this machine, ``"auto"``
     or an address joins a running one; see :mod:`latentlens.distributed`) with ``workers``
@@ -445,6 +457,7 @@ def record_prompts(
 
         bar = tqdm(total=sum(map(len, batches)), desc=f"record {Path(out).name}", unit="prompt", file=sys.stderr)
     recorded_now: list[int] = []
+    writer = BackgroundWriter(write_ahead)
 
     def create_store() -> None:  # once the recorder accepted the sites (bad names fail first)
         nonlocal store
@@ -458,6 +471,7 @@ def record_prompts(
             except (LatentlensError, KeyboardInterrupt):
                 raise
             except Exception as error:
+                writer.flush()  # the batches generated before are finished samples: write them
                 finished = len(store.completed) if store is not None else 0
                 raise RunInterruptedError(
                     f"The pipeline raised {type(error).__name__}: {error} while recording prompts "
@@ -465,11 +479,16 @@ def record_prompts(
                     "fix the cause and rerun with --resume (resume=True) to record the rest."
                 ) from error
             assert store is not None
-            saved = save_batch_images(store, batch, output, save_images)
-            store.add_recording(rec, sample_ids=batch, metadata=batch_metadata(items, batch, saved))
+            images = list(pipeline_images(output))[: len(batch)] if save_images else []
+            metadata = batch_metadata(items, batch, [pos < len(images) for pos in range(len(batch))])
+            writer.submit(functools.partial(_write_batch, store, rec, batch, images, metadata))
             recorded_now.extend(batch)
             if bar is not None:
                 bar.update(len(batch))
+        writer.close()
+    except BaseException:
+        writer.close(raise_error=False)  # the error on its way up says more than a later writer error
+        raise
     finally:
         if bar is not None:
             bar.close()

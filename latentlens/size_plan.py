@@ -168,6 +168,11 @@ def pipeline_defaults(model: str) -> dict[str, Any]:
             "guidance_scale": _call_default(cls, "guidance_scale", None)}
 
 
+def config_transformer(model: str) -> Any:
+    """``model``'s transformer built from its config on the meta device (no weights), e.g. for site names."""
+    return meta_transformer(_config_folder(str(model)))[0]
+
+
 @functools.lru_cache(maxsize=4)
 def meta_transformer(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """``(transformer on the meta device, model index, VAE config)`` from a pipeline folder's configs alone.
@@ -384,5 +389,5 @@ def reductions(model: str, base: dict[str, Any], plan: SizePlan) -> dict[str, Si
     return out
 
 
-__all__ = ["SizePlan", "plan_record", "pipeline_defaults", "free_bytes", "human", "refusal", "reductions", "DiskSpaceError",
-           "meta_transformer"]
+__all__ = ["SizePlan", "plan_record", "pipeline_defaults", "config_transformer", "free_bytes", "human", "refusal",
+           "reductions", "DiskSpaceError", "meta_transformer"]

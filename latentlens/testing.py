@@ -410,7 +410,8 @@ def real_text_encoders(name: str, *, seed: int = 0) -> dict[str, Any]:
             "text_encoder_3": t5, "tokenizer_3": tiny_tokenizer(text["t5"]),
         }
     if name.startswith("flux"):
-        return {"text_encoder": _wide_clip(768, seed + 2, with_projection=False), "tokenizer": tiny_tokenizer(text["clip"]),
+        return {"text_encoder": _wide_clip(768, seed + 2, with_projection=False),
+                "tokenizer": tiny_tokenizer(text["clip"]),
                 "text_encoder_2": t5, "tokenizer_2": tiny_tokenizer(text["t5"])}
     return {"text_encoder": t5, "tokenizer": tiny_tokenizer(text["t5"])}
 

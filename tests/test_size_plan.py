@@ -7,7 +7,6 @@ sites and the reductions that would fit.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

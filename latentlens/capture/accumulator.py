@@ -86,7 +86,8 @@ class Accumulator:
                 items = per_step.get(s)
                 if items is None:
                     items = [(o, torch.full_like(t, float("nan"))) for o, t in like]
-                stacked.append(torch.cat([t for _, t in sorted(items, key=lambda it: it[0])], dim=0))
+                parts = [t for _, t in sorted(items, key=lambda it: it[0])]
+                stacked.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))  # no extra copy
             data = torch.stack(stacked)
         return data, ("step",) + self.dims[name]
 

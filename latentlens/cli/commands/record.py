@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar.")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the result.")
     parser.add_argument("--reduce", action="append", metavar="R",
-                        help="capture-time reductions: mean_img_tokens, mean_steps, pool=N (maps); comma-separated or repeated.")
+                        help="capture-time reductions: mean_img_tokens, mean_steps, pool=N (maps); "
+                        "comma-separated or repeated.")
     parser.add_argument("--dry-run", action="store_true", help="load only the configs and print what the run would "
                         "write (bytes per sample and site, total, free disk); compute nothing.")
 
@@ -212,7 +213,7 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
     """The size plan (configs only): printed with --dry-run; a run that does not fit its disk is refused."""
     from latentlens.errors import LatentlensError, UnknownNameError
     from latentlens.runs import prompt_set
-    from latentlens.size_plan import pipeline_defaults, plan_record, reductions, refusal
+    from latentlens.size_plan import config_transformer, pipeline_defaults, plan_record, reductions, refusal
 
     count = len(prompt_set(prompts, args.seed))
     if args.limit is not None:
@@ -222,6 +223,10 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
 
         count = max(0, count - len(open_run(args.out).completed))
     try:
+        for key in ("sites", "attention"):  # unknown names fail here, before the model loads
+            value = options.get(key)
+            if value is not None:
+                _check_sites(config_transformer(model), [value] if isinstance(value, str) else list(value), f"--{key}")
         num_steps = options.get("num_inference_steps") or pipeline_defaults(model)["num_inference_steps"]
         base = {
             "samples": count, "out": args.out, "steps": resolve_steps(steps_parts, num_steps),
