@@ -13,7 +13,8 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import dash
 from dash import Dash, Input, Output, State, dcc, html
@@ -73,7 +74,7 @@ def _register_shell_callbacks(app: Dash) -> None:
 
         try:
             run_ids = config.index().run_ids()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             return [], None, error_message(error)
         options = [{"label": r if r != "." else config.index().root.name, "value": r} for r in run_ids]
         current = (state or {}).get("run")
@@ -235,7 +236,7 @@ def warm_up() -> None:
     """
     try:
         from transformers import AutoTokenizer  # noqa: F401
-    except Exception:  # noqa: BLE001 - only a warm-up
+    except Exception:
         pass
 
 

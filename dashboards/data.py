@@ -65,7 +65,7 @@ def _folder_size(path: Path) -> int:
 @functools.lru_cache(maxsize=64)
 def _folder_size_cached(path: str, _bucket: int) -> int:
     total = 0
-    for dirpath, _, files in os.walk(path):  # noqa: B007
+    for dirpath, _, files in os.walk(path):
         for name in files:
             try:
                 total += os.lstat(os.path.join(dirpath, name)).st_size
@@ -199,7 +199,7 @@ def results(index: RunIndex, run_id: str) -> AnalysisResults:
     return _results_cached(str(path), stamp(path))
 
 
-_PER_RUN: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_PER_RUN: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _memo(run: Any, key: str, make: Any) -> Any:
@@ -369,7 +369,7 @@ def token_labels(run: Any, sample: int, n_keys: int) -> list[str]:
     if tokenizer is not None and 0 <= sample < len(prompts):
         try:
             words = tokenizer.convert_ids_to_tokens(tokenizer(prompts[sample])["input_ids"])
-        except Exception:  # noqa: BLE001
+        except Exception:
             words = []
     return [f"{k}: {words[k]}" if k < len(words) else (f"{k}: (pad)" if words else str(k)) for k in range(n_keys)]
 

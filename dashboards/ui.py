@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import traceback
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from dash import html, no_update
 
@@ -44,7 +45,7 @@ def guarded(n_outputs: int, message_at: int) -> Callable[[Callable[..., Any]], C
         def inner(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - shown in the page, never a traceback
+            except Exception as error:
                 from dash.exceptions import PreventUpdate
 
                 if isinstance(error, PreventUpdate):

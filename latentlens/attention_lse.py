@@ -27,7 +27,8 @@ always SDPA's own. Usage (the recorder does this)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ def _bind(args: tuple, kwargs: dict) -> dict[str, Any] | None:
 def _plain_call(a: dict[str, Any]) -> bool:
     """A call the fused kernels can serve with their log-sum-exp: tensors, no mask/dropout/causal/GQA."""
     q, k, v = a.get("query"), a.get("key"), a.get("value")
-    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)):
         return False
     if a.get("attn_mask") is not None or a.get("dropout_p", 0.0) != 0.0 or a.get("is_causal", False):
         return False
@@ -139,7 +140,7 @@ class LSECapture(_Mode):
         self.result = None
         a = _bind(args, kwargs)
         chosen = _kernel(a) if self.sdpa_calls == 1 and a is not None else None
-        if chosen is None:
+        if chosen is None or a is None:
             return func(*args, **kwargs)
         key, runner = chosen
         q, k = a["query"], a["key"]

@@ -27,6 +27,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -69,8 +70,8 @@ class Direction:
 
     vector: torch.Tensor  # [dim] or [tokens, dim]
     site: str
-    steps: list[int] | None = None
-    tokens: list[int] | None = None
+    steps: Sequence[int] | None = None  # stored as a list of ints
+    tokens: Sequence[int] | None = None  # stored as a list of ints
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,7 +137,7 @@ class Direction:
     def norm(self) -> float:
         return float(self.vector.norm())
 
-    def normalized(self) -> "Direction":
+    def normalized(self) -> Direction:
         """A copy with a unit-norm vector (provenance keeps the original norm)."""
         norm = self.norm
         if norm == 0.0:
@@ -145,16 +146,16 @@ class Direction:
         provenance.setdefault("original_norm", norm)
         return Direction(self.vector / norm, self.site, self.steps, self.tokens, provenance)
 
-    def scaled(self, factor: float) -> "Direction":
+    def scaled(self, factor: float) -> Direction:
         """A copy whose vector is multiplied by ``factor``."""
         return Direction(self.vector * float(factor), self.site, self.steps, self.tokens, dict(self.provenance))
 
-    def __mul__(self, factor: float) -> "Direction":
+    def __mul__(self, factor: float) -> Direction:
         return self.scaled(factor)
 
     __rmul__ = __mul__
 
-    def cosine(self, other: "Direction") -> float:
+    def cosine(self, other: Direction) -> float:
         """Cosine similarity with another direction of the same shape (token-wise ones are flattened)."""
         other.check_fits(self.dim, what=f"direction at {self.site!r}")
         if other.vector.shape != self.vector.shape:
@@ -218,7 +219,7 @@ class Direction:
         return tensor_path, json_path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Direction":
+    def load(cls, path: str | Path) -> Direction:
         """Read a direction written by :meth:`save` (``path`` with or without suffix)."""
         from safetensors.torch import load_file
 

@@ -345,7 +345,7 @@ def record_on_ray(
                     try:
                         rec, images = ray_mod.get(task(actors[0], batch, write=False))
                         break
-                    except Exception as error:  # noqa: BLE001 - sorted out by _raise_task_error
+                    except Exception as error:
                         retried += _raise_unless_worker_died(ray_mod, error, batch, store, out, retried)
                 batches.popleft()
                 if store is None:
@@ -367,7 +367,7 @@ def record_on_ray(
                 load[k] -= 1
                 try:
                     saved = ray_mod.get(ready[0])
-                except Exception as error:  # noqa: BLE001
+                except Exception as error:
                     retried += _raise_unless_worker_died(ray_mod, error, batch, store, out, retried)
                     batches.appendleft(batch)
                     continue
@@ -403,7 +403,7 @@ def _gather(ray: Any, refs: list[Any], what: str) -> list[Any]:
     for k, ref in enumerate(refs):
         try:
             results.append(ray.get(ref))
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             cause = _task_error(ray, error)
             if isinstance(cause, LatentlensError):
                 raise type(cause)(f"Ray worker {k}: {cause}") from None

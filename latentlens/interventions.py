@@ -18,7 +18,8 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 
@@ -90,7 +91,7 @@ class _Intervention:
         self.calls += 1
         return self.spec.set(state, args, kwargs, out, new)
 
-    def __enter__(self) -> "_Intervention":
+    def __enter__(self) -> _Intervention:
         check_caching(self.transformer, allow_caching=False)
         try:
             # both hooks are prepended; the tracker goes in last so that it runs first, also when the
@@ -109,7 +110,7 @@ class _Intervention:
         self.hooks.remove()
 
 
-class steer(_Intervention):  # noqa: N801 - function-like context manager
+class steer(_Intervention):
     """Add ``alpha · direction`` to a site's activation at chosen steps and tokens.
 
     Args:
@@ -188,7 +189,7 @@ class steer(_Intervention):  # noqa: N801 - function-like context manager
         return new
 
 
-class patch(_Intervention):  # noqa: N801 - function-like context manager
+class patch(_Intervention):
     """Replace a site's activation with values recorded elsewhere.
 
     ``source`` is a :class:`~latentlens.recorder.Recording` holding ``site`` (its step axis and CFG
@@ -275,7 +276,7 @@ class patch(_Intervention):  # noqa: N801 - function-like context manager
         return new
 
 
-class ablate(_Intervention):  # noqa: N801 - function-like context manager
+class ablate(_Intervention):
     """Project a direction out of a site's activation: ``x ← x − (x·d̂) d̂`` at chosen steps and tokens.
 
     ``direction`` is a vector ``[channel]`` or a ``Direction`` (its ``site``, ``steps`` and

@@ -85,7 +85,7 @@ def _check_safetensors(path: Path, restore_hint: str) -> None:
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + header_len + end != size:
             raise ValueError(f"the file has {size} bytes, its header describes {8 + header_len + end}")
-    except Exception as error:  # noqa: BLE001 - any failure means the file is unusable
+    except Exception as error:
         raise StoreError(f"The weights file {path} is corrupt or incomplete ({error}). {restore_hint}") from error
 
 
@@ -108,7 +108,6 @@ def load_pipeline(
         pipe = load_pipeline("toy")
         pipe = load_pipeline("path/to/saved/pipeline", device="cuda", torch_dtype=torch.float16)
     """
-    import torch
 
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
         raise ConfigError(f"Model name {name_or_path!r} is not valid; use 'toy', a folder path or a hub id.")
@@ -165,7 +164,7 @@ def _from_pretrained(name: str, **kwargs: Any) -> Any:
         kwargs["dtype"] = dtype
     try:
         return DiffusionPipeline.from_pretrained(name, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         if kwargs.get("local_files_only"):
             raise StoreError(
                 f"The pipeline {name!r} could not be loaded from local files ({error}). Download it first "

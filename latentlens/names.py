@@ -22,12 +22,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from typing import Any, Callable, Iterable, Protocol, Sequence, Union
+from typing import Any, Protocol, TypeAlias
+from collections.abc import Callable, Iterable, Sequence
 
 from latentlens.errors import ConfigError, UnknownNameError
 
-Sites = Union[str, Sequence[str], Callable[[str], bool], None]
-Steps = Union[int, Sequence[int], range, slice, None]
+Sites: TypeAlias = str | Sequence[str] | Callable[[str], bool] | None
+Steps: TypeAlias = int | Sequence[int] | range | slice | None
 
 MAP_KINDS = ("img2txt", "txt2img", "img2img", "txt2txt")
 

@@ -17,7 +17,8 @@ only orchestrates; the parts live in :mod:`latentlens.capture` (see ``docs/desig
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -236,7 +237,7 @@ class Recorder:
         return rec
 
 
-class record:  # noqa: N801 - used as a function-like context manager
+class record:
     """Record named activations and exact attention maps while a pipeline (or transformer) runs.
 
     Args:

@@ -122,7 +122,7 @@ def _config_folder(model: str) -> Path:
             from huggingface_hub import snapshot_download
 
             return Path(snapshot_download(model, local_files_only=True, allow_patterns=["*.json"]))
-        except Exception as error:  # noqa: BLE001 - not cached, or the hub client changed
+        except Exception as error:
             raise StoreError(
                 f"The configs of {model!r} are not in the local Hugging Face cache ({error}); download the model "
                 "first (huggingface-cli download) or give a local pipeline folder."

@@ -171,7 +171,7 @@ def _raw_chunk_dir(array: Any, root: Path | None) -> Path | None:
     if not zarr_raw_chunks_ok():  # zarr changed its chunk-key layout: use zarr's own path (a notice says so)
         return None
     meta = array.metadata
-    codecs = getattr(meta, "codecs", ())
+    codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
     if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
         return None
     if str(getattr(codecs[0], "endian", "little")).split(".")[-1].lower() not in ("little", "none"):
@@ -186,7 +186,7 @@ def _crc32(sample: np.ndarray) -> int:
     import zlib
 
     data = np.ascontiguousarray(sample, dtype=sample.dtype.newbyteorder("<"))
-    return zlib.crc32(memoryview(data).cast("B")) if data.size else 0
+    return zlib.crc32(memoryview(data).cast("B")) if data.size else 0  # type: ignore[arg-type]  # ndarray is a buffer
 
 
 def _write_chunk_file(path: Path, block: np.ndarray) -> None:
@@ -194,7 +194,7 @@ def _write_chunk_file(path: Path, block: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(memoryview(block).cast("B"))
+            handle.write(memoryview(block).cast("B"))  # type: ignore[arg-type]  # ndarray is a buffer
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -211,7 +211,7 @@ def _read_chunk(path: str, out: np.ndarray, offset: int) -> bool:
         with open(path, "rb", buffering=0) as handle:
             if offset:
                 handle.seek(offset)
-            view = memoryview(out).cast("B")
+            view = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
             got = 0
             while got < len(view):
                 n = handle.readinto(view[got:])
@@ -603,7 +603,7 @@ class RunStore:
         try:
             _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
         except OSError as error:
-            raise cls._disk_error(path, error, 0) if _is_disk_full(error) else error
+            raise (cls._disk_error(path, error, 0) if _is_disk_full(error) else error) from None
         return cls(path, writable=True)
 
     @staticmethod
@@ -671,7 +671,7 @@ class RunStore:
     def __del__(self) -> None:  # best effort; close() is the documented way
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - also at interpreter exit, when module globals are gone
+        except Exception:
             pass
 
     # ------------------------------------------------------------------ journal
@@ -827,7 +827,7 @@ class RunStore:
                 raise StoreError(f"{self.path} has no arrays yet; no sample has been written.")
             try:
                 self._arrays[name] = group[name]
-            except Exception as error:  # noqa: BLE001 - a missing or damaged array's zarr.json
+            except Exception as error:
                 raise self._metadata_error(self.path / ARRAYS / name, error) from None
         return self._arrays[name]
 
@@ -1164,7 +1164,7 @@ class RunStore:
                     continue
                 try:
                     block = array[chunk * spc : chunk * spc + spc]  # [spc, step, ...]
-                except Exception as error:  # noqa: BLE001 - zarr's decode errors of a damaged chunk
+                except Exception as error:
                     report.add(wanted, self._samples, name, f"a chunk cannot be decoded ({type(error).__name__})")
                     continue
                 for i in wanted:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 _STOP = object()
 
@@ -49,7 +50,7 @@ class BackgroundWriter:
                 if self.error is None:  # after a failure, queued writes are dropped (they were in flight)
                     job()
                     self.written += 1
-            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread unchanged
+            except BaseException as error:
                 self.error = error
             finally:
                 self._queue.task_done()

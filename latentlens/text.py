@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import torch
 
@@ -25,7 +25,7 @@ from latentlens.adapters import Adapter, TextEmbeds, TextSegment, adapter_for, e
 from latentlens.errors import ConfigError
 
 #: what ``tokens=`` accepts: token indices into ``encoder_hidden_states`` and/or words of the prompt
-TokenSpec = Union[int, str, Sequence[Union[int, str]], torch.Tensor, None]
+TokenSpec: TypeAlias = int | str | Sequence[int | str] | torch.Tensor | None
 
 
 def _segments(target: Any, max_sequence_length: int | None = None) -> list[TextSegment]:

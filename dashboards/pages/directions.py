@@ -65,7 +65,7 @@ def _list(state: Any) -> tuple[Any, ...]:
     for name in names:
         try:
             d = res.load_direction(name)
-        except Exception as error:  # noqa: BLE001 - one broken file must not hide the others
+        except Exception as error:
             problems.append(f"{name}: {error}")
             continue
         loaded[name] = d

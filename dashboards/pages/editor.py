@@ -96,7 +96,7 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     note = None
     try:
         names = results(index, run_id).direction_names
-    except Exception as error:  # noqa: BLE001 - a target text still works without analysis
+    except Exception as error:
         names = []
         note = message(f"{error} Until then, edit with a target text.", "warning")
     chosen = state_get(state, "direction")
@@ -117,7 +117,7 @@ def _upload(contents: Any, filename: Any) -> tuple[Any, Any, Any]:
 
     try:
         upload_id, size = save_upload(contents, filename)
-    except Exception as error:  # noqa: BLE001 - shown beside the upload box
+    except Exception as error:
         return None, error_message(error), no_update
     return {"upload": upload_id}, html.Span([
         html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {filename} ({size[0]}×{size[1]})"]), "upload"
@@ -221,7 +221,7 @@ def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, u
         }
     except LatentlensError as error:
         return {"error": str(error), "kind": "error"}
-    except Exception as error:  # noqa: BLE001 - shown in the page; the traceback goes to the log
+    except Exception as error:
         import logging
         import traceback
 

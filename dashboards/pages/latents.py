@@ -122,7 +122,7 @@ def _cell_cached(path: str, stamp: float, run_id: str, site: str, step: int, met
     if method == "umap":
         try:
             stored = results(index, run_id).embedding(site, step)
-        except Exception as error:  # noqa: BLE001 - fall back to PCA with a note
+        except Exception as error:
             stored = None
             note = (f"No UMAP stored for {site} at step {step} ({error}); showing PCA. "
                     f"`latentlens analyze` stores UMAP for the best cells.")

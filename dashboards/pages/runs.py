@@ -95,7 +95,7 @@ def _detail(state: Any) -> Any:
             + (f"; missing: {', '.join(missing)}." if missing else "."),
             "info" if not missing else "warning",
         )
-    except Exception as error:  # noqa: BLE001 - a run without analysis is normal
+    except Exception as error:
         analysis = message(str(error), "warning")
     examples = html.Ul([html.Li(p) for p in prompts[:5]] + ([html.Li(f"… {len(prompts) - 5} more")] if len(prompts) > 5 else []))
     return html.Div([html.Ul(items), analysis, html.H4("prompts"), examples,

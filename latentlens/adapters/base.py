@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -293,7 +294,7 @@ class Adapter:
         if self.pipe is None:
             return None
         try:
-            value = getattr(self.pipe, "do_classifier_free_guidance")
+            value = self.pipe.do_classifier_free_guidance
         except Exception:  # the property reads state that only exists during a call
             return None
         return bool(value) if isinstance(value, (bool, int)) else None

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch

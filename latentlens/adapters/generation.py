@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

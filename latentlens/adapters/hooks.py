@@ -10,7 +10,8 @@ FluxPipeline set with ``transformer.cache_context(...)``.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from torch import nn
 

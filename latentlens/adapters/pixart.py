@@ -12,7 +12,8 @@ with learned sigma); PixArt has no pooled text embedding.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch

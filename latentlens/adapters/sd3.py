@@ -30,7 +30,8 @@ own file, ``toy.py``). Editing: :class:`SD3EditModel` (CLIP-L + CLIP-G (+ T5) te
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 

@@ -7,7 +7,8 @@ pipeline: one MiniLM text segment of ``tokenizer_max_length`` tokens, pixel spac
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 

@@ -28,10 +28,10 @@ from latentlens.errors import ConfigError
 
 
 def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    mask = labels == value
+    array = np.asarray(labels)
+    mask = array == value
     if not mask.any():
-        present = ", ".join(sorted(map(str, np.unique(labels))))
+        present = ", ".join(sorted(map(str, np.unique(array))))
         raise ConfigError(f"No sample has {what} {value!r}; the labels present are: {present}.")
     return mask
 
@@ -43,10 +43,10 @@ def _balanced_difference(
     n = len(X)
     columns = [np.ones(n)]
     for name, values in adjust_for.items():
-        values = np.asarray([str(v) for v in values])
-        if len(values) != n:
-            raise ConfigError(f"adjust_for[{name!r}] has {len(values)} labels for {n} samples; give one per sample.")
-        columns += [(values == level).astype(np.float64) for level in sorted(set(values))[1:]]  # first = reference
+        codes = np.asarray([str(v) for v in values])
+        if len(codes) != n:
+            raise ConfigError(f"adjust_for[{name!r}] has {len(codes)} labels for {n} samples; give one per sample.")
+        columns += [(codes == level).astype(np.float64) for level in sorted(set(codes))[1:]]  # first = reference
     own = np.asarray([str(v) for v in labels])
     levels = sorted(set(own))
     first = len(columns)
@@ -113,7 +113,7 @@ def class_mean_direction(
         vector = _balanced_difference(X, labels, to, from_, dict(adjust_for), what)
     else:
         vector = X[to_mask].mean(0) - X[from_mask].mean(0)  # [d] or [tokens, d]
-    record = {"method": "class_mean", "attribute": attribute, "from": None if from_ is None else str(from_),
+    record: dict[str, Any] = {"method": "class_mean", "attribute": attribute, "from": None if from_ is None else str(from_),
               "to": str(to), "n_to": int(to_mask.sum()), "n_from": int(from_mask.sum())}
     if adjust_for:
         record["adjusted_for"] = sorted(adjust_for)
@@ -203,7 +203,7 @@ def text_direction(
                     f"The prompts {source!r} and {target!r} differ in no token; each pair must change a word."
                 )
             positions.append((src_pos, tgt_pos))
-            diffs.append((embeds.tokens[1, tgt_pos].float().mean(0) - embeds.tokens[0, src_pos].float().mean(0)))
+            diffs.append(embeds.tokens[1, tgt_pos].float().mean(0) - embeds.tokens[0, src_pos].float().mean(0))
     vector = torch.stack(diffs).mean(0)  # [D]
     record: dict[str, Any] = {"method": "text_pairs", "where": where, "attribute": attribute, "n_pairs": len(pairs),
                               "pairs": [list(p) for p in pairs[:20]]}

@@ -43,7 +43,7 @@ def embed_2d(X: Any, method: str = "auto", random_state: int = 0, n_neighbors: i
     if method == "umap" and not umap_available():
         raise ConfigError("method='umap' needs umap-learn: pip install 'latentlens[umap]' (or use method='pca').")
     if method in ("umap", "auto") and umap_available():
-        import umap  # noqa: PLC0415 - optional, slow import
+        import umap
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # umap warns that random_state disables parallelism

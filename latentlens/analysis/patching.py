@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from latentlens.adapters import adapter_for
 from latentlens.errors import ConfigError, StoreError
 from latentlens.text import word_token_indices
 
-Column = Union[int, Literal["all"]]
+Column: TypeAlias = int | Literal["all"]
 Metric = Literal["rms", "mae"]
 METRICS: tuple[str, ...] = ("rms", "mae")
 PATCHING = "patching"  # RUN_DIR/analysis/patching/NAME/
@@ -280,7 +280,7 @@ class PatchGrid:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "PatchGrid":
+    def load(cls, folder: str | Path) -> PatchGrid:
         """Read a folder written by :meth:`save`."""
         folder = Path(folder)
         path = folder / GRID_FILE

@@ -98,7 +98,7 @@ class PCA(_PCABase):
     def __init__(self, n_components: int | None = None) -> None:
         self.n_components = n_components
 
-    def fit(self, X: Any, y: Any = None) -> "PCA":
+    def fit(self, X: Any, y: Any = None) -> PCA:
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         n, d = X.shape
         k = self._resolve_k(d, n)
@@ -139,14 +139,16 @@ class StreamingPCA(_PCABase):
             raise ConfigError(f"precision must be 'float32' or 'float64', got {self.precision!r}.")
         return torch.float32 if self.precision == "float32" else torch.float64
 
-    def fit(self, X: Any, y: Any = None) -> "StreamingPCA":
+    def fit(self, X: Any, y: Any = None) -> StreamingPCA:
         for attr in ("n_seen_", "shift_", "sum_", "scatter_", "_fitted", "n_features_in_"):
             self.__dict__.pop(attr, None)
         self.partial_fit(X)
         self.components_  # noqa: B018 - compute now, so transform() leaves the estimator unchanged
         return self
 
-    def partial_fit(self, X: Any, y: Any = None) -> "StreamingPCA":
+    n_features_in_: int  # fitted state (set by the first partial_fit)
+
+    def partial_fit(self, X: Any, y: Any = None) -> StreamingPCA:
         """Add a batch ``[rows, dim]`` (numpy array or torch tensor) to the running moments."""
         first = not hasattr(self, "n_seen_")
         if isinstance(X, torch.Tensor):

@@ -180,7 +180,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.standardize = standardize
 
-    def fit(self, X: Any, y: Any) -> "LinearProbe":
+    def fit(self, X: Any, y: Any) -> LinearProbe:
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=False)
         check_classification_targets(y)
         self.classes_, y_index = np.unique(y, return_inverse=True)
@@ -323,7 +323,7 @@ class LinearProbeGrid(BaseEstimator):
         labels: Mapping[str, Sequence[Any]],
         groups: Sequence[Hashable] | None = None,
         types: Sequence[Hashable] | None = None,
-    ) -> "LinearProbeGrid":
+    ) -> LinearProbeGrid:
         """Fit every cell.
 
         Args:
@@ -350,8 +350,8 @@ class LinearProbeGrid(BaseEstimator):
         assert n is not None
         self.attributes_: dict[str, list[Any]] = {}
         targets: list[np.ndarray] = []
-        for attribute, values in labels.items():
-            values = np.asarray(values)
+        for attribute, given in labels.items():
+            values = np.asarray(given)
             if len(values) != n:
                 raise ConfigError(f"Attribute {attribute!r} has {len(values)} labels but the features have {n} samples.")
             classes, y = np.unique(values, return_inverse=True)
@@ -453,7 +453,7 @@ class LinearProbeGrid(BaseEstimator):
         n_attr = len(self.attributes_)
         for cell in cells:
             site, step = cell
-            base = dict(site=site, stream=site_stream(site), block=site_block(site), step=int(step))
+            base: dict[str, Any] = dict(site=site, stream=site_stream(site), block=site_block(site), step=int(step))
             for h, attribute in enumerate(self.attributes_):
                 if cell not in fitted:
                     self.results_.append(ProbeCell(attribute=attribute, **base, accuracy=math.nan, ci_low=math.nan,
@@ -505,11 +505,12 @@ class LinearProbeGrid(BaseEstimator):
         if not rows:
             streams = sorted({r.stream for r in self.results_})
             raise ConfigError(f"No block cells for stream {stream!r}; the grid has streams: {', '.join(streams)}.")
-        blocks = sorted({r.block for r in rows})  # type: ignore[type-var]
+        blocks = sorted({r.block for r in rows if r.block is not None})
         steps = sorted({r.step for r in rows})
         table = np.full((len(blocks), len(steps)), np.nan)
         for r in rows:
-            table[blocks.index(r.block), steps.index(r.step)] = getattr(r, value)
+            if r.block is not None:  # always: rows hold block cells only
+                table[blocks.index(r.block), steps.index(r.step)] = getattr(r, value)
         return blocks, steps, table
 
     def direction(self, attribute: str, site: str, step: int, to: str, from_: str | None = None) -> np.ndarray:

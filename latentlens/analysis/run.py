@@ -331,7 +331,7 @@ def analyze_run(
         pca_info.append({"site": cell[0], "step": int(cell[1]), "stream": site_stream(cell[0]),
                          "block": site_block(cell[0]),
                          "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_]})
-        arrays = {"pca": pca.transform(x).astype(np.float32), "sample": np.asarray(samples, dtype=np.int64)}
+        arrays: dict[str, Any] = {"pca": pca.transform(x).astype(np.float32), "sample": np.asarray(samples, dtype=np.int64)}
         if umap == "all" or (umap == "best" and cell in best_cells):
             embedded = embed_2d(x, method="auto", random_state=random_state)
             arrays["umap" if embedded["method"] == "umap" else "pca2d"] = embedded["coords"]

@@ -130,7 +130,7 @@ class ProbeSpec:
         return np.array([index[s.labels[attribute]] for s in self._samples], dtype=np.int64)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "<dict>", lines: dict[tuple, int] | None = None) -> "ProbeSpec":
+    def from_dict(cls, data: Any, source: str = "<dict>", lines: dict[tuple, int] | None = None) -> ProbeSpec:
         """Validate a parsed spec (the YAML document as Python objects)."""
         return _Validator(source, lines or {}).spec(data)
 
@@ -189,7 +189,7 @@ class _Validator:
 
     def fail(self, path: tuple, message: str) -> ConfigError:
         line = None
-        probe = path
+        probe: tuple | None = path
         while line is None and probe is not None:
             line = self.lines.get(probe)
             probe = probe[:-1] if probe else None

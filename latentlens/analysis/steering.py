@@ -93,7 +93,7 @@ def steering_check(
                     images = _generate(pipe, p, s, num_inference_steps)
                 for i, image in zip(idx, images):
                     out[i] = image
-        return np.stack(out)
+        return np.stack([image for image in out if image is not None])  # every row was filled above
 
     def score(images: np.ndarray) -> tuple[float, dict[str, float]]:
         read = shapes.read_batch(images)

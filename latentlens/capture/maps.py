@@ -10,7 +10,8 @@ Example (what :func:`latentlens.record` does for ``attention="blocks.*.attn.img2
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 import torch
 

@@ -9,7 +9,8 @@ Example::
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Mapping, Sequence, Union, get_args
+from typing import Any, Literal, TypeAlias, get_args
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -20,7 +21,7 @@ CfgBranch = Literal["cond", "uncond", "both"]
 #: head-averaged maps or one per head
 Heads = Literal["mean", "all"]
 #: what ``reduce=`` accepts: a name, ``"pool=N"``, or a list / dict of them
-ReduceSpec = Union[str, Sequence[str], Mapping[str, Any], None]
+ReduceSpec: TypeAlias = str | Sequence[str] | Mapping[str, Any] | None
 
 
 def check_cfg(cfg: str) -> CfgBranch:

@@ -19,7 +19,8 @@ import json
 import pkgutil
 import sys
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from latentlens.errors import LatentlensError
 

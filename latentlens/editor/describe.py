@@ -27,7 +27,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import PIL.Image
@@ -152,7 +153,7 @@ class EndpointDescriber(Describer):
         self.max_tokens = int(max_tokens)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "EndpointDescriber":
+    def from_config(cls, config: Mapping[str, Any]) -> EndpointDescriber:
         """From a mapping with ``url``, ``model`` and optional ``timeout``, ``retries``, ``api_key``, ``instruction``."""
         known = {"url", "model", "timeout", "retries", "api_key", "instruction", "max_tokens"}
         unknown = sorted(set(config) - known)

@@ -34,14 +34,15 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
 import torch
 
-from latentlens.editor.describe import Describer, ShapesDescriber, TextDescriber, make_describer
-from latentlens.editor.images import load_image, save_image, to_pil, to_tensor, to_uint8
+from latentlens.editor.describe import Describer, ShapesDescriber, make_describer
+from latentlens.editor.images import load_image, save_image, to_pil, to_tensor
 from latentlens.editor.manipulate import (
     TEXT_SITES,
     apply_text_direction,
@@ -50,7 +51,7 @@ from latentlens.editor.manipulate import (
     encode_pair,
     interpolate,
 )
-from latentlens.editor.model import EditModel, TextEmbeds
+from latentlens.editor.model import EditModel
 from latentlens.editor.sample import EMSParams, attention_mask, dds_update, diff_mask
 from latentlens.errors import ConfigError
 

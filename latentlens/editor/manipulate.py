@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 

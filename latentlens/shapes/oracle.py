@@ -205,8 +205,8 @@ def inspect_image(image: np.ndarray) -> Reading:
         mask=mask,
         center=(x, y),
         extent=extent,
-        background_rgb=tuple(float(v) for v in bg),
-        object_rgb=tuple(float(v) for v in obj),
+        background_rgb=(float(bg[0]), float(bg[1]), float(bg[2])),
+        object_rgb=(float(obj[0]), float(obj[1]), float(obj[2])),
         shape_errors=errors,
     )
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import PIL.Image
@@ -93,7 +94,7 @@ class ToyPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "ToyPipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ToyPipeline:
         """Load a saved toy pipeline folder; text encoder and tokenizer default to the packaged MiniLM."""
         if kwargs.get("text_encoder") is None or kwargs.get("tokenizer") is None:
             tokenizer, text_encoder = load_text_encoder()
@@ -242,7 +243,7 @@ class ToyPipeline(DiffusionPipeline):
         return_dict: bool = True,
         joint_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         max_sequence_length: int = MAX_TEXT_TOKENS,
     ) -> ToyPipelineOutput | tuple[Any]:
         """Generate images from ``prompt`` (or from precomputed embeddings).
@@ -261,8 +262,10 @@ class ToyPipeline(DiffusionPipeline):
             batch_size = 1
         elif prompt is not None:
             batch_size = len(prompt)
-        else:
+        elif prompt_embeds is not None:
             batch_size = prompt_embeds.shape[0]
+        else:
+            raise ConfigError("Pass a prompt (or prompt_embeds) to generate.")
         device = self._execution_device
 
         (

@@ -30,7 +30,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -176,7 +177,7 @@ def _load_or_build_bank(path: Path, config: TrainConfig, tokenizer: Any, text_en
                 bank = CaptionBank.__new__(CaptionBank)
                 bank.__dict__.update(cached["bank"])
                 return bank
-        except Exception:  # noqa: BLE001 - a bad cache is rebuilt
+        except Exception:
             pass
     bank = CaptionBank(config.templates, tokenizer, text_encoder)
     _atomic_save({"templates": config.to_dict()["templates"], "bank": bank.__dict__}, path)
@@ -233,7 +234,7 @@ def _load_or_build_bank2(path: Path, config: TrainConfig, tokenizer: Any, text_e
                 bank = TwoObjectCaptionBank.__new__(TwoObjectCaptionBank)
                 bank.__dict__.update(cached["bank"])
                 return bank
-        except Exception:  # noqa: BLE001 - a bad cache is rebuilt
+        except Exception:
             pass
     bank = TwoObjectCaptionBank(config.two_object_templates, tokenizer, text_encoder, config.two_object_limit)
     _atomic_save({"templates": key, "bank": bank.__dict__}, path)

@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time

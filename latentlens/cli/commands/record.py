@@ -240,7 +240,7 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
         raise ConfigError(f"--sites/--attention: {error}") from None
     except LatentlensError:
         raise
-    except Exception as error:  # noqa: BLE001 - planning must not stop a run it cannot model
+    except Exception as error:
         if args.dry_run:
             raise ConfigError(f"The size of this recording cannot be planned from the configs of {model!r} "
                               f"({type(error).__name__}: {error}).") from error
