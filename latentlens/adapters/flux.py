@@ -39,7 +39,7 @@ from latentlens.adapters.base import (
     tensor_arg,
     timestep_value,
 )
-from latentlens.adapters.generation import EditModel, TextEmbeds, VAEMixin
+from latentlens.adapters.generation import TextEmbeds, VAEEditModel
 from latentlens.adapters.sd3 import ALL_QUADRANTS, MOD, pred_site, reshape_mod
 
 
@@ -143,7 +143,7 @@ class FluxAdapter(Adapter):
         return [TextSegment(tok, 0, int(max_sequence_length or 512))] if tok is not None else []
 
 
-class FluxEditModel(VAEMixin, EditModel):
+class FluxEditModel(VAEEditModel):
     """FluxPipeline: CLIP pooled + T5 tokens, 2×2-packed VAE latents, embedded guidance or true CFG.
 
     As in ``FluxPipeline``: ``guidance_scale`` is the embedded guidance of a guidance-distilled
@@ -239,12 +239,6 @@ class FluxEditModel(VAEMixin, EditModel):
                     v_u = self._call(z, sigma, self.uncond(batch))
                 v = v_u + scale * (v - v_u)
         return v
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self._vae_encode(images).to(self.device, self.dtype)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._vae_decode(z)
 
 
 FluxAdapter.edit_model = FluxEditModel

@@ -298,10 +298,8 @@ class EditModel:
         raise NotImplementedError
 
 
-class VAEMixin:
-    """VAE encode/decode with the pipeline's shift and scaling factors (SD3, Flux)."""
-
-    pipe: Any
+class VAEEditModel(EditModel):
+    """An :class:`EditModel` in a VAE's latent space, with the pipeline's shift and scaling factors (SD3, Flux, PixArt)."""
 
     def _vae_factors(self) -> tuple[float, float]:
         cfg = self.pipe.vae.config
@@ -321,5 +319,11 @@ class VAEMixin:
         shift, scale = self._vae_factors()
         return vae.decode((z / scale + shift).to(vae.device, vae.dtype), return_dict=False)[0].float().clamp(-1, 1)
 
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self._vae_encode(images).to(self.device, self.dtype)
 
-__all__ = ["EditModel", "TextEmbeds", "VAEMixin"]
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._vae_decode(z)
+
+
+__all__ = ["EditModel", "TextEmbeds", "VAEEditModel"]

@@ -30,7 +30,7 @@ from latentlens.adapters.base import (
     out_site,
     tensor_arg,
 )
-from latentlens.adapters.generation import EditModel, TextEmbeds, VAEMixin
+from latentlens.adapters.generation import TextEmbeds, VAEEditModel
 from latentlens.adapters.sd3 import IMAGE, MOD, pred_site
 from latentlens.errors import ConfigError
 
@@ -95,7 +95,7 @@ class PixArtAdapter(PatchGridAdapter):
         return specs
 
 
-class PixArtEditModel(VAEMixin, EditModel):
+class PixArtEditModel(VAEEditModel):
     """PixArtAlphaPipeline / PixArtSigmaPipeline: T5 tokens with an attention mask, VAE latents, ε-prediction.
 
     A variance-preserving state ``x_t = a z₀ + b ε`` (``a = √ᾱ_t``, ``b = √(1 − ᾱ_t)``) is the flow state
@@ -177,12 +177,6 @@ class PixArtEditModel(VAEMixin, EditModel):
         sigma_max = float(self.sigmas()[0])
         _, a, b = self._timestep(torch.tensor([sigma_max]))
         return self.ode(x_T / float(a + b), cond, sigma_max, 0.0)
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self._vae_encode(images).to(self.device, self.dtype)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._vae_decode(z)
 
 
 PixArtAdapter.edit_model = PixArtEditModel

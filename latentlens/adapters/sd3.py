@@ -46,7 +46,7 @@ from latentlens.adapters.base import (
     arg_site,
     out_site,
 )
-from latentlens.adapters.generation import EditModel, TextEmbeds, VAEMixin
+from latentlens.adapters.generation import TextEmbeds, VAEEditModel
 
 IMAGE = ("batch", "channel", "height", "width")
 MOD = ("batch", "param", "channel")
@@ -173,7 +173,7 @@ class SD3Adapter(PatchGridAdapter):
         return segments
 
 
-class SD3EditModel(VAEMixin, EditModel):
+class SD3EditModel(VAEEditModel):
     """StableDiffusion3Pipeline (SD3 / SD3.5): CLIP-L + CLIP-G (+ T5) text, VAE latents, batch CFG."""
 
     kind = "sd3"
@@ -204,12 +204,6 @@ class SD3EditModel(VAEMixin, EditModel):
             pooled_projections=cond.require_pooled().to(self.dtype),
             return_dict=False,
         )[0].float()
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self._vae_encode(images).to(self.device, self.dtype)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._vae_decode(z)
 
 
 SD3Adapter.edit_model = SD3EditModel
