@@ -150,3 +150,24 @@ def test_best_thresholds_match_a_brute_force_search():
             pred = scores[:, f] >= thresholds[f, v]
             if best > 0:
                 assert 2 * (pred & targets[:, v]).sum() / (pred.sum() + targets[:, v].sum()) == pytest.approx(best)
+
+
+def test_a_feature_direction_steers_a_pipeline_like_any_direction():
+    from latentlens.toy.pipeline import tiny_toy_pipeline
+
+    pipe = tiny_toy_pipeline(seed=0)
+    site = "blocks.0.resid_out.img"
+    prompts = ["a small red circle on the left on a gray background", "a large blue cross at the top on a black background"]
+    with latentlens.record(pipe, sites=site) as rec, torch.no_grad():
+        pipe(prompts, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    rows = rec[site].float().reshape(-1, rec[site].shape[-1]).numpy()  # [step * batch * tokens, channel]
+    sae = SparseAutoencoder(n_features=16, k=2, epochs=3, batch_size=64, random_state=0).fit(rows)
+    direction = sae.feature_direction(int(np.argmax(sae.fire_count_)), site=site)
+
+    def image(alpha):
+        with latentlens.steer(pipe, direction, alpha=alpha), torch.no_grad():
+            return pipe(prompts[:1], num_inference_steps=2, output_type="np",
+                        generator=torch.Generator().manual_seed(1)).images[0]
+
+    plain = image(0.0)
+    assert np.array_equal(plain, image(0.0)) and not np.allclose(plain, image(8.0))
