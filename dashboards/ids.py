@@ -81,3 +81,12 @@ ED_RESULT = "editor-result"
 ED_MESSAGE = "editor-message"
 ED_UPLOAD_STORE = "editor-upload-store"  # {"upload": id} of the validated upload
 ED_RESULT_STORE = "editor-result-store"  # image ids + metrics of the last edit (JSON only)
+
+# /causal
+CAUSAL_GRID = "causal-grid"
+CAUSAL_STREAM = "causal-stream"
+CAUSAL_VALUE = "causal-value"
+CAUSAL_PATCH = "causal-patch-heatmap"
+CAUSAL_PROBE = "causal-probe-heatmap"
+CAUSAL_IMAGES = "causal-images"
+CAUSAL_MESSAGE = "causal-message"
