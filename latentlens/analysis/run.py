@@ -392,7 +392,12 @@ def _validate(run: Any, samples: list[int], labels: dict[str, list[str]], direct
         model_id = model.get("id") if isinstance(model, dict) else model
         if not model_id or model_id == "synthetic":
             raise StoreError("the run's manifest names no model to steer (pass a pipeline to validate directions)")
-        pipeline = load_pipeline(str(model_id))
+        try:
+            pipeline = load_pipeline(str(model_id))
+        except LatentlensError:
+            raise
+        except Exception as error:  # a hub id that is not cached, a moved folder...
+            raise StoreError(f"the run's model {model_id!r} cannot be loaded ({type(error).__name__}: {error})") from error
     steps = (manifest.get("generation") or {}).get("num_inference_steps")
     p = [prompts[i] for i in samples]
     s = [seeds[i] for i in samples]
