@@ -28,6 +28,7 @@ _UPLOAD_ID = re.compile(r"^[0-9a-f]{16,64}$")
 NAV_ITEMS = (
     ("Runs", "/"),
     ("Probes", "/probes"),
+    ("Causal", "/causal"),
     ("Latents", "/latents"),
     ("Attention", "/attention"),
     ("Directions", "/directions"),

@@ -260,7 +260,9 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
         for k, alpha in enumerate(request.alphas):
             progress(k * steps, total, f"{method} α={alpha:g}")
             if direction is not None:
-                with latentlens.steer(pipe, direction.site, direction.vector, alpha=float(alpha), steps=direction.steps):
+                cfg = ((direction.provenance or {}).get("validation") or {}).get("cfg", "both")  # as validated
+                with latentlens.steer(pipe, direction.site, direction.vector, alpha=float(alpha), steps=direction.steps,
+                                      cfg=cfg):
                     images.append(generate(prompt, k, float(alpha)))
             else:
                 text = prompt if float(alpha) == 0.0 else str(request.target)

@@ -189,6 +189,28 @@ class AnalysisResults:
             confined(path.with_name(path.name + suffix), self.run)
         return Direction.load(path)
 
+    def direction_effects(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """``[(name, validation)]`` of every saved direction, best measured edit first (``analyze --validate``);
+        unvalidated directions (``validation`` None) last, by name.
+
+        Example: ``res.direction_effects()[0]`` → ``('edit/color/blue', {'score': 0.95, 'success': 1.0, ...})``.
+        """
+        rows = []
+        for name in self.direction_names:
+            try:
+                meta = json.loads(self.directions[name].with_name(self.directions[name].name + ".json").read_text())
+            except (OSError, ValueError):
+                meta = {}
+            validation = (meta.get("provenance") or {}).get("validation") if isinstance(meta, dict) else None
+            rows.append((name, validation if isinstance(validation, dict) else None))
+
+        def key(row: tuple[str, dict[str, Any] | None]) -> tuple[int, float, str]:
+            score = (row[1] or {}).get("score")
+            ok = isinstance(score, (int, float)) and not math.isnan(float(score))
+            return (0, -float(score), row[0]) if ok else (1, 0.0, row[0])
+
+        return sorted(rows, key=key)
+
     @property
     def patch_grid_names(self) -> list[str]:
         return sorted(self.patch_grids)

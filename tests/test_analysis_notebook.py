@@ -20,3 +20,6 @@ def test_notebook_01_runs():
     assert "Direction(site='blocks." in text and "steered: read as blue" in text
     success = float(re.search(r"steered: read as blue ([0-9.]+)", text).group(1))
     assert success >= 0.75, text  # the notebook's direction really turns red objects blue
+    # the patching cell: the text stream carries the colour the image stream only shows
+    txt = [float(v) for v in re.findall(r"patching effect img -?[0-9.]+, txt (-?[0-9.]+)", text)]
+    assert len(txt) == 5 and max(txt) >= 0.5, text

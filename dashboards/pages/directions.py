@@ -82,13 +82,13 @@ def _list(state: Any) -> tuple[Any, ...]:
     matrix = np.full((len(keys), len(keys)), np.nan)
     for i, a in enumerate(keys):
         for j, b in enumerate(keys):
-            if loaded[a].dim == loaded[b].dim:
+            if loaded[a].vector.shape == loaded[b].vector.shape:  # token-wise ones only with token-wise ones
                 matrix[i, j] = loaded[a].cosine(loaded[b])
     cosine = {
         "data": [{"type": "heatmap", "z": np.where(np.isnan(matrix), None, matrix.round(3)).tolist(), "x": keys, "y": keys,
                   "zmin": -1, "zmax": 1, "colorscale": "RdBu", "reversescale": True,
                   "hovertemplate": "%{y} · %{x}: %{z:.3f}<extra></extra>"}],
-        "layout": {"title": {"text": "cosine similarity (blank: different widths)"}, "height": 460,
+        "layout": {"title": {"text": "cosine similarity (blank: different shapes)"}, "height": 460,
                    "yaxis": {"autorange": "reversed"}, "margin": {"l": 120, "r": 10, "t": 50, "b": 120}},
     }
     chosen = state_get(state, "direction")

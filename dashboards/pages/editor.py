@@ -95,13 +95,24 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     sample = int(sample) if isinstance(sample, int) else min(run.completed, default=0)
     note = None
     try:
-        names = results(index, run_id).direction_names
+        ranked = results(index, run_id).direction_effects()  # best measured edit first
     except Exception as error:
-        names = []
+        ranked = []
         note = message(f"{error} Until then, edit with a target text.", "warning")
+    names = [name for name, _ in ranked]
     chosen = state_get(state, "direction")
     chosen = chosen if chosen in names else (names[0] if names else None)
-    return [{"label": n, "value": n} for n in names], chosen, sample, note
+    return [{"label": _direction_label(n, v), "value": n} for n, v in ranked], chosen, sample, note
+
+
+def _direction_label(name: str, validation: Any) -> str:
+    """``edit/color/blue — edits 100 %, others kept 95 % (α 1)``; unvalidated names as they are."""
+    if not validation:
+        return name
+    if validation.get("success") is not None and validation.get("kept"):
+        return (f"{name} — edits {100 * validation['success']:.0f} %, others kept "
+                f"{100 * min(validation['kept'].values()):.0f} % (α {validation.get('alpha', 1):g})")
+    return f"{name} — effect {validation.get('score', 0):.2f} (α {validation.get('alpha', 1):g})"
 
 
 @callback(

@@ -68,7 +68,11 @@ class PatchPair:
     source_value: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"base": self.base, "source": self.source, "seed": self.seed}
+        out: dict[str, Any] = {
+            "base": self.base,
+            "source": self.source,
+            "seed": self.seed,
+        }
         for key in ("attribute", "base_value", "source_value"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -76,12 +80,23 @@ class PatchPair:
 
 
 def _pair_from(row: Any, where: str) -> PatchPair:
-    if not isinstance(row, dict) or not isinstance(row.get("base"), str) or not isinstance(row.get("source"), str):
-        raise ConfigError(f"{where} must be an object with string fields \"base\" and \"source\" (and \"seed\"); got {row!r}.")
+    if (
+        not isinstance(row, dict)
+        or not isinstance(row.get("base"), str)
+        or not isinstance(row.get("source"), str)
+    ):
+        raise ConfigError(
+            f'{where} must be an object with string fields "base" and "source" (and "seed"); got {row!r}.'
+        )
     seed = row.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"{where}: \"seed\" must be a non-negative integer; got {seed!r}.")
-    extra = {k: (None if row.get(k) is None else str(row[k])) for k in ("attribute", "base_value", "source_value")}
+        raise ConfigError(
+            f'{where}: "seed" must be a non-negative integer; got {seed!r}.'
+        )
+    extra = {
+        k: (None if row.get(k) is None else str(row[k]))
+        for k in ("attribute", "base_value", "source_value")
+    }
     return PatchPair(row["base"], row["source"], seed, **extra)
 
 
@@ -92,7 +107,9 @@ def load_pairs(path: str | Path) -> list[PatchPair]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"The pairs file {path} does not exist; give a JSONL file with one {{\"base\", \"source\", \"seed\"}} per line.")
+        raise ConfigError(
+            f'The pairs file {path} does not exist; give a JSONL file with one {{"base", "source", "seed"}} per line.'
+        )
     pairs = []
     for k, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -100,14 +117,18 @@ def load_pairs(path: str | Path) -> list[PatchPair]:
         try:
             row = json.loads(line)
         except ValueError as error:
-            raise ConfigError(f"Line {k} of {path} is not valid JSON ({error}).") from error
+            raise ConfigError(
+                f"Line {k} of {path} is not valid JSON ({error})."
+            ) from error
         pairs.append(_pair_from(row, f"Line {k} of {path}"))
     if not pairs:
         raise ConfigError(f"The pairs file {path} holds no pairs.")
     return pairs
 
 
-def shapes_pairs(attribute: str, from_: str, to: str, n: int, seed: int = 0) -> list[PatchPair]:
+def shapes_pairs(
+    attribute: str, from_: str, to: str, n: int, seed: int = 0
+) -> list[PatchPair]:
     """``n`` shapes-world pairs: canonical captions of random training combinations with ``attribute == from_``
     (base) and the same combination with ``to`` (source), each with its own noise seed.
 
@@ -116,19 +137,27 @@ def shapes_pairs(attribute: str, from_: str, to: str, n: int, seed: int = 0) -> 
     from latentlens import shapes
 
     if attribute not in shapes.ATTRIBUTES:
-        raise ConfigError(f"Unknown attribute {attribute!r}; use one of {', '.join(shapes.ATTRIBUTES)}.")
+        raise ConfigError(
+            f"Unknown attribute {attribute!r}; use one of {', '.join(shapes.ATTRIBUTES)}."
+        )
     for value in (from_, to):
         if value not in shapes.VALUES[attribute]:
-            raise ConfigError(f"Unknown {attribute} {value!r}; use one of {', '.join(shapes.VALUES[attribute])}.")
+            raise ConfigError(
+                f"Unknown {attribute} {value!r}; use one of {', '.join(shapes.VALUES[attribute])}."
+            )
     if from_ == to:
-        raise ConfigError(f"--from and --to are both {from_!r}; give two different {attribute} values.")
+        raise ConfigError(
+            f"--from and --to are both {from_!r}; give two different {attribute} values."
+        )
     if n < 1:
         raise ConfigError(f"n={n} pairs: give at least 1.")
     import dataclasses
 
     pool = [
-        c for c in shapes.training_combinations()
-        if getattr(c, attribute) == from_ and not shapes.is_held_out(dataclasses.replace(c, **{attribute: to}))
+        c
+        for c in shapes.training_combinations()
+        if getattr(c, attribute) == from_
+        and not shapes.is_held_out(dataclasses.replace(c, **{attribute: to}))
     ]
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(pool), size=n, replace=len(pool) < n)
@@ -136,8 +165,16 @@ def shapes_pairs(attribute: str, from_: str, to: str, n: int, seed: int = 0) -> 
     for k, i in enumerate(picks):
         base = pool[int(i)]
         source = dataclasses.replace(base, **{attribute: to})
-        pairs.append(PatchPair(shapes.canonical_caption(base), shapes.canonical_caption(source), seed * 100_000 + k,
-                               attribute, from_, to))
+        pairs.append(
+            PatchPair(
+                shapes.canonical_caption(base),
+                shapes.canonical_caption(source),
+                seed * 100_000 + k,
+                attribute,
+                from_,
+                to,
+            )
+        )
     return pairs
 
 
@@ -196,9 +233,13 @@ class PatchGrid:
 
     def _index(self, site: str, column: Column) -> tuple[int, int]:
         if site not in self.sites:
-            raise ConfigError(f"The grid has no site {site!r}; it has: {', '.join(self.sites)}.")
+            raise ConfigError(
+                f"The grid has no site {site!r}; it has: {', '.join(self.sites)}."
+            )
         if column not in self.columns:
-            raise ConfigError(f"The grid has no column {column!r}; it has: {', '.join(map(str, self.columns))}.")
+            raise ConfigError(
+                f"The grid has no column {column!r}; it has: {', '.join(map(str, self.columns))}."
+            )
         return self.sites.index(site), self.columns.index(column)
 
     def cell(self, site: str, column: Column) -> dict[str, Any]:
@@ -211,24 +252,51 @@ class PatchGrid:
             hits = float(np.nansum(oracle))
             flip = hits / len(oracle)
             flip_ci = list(_wilson(hits, len(oracle)))
-        return {"site": site, "step": column, "effect": mean, "ci": [lo, hi], "oracle_flip": flip, "oracle_ci": flip_ci}
+        return {
+            "site": site,
+            "step": column,
+            "effect": mean,
+            "ci": [lo, hi],
+            "oracle_flip": flip,
+            "oracle_ci": flip_ci,
+        }
 
     def cells(self) -> list[dict[str, Any]]:
         return [self.cell(s, c) for s in self.sites for c in self.columns]
 
     def to_json(self) -> dict[str, Any]:
         """What ``latentlens patch-grid --json`` prints."""
-        return {"metric": self.metric, "kind": self.kind, "attribute": self.attribute, "cells": self.cells(),
-                "n": self.n, "settings": self.settings}
+        return {
+            "metric": self.metric,
+            "kind": self.kind,
+            "attribute": self.attribute,
+            "cells": self.cells(),
+            "n": self.n,
+            "settings": self.settings,
+        }
 
-    def table(self, stream: str, value: Literal["effect", "oracle_flip"] = "effect") -> tuple[list[int], list[Column], np.ndarray, list[list[str | None]]]:
-        """``(blocks, columns, table [block, column], sites [block][column])`` of one stream's block sites,
-        the same axes as :meth:`latentlens.results.AnalysisResults.probe_grid` plus the ``"all"`` column."""
+    def table(
+        self,
+        stream: str,
+        value: Literal["effect", "oracle_flip"] = "effect",
+        sites: str = "blocks.*.resid_out.*",
+    ) -> tuple[list[int], list[Column], np.ndarray, list[list[str | None]]]:
+        """``(blocks, columns, table [block, column], sites [block][column])`` of one stream's block sites matching
+        the glob ``sites`` (one site per block), the axes of
+        :meth:`latentlens.results.AnalysisResults.probe_grid` plus the ``"all"`` column."""
         from latentlens.analysis.probes import site_block, site_stream
 
-        rows = [(site_block(s), s) for s in self.sites if site_stream(s) == stream and site_block(s) is not None]
+        rows = [
+            (site_block(s), s)
+            for s in self.sites
+            if site_stream(s) == stream
+            and site_block(s) is not None
+            and fnmatch.fnmatchcase(s, sites)
+        ]
         if not rows:
-            raise ConfigError(f"The grid has no block sites in stream {stream!r}; its sites: {', '.join(self.sites)}.")
+            raise ConfigError(
+                f"The grid has no block sites matching {sites!r} in stream {stream!r}; its sites: {', '.join(self.sites)}."
+            )
         blocks = sorted({b for b, _ in rows})
         table = np.full((len(blocks), len(self.columns)), np.nan)
         names: list[list[str | None]] = [[None] * len(self.columns) for _ in blocks]
@@ -263,15 +331,23 @@ class PatchGrid:
         """
         name = name or self.default_name()
         if not name or "/" in name or name.startswith("."):
-            raise ConfigError(f"Grid name {name!r} must be a plain folder name (no '/', not starting with '.').")
+            raise ConfigError(
+                f"Grid name {name!r} must be a plain folder name (no '/', not starting with '.')."
+            )
         folder = Path(run_dir) / "analysis" / PATCHING / name
         folder.mkdir(parents=True, exist_ok=True)
         doc = {
-            "format": "latentlens-patch-grid/1", "name": name, "kind": self.kind, "metric": self.metric,
-            "sites": self.sites, "columns": self.columns, "pairs": [p.as_dict() for p in self.pairs],
+            "format": "latentlens-patch-grid/1",
+            "name": name,
+            "kind": self.kind,
+            "metric": self.metric,
+            "sites": self.sites,
+            "columns": self.columns,
+            "pairs": [p.as_dict() for p in self.pairs],
             "per_pair": np.where(np.isnan(self.per_pair), None, self.per_pair).tolist(),
             "oracle": np.where(np.isnan(self.oracle), None, self.oracle).tolist(),
-            "settings": self.settings, "cells": self.cells(),
+            "settings": self.settings,
+            "cells": self.cells(),
         }
         (folder / GRID_FILE).write_text(json.dumps(doc, indent=1) + "\n")
         if self.images:
@@ -289,49 +365,74 @@ class PatchGrid:
             per_pair = np.asarray(doc["per_pair"], dtype=np.float64)
             oracle = np.asarray(doc["oracle"], dtype=np.float64)
             grid = cls(
-                sites=list(doc["sites"]), columns=[c if c == "all" else int(c) for c in doc["columns"]],
-                per_pair=per_pair, oracle=oracle, pairs=[_pair_from(p, str(path)) for p in doc["pairs"]],
-                metric=doc.get("metric", "rms"), kind=doc.get("kind", "patch"), settings=doc.get("settings") or {},
+                sites=list(doc["sites"]),
+                columns=[c if c == "all" else int(c) for c in doc["columns"]],
+                per_pair=per_pair,
+                oracle=oracle,
+                pairs=[_pair_from(p, str(path)) for p in doc["pairs"]],
+                metric=doc.get("metric", "rms"),
+                kind=doc.get("kind", "patch"),
+                settings=doc.get("settings") or {},
                 name=doc.get("name") or folder.name,
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise StoreError(f"The patching grid {path} cannot be read ({error}); rerun `latentlens patch-grid`.") from error
+            raise StoreError(
+                f"The patching grid {path} cannot be read ({error}); rerun `latentlens patch-grid`."
+            ) from error
         images = folder / IMAGES_FILE
         if images.is_file():
             with np.load(images, allow_pickle=False) as data:
                 grid.images = {k: np.asarray(data[k]) for k in data.files}
         return grid
 
-    def cell_images(self, site: str, column: Column, pair: int = 0) -> dict[str, np.ndarray]:
+    def cell_images(
+        self, site: str, column: Column, pair: int = 0
+    ) -> dict[str, np.ndarray]:
         """uint8 ``base`` / ``source`` / ``patched`` images ``[H, W, 3]`` of one pair of one cell."""
         i, j = self._index(site, column)
         if "patched" not in self.images:
-            raise StoreError("This grid was saved without images; rerun `latentlens patch-grid` with --keep-images > 0.")
+            raise StoreError(
+                "This grid was saved without images; rerun `latentlens patch-grid` with --keep-images > 0."
+            )
         kept = self.images["patched"].shape[2]
         if not 0 <= pair < kept:
-            raise ConfigError(f"pair={pair}: the grid kept images of the first {kept} pairs.")
-        return {"base": self.images["base"][pair], "source": self.images["source"][pair],
-                "patched": self.images["patched"][i, j, pair]}
+            raise ConfigError(
+                f"pair={pair}: the grid kept images of the first {kept} pairs."
+            )
+        return {
+            "base": self.images["base"][pair],
+            "source": self.images["source"][pair],
+            "patched": self.images["patched"][i, j, pair],
+        }
 
 
 # --------------------------------------------------------------------------- computing
 
 
-def _distance(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, metric: str) -> np.ndarray:
+def _distance(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, metric: str
+) -> np.ndarray:
     """Per-image distance of float images ``[n, H, W, 3]`` (inside ``mask`` ``[n, H, W]`` when given)."""
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     if metric == "rms":
         diff = diff**2
     if mask is not None:
         m = mask[..., None].astype(np.float64)
-        value = (diff * m).sum(axis=(1, 2, 3)) / np.maximum(m.sum(axis=(1, 2, 3)) * diff.shape[-1], 1.0)
+        value = (diff * m).sum(axis=(1, 2, 3)) / np.maximum(
+            m.sum(axis=(1, 2, 3)) * diff.shape[-1], 1.0
+        )
     else:
         value = diff.mean(axis=(1, 2, 3))
     return np.sqrt(value) if metric == "rms" else value
 
 
-def patch_effect(base: np.ndarray, source: np.ndarray, patched: np.ndarray, mask: np.ndarray | None = None,
-                 metric: Metric = "rms") -> np.ndarray:
+def patch_effect(
+    base: np.ndarray,
+    source: np.ndarray,
+    patched: np.ndarray,
+    mask: np.ndarray | None = None,
+    metric: Metric = "rms",
+) -> np.ndarray:
     """``(d(base, source) - d(patched, source)) / d(base, source)`` per image ``[n]``.
 
     Images ``[n, H, W, 3]`` (any range); a pair whose base and source images are identical has
@@ -358,7 +459,9 @@ def _has_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def patchable_sites(pipe: Any, sites: str | Sequence[str], tokens: Any = None) -> list[str]:
+def patchable_sites(
+    pipe: Any, sites: str | Sequence[str], tokens: Any = None
+) -> list[str]:
     """Expand names/globs into the sites ``patch`` can replace, in the model's order; clear errors before compute.
 
     A name that is read-only or unknown raises; a glob keeps only its patchable matches (and must
@@ -372,7 +475,9 @@ def patchable_sites(pipe: Any, sites: str | Sequence[str], tokens: Any = None) -
     valid = [n for n in site_names(pipe) if not is_map(n) and n != "pred"]
     patterns = [sites] if isinstance(sites, str) else list(sites)
     if not patterns:
-        raise ConfigError("sites is empty; give names or globs such as 'blocks.*.resid_out.*'.")
+        raise ConfigError(
+            "sites is empty; give names or globs such as 'blocks.*.resid_out.*'."
+        )
     chosen: list[str] = []
     dummy = torch.zeros(1)
     for pattern in patterns:
@@ -410,13 +515,17 @@ def _token_count(tokenizer: Any, prompt: str, length: int) -> int:
     return len(tokenizer(prompt, truncation=True, max_length=length)["input_ids"])
 
 
-def pair_token_positions(pipe: Any, pairs: Sequence[PatchPair], words: Sequence[str]) -> list[tuple[int, ...]]:
+def pair_token_positions(
+    pipe: Any, pairs: Sequence[PatchPair], words: Sequence[str]
+) -> list[tuple[int, ...]]:
     """Text-token positions of ``words`` in each pair (in its base or its source prompt), checking that base and
     source share one token layout (same token count per text encoder); errors name the pair."""
     adapter = adapter_for(pipe)
     segments = adapter.text_segments()
     if not segments:
-        raise ConfigError("tokens: the pipeline has no tokenizer, so words cannot be located; pass a pipeline.")
+        raise ConfigError(
+            "tokens: the pipeline has no tokenizer, so words cannot be located; pass a pipeline."
+        )
     out = []
     for k, pair in enumerate(pairs):
         for segment in segments:
@@ -438,15 +547,29 @@ def pair_token_positions(pipe: Any, pairs: Sequence[PatchPair], words: Sequence[
                 except ConfigError:
                     pass
             if not found:
-                raise ConfigError(f"Pair {k}: the word {word!r} occurs in neither {pair.base!r} nor {pair.source!r}.")
+                raise ConfigError(
+                    f"Pair {k}: the word {word!r} occurs in neither {pair.base!r} nor {pair.source!r}."
+                )
         out.append(tuple(sorted(positions)))
     return out
 
 
-def _generate(pipe: Any, prompts: list[str], seeds: list[int], call_kwargs: dict[str, Any]) -> np.ndarray:
+def generate_images(
+    pipe: Any,
+    prompts: list[str],
+    seeds: list[int],
+    call_kwargs: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """float32 images ``[n, H, W, 3]`` in [0, 1], one CPU generator per prompt (seeded ``seeds[i]``).
+
+    Example: ``generate_images(pipe, ["a red circle"], [0], {"num_inference_steps": 8})``.
+    """
+    call_kwargs = call_kwargs or {}
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     with torch.no_grad():
-        images = pipe(prompts, generator=generators, output_type="np", **call_kwargs).images
+        images = pipe(
+            prompts, generator=generators, output_type="np", **call_kwargs
+        ).images
     return _as_float_images(images)
 
 
@@ -456,7 +579,9 @@ def _check_pairs(pairs: Sequence[PatchPair]) -> list[PatchPair]:
         raise ConfigError("patch_grid needs at least one (base, source) pair.")
     for k, p in enumerate(pairs):
         if not isinstance(p, PatchPair):
-            raise ConfigError(f"pairs[{k}] is a {type(p).__name__}; build pairs with PatchPair, load_pairs or shapes_pairs.")
+            raise ConfigError(
+                f"pairs[{k}] is a {type(p).__name__}; build pairs with PatchPair, load_pairs or shapes_pairs."
+            )
     return pairs
 
 
@@ -471,7 +596,9 @@ def _columns(steps: Any, n_steps: int) -> list[Column]:
         elif isinstance(s, int) and not isinstance(s, bool) and 0 <= s < n_steps:
             out.append(int(s))
         else:
-            raise ConfigError(f"steps={steps!r}: {s!r} is not 'all' or a step index in 0..{n_steps - 1}.")
+            raise ConfigError(
+                f"steps={steps!r}: {s!r} is not 'all' or a step index in 0..{n_steps - 1}."
+            )
     if not out:
         raise ConfigError("steps is empty; give step indices and/or 'all'.")
     return list(dict.fromkeys(out))
@@ -482,7 +609,9 @@ def _default_steps(pipe: Any) -> int:
     import inspect
 
     try:
-        default = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+        default = (
+            inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
+        )
     except (KeyError, TypeError, ValueError):
         return 50
     return int(default) if isinstance(default, int) else 50
@@ -509,7 +638,9 @@ def _check_mask(mask: Any, n: int) -> np.ndarray | None:
     if m.ndim == 2:
         m = np.broadcast_to(m, (n, *m.shape))
     if m.ndim != 3 or m.shape[0] != n:
-        raise ConfigError(f"mask must be [H, W] or [n_pairs, H, W]; got shape {np.asarray(mask).shape} for {n} pairs.")
+        raise ConfigError(
+            f"mask must be [H, W] or [n_pairs, H, W]; got shape {np.asarray(mask).shape} for {n} pairs."
+        )
     return m
 
 
@@ -557,15 +688,23 @@ def patch_grid(
         raise ConfigError(f"cfg={cfg!r} is not one of 'cond', 'uncond', 'both'.")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1.")
-    words = [tokens] if isinstance(tokens, str) else (list(tokens) if tokens is not None else None)
+    words = (
+        [tokens]
+        if isinstance(tokens, str)
+        else (list(tokens) if tokens is not None else None)
+    )
     site_list = patchable_sites(pipe, sites, words)
-    positions = pair_token_positions(pipe, pairs, words) if words else [None] * len(pairs)
+    positions = (
+        pair_token_positions(pipe, pairs, words) if words else [None] * len(pairs)
+    )
     masks = _check_mask(mask, len(pairs))
     call_kwargs: dict[str, Any] = {}
     if num_inference_steps is not None:
         call_kwargs["num_inference_steps"] = int(num_inference_steps)
     columns: list[Column] | None = None
-    if steps is not None:  # checked against the pipeline's step count before any compute
+    if (
+        steps is not None
+    ):  # checked against the pipeline's step count before any compute
         columns = _columns(steps, int(num_inference_steps or _default_steps(pipe)))
 
     n = len(pairs)
@@ -576,26 +715,42 @@ def patch_grid(
     order: dict[Any, list[int]] = {}
     for k, pos in enumerate(positions):
         order.setdefault(pos, []).append(k)
-    chunks = [(pos, ks[i : i + batch_size]) for pos, ks in order.items() for i in range(0, len(ks), batch_size)]
+    chunks = [
+        (pos, ks[i : i + batch_size])
+        for pos, ks in order.items()
+        for i in range(0, len(ks), batch_size)
+    ]
     done = 0
     for pos, idx in chunks:
         chunk = [pairs[k] for k in idx]
         seeds = [p.seed for p in chunk]
-        with record(pipe, sites=site_list, cfg=cfg) as donor:  # the source run, once per pair
-            x_src = _generate(pipe, [p.source for p in chunk], seeds, call_kwargs)
-        x_base = _generate(pipe, [p.base for p in chunk], seeds, call_kwargs)
+        with record(
+            pipe, sites=site_list, cfg=cfg
+        ) as donor:  # the source run, once per pair
+            x_src = generate_images(pipe, [p.source for p in chunk], seeds, call_kwargs)
+        x_base = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
         if per_pair is None:
             columns = columns or _columns(steps, len(donor.steps))
             per_pair = np.full((len(site_list), len(columns), n), np.nan)
             oracle = np.full((len(site_list), len(columns), n), np.nan)
-            patched_kept = np.zeros((len(site_list), len(columns), keep, *x_base.shape[1:]), dtype=np.uint8)
+            patched_kept = np.zeros(
+                (len(site_list), len(columns), keep, *x_base.shape[1:]), dtype=np.uint8
+            )
         m = None if masks is None else masks[idx]
         for i, site in enumerate(site_list):
             for j, column in enumerate(columns):
                 step_sel = None if column == "all" else [int(column)]
-                with patch(pipe, site, donor, steps=step_sel, cfg=None if cfg == "both" else cfg,
-                           tokens=list(pos) if pos else None):
-                    x_p = _generate(pipe, [p.base for p in chunk], seeds, call_kwargs)
+                with patch(
+                    pipe,
+                    site,
+                    donor,
+                    steps=step_sel,
+                    cfg=None if cfg == "both" else cfg,
+                    tokens=list(pos) if pos else None,
+                ):
+                    x_p = generate_images(
+                        pipe, [p.base for p in chunk], seeds, call_kwargs
+                    )
                 per_pair[i, j, idx] = patch_effect(x_base, x_src, x_p, m, metric)
                 oracle[i, j, idx] = _oracle_hits(x_p, chunk)
                 for slot, k in enumerate(idx):
@@ -608,12 +763,29 @@ def patch_grid(
         base_all.append((idx, _to_uint8(x_base)))
         source_all.append((idx, _to_uint8(x_src)))
     images = _gather_images(base_all, source_all, n, keep, patched_kept)
-    settings = {"num_inference_steps": num_inference_steps, "tokens": words, "cfg": cfg,
-                "mask": masks is not None, "token_positions": [list(p) if p else None for p in positions]}
-    return PatchGrid(site_list, list(columns), per_pair, oracle, pairs, metric, "patch", settings, images)
+    settings = {
+        "num_inference_steps": num_inference_steps,
+        "tokens": words,
+        "cfg": cfg,
+        "mask": masks is not None,
+        "token_positions": [list(p) if p else None for p in positions],
+    }
+    return PatchGrid(
+        site_list,
+        list(columns),
+        per_pair,
+        oracle,
+        pairs,
+        metric,
+        "patch",
+        settings,
+        images,
+    )
 
 
-def _gather_images(base_all: list, source_all: list, n: int, keep: int, patched: np.ndarray) -> dict[str, np.ndarray]:
+def _gather_images(
+    base_all: list, source_all: list, n: int, keep: int, patched: np.ndarray
+) -> dict[str, np.ndarray]:
     shape = base_all[0][1].shape[1:]
     base = np.zeros((n, *shape), dtype=np.uint8)
     source = np.zeros((n, *shape), dtype=np.uint8)
@@ -654,7 +826,9 @@ def ablate_direction(
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r} is not one of {', '.join(METRICS)}.")
     if not hasattr(direction, "vector") or not hasattr(direction, "site"):
-        raise ConfigError("ablate_direction needs a latentlens.Direction (with .vector and .site).")
+        raise ConfigError(
+            "ablate_direction needs a latentlens.Direction (with .vector and .site)."
+        )
     ablate(pipe, direction)  # checks the site before any compute
     masks = _check_mask(mask, len(pairs))
     call_kwargs: dict[str, Any] = {}
@@ -671,18 +845,30 @@ def ablate_direction(
         idx = list(range(start, min(n, start + batch_size)))
         chunk = [pairs[k] for k in idx]
         seeds = [p.seed for p in chunk]
-        x_src = _generate(pipe, [p.source for p in chunk], seeds, call_kwargs)
-        x_base = _generate(pipe, [p.base for p in chunk], seeds, call_kwargs)
+        x_src = generate_images(pipe, [p.source for p in chunk], seeds, call_kwargs)
+        x_base = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
         if patched_kept is None:
-            patched_kept = np.zeros((1, len(columns), keep, *x_base.shape[1:]), dtype=np.uint8)
+            patched_kept = np.zeros(
+                (1, len(columns), keep, *x_base.shape[1:]), dtype=np.uint8
+            )
         m = None if masks is None else masks[idx]
         for j, column in enumerate(columns):
-            with ablate(pipe, direction, steps=None if column == "all" else [int(column)], cfg=cfg):
-                x_a = _generate(pipe, [p.base for p in chunk], seeds, call_kwargs)
+            with ablate(
+                pipe,
+                direction,
+                steps=None if column == "all" else [int(column)],
+                cfg=cfg,
+            ):
+                x_a = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
             per_pair[0, j, idx] = patch_effect(x_base, x_src, x_a, m, metric)
             oracle[0, j, idx] = _oracle_hits(x_a, chunk)
-            flipped_back = _oracle_hits(x_a, [PatchPair(p.base, p.source, p.seed, p.attribute, None, p.base_value)
-                                              for p in chunk])
+            flipped_back = _oracle_hits(
+                x_a,
+                [
+                    PatchPair(p.base, p.source, p.seed, p.attribute, None, p.base_value)
+                    for p in chunk
+                ],
+            )
             changed[j, idx] = 1.0 - flipped_back
             for slot, k in enumerate(idx):
                 if k < keep:
@@ -691,14 +877,39 @@ def ablate_direction(
         source_all.append((idx, _to_uint8(x_src)))
     images = _gather_images(base_all, source_all, n, keep, patched_kept)
     settings = {
-        "num_inference_steps": num_inference_steps, "cfg": cfg, "mask": masks is not None,
-        "direction": {"site": direction.site, "provenance": dict(getattr(direction, "provenance", {}) or {})},
-        "oracle_changed": [None if np.isnan(c).all() else float(np.nanmean(c)) for c in changed],
+        "num_inference_steps": num_inference_steps,
+        "cfg": cfg,
+        "mask": masks is not None,
+        "direction": {
+            "site": direction.site,
+            "provenance": dict(getattr(direction, "provenance", {}) or {}),
+        },
+        "oracle_changed": [
+            None if np.isnan(c).all() else float(np.nanmean(c)) for c in changed
+        ],
     }
-    return PatchGrid([direction.site], columns, per_pair, oracle, pairs, metric, "ablation", settings, images)
+    return PatchGrid(
+        [direction.site],
+        columns,
+        per_pair,
+        oracle,
+        pairs,
+        metric,
+        "ablation",
+        settings,
+        images,
+    )
 
 
 __all__ = [
-    "PatchGrid", "PatchPair", "ablate_direction", "load_pairs", "pair_token_positions", "patch_effect",
-    "patch_grid", "patchable_sites", "shapes_pairs",
+    "PatchGrid",
+    "PatchPair",
+    "ablate_direction",
+    "generate_images",
+    "load_pairs",
+    "pair_token_positions",
+    "patch_effect",
+    "patch_grid",
+    "patchable_sites",
+    "shapes_pairs",
 ]

@@ -39,7 +39,7 @@ import numpy as np
 
 from latentlens.analysis.folder import ANALYSIS, AnalysisWriter, json_default
 from latentlens.analysis.ownfiles import has_probes
-from latentlens.errors import ConfigError, StoreError, UnknownNameError
+from latentlens.errors import ConfigError, LatentlensError, StoreError, UnknownNameError
 
 FEATURES = ("mean", "mean+grid")
 #: Default bound on the raw activations read at once (a block of samples of one site and step).
@@ -212,6 +212,8 @@ def analyze_run(
     write: bool = True,
     quiet: bool = False,
     max_read_bytes: int | None = MAX_READ_BYTES,
+    validate: int = 0,
+    pipeline: Any = None,
 ) -> dict[str, Any]:
     """Analyse ``run_dir`` and (``write=True``) store the results in ``run_dir/analysis/``.
 
@@ -225,6 +227,11 @@ def analyze_run(
         max_read_bytes: raw activations read at once (``None``: a whole (site, step) at once). The
             run is streamed block by block and only its features (``[sample, channel]`` per cell,
             5x that for ``"mean+grid"``) are held, so runs larger than memory can be analysed.
+        validate: steer that many of the run's samples with every saved direction and store the measured
+            effect with it (``provenance["validation"]``; 0 = skip); uses ``pipeline`` or the run's model.
+
+    Besides the class means at the best probe cells, shapes-world runs that recorded a text site of
+    block 0 get token-wise edit directions ``edit/<attribute>/<value>`` (:mod:`latentlens.analysis.validate`).
 
     Returns the summary (the ``--json`` document): best cell per attribute and stream, NaN cells,
     directions written, cosine matrix, timings.
@@ -356,7 +363,16 @@ def analyze_run(
                 )
                 name = f"{attribute}/{value}" if stream == "img" else f"txt/{attribute}/{value}"
                 directions[name] = d
+        directions.update(_edit_directions(run, samples, labels, str(run_dir), quiet))
         summary["directions"] = sorted(directions)
+        if validate > 0:
+            t0 = time.perf_counter()
+            try:
+                summary["direction_effects"] = _validate(run, samples, labels, directions, validate, pipeline, quiet)
+            except LatentlensError as error:  # no model to steer: the directions are saved unvalidated
+                summary["validation_note"] = f"Directions were not validated: {error}"
+                _log(f"analyze: warning: {summary['validation_note']}", quiet)
+            summary["seconds_validate"] = round(time.perf_counter() - t0, 3)
         summary["cosine"] = _cosine_summary(feats, labels, grid, features, cosine_matrix, class_mean_direction)
     summary["seconds"] = {"read": round(read_seconds, 3), "probes": round(probe_seconds, 3),
                           "pca_embed": round(embed_seconds, 3), "total": round(time.perf_counter() - started, 3)}
@@ -366,6 +382,72 @@ def analyze_run(
         summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
         (Path(run_dir) / ANALYSIS / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     return summary
+
+
+def _edit_directions(run: Any, samples: list[int], labels: dict[str, list[str]], run_dir: str,
+                     quiet: bool) -> dict[str, Any]:
+    """Token-wise edit directions at block 0's text stream (shapes-world runs that recorded it)."""
+    from latentlens.analysis.validate import (
+        EDIT_SITES,
+        canonical_mask,
+        edit_directions,
+        is_shapes_world,
+    )
+
+    site = next((s for s in EDIT_SITES if s in feature_sites(run) and len(run[s].dims) == 4), None)
+    if site is None or not is_shapes_world(labels):
+        return {}
+    prompts = run.manifest.get("prompts") or []
+    if len(prompts) <= max(samples):
+        return {}
+    canonical = canonical_mask([prompts[i] for i in samples], labels)
+    idx = [i for i, c in zip(samples, canonical) if c]
+    if len(idx) < 4:
+        _log(f"analyze: only {len(idx)} canonical-caption samples; no edit directions.", quiet)
+        return {}
+    array = run[site]
+    # block 0's text input does not depend on the step; a block output is averaged over the recorded steps
+    x = np.mean([np.asarray(array[idx, k], dtype=np.float32) for k in range(array.shape[1] if site.startswith("blocks.0.resid_out") else 1)], axis=0)
+    sub = {a: [v for v, c in zip(values, canonical) if c] for a, values in labels.items()}
+    return edit_directions(x, sub, site, run=run_dir, samples=f"{len(idx)} canonical-caption samples")
+
+
+def _validate(run: Any, samples: list[int], labels: dict[str, list[str]], directions: dict[str, Any], n: int,
+              pipeline: Any, quiet: bool) -> list[dict[str, Any]]:
+    """Steer with every direction; store the report in its provenance; the reports, best score first."""
+    from latentlens.analysis.validate import validate_direction
+
+    manifest = run.manifest
+    prompts, seeds = manifest.get("prompts") or [], manifest.get("seeds") or []
+    if len(prompts) <= max(samples) or len(seeds) <= max(samples):
+        raise StoreError("The run's manifest lacks prompts or seeds for its samples; cannot validate directions.")
+    if pipeline is None:
+        from latentlens.models import load_pipeline
+
+        model = manifest.get("model") or {}
+        model_id = model.get("id") if isinstance(model, dict) else model
+        if not model_id or model_id == "synthetic":
+            raise StoreError("the run's manifest names no model to steer (pass a pipeline to validate directions)")
+        try:
+            pipeline = load_pipeline(str(model_id))
+        except LatentlensError:
+            raise
+        except Exception as error:  # a hub id that is not cached, a moved folder...
+            raise StoreError(f"the run's model {model_id!r} cannot be loaded ({type(error).__name__}: {error})") from error
+    steps = (manifest.get("generation") or {}).get("num_inference_steps")
+    p = [prompts[i] for i in samples]
+    s = [seeds[i] for i in samples]
+    reports = []
+    for k, (name, direction) in enumerate(sorted(directions.items())):
+        attribute, to = direction.provenance.get("attribute"), direction.provenance.get("to")
+        if attribute not in labels or to is None:
+            continue
+        report = validate_direction(pipeline, direction, p, s, labels, attribute=attribute, to=str(to), n=n,
+                                    num_inference_steps=steps, seed=k)
+        direction.provenance["validation"] = report
+        reports.append({"name": name, **report})
+        _log(f"analyze: validated {name}: score {report['score']:.2f} ({k + 1}/{len(directions)})", quiet)
+    return sorted(reports, key=lambda r: -float(r["score"]))
 
 
 def _cosine_summary(feats, labels, grid, features, cosine_matrix, class_mean_direction) -> dict[str, Any] | None:

@@ -169,3 +169,31 @@ def test_a_100k_point_scatter_draws_its_budget_and_a_zoom_brings_every_point_in_
     assert f"all {len(inside):,} points in view" in zoomed["title"]
     save_screenshot(dash_duo.driver, "dashboard-latents-100k-zoomed", docs=False)
     _no_console_errors(dash_duo, "/latents after a zoom")
+
+
+def test_causal_page_shows_patching_beside_probes_and_a_cell_opens_its_images(dash_duo, app):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/causal")
+    dash_duo.wait_for_element("#causal-patch-heatmap .heatmaplayer", timeout=20)
+    dash_duo.wait_for_element("#causal-probe-heatmap .heatmaplayer", timeout=20)
+    dash_duo.wait_for_contains_text("#causal-patch-heatmap .gtitle", "patching · color (red → blue) · img", timeout=20)
+    dash_duo.wait_for_contains_text("#causal-probe-heatmap .gtitle", "probe accuracy · color · img", timeout=20)
+    # both grids share the axes: the image blocks by the recorded steps, plus "all"
+    axes = dash_duo.driver.execute_script("""
+        return ['#causal-patch-heatmap', '#causal-probe-heatmap'].map(s => {
+            const t = document.querySelector(s + ' .js-plotly-plot')._fullData[0]; return [t.x, t.y]; });""")
+    assert axes[0] == axes[1] == [[*map(str, toy_run.RECORDED), "all"], [str(b) for b in range(TOY_BLOCKS)]]
+    drag = dash_duo.wait_for_element("#causal-patch-heatmap .nsewdrag")
+    width, height = drag.size["width"], drag.size["height"]
+    columns = len(toy_run.RECORDED) + 1
+    ActionChains(dash_duo.driver).move_to_element_with_offset(  # block 0 (top row), column "all" (last)
+        drag, int(width * (columns - 0.5) / columns), int(height * 0.5 / TOY_BLOCKS)).click().perform()
+    dash_duo.wait_for_contains_text("#causal-cell-summary", "blocks.0.resid_out.img at step all", timeout=20)
+    for kind in ("base", "source", "patched"):
+        src = dash_duo.find_element(f"#causal-{kind}-0").get_attribute("src")
+        assert src.startswith("data:image/png;base64,")
+    time.sleep(0.3)
+    _no_console_errors(dash_duo, "/causal")
+    save_screenshot(dash_duo.driver, "dashboard-causal")

@@ -34,9 +34,14 @@ def record_toy_run(out: Path, prompts: int = PROMPTS) -> Path:
         num_inference_steps=STEPS, dtype=torch.float16, batch_size=16, limit=prompts, model_id="toy", progress=False,
     )
     recorded = time.perf_counter() - started
-    status = cli_main(["analyze", str(out), "--threads", "1", "--umap", "none"])  # UMAP would add ~11 s
+    status = cli_main(["analyze", str(out), "--threads", "1", "--umap", "none", "--validate", "4"])  # UMAP would add ~11 s
     if status != 0:
         raise SystemExit(f"latentlens analyze {out} failed with status {status}")
+    status = cli_main(["patch-grid", "--model", "toy", "--attribute", "color", "--from", "red", "--to", "blue",
+                       "--n", "2", "--sites", "blocks.*.resid_out.*", "--steps", *map(str, RECORDED), "all",
+                       "--inference-steps", str(STEPS), "--keep-images", "2", "--out", str(out)])
+    if status != 0:
+        raise SystemExit(f"latentlens patch-grid --out {out} failed with status {status}")
     print(f"toy run: recorded {prompts} prompts in {recorded:.1f} s, analysed in {time.perf_counter() - started - recorded:.1f} s",
           file=sys.stderr)
     return out

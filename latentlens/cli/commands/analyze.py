@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-read-mb", type=float, default=256, metavar="MB",
                         help="raw activations read at once, in MiB (default 256); the run is streamed, so "
                         "runs larger than memory can be analysed.")
+    parser.add_argument("--validate", type=int, default=16, metavar="N",
+                        help="steer N of the run's samples with every saved direction and store the measured edit "
+                             "effect with it (default 16; 0 skips; runs without a loadable model skip it).")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the results.")
 
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     summary = analyze_run(
         args.run_dir, sites=args.sites, steps=args.steps, attributes=args.attributes, features=args.features,
         C=args.C, max_features=args.max_features or None, umap=args.umap, random_state=args.seed,
-        quiet=False, max_read_bytes=_read_bytes(args.max_read_mb),
+        quiet=False, max_read_bytes=_read_bytes(args.max_read_mb), validate=max(0, args.validate),
     )
     if args.json:
         print_json(summary)
@@ -79,5 +82,9 @@ def run(args: argparse.Namespace) -> int:
     for cell in summary["nan_cells"]:
         print(f"warning: NaN/inf values at site {cell['site']} step {cell['step']} ({cell['nan_count']} values).",
               file=sys.stderr)
+    for r in (summary.get("direction_effects") or [])[:5]:
+        kept = "" if r.get("kept") is None else f", others kept >= {min(r['kept'].values()):.2f}"
+        success = "" if r.get("success") is None else f", edits {r['success']:.2f}"
+        print(f"direction {r['name']:<28} score {r['score']:.3f}{success}{kept} (n {r['n']}, alpha {r['alpha']:g})")
     print(f"Results written to {summary['run']}/analysis/.")
     return 0

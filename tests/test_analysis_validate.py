@@ -1,0 +1,108 @@
+"""analyze saves token-wise edit directions and validates every direction by steering (real toy model, few steps)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import latentlens
+from latentlens import shapes
+from latentlens.analysis.spec import ProbeSample
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return latentlens.load_pipeline("toy")
+
+
+@pytest.fixture(scope="module")
+def run_dir(pipe, tmp_path_factory):
+    """36 canonical-caption samples (six per colour) recorded at block 0's text input and block 5's image output."""
+    out = tmp_path_factory.mktemp("validate") / "run"
+    rng = np.random.default_rng(0)
+    pool = shapes.training_combinations()
+    combos = [pool[int(i)] for i in rng.permutation(len(pool))]
+    chosen = []
+    for color in shapes.COLORS:
+        chosen += [c for c in combos if c.color == color][:6]
+    samples = [
+        ProbeSample(
+            shapes.canonical_caption(c),
+            k,
+            {a: getattr(c, a) for a in shapes.ATTRIBUTES},
+        )
+        for k, c in enumerate(chosen)
+    ]
+    torch.manual_seed(0)
+    latentlens.record_prompts(
+        pipe,
+        samples,
+        out,
+        sites=["blocks.0.resid_in.txt", "blocks.5.resid_out.img"],
+        steps=[STEPS - 1],
+        num_inference_steps=STEPS,
+        batch_size=36,
+        model_id="toy",
+        progress=False,
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_analyze_saves_edit_directions_with_their_measured_effect(pipe, run_dir):
+    summary = latentlens.analyze_run(
+        run_dir, umap="none", quiet=True, validate=3, pipeline=pipe
+    )
+    names = summary["directions"]
+    for color in (
+        shapes.COLORS
+    ):  # the token-wise edit directions, next to the class means at the best cells
+        assert f"edit/color/{color}" in names and f"color/{color}" in names
+    res = latentlens.load_results(run_dir)
+    d = res.load_direction("edit/color/blue")
+    assert (
+        d.site == "blocks.0.resid_in.txt"
+        and d.token_rows == 24
+        and d.provenance["adjusted_for"]
+    )
+    report = d.provenance["validation"]
+    assert (
+        report["measure"] == "oracle" and report["n"] == 3 and report["cfg"] == "cond"
+    )
+    assert report["alphas_tried"] == [1.0, 2.0] and report["alpha"] in (1.0, 2.0)
+    assert set(report["kept"]) == {"shape", "size", "position", "background"}
+    assert report["score"] == pytest.approx(
+        report["success"] * min(report["kept"].values())
+    )
+    # every saved direction was measured, and the index lists them best first
+    effects = res.direction_effects()
+    assert [n for n, _ in effects] != sorted(n for n, _ in effects) or len(effects) == 1
+    scores = [v["score"] for _, v in effects]
+    assert all(v is not None for _, v in effects) and scores == sorted(
+        scores, reverse=True
+    )
+    assert summary["direction_effects"][0]["name"] == effects[0][0]
+    assert all(not math.isnan(s) for s in scores)
+    meta = json.loads(
+        (run_dir / "analysis" / "directions" / "color" / "red.json").read_text()
+    )
+    assert (
+        meta["provenance"]["validation"]["alpha"] == 4.0
+    )  # token-mean class means are pushed harder
+
+
+def test_analyze_without_validation_keeps_directions_unmeasured(run_dir):
+    summary = latentlens.analyze_run(run_dir, umap="none", quiet=True)
+    assert (
+        "direction_effects" not in summary and "edit/color/red" in summary["directions"]
+    )
+    effects = latentlens.load_results(run_dir).direction_effects()
+    assert all(v is None for _, v in effects) and [n for n, _ in effects] == sorted(
+        n for n, _ in effects
+    )
