@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "cosine_matrix": "latentlens.analysis.metrics",
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
+    "VerifyReport": "latentlens.store",
     "record_prompts": "latentlens.runs",
     "load_results": "latentlens.results",
     "edit": "latentlens.editor.editor",

@@ -91,3 +91,27 @@ def test_directions_and_embeddings_linked_out_of_the_run_are_refused(root, tmp_p
     finally:
         path.unlink()
         path.write_bytes(moved.read_bytes())
+
+
+def test_damaged_runs_are_listed_as_damaged_not_hidden_or_healthy(tmp_path):
+    from dashboards.data import RunIndex, clear_caches, results
+
+    runs = tmp_path / "runs"
+    for name in ("ok", "no-manifest", "bad-zarr", "bad-journal"):
+        make_synthetic_run(runs / name, n_samples=24, blocks=1, steps=2, channels=8, images=False, analysis=False)
+    (runs / "no-manifest" / "manifest.json").unlink()
+    (runs / "bad-zarr" / "arrays" / "blocks.0.resid_out.img" / "zarr.json").write_text("{ broken")
+    with open(runs / "bad-journal" / "completed.jsonl", "ab") as handle:
+        handle.write(b"\xff\xfe garbage\n")
+    clear_caches()
+    index = RunIndex(runs)
+    infos = {info.run_id: info for info in index.runs()}
+    assert set(infos) == {"ok", "no-manifest", "bad-zarr", "bad-journal"}
+    assert infos["ok"].error is None
+    assert "no manifest.json" in infos["no-manifest"].error
+    assert "zarr.json" in infos["bad-zarr"].error
+    assert "completed.jsonl" in infos["bad-journal"].error and "--repair" in infos["bad-journal"].error
+    from latentlens.errors import StoreError
+
+    with pytest.raises(StoreError, match="completed.jsonl"):
+        results(index, "bad-journal")  # not "run latentlens analyze"

@@ -122,6 +122,59 @@ def _editor(args: argparse.Namespace) -> Any:
                      num_inference_steps=args.steps, **params)
 
 
+MIN_SIDE = 8
+_STOPWORDS = {"a", "an", "the", "on", "in", "at", "of", "with", "and", "over", "to", "is", "image", "photo"}
+
+
+def check_edit_inputs(image: Any, out: Any, degree: Any, direction: Any) -> None:
+    """Refuse, before any model work: a missing or tiny image, an unwritable output, a bad degree or direction."""
+    import math
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(str(image))
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+    except FileNotFoundError:
+        raise ConfigError(f"--image {path} does not exist; give a PNG or JPEG file.") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ConfigError(f"--image {path} cannot be decoded as an image ({error}); give a PNG or JPEG file.") from None
+    if min(width, height) < MIN_SIDE:
+        raise ConfigError(
+            f"--image {path} is {width}x{height} pixels; an edit needs at least {MIN_SIDE} pixels a side "
+            "(the model's latent grid would be empty)."
+        )
+    target = Path(str(out))
+    if target.exists() and target.is_dir():
+        raise ConfigError(f"--out {target} is a folder; give an image file path such as {target / 'edit.png'}.")
+    if not target.parent.exists() and not target.parent.parent.exists():
+        raise ConfigError(
+            f"The folder {target.parent.parent} does not exist, so {target} cannot be written; create it first "
+            "or choose another --out (latentlens creates at most the output's own folder)."
+        )
+    if degree is not None and not math.isfinite(float(degree)):
+        raise ConfigError(f"--degree must be a finite number, got {degree}.")
+    if direction:
+        from latentlens.direction import Direction
+
+        Direction.load(direction)  # a bad path or file fails now, not after the model load
+
+
+def unrelated_target_warning(source: str | None, target: str | None) -> str | None:
+    """A warning when ``target`` shares no content word with ``source`` (probably not an edit of it)."""
+    import re
+
+    if not source or not target:
+        return None
+    words = lambda text: {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}  # noqa: E731
+    if words(source) and words(target) and not words(source) & words(target):
+        return (f"the target {target!r} shares no word with the source {source!r}; EMS edits an image toward a "
+                "*changed* description of it, so an unrelated target mostly gives noise. Describe the image as "
+                "it should look (e.g. the source with one attribute changed).")
+    return None
+
+
 def _one(editor: Any, item: dict[str, Any]) -> dict[str, Any]:
     from latentlens.editor.images import save_image
 
@@ -144,15 +197,20 @@ def _one(editor: Any, item: dict[str, Any]) -> dict[str, Any]:
     degree = item.get("degree")
     if degree is not None and not isinstance(degree, (int, float)):
         raise ConfigError(f"degree must be a number, got {degree!r}.")
+    check_edit_inputs(item["image"], out, degree, None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = editor.edit(item["image"], target if not direction else None, source=item.get("source"),
                              degree=degree, direction=direction or None, mode=item.get("mode"))
-    for w in caught:
-        print(f"latentlens edit: warning: {w.message}", file=sys.stderr)
+    messages = [str(w.message) for w in caught]
+    unrelated = None if direction else unrelated_target_warning(getattr(result, "source", None), target)
+    if unrelated:
+        messages.append(unrelated)
+    for text in messages:
+        print(f"latentlens edit: warning: {text}", file=sys.stderr)
     save_image(result.image, out)
     doc = {"image": str(item["image"]), "out": str(out), **result.to_dict()}
-    doc["warnings"] = [str(w.message) for w in caught]
+    doc["warnings"] = messages
     return doc
 
 
@@ -211,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("Give --image IMG and --out OUT (or --batch FILE.jsonl).")
     if args.direction is None and (args.target is None or not args.target.strip()):
         raise ConfigError("The target is empty; give --target TEXT (what the edited image should show) or --direction.")
+    check_edit_inputs(args.image, args.out, args.degree, args.direction)  # before the model loads
     editor = _editor(args)
     doc = _one(editor, {"image": args.image, "target": args.target, "source": args.source, "degree": args.degree,
                         "direction": args.direction, "out": args.out})
