@@ -78,7 +78,7 @@ def test_generate_creates_only_its_folder_and_removes_it_when_it_fails(tmp_path,
 def test_generate_prints_no_third_party_noise_unless_verbose(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "latentlens", "generate", "--prompt", "a red circle", "--seed", "0",
-               "--steps", "2"]
+               "--num-inference-steps", "2"]
     quiet = subprocess.run([*command, "--out", str(tmp_path / "q")], env=env, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0, quiet.stderr
     lines = [line for line in quiet.stderr.splitlines() if line.strip()]
@@ -86,3 +86,17 @@ def test_generate_prints_no_third_party_noise_unless_verbose(tmp_path):
     loud = subprocess.run([*command, "--out", str(tmp_path / "v"), "--verbose"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert loud.returncode == 0 and len(loud.stderr.splitlines()) > 1
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x", "--seed", "0", "--out", "o"],
+                                     ["edit", "--image", "i.png", "--target", "t", "--out", "o.png"]])
+def test_one_name_for_denoising_steps_and_the_old_spelling_still_works(command, capsys):
+    from latentlens.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([*command, "--num-inference-steps", "3"]).steps == 3
+    assert "deprecated" not in capsys.readouterr().err
+    assert parser.parse_args([*command, "--steps", "4"]).steps == 4
+    assert "--steps is deprecated here; use --num-inference-steps" in capsys.readouterr().err
+    record = parser.parse_args(["record", "--prompts", "p", "--out", "o", "--steps", "0,5", "--num-inference-steps", "9"])
+    assert (record.steps, record.num_inference_steps) == ("0,5", 9)  # --steps: recorded steps

@@ -115,3 +115,20 @@ def test_damaged_runs_are_listed_as_damaged_not_hidden_or_healthy(tmp_path):
 
     with pytest.raises(StoreError, match="completed.jsonl"):
         results(index, "bad-journal")  # not "run latentlens analyze"
+
+
+def test_directions_read_from_the_rest_to_a_value_never_none(app, root):
+    import numpy as np
+
+    from dashboards.app import page_module
+    from dashboards.data import clear_caches
+    from latentlens.analysis.directions import class_mean_direction
+
+    x = np.random.default_rng(0).normal(size=(24, 8)).astype(np.float32)
+    labels = ["black" if i % 2 else "white" for i in range(24)]
+    d = class_mean_direction(x, labels, to="black", site="blocks.0.resid_out.img", attribute="background")
+    assert d.provenance["from"] is None  # what `latentlens analyze` writes for "value vs. the rest"
+    d.save(root / "good" / "analysis" / "directions" / "background" / "black")
+    clear_caches()
+    table = str(page_module("directions")._list({"run": "good"})[0])
+    assert "None →" not in table and "the rest → black" in table

@@ -183,3 +183,23 @@ def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
               f"{len(failures)} failures, load {os.getloadavg()[0]:.2f}")
     assert not failures, failures[:5]
     assert len(times) == total and wall < 60
+
+
+def test_editor_shows_the_source_and_its_prompt_before_an_edit_and_hides_what_does_not_apply(app):
+    from dashboards.app import page_module
+
+    editor = page_module("editor")
+    preview = str(editor._preview("sample", 3, None, {"run": "good"}))
+    assert "/lens/image/3.png?run=good" in preview and "editor-source-prompt" in preview
+    from dashboards.data import open_run
+    from dashboards import config
+
+    prompt = open_run(config.index(), "good").manifest["prompts"][3]
+    assert prompt in preview
+    assert "between 0 and 23" in str(editor._preview("sample", 99, None, {"run": "good"}))
+    assert "Upload a PNG" in str(editor._preview("upload", 0, None, {"run": "good"}))
+    hidden = {"display": "none"}
+    sample_box, upload_box, direction_box, target_box = editor._applicable("sample", "target")
+    assert sample_box != hidden and upload_box == hidden and direction_box == hidden and target_box != hidden
+    sample_box, upload_box, direction_box, target_box = editor._applicable("upload", "direction")
+    assert sample_box == hidden and upload_box != hidden and direction_box != hidden and target_box == hidden

@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(default), attention = the edited words' attention, none = everywhere.")
     ems.add_argument("--mask-threshold", type=float, default=None, help="Mask threshold (fraction of the max).")
     ems.add_argument("--seed", type=int, default=0, help="Seed of the noise draws (default 0).")
-    ems.add_argument("--steps", type=int, default=None, help="ODE steps for text mode (default: the model's).")
+    from latentlens.cli.options import add_denoising_steps
+
+    add_denoising_steps(ems, help="Denoising (ODE) steps for text mode (default: the model's).")
     ems.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance (default: the model's).")
     desc = parser.add_argument_group("describer (when --source is not given)")
     desc.add_argument("--describer", choices=("shapes", "endpoint", "transformers"), default=None,

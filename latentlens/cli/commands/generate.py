@@ -6,7 +6,7 @@ so an image does not depend on which other prompts share its batch).
 Example::
 
     $ latentlens generate --model toy --prompt "a small red circle on the left on a gray background" --seed 0 --out imgs
-    $ latentlens generate --prompts prompts.txt --seed 100 --steps 20 --guidance 4 --out imgs --json
+    $ latentlens generate --prompts prompts.txt --seed 100 --num-inference-steps 20 --guidance 4 --out imgs --json
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt", nargs="+", metavar="TEXT", help="One or more prompts.")
     source.add_argument("--prompts", metavar="FILE", help="A text file with one prompt per line (blank lines skipped).")
     parser.add_argument("--seed", type=int, required=True, help="Seed of image 0; image i uses seed+i.")
-    parser.add_argument("--steps", type=int, default=None, help="Denoising steps (default: the model's default).")
+    from latentlens.cli.options import add_denoising_steps
+
+    add_denoising_steps(parser, help="Denoising steps (default: the model's default).")
     parser.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale (default: the model's default).")
     parser.add_argument("--out", required=True, help="Output folder (created if missing).")
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
@@ -92,7 +94,7 @@ def _remove_if_empty(folder: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
     if args.steps is not None and args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {args.steps}.")
+        raise ConfigError(f"--num-inference-steps must be at least 1, got {args.steps}.")
     out = Path(args.out)
     created = check_output_dir(out)
     try:
