@@ -18,8 +18,17 @@ from hypothesis import strategies as st  # noqa: E402
 
 from latentlens.errors import LatentlensError  # noqa: E402
 
-BOUNDED = settings(max_examples=60, deadline=1000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-SITES = [f"blocks.{i}.{kind}.{stream}" for i in range(3) for kind in ("resid_out", "attn_out") for stream in ("img", "txt")]
+BOUNDED = settings(
+    max_examples=60,
+    deadline=1000,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+SITES = [
+    f"blocks.{i}.{kind}.{stream}"
+    for i in range(3)
+    for kind in ("resid_out", "attn_out")
+    for stream in ("img", "txt")
+]
 SITES += ["latents", "pred", "text.tokens", "blocks.0.attn.img2txt"]
 STEP_TEXT = st.one_of(
     st.text(alphabet="0123456789:,- all", max_size=16),
@@ -44,8 +53,15 @@ def test_step_specs(text, n_steps):
 
 
 @BOUNDED
-@given(pattern=st.one_of(st.sampled_from(SITES), st.text(alphabet="blocks.0123*?[]_-imgtxtresid_outattn", max_size=24),
-                         st.lists(st.sampled_from(SITES + ["blocks.9.resid_out.img", "blocks.*"]), max_size=3)))
+@given(
+    pattern=st.one_of(
+        st.sampled_from(SITES),
+        st.text(alphabet="blocks.0123*?[]_-imgtxtresid_outattn", max_size=24),
+        st.lists(
+            st.sampled_from(SITES + ["blocks.9.resid_out.img", "blocks.*"]), max_size=3
+        ),
+    )
+)
 def test_site_names_and_globs(pattern):
     from latentlens.names import select_names
 
@@ -59,10 +75,21 @@ def test_site_names_and_globs(pattern):
 
 
 @BOUNDED
-@given(data=st.one_of(st.binary(max_size=200),
-                      st.lists(st.one_of(st.text(max_size=30), st.just("# c"), st.just('{"prompt": "x", "seed": 3}'),
-                                         st.just("{bad")), max_size=6).map(lambda ls: "\n".join(ls).encode()),
-                      st.text(max_size=40).map(lambda t: t.encode("utf-16"))))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.lists(
+            st.one_of(
+                st.text(max_size=30),
+                st.just("# c"),
+                st.just('{"prompt": "x", "seed": 3}'),
+                st.just("{bad"),
+            ),
+            max_size=6,
+        ).map(lambda ls: "\n".join(ls).encode()),
+        st.text(max_size=40).map(lambda t: t.encode("utf-16")),
+    )
+)
 def test_prompt_files(data):
     from latentlens.cli.commands.record import read_prompt_file
     from latentlens.runs import prompt_set
@@ -88,7 +115,9 @@ def _run_folder() -> Path:
 
     if "run" not in _RUN:
         folder = Path(tempfile.mkdtemp(prefix="ll-props-")) / "run"
-        store = RunStore.create(folder, {"prompts": ["a", "b", "c"], "seeds": [0, 1, 2]})
+        store = RunStore.create(
+            folder, {"prompts": ["a", "b", "c"], "seeds": [0, 1, 2]}
+        )
         store.write_samples([0, 1], {"x": np.ones((2, 1, 2), np.float32)})
         store.mark_complete([0, 1])
         store.close()
@@ -102,10 +131,22 @@ def _run_folder() -> Path:
 
 
 @BOUNDED
-@given(tail=st.one_of(st.binary(max_size=80),
-                      st.lists(st.one_of(st.just('{"sample": 2}'), st.just('{"sample": "x"}'), st.just("[]"),
-                                         st.just('{"sample": 1.5}'), st.just('{"sample": true}'), st.text(max_size=10)),
-                               max_size=4).map(lambda ls: "\n".join(ls).encode())))
+@given(
+    tail=st.one_of(
+        st.binary(max_size=80),
+        st.lists(
+            st.one_of(
+                st.just('{"sample": 2}'),
+                st.just('{"sample": "x"}'),
+                st.just("[]"),
+                st.just('{"sample": 1.5}'),
+                st.just('{"sample": true}'),
+                st.text(max_size=10),
+            ),
+            max_size=4,
+        ).map(lambda ls: "\n".join(ls).encode()),
+    )
+)
 def test_journal_reader(tail):
     from latentlens.store import JOURNAL, RunStore, open_run
 
@@ -123,12 +164,25 @@ def test_journal_reader(tail):
 
 
 @BOUNDED
-@given(manifest=st.one_of(st.binary(max_size=60),
-                          st.recursive(st.one_of(st.none(), st.integers(), st.text(max_size=8)),
-                                       lambda inner: st.dictionaries(st.sampled_from(["prompts", "model", "recorded",
-                                                                                      "store", "labels", "x"]),
-                                                                     inner, max_size=4) | st.lists(inner, max_size=3),
-                                       max_leaves=8).map(lambda v: json.dumps(v).encode())))
+@given(
+    manifest=st.one_of(
+        st.binary(max_size=60),
+        st.recursive(
+            st.one_of(st.none(), st.integers(), st.text(max_size=8)),
+            lambda inner: (
+                st.dictionaries(
+                    st.sampled_from(
+                        ["prompts", "model", "recorded", "store", "labels", "x"]
+                    ),
+                    inner,
+                    max_size=4,
+                )
+                | st.lists(inner, max_size=3)
+            ),
+            max_leaves=8,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_manifest_reader(manifest):
     from latentlens.store import open_run
 
@@ -144,13 +198,35 @@ def test_manifest_reader(manifest):
 
 
 @BOUNDED
-@given(spec=st.dictionaries(st.sampled_from(["name", "model", "template", "attributes", "seeds", "samples", "record",
-                                            "prompts", "labels"]),
-                            st.one_of(st.none(), st.integers(-3, 5), st.text(max_size=10),
-                                      st.lists(st.text(max_size=5), max_size=3),
-                                      st.dictionaries(st.text(max_size=5), st.lists(st.text(max_size=5), max_size=3),
-                                                      max_size=2)),
-                            max_size=5))
+@given(
+    spec=st.dictionaries(
+        st.sampled_from(
+            [
+                "name",
+                "model",
+                "template",
+                "attributes",
+                "seeds",
+                "samples",
+                "record",
+                "prompts",
+                "labels",
+            ]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(-3, 5),
+            st.text(max_size=10),
+            st.lists(st.text(max_size=5), max_size=3),
+            st.dictionaries(
+                st.text(max_size=5),
+                st.lists(st.text(max_size=5), max_size=3),
+                max_size=2,
+            ),
+        ),
+        max_size=5,
+    )
+)
 def test_probe_specs(spec):
     from latentlens.analysis.spec import ProbeSpec
 
@@ -162,7 +238,15 @@ def test_probe_specs(spec):
 
 
 @BOUNDED
-@given(value=st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=6)))
+@given(
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.text(max_size=6),
+    )
+)
 def test_dashboard_bounds(value):
     from dashboards.limits import bounded_float, bounded_int
 
@@ -174,11 +258,33 @@ def test_dashboard_bounds(value):
         assert low <= number <= high
 
 
-@settings(max_examples=25, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flags=st.lists(st.sampled_from([["--steps", "0:3"], ["--steps", "x"], ["--limit", "0"], ["--limit", "2"],
-                                       ["--batch-size", "-1"], ["--resume"], ["--overwrite"], ["--repair"],
-                                       ["--num-inference-steps", "0"], ["--dtype", "float16"]]), max_size=4))
-def test_record_argument_combinations_fail_before_any_model_load(flags, tmp_path_factory):
+@settings(
+    max_examples=25,
+    deadline=3000,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    flags=st.lists(
+        st.sampled_from(
+            [
+                ["--steps", "0:3"],
+                ["--steps", "x"],
+                ["--limit", "0"],
+                ["--limit", "2"],
+                ["--batch-size", "-1"],
+                ["--resume"],
+                ["--overwrite"],
+                ["--repair"],
+                ["--num-inference-steps", "0"],
+                ["--dtype", "float16"],
+            ]
+        ),
+        max_size=4,
+    )
+)
+def test_record_argument_combinations_fail_before_any_model_load(
+    flags, tmp_path_factory
+):
     """Every combination with a missing prompts file ends in exit status 2 and one message, never a traceback."""
     import contextlib
     import io
@@ -187,7 +293,15 @@ def test_record_argument_combinations_fail_before_any_model_load(flags, tmp_path
 
     folder = tmp_path_factory.mktemp("cli")
     err = io.StringIO()
-    argv = ["record", "--model", "toy", "--prompts", str(folder / "missing.txt"), "--out", str(folder / "run")]
+    argv = [
+        "record",
+        "--model",
+        "toy",
+        "--prompts",
+        str(folder / "missing.txt"),
+        "--out",
+        str(folder / "run"),
+    ]
     with contextlib.redirect_stderr(err):
         try:
             code = main(argv + [part for flag in flags for part in flag])
