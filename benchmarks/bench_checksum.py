@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
     colors = ("red", "green", "blue", "yellow", "purple", "orange")
-    prompts = [f"a small {colors[i % 6]} circle on the left on a gray background" for i in range(args.prompts)]
+    prompts = [
+        f"a small {colors[i % 6]} circle on the left on a gray background"
+        for i in range(args.prompts)
+    ]
 
     real_crc = store_module._crc32
     spent = [0.0]
@@ -60,8 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         spent[0] = 0.0
         try:
             t0 = time.perf_counter()
-            record_prompts(pipe, prompts, folder / "run", sites=args.sites, batch_size=4, progress=False,
-                           save_images=False)
+            record_prompts(
+                pipe,
+                prompts,
+                folder / "run",
+                sites=args.sites,
+                batch_size=4,
+                progress=False,
+                save_images=False,
+            )
             return time.perf_counter() - t0, spent[0], folder
         finally:
             store_module._crc32 = real_crc
@@ -73,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         with_crc.append(seconds)
         crc_time.append(inside)
         run = store_module.open_run(folder / "run")
-        data_bytes = sum(os.path.getsize(p) for p in (folder / "run" / "arrays").rglob("*") if p.is_file())
+        data_bytes = sum(
+            os.path.getsize(p)
+            for p in (folder / "run" / "arrays").rglob("*")
+            if p.is_file()
+        )
         t0 = time.perf_counter()
         assert run.verify().ok
         verify_time.append(time.perf_counter() - t0)
@@ -83,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder)
     median = statistics.median
     doc = {
-        "prompts": args.prompts, "sites": args.sites, "threads": args.threads, "repeats": args.repeats,
+        "prompts": args.prompts,
+        "sites": args.sites,
+        "threads": args.threads,
+        "repeats": args.repeats,
         "data_mib": round(data_bytes / 2**20, 1),
-        "record_s": [round(s, 3) for s in with_crc], "crc_s": [round(s, 4) for s in crc_time],
-        "record_without_crc_s": [round(s, 3) for s in without_crc], "verify_s": [round(s, 3) for s in verify_time],
+        "record_s": [round(s, 3) for s in with_crc],
+        "crc_s": [round(s, 4) for s in crc_time],
+        "record_without_crc_s": [round(s, 3) for s in without_crc],
+        "verify_s": [round(s, 3) for s in verify_time],
         "crc_share_of_record": round(median(crc_time) / median(with_crc), 4),
         "end_to_end_ratio": round(median(with_crc) / median(without_crc), 4),
         "verify_over_record": round(median(verify_time) / median(with_crc), 4),

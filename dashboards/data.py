@@ -84,6 +84,11 @@ def human_size(n: int) -> str:
     return f"{size:.1f} GiB"
 
 
+def _looks_like_a_run(folder: Path) -> bool:
+    """A run folder that lost its manifest: it still has the journal or the array store."""
+    return (folder / "completed.jsonl").is_file() or (folder / "arrays" / "zarr.json").is_file()
+
+
 class RunIndex:
     """The runs under one root folder; the only way pages turn a run id into a path."""
 
@@ -104,7 +109,7 @@ class RunIndex:
             frontier = [(self.root, 0)]
             while frontier:
                 folder, depth = frontier.pop()
-                if (folder / MANIFEST).is_file():
+                if (folder / MANIFEST).is_file() or _looks_like_a_run(folder):  # listed even when damaged
                     real = folder.resolve()
                     if real == self.root or self.root in real.parents:
                         run_id = "." if real == self.root else real.relative_to(self.root).as_posix()
@@ -141,6 +146,8 @@ class RunIndex:
         path = self.path(run_id)
         try:
             run = _open(path)
+            for name in run.names:
+                run.read(name)  # each array's metadata: a broken zarr.json makes the run unhealthy, not hidden
             manifest = run_manifest(run)
             recorded = manifest.get("recorded") or {}
             gen = manifest.get("generation") or {}
@@ -196,6 +203,7 @@ def _results_cached(path: str, stamp: float) -> AnalysisResults:
 def results(index: RunIndex, run_id: str) -> AnalysisResults:
     """The analysis of ``run_id``; :class:`StoreError` with the command to run when it is missing."""
     path = index.path(run_id)
+    _open(path)  # a damaged run is reported as damaged, not as "not analysed yet"
     return _results_cached(str(path), stamp(path))
 
 

@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "train_run_sae": "latentlens.analysis.sae_run",
     "RunStore": "latentlens.store",
     "open_run": "latentlens.store",
+    "VerifyReport": "latentlens.store",
     "record_prompts": "latentlens.runs",
     "load_results": "latentlens.results",
     "edit": "latentlens.editor.editor",

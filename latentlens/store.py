@@ -290,7 +290,21 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"The manifest {path} holds a JSON {type(manifest).__name__}, not an object; the run folder is damaged. "
             "Restore manifest.json from a copy, or record the run again into a new folder."
         )
+    for key, kind in _MANIFEST_TYPES.items():
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise StoreError(
+                f"The manifest {path} has a {type(value).__name__} as {key!r} where a JSON "
+                f"{'list' if kind is list else 'object'} belongs; the run folder is damaged. Restore manifest.json "
+                "from a copy, or record the run again into a new folder."
+            )
     return manifest
+
+
+_MANIFEST_TYPES: dict[str, type] = {
+    "prompts": list, "seeds": list, "labels": list, "timesteps": list, "recorded": dict, "store": dict,
+    "model": dict, "generation": dict, "recording": dict,
+}
 
 
 def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:

@@ -33,7 +33,9 @@ _BOMS = (
 )
 
 
-def decode_text(data: bytes, path: str | os.PathLike[str], what: str = "the file") -> str:
+def decode_text(
+    data: bytes, path: str | os.PathLike[str], what: str = "the file"
+) -> str:
     """``data`` decoded as UTF-8 (or the encoding its byte-order mark names); ConfigError otherwise."""
     encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
     try:
@@ -42,7 +44,7 @@ def decode_text(data: bytes, path: str | os.PathLike[str], what: str = "the file
         line = data[: error.start].count(b"\n") + 1
         raise ConfigError(
             f"{what} {path} is not {encoding.upper()} text: byte {error.start} (line {line}) is "
-            f"{data[error.start:error.start + 1]!r}. Save the file as UTF-8, e.g. "
+            f"{data[error.start : error.start + 1]!r}. Save the file as UTF-8, e.g. "
             f"`iconv -f latin1 -t utf-8 {path} > prompts-utf8.txt`."
         ) from None
 
@@ -54,13 +56,18 @@ def read_text(path: str | os.PathLike[str], what: str = "the file") -> str:
     except IsADirectoryError:
         raise ConfigError(f"{what} {path} is a folder; give a text file.") from None
     except OSError as error:
-        raise ConfigError(f"{what} {path} cannot be read ({error.strerror or error}).") from None
+        raise ConfigError(
+            f"{what} {path} cannot be read ({error.strerror or error})."
+        ) from None
     return decode_text(data, path, what)
 
 
 def check_prompt(text: str, where: str = "the prompt") -> str:
     """``text`` if it is a usable prompt; ConfigError for NUL/control characters or excessive length."""
-    bad = next((ch for ch in text if ch == "\x00" or (ord(ch) < 32 and ch not in "\t\n\r")), None)
+    bad = next(
+        (ch for ch in text if ch == "\x00" or (ord(ch) < 32 and ch not in "\t\n\r")),
+        None,
+    )
     if bad is not None:
         raise ConfigError(
             f"{where} contains the control character {bad!r} at position {text.index(bad)}; "

@@ -15,12 +15,16 @@ from dashboards.synthetic import make_synthetic_run
 def root(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("confine")
     runs = base / "runs"
-    run = make_synthetic_run(runs / "good", n_samples=24, blocks=1, steps=2, channels=8, images=True)
+    run = make_synthetic_run(
+        runs / "good", n_samples=24, blocks=1, steps=2, channels=8, images=True
+    )
     secret = base / "secret.txt"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
     image = run / "images" / "0005.png"
     image.unlink()
-    os.symlink(secret, image)  # a link inside the run's images/ folder that leaves the root
+    os.symlink(
+        secret, image
+    )  # a link inside the run's images/ folder that leaves the root
     return runs
 
 
@@ -91,3 +95,61 @@ def test_directions_and_embeddings_linked_out_of_the_run_are_refused(root, tmp_p
     finally:
         path.unlink()
         path.write_bytes(moved.read_bytes())
+
+
+def test_damaged_runs_are_listed_as_damaged_not_hidden_or_healthy(tmp_path):
+    from dashboards.data import RunIndex, clear_caches, results
+
+    runs = tmp_path / "runs"
+    for name in ("ok", "no-manifest", "bad-zarr", "bad-journal"):
+        make_synthetic_run(
+            runs / name,
+            n_samples=24,
+            blocks=1,
+            steps=2,
+            channels=8,
+            images=False,
+            analysis=False,
+        )
+    (runs / "no-manifest" / "manifest.json").unlink()
+    (runs / "bad-zarr" / "arrays" / "blocks.0.resid_out.img" / "zarr.json").write_text(
+        "{ broken"
+    )
+    with open(runs / "bad-journal" / "completed.jsonl", "ab") as handle:
+        handle.write(b"\xff\xfe garbage\n")
+    clear_caches()
+    index = RunIndex(runs)
+    infos = {info.run_id: info for info in index.runs()}
+    assert set(infos) == {"ok", "no-manifest", "bad-zarr", "bad-journal"}
+    assert infos["ok"].error is None
+    assert "no manifest.json" in infos["no-manifest"].error
+    assert "zarr.json" in infos["bad-zarr"].error
+    assert (
+        "completed.jsonl" in infos["bad-journal"].error
+        and "--repair" in infos["bad-journal"].error
+    )
+    from latentlens.errors import StoreError
+
+    with pytest.raises(StoreError, match="completed.jsonl"):
+        results(index, "bad-journal")  # not "run latentlens analyze"
+
+
+def test_directions_read_from_the_rest_to_a_value_never_none(app, root):
+    import numpy as np
+
+    from dashboards.app import page_module
+    from dashboards.data import clear_caches
+    from latentlens.analysis.directions import class_mean_direction
+
+    x = np.random.default_rng(0).normal(size=(24, 8)).astype(np.float32)
+    labels = ["black" if i % 2 else "white" for i in range(24)]
+    d = class_mean_direction(
+        x, labels, to="black", site="blocks.0.resid_out.img", attribute="background"
+    )
+    assert (
+        d.provenance["from"] is None
+    )  # what `latentlens analyze` writes for "value vs. the rest"
+    d.save(root / "good" / "analysis" / "directions" / "background" / "black")
+    clear_caches()
+    table = str(page_module("directions")._list({"run": "good"})[0])
+    assert "None →" not in table and "the rest → black" in table

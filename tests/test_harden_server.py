@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("server") / "runs"
-    make_synthetic_run(runs / "good", n_samples=24, blocks=1, steps=2, channels=8, images=True)
+    make_synthetic_run(
+        runs / "good", n_samples=24, blocks=1, steps=2, channels=8, images=True
+    )
     return runs
 
 
@@ -32,37 +34,57 @@ def app(root, tmp_path_factory):
     from dashboards.data import clear_caches
 
     clear_caches()
-    return create_app(root, cache_dir=tmp_path_factory.mktemp("cache"), upload_max_bytes=64 * 1024)
+    return create_app(
+        root, cache_dir=tmp_path_factory.mktemp("cache"), upload_max_bytes=64 * 1024
+    )
 
 
 def _edit(app, **overrides):
     from dashboards.app import page_module
 
-    values = dict(n_clicks=1, state={"run": "good"}, kind="sample", sample=0, upload=None, mode="target",
-                  direction=None, target="a blue circle", alpha=1.0, sweep=[], steps=4)
+    values = dict(
+        n_clicks=1,
+        state={"run": "good"},
+        kind="sample",
+        sample=0,
+        upload=None,
+        mode="target",
+        direction=None,
+        target="a blue circle",
+        alpha=1.0,
+        sweep=[],
+        steps=4,
+    )
     values.update(overrides)
     return page_module("editor")._run(lambda _progress: None, *values.values())
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("steps", 100000, "steps must be a whole number between 1 and 100"),
-    ("steps", 2.5, "between 1 and 100"),
-    ("alpha", float("nan"), "α must be a number between -8 and 8"),
-    ("alpha", 1e9, "between -8 and 8"),
-    ("sample", -1, "sample must be a whole number"),
-    ("target", "x" * 5000, "at most 500"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("steps", 100000, "steps must be a whole number between 1 and 100"),
+        ("steps", 2.5, "between 1 and 100"),
+        ("alpha", float("nan"), "α must be a number between -8 and 8"),
+        ("alpha", 1e9, "between -8 and 8"),
+        ("sample", -1, "sample must be a whole number"),
+        ("target", "x" * 5000, "at most 500"),
+    ],
+)
 def test_editor_inputs_are_bounded_on_the_server(app, field, value, message):
     started = time.perf_counter()
     result = _edit(app, **{field: value})
-    assert message in result["error"] and time.perf_counter() - started < 1.0  # refused before any model work
+    assert (
+        message in result["error"] and time.perf_counter() - started < 1.0
+    )  # refused before any model work
 
 
 def test_editor_jobs_are_capped_with_a_busy_answer(app):
     from dashboards import config
     from dashboards.limits import MAX_EDIT_JOBS, JobSlots
 
-    slots = JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS)
+    slots = JobSlots(
+        Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS
+    )
     with slots.take() as first, slots.take() as second:
         assert {first, second} == {0, 1}
         result = _edit(app)
@@ -76,7 +98,11 @@ def test_unknown_pages_return_404_and_big_requests_413(app):
     assert client.get("/probes").status_code == 200
     missing = client.get("/no-such-page")
     assert missing.status_code == 404 and missing.mimetype == "text/html"
-    big = client.post("/_dash-update-component", data=b"x" * (2 * 2**20), content_type="application/json")
+    big = client.post(
+        "/_dash-update-component",
+        data=b"x" * (2 * 2**20),
+        content_type="application/json",
+    )
     assert big.status_code == 413
 
 
@@ -95,7 +121,11 @@ def test_busy_port_is_refused_before_the_url_is_printed(root, capsys):
         port = holder.getsockname()[1]
         assert main(["dashboard", str(root), "--port", str(port), "--no-browser"]) == 2
     err = capsys.readouterr().err
-    assert f"Cannot serve on 127.0.0.1:{port}" in err and "--port" in err and "open http" not in err
+    assert (
+        f"Cannot serve on 127.0.0.1:{port}" in err
+        and "--port" in err
+        and "open http" not in err
+    )
 
 
 @pytest.mark.slow
@@ -103,35 +133,71 @@ def test_served_dashboard_prints_no_banner_and_removes_its_temp_folder(root, tmp
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     port = _free_port()
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "latentlens", "dashboard", str(root), "--port", str(port),
-                             "--no-browser"], env=env, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp),
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "latentlens",
+            "dashboard",
+            str(root),
+            "--port",
+            str(port),
+            "--no-browser",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         import requests
 
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                if (
+                    requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code
+                    == 200
+                ):
                     break
             except requests.ConnectionError:
                 time.sleep(0.3)
-        assert [p.name for p in tmp.iterdir() if p.name.startswith("latentlens-dashboard-")]
+        assert [
+            p.name for p in tmp.iterdir() if p.name.startswith("latentlens-dashboard-")
+        ]
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    assert "Serving Flask app" not in err and "development server" not in err and "open http" in err
-    assert not [p for p in tmp.iterdir() if p.name.startswith("latentlens-dashboard-")], "temp folder left behind"
+    assert (
+        "Serving Flask app" not in err
+        and "development server" not in err
+        and "open http" in err
+    )
+    assert not [
+        p for p in tmp.iterdir() if p.name.startswith("latentlens-dashboard-")
+    ], "temp folder left behind"
 
 
 def _callback_payload(app) -> dict:
     from dashboards import ids
 
     key = next(k for k in app.callback_map if f"{ids.RUN_SELECT}.options" in k)
-    outputs = [{"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]} for part in key.strip(".").split("...")]
-    return {"output": key, "outputs": outputs,
-            "inputs": [{"id": ids.URL, "property": "pathname", "value": "/"}],
-            "state": [{"id": ids.STATE, "property": "data", "value": {}}], "changedPropIds": [f"{ids.URL}.pathname"]}
+    outputs = [
+        {"id": part.rsplit(".", 1)[0], "property": part.rsplit(".", 1)[1]}
+        for part in key.strip(".").split("...")
+    ]
+    return {
+        "output": key,
+        "outputs": outputs,
+        "inputs": [{"id": ids.URL, "property": "pathname", "value": "/"}],
+        "state": [{"id": ids.STATE, "property": "data", "value": {}}],
+        "changedPropIds": [f"{ids.URL}.pathname"],
+    }
 
 
 def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
@@ -145,8 +211,14 @@ def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
     thread.start()
     payload = json.dumps(_callback_payload(app))
     base = f"http://127.0.0.1:{port}"
-    plan = [("GET", "/", 200), ("GET", "/probes", 200), ("GET", "/lens/image/3.png?run=good", 200),
-            ("POST", "/_dash-update-component", 200), ("GET", "/nope", 404), ("GET", "/_dash-layout", 200)]
+    plan = [
+        ("GET", "/", 200),
+        ("GET", "/probes", 200),
+        ("GET", "/lens/image/3.png?run=good", 200),
+        ("POST", "/_dash-update-component", 200),
+        ("GET", "/nope", 404),
+        ("GET", "/_dash-layout", 200),
+    ]
     total, workers = 1200, 8
     times: list[float] = []
     failures: list[str] = []
@@ -160,7 +232,12 @@ def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
             if method == "GET":
                 response = session.get(base + path, timeout=30)
             else:
-                response = session.post(base + path, data=payload, headers={"Content-Type": "application/json"}, timeout=30)
+                response = session.post(
+                    base + path,
+                    data=payload,
+                    headers={"Content-Type": "application/json"},
+                    timeout=30,
+                )
             elapsed = time.perf_counter() - t0
             with lock:
                 times.append(elapsed)
@@ -178,8 +255,48 @@ def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
     times.sort()
     p50, p95 = times[len(times) // 2], times[int(len(times) * 0.95)]
     with capsys.disabled():
-        print(f"\nload test: {len(times)} requests, {workers} threads, {wall:.1f} s, "
-              f"{len(times) / wall:.0f} req/s, p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, "
-              f"{len(failures)} failures, load {os.getloadavg()[0]:.2f}")
+        print(
+            f"\nload test: {len(times)} requests, {workers} threads, {wall:.1f} s, "
+            f"{len(times) / wall:.0f} req/s, p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms, "
+            f"{len(failures)} failures, load {os.getloadavg()[0]:.2f}"
+        )
     assert not failures, failures[:5]
     assert len(times) == total and wall < 60
+
+
+def test_editor_shows_the_source_and_its_prompt_before_an_edit_and_hides_what_does_not_apply(
+    app,
+):
+    from dashboards.app import page_module
+
+    editor = page_module("editor")
+    preview = str(editor._preview("sample", 3, None, {"run": "good"}))
+    assert "/lens/image/3.png?run=good" in preview and "editor-source-prompt" in preview
+    from dashboards.data import open_run
+    from dashboards import config
+
+    prompt = open_run(config.index(), "good").manifest["prompts"][3]
+    assert prompt in preview
+    assert "between 0 and 23" in str(
+        editor._preview("sample", 99, None, {"run": "good"})
+    )
+    assert "Upload a PNG" in str(editor._preview("upload", 0, None, {"run": "good"}))
+    hidden = {"display": "none"}
+    sample_box, upload_box, direction_box, target_box = editor._applicable(
+        "sample", "target"
+    )
+    assert (
+        sample_box != hidden
+        and upload_box == hidden
+        and direction_box == hidden
+        and target_box != hidden
+    )
+    sample_box, upload_box, direction_box, target_box = editor._applicable(
+        "upload", "direction"
+    )
+    assert (
+        sample_box == hidden
+        and upload_box != hidden
+        and direction_box != hidden
+        and target_box == hidden
+    )

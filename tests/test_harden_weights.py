@@ -24,9 +24,14 @@ def test_flipped_data_bytes_are_refused_naming_the_file(tmp_path):
     folder = tmp_path / "toy"
     shutil.copytree(WEIGHTS_DIR, folder)
     data = bytearray((folder / WEIGHTS).read_bytes())
-    data[-1000:-990] = bytes(b ^ 0xFF for b in data[-1000:-990])  # tensor data, header intact
+    data[-1000:-990] = bytes(
+        b ^ 0xFF for b in data[-1000:-990]
+    )  # tensor data, header intact
     (folder / WEIGHTS).write_bytes(bytes(data))
-    with pytest.raises(StoreError, match=r"diffusion_pytorch_model\.safetensors does not match its checksum"):
+    with pytest.raises(
+        StoreError,
+        match=r"diffusion_pytorch_model\.safetensors does not match its checksum",
+    ):
         load_pipeline(folder)
 
 
@@ -41,7 +46,10 @@ def test_nan_weights_fail_on_the_first_call_naming_the_component(tmp_path):
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     write_checksums(folder)  # consistent checksums: only the values are bad
     pipe = load_pipeline(folder)
-    with pytest.raises(StoreError, match="The transformer of this pipeline produced NaN or infinite values"):
+    with pytest.raises(
+        StoreError,
+        match="The transformer of this pipeline produced NaN or infinite values",
+    ):
         pipe("a red circle", num_inference_steps=2, output_type="np")
 
 
@@ -49,7 +57,9 @@ def test_good_weights_generate_and_the_screen_then_costs_nothing():
     pipe = load_pipeline("toy")
     image = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
     assert image.shape[-1] == 3
-    assert not pipe.transformer._forward_hooks, "the screening hook removed itself after a finite output"
+    assert not pipe.transformer._forward_hooks, (
+        "the screening hook removed itself after a finite output"
+    )
 
 
 def test_saved_toy_pipelines_carry_checksums(tmp_path):

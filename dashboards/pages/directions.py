@@ -73,7 +73,7 @@ def _list(state: Any) -> tuple[Any, ...]:
         rows.append(html.Tr([
             html.Td(name), html.Td(d.site), html.Td(d.dim), html.Td("all" if d.steps is None else ", ".join(map(str, d.steps[:6]))),
             html.Td(p.get("method", "?")), html.Td(p.get("attribute", "")),
-            html.Td(f"{p.get('from', '·')} → {p.get('to', '·')}"),
+            html.Td(f"{p.get('from') or ('the rest' if p.get('to') else '·')} → {p.get('to') or '·'}"),
             html.Td(f"{float(p['accuracy']):.3f}" if isinstance(p.get("accuracy"), (int, float)) else ""),
         ]))
     header = html.Tr([html.Th(h) for h in ("name", "site", "dim", "steps", "method", "attribute", "from → to", "accuracy")])

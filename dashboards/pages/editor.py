@@ -29,26 +29,28 @@ def layout(**_query: Any) -> html.Div:
                         options=[{"label": "a sample of the run", "value": "sample"}, {"label": "an upload", "value": "upload"}])],
                         className="ll-control"),
                     html.Div([html.Label("sample"), dcc.Input(id=ids.ED_SAMPLE, type="number", min=0, step=1, value=0)],
-                             className="ll-control"),
+                             className="ll-control", id=ids.ED_SAMPLE_BOX),
                     html.Div([
                         dcc.Upload(id=ids.ED_UPLOAD, children=html.Div(f"drop or choose a PNG/JPEG (≤ {max_kib} KiB)"),
                                    accept="image/png,image/jpeg", max_size=int(config.SETTINGS["upload_max_bytes"]),
                                    multiple=False, className="ll-upload"),
                         html.Div(id=ids.ED_UPLOAD_INFO, className="ll-muted"),
-                    ], className="ll-control"),
+                    ], className="ll-control", id=ids.ED_UPLOAD_BOX, style={"display": "none"}),
                 ],
                 className="ll-controls",
             ),
+            html.Div(id=ids.ED_SOURCE_PREVIEW, className="ll-source-preview"),
             html.Div(
                 [
                     html.Div([html.Label("edit with"), dcc.RadioItems(
                         id=ids.ED_MODE, value="direction", inline=True,
                         options=[{"label": "a direction", "value": "direction"}, {"label": "a target text", "value": "target"}])],
                         className="ll-control"),
-                    html.Div([html.Label("direction"), dcc.Dropdown(id=ids.ED_DIRECTION)], className="ll-control ll-wide"),
+                    html.Div([html.Label("direction"), dcc.Dropdown(id=ids.ED_DIRECTION)], className="ll-control ll-wide",
+                             id=ids.ED_DIRECTION_BOX),
                     html.Div([html.Label("target text"), dcc.Input(id=ids.ED_TARGET, type="text", debounce=True,
                                                                    placeholder="a large blue circle …", className="ll-text")],
-                             className="ll-control ll-wide"),
+                             className="ll-control ll-wide", id=ids.ED_TARGET_BOX, style={"display": "none"}),
                 ],
                 className="ll-controls",
             ),
@@ -113,6 +115,57 @@ def _direction_label(name: str, validation: Any) -> str:
         return (f"{name} — edits {100 * validation['success']:.0f} %, others kept "
                 f"{100 * min(validation['kept'].values()):.0f} % (α {validation.get('alpha', 1):g})")
     return f"{name} — effect {validation.get('score', 0):.2f} (α {validation.get('alpha', 1):g})"
+
+
+@callback(
+    Output(ids.ED_SAMPLE_BOX, "style"),
+    Output(ids.ED_UPLOAD_BOX, "style"),
+    Output(ids.ED_DIRECTION_BOX, "style"),
+    Output(ids.ED_TARGET_BOX, "style"),
+    Input(ids.ED_SOURCE_KIND, "value"),
+    Input(ids.ED_MODE, "value"),
+)
+def _applicable(kind: Any, mode: Any) -> tuple[Any, ...]:
+    """Only the controls that apply are shown: sample or upload, direction or target text."""
+    shown, hidden = {}, {"display": "none"}
+    return (hidden if kind == "upload" else shown, shown if kind == "upload" else hidden,
+            hidden if mode == "target" else shown, shown if mode == "target" else hidden)
+
+
+@callback(
+    Output(ids.ED_SOURCE_PREVIEW, "children"),
+    Input(ids.ED_SOURCE_KIND, "value"),
+    Input(ids.ED_SAMPLE, "value"),
+    Input(ids.ED_UPLOAD_STORE, "data"),
+    State(ids.STATE, "data"),
+)
+@guarded(1, 0)
+def _preview(kind: Any, sample: Any, upload: Any, state: Any) -> Any:
+    """The source image and its prompt, shown before any edit."""
+    from dashboards.data import image_file
+    from dashboards.limits import bounded_int
+    from dashboards.ui import image_src
+
+    if kind == "upload":
+        upload_id = (upload or {}).get("upload") if isinstance(upload, dict) else None
+        if not upload_id:
+            return html.P("Upload a PNG or JPEG to edit it.", className="ll-muted")
+        return html.Figure([html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-edit-image", id="editor-source-image"),
+                            html.Figcaption("the uploaded image")])
+    run_id = state_get(state, "run")
+    if not run_id:
+        return None
+    index = config.index()
+    run = open_run(index, run_id)
+    prompts = run.manifest.get("prompts") or []
+    number = bounded_int(sample if sample not in (None, "") else 0, "sample", 0, max(len(prompts) - 1, 0))
+    prompt = prompts[number] if number < len(prompts) else ""
+    prompt = prompt.get("prompt", "") if isinstance(prompt, dict) else str(prompt)
+    caption = html.Figcaption([html.Strong(f"sample {number}: "), html.Span(prompt, id="editor-source-prompt")])
+    if image_file(index, run_id, number) is None:
+        return html.Figure([html.P("This sample has no saved image; an EMS edit needs one.", className="ll-muted"), caption])
+    return html.Figure([html.Img(src=image_src(run_id, number), className="ll-edit-image", id="editor-source-image"),
+                        caption])
 
 
 @callback(

@@ -145,7 +145,9 @@ def load_probe_spec(path: str | Path) -> ProbeSpec:
         shipped = sorted(p.name for p in _shipped_dir().glob("*.yaml")) if _shipped_dir().is_dir() else []
         hint = f" Shipped specs (in {_shipped_dir()}): {', '.join(shipped)}." if shipped else ""
         raise ConfigError(f"Probe spec {str(path)!r} does not exist.{hint}")
-    text = path.read_text()
+    from latentlens.textfile import read_text
+
+    text = read_text(path, what="Probe spec")
     try:
         data = yaml.safe_load(text)
         lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader))

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
+        sub.add_argument("--verbose", action="store_true",
+                         help="show third-party warnings, notices and progress bars (hidden by default).")
         sub.set_defaults(_run=module.run)
     return parser
 
@@ -66,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    from latentlens.cli.quiet import quiet_third_party
+
+    quiet_third_party(verbose=getattr(args, "verbose", False))
     try:
         return int(args._run(args) or 0)
     except LatentlensError as error:

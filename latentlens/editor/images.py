@@ -140,12 +140,20 @@ def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
 def save_image(image: PIL.Image.Image, path: str | os.PathLike) -> Path:
     """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        if not path.parent.parent.exists():  # never create folders above the output's parent
+            raise ConfigError(
+                f"The folder {path.parent.parent} does not exist, so {path} cannot be written; create it first "
+                "or choose another output path."
+            )
+        path.parent.mkdir(exist_ok=True)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}.get(path.suffix.lower())
     if fmt is None:
         raise ConfigError(f"Output {path} must end in .png, .jpg, .jpeg, .webp or .bmp.")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file (0644 under the usual umask), not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format=fmt)

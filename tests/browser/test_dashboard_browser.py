@@ -103,11 +103,53 @@ def test_send_to_editor_then_run_produces_an_edited_image(dash_duo, app):
     # then a target text: sample 0 is "black background, small blue square on the right"
     dash_duo.find_element("#editor-mode input[value='target']").click()
     target = dash_duo.find_element("#editor-target")
+    _wait_until(lambda: target.is_displayed(), "the target text box to appear")
     target.send_keys("black background, small red square on the right\n")
     dash_duo.find_element("#editor-run").click()
     dash_duo.wait_for_contains_text("#editor-result", "oracle: color: blue → red", timeout=90)
     _no_console_errors(dash_duo, "/editor")
     save_screenshot(dash_duo.driver, "dashboard-editor")
+
+
+def _wait_until(check, what: str, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_editor_previews_the_source_and_shows_only_controls_that_apply(dash_duo, app):
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/editor")
+    image = dash_duo.wait_for_element("#editor-source-image", timeout=20)
+    assert "/lens/image/0.png" in image.get_attribute("src")
+    _wait_until(lambda: dash_duo.driver.execute_script("return arguments[0].naturalWidth > 0", image), "the image to load")
+    prompt = dash_duo.find_element("#editor-source-prompt").text
+    assert "background" in prompt  # the sample's caption, before any edit
+    sample = dash_duo.find_element("#editor-sample")
+    sample.send_keys("\b2")
+    dash_duo.wait_for_element("#editor-source-image[src*='/lens/image/2.png']", timeout=20)
+    assert dash_duo.find_element("#editor-direction-box").is_displayed()
+    assert not dash_duo.find_element("#editor-target-box").is_displayed()
+    dash_duo.find_element("#editor-mode input[value='target']").click()
+    _wait_until(lambda: not dash_duo.find_element("#editor-direction-box").is_displayed(), "the direction box to hide")
+    assert dash_duo.find_element("#editor-target-box").is_displayed()
+    dash_duo.find_element("#editor-source-kind input[value='upload']").click()
+    _wait_until(lambda: not dash_duo.find_element("#editor-sample-box").is_displayed(), "the sample box to hide")
+    dash_duo.wait_for_contains_text("#editor-source-preview", "Upload a PNG", timeout=10)
+    _no_console_errors(dash_duo, "/editor preview")
+    save_screenshot(dash_duo.driver, "dashboard-editor-preview")
+
+
+def test_directions_page_names_from_and_to_without_none(dash_duo, app):
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/directions")
+    dash_duo.wait_for_element("#directions-hist .barlayer", timeout=20)
+    table = dash_duo.find_element("#" + __import__("dashboards.ids", fromlist=["DIR_TABLE"]).DIR_TABLE).text
+    assert "None" not in table and "the rest → red" in table
+    _no_console_errors(dash_duo, "/directions")
 
 
 # ---------------------------------------------------------------------- 100,000 points

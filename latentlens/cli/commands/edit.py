@@ -53,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "(default), attention = the edited words' attention, none = everywhere.")
     ems.add_argument("--mask-threshold", type=float, default=None, help="Mask threshold (fraction of the max).")
     ems.add_argument("--seed", type=int, default=0, help="Seed of the noise draws (default 0).")
-    ems.add_argument("--steps", type=int, default=None, help="ODE steps for text mode (default: the model's).")
+    from latentlens.cli.options import add_denoising_steps
+
+    add_denoising_steps(ems, help="Denoising (ODE) steps for text mode (default: the model's).")
     ems.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance (default: the model's).")
     desc = parser.add_argument_group("describer (when --source is not given)")
     desc.add_argument("--describer", choices=("shapes", "endpoint", "transformers"), default=None,
@@ -124,6 +126,59 @@ def _editor(args: argparse.Namespace) -> Any:
                      num_inference_steps=args.steps, **params)
 
 
+MIN_SIDE = 8
+_STOPWORDS = {"a", "an", "the", "on", "in", "at", "of", "with", "and", "over", "to", "is", "image", "photo"}
+
+
+def check_edit_inputs(image: Any, out: Any, alpha: Any, direction: Any) -> None:
+    """Refuse, before any model work: a missing or tiny image, an unwritable output, a bad alpha or direction."""
+    import math
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(str(image))
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+    except FileNotFoundError:
+        raise ConfigError(f"--image {path} does not exist; give a PNG or JPEG file.") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ConfigError(f"--image {path} cannot be decoded as an image ({error}); give a PNG or JPEG file.") from None
+    if min(width, height) < MIN_SIDE:
+        raise ConfigError(
+            f"--image {path} is {width}x{height} pixels; an edit needs at least {MIN_SIDE} pixels a side "
+            "(the model's latent grid would be empty)."
+        )
+    target = Path(str(out))
+    if target.exists() and target.is_dir():
+        raise ConfigError(f"--out {target} is a folder; give an image file path such as {target / 'edit.png'}.")
+    if not target.parent.exists() and not target.parent.parent.exists():
+        raise ConfigError(
+            f"The folder {target.parent.parent} does not exist, so {target} cannot be written; create it first "
+            "or choose another --out (latentlens creates at most the output's own folder)."
+        )
+    if alpha is not None and not math.isfinite(float(alpha)):
+        raise ConfigError(f"--alpha must be a finite number, got {alpha}.")
+    if direction:
+        from latentlens.direction import Direction
+
+        Direction.load(direction)  # a bad path or file fails now, not after the model load
+
+
+def unrelated_target_warning(source: str | None, target: str | None) -> str | None:
+    """A warning when ``target`` shares no content word with ``source`` (probably not an edit of it)."""
+    import re
+
+    if not source or not target:
+        return None
+    words = lambda text: {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}  # noqa: E731
+    if words(source) and words(target) and not words(source) & words(target):
+        return (f"the target {target!r} shares no word with the source {source!r}; EMS edits an image toward a "
+                "*changed* description of it, so an unrelated target mostly gives noise. Describe the image as "
+                "it should look (e.g. the source with one attribute changed).")
+    return None
+
+
 def _one(editor: Any, item: dict[str, Any]) -> dict[str, Any]:
     from latentlens.editor.images import save_image
 
@@ -146,15 +201,20 @@ def _one(editor: Any, item: dict[str, Any]) -> dict[str, Any]:
     alpha = item.get("alpha", item.get("degree"))  # "degree": the deprecated name
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))):
         raise ConfigError(f"alpha must be a number, got {alpha!r}.")
+    check_edit_inputs(item["image"], out, alpha, None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = editor.edit(item["image"], target if not direction else None, source=item.get("source"),
                              alpha=alpha, direction=direction or None, mode=item.get("mode"))
-    for w in caught:
-        print(f"latentlens edit: warning: {w.message}", file=sys.stderr)
+    messages = [str(w.message) for w in caught]
+    unrelated = None if direction else unrelated_target_warning(getattr(result, "source", None), target)
+    if unrelated:
+        messages.append(unrelated)
+    for text in messages:
+        print(f"latentlens edit: warning: {text}", file=sys.stderr)
     save_image(result.image, out)
     doc = {"image": str(item["image"]), "out": str(out), **result.to_dict()}
-    doc["warnings"] = [str(w.message) for w in caught]
+    doc["warnings"] = messages
     return doc
 
 
@@ -213,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("Give --image IMG and --out OUT (or --batch FILE.jsonl).")
     if args.direction is None and (args.target is None or not args.target.strip()):
         raise ConfigError("The target is empty; give --target TEXT (what the edited image should show) or --direction.")
+    check_edit_inputs(args.image, args.out, args.alpha, args.direction)  # before the model loads
     editor = _editor(args)
     doc = _one(editor, {"image": args.image, "target": args.target, "source": args.source, "alpha": args.alpha,
                         "direction": args.direction, "out": args.out})

@@ -6,7 +6,7 @@ so an image does not depend on which other prompts share its batch).
 Example::
 
     $ latentlens generate --model toy --prompt "a small red circle on the left on a gray background" --seed 0 --out imgs
-    $ latentlens generate --prompts prompts.txt --seed 100 --steps 20 --guidance 4 --out imgs --json
+    $ latentlens generate --prompts prompts.txt --seed 100 --num-inference-steps 20 --guidance 4 --out imgs --json
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompt", nargs="+", metavar="TEXT", help="One or more prompts.")
     source.add_argument("--prompts", metavar="FILE", help="A text file with one prompt per line (blank lines skipped).")
     parser.add_argument("--seed", type=int, required=True, help="Seed of image 0; image i uses seed+i.")
-    parser.add_argument("--steps", type=int, default=None, help="Denoising steps (default: the model's default).")
+    from latentlens.cli.options import add_denoising_steps
+
+    add_denoising_steps(parser, help="Denoising steps (default: the model's default).")
     parser.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale (default: the model's default).")
     parser.add_argument("--out", required=True, help="Output folder (created if missing).")
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
@@ -56,12 +58,21 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def check_output_dir(out: Path) -> None:
-    """Create ``out`` if needed and make sure files can be written there (before any model work)."""
+def check_output_dir(out: Path) -> bool:
+    """Create ``out`` if needed and make sure files can be written there (before any model work).
+
+    Only ``out`` itself is created (its parent must exist). Returns whether it was created here.
+    """
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file, but a folder is needed; give a folder path.")
+    created = not out.exists()
+    if created and not out.parent.is_dir():
+        raise StoreError(
+            f"The folder {out.parent} does not exist, so --out {out} cannot be created; create it first or "
+            "choose another --out (latentlens creates only the output folder itself)."
+        )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
     except OSError as error:
         raise StoreError(f"Cannot create the output folder {out} ({error.strerror}); choose another --out.") from error
     try:
@@ -69,19 +80,35 @@ def check_output_dir(out: Path) -> None:
             pass
     except OSError as error:
         raise StoreError(f"Cannot write into the output folder {out} ({error.strerror}); choose another --out.") from error
+    return created
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only an empty folder goes: one this command created and wrote nothing into
+    except OSError:
+        pass
 
 
 def run(args: argparse.Namespace) -> int:
+    prompts = _read_prompts(args)
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--num-inference-steps must be at least 1, got {args.steps}.")
+    out = Path(args.out)
+    created = check_output_dir(out)
+    try:
+        return _generate(args, prompts, out)
+    except BaseException:
+        if created:
+            _remove_if_empty(out)
+        raise
+
+
+def _generate(args: argparse.Namespace, prompts: list[str], out: Path) -> int:
     import torch
 
     from latentlens.cli import print_json
     from latentlens.models import is_toy_model, load_pipeline
-
-    prompts = _read_prompts(args)
-    if args.steps is not None and args.steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {args.steps}.")
-    out = Path(args.out)
-    check_output_dir(out)
 
     warnings: dict[str, list[str]] = {}
     toy = is_toy_model(args.model)

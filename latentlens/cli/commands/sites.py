@@ -17,8 +17,14 @@ HELP = "List the site names a model can record (what --sites and --attention acc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder, or a cached hub id.")
-    parser.add_argument("--match", metavar="GLOB", default=None, help="only names matching this glob.")
+    parser.add_argument(
+        "--model",
+        default="toy",
+        help="'toy' (default), a pipeline folder, or a cached hub id.",
+    )
+    parser.add_argument(
+        "--match", metavar="GLOB", default=None, help="only names matching this glob."
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list.")
 
 

@@ -20,9 +20,16 @@ HELP = "Check a recorded run for damaged files and samples (sizes and checksums)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `latentlens record`.")
-    parser.add_argument("--sizes-only", action="store_true",
-                        help="check chunk file sizes only (fast; skips reading the data back).")
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a run folder written by `latentlens record`.",
+    )
+    parser.add_argument(
+        "--sizes-only",
+        action="store_true",
+        help="check chunk file sizes only (fast; skips reading the data back).",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document.")
 
 
@@ -34,12 +41,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from latentlens.cli import print_json
 
-        print_json({"run": str(args.run_dir), "samples": len(store.completed), "arrays": len(store.names),
-                    "ok": report.ok, "damaged": {str(k): v for k, v in sorted(report.damaged.items())}})
+        print_json(
+            {
+                "run": str(args.run_dir),
+                "samples": len(store.completed),
+                "arrays": len(store.names),
+                "ok": report.ok,
+                "damaged": {str(k): v for k, v in sorted(report.damaged.items())},
+            }
+        )
     elif report.ok:
         what = "sizes" if args.sizes_only else "sizes and checksums"
-        print(f"{args.run_dir}: {len(store.completed)} finished samples, {len(store.names)} arrays, all intact "
-              f"(checked {what}).")
+        print(
+            f"{args.run_dir}: {len(store.completed)} finished samples, {len(store.names)} arrays, all intact "
+            f"(checked {what})."
+        )
     else:
         print(f"latentlens verify: {report.message()}", file=sys.stderr)
     return 0 if report.ok else 1
