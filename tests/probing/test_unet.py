@@ -375,3 +375,39 @@ def test_editor_refuses_a_bare_unet():
 
     with pytest.raises(ConfigError, match=r"edits pipelines of these architectures: .*unet"):
         EditModel.wrap(tiny_unet())
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_real_size_layouts_blocks_grids_and_widths(arch):
+    """SD 1.5's and SDXL's own UNet configs (weights on the meta device): block count, per-block grids, widths."""
+    from diffusers import UNet2DConditionModel
+
+    from latentlens.adapters.base import CallState
+
+    if arch == "sd15":
+        config = dict(cross_attention_dim=768)  # the class defaults are SD 1.x's layout
+        latent, blocks, levels = 64, 16, [64] * 2 + [32] * 2 + [16] * 2 + [8] + [16] * 3 + [32] * 3 + [64] * 3
+    else:
+        config = dict(
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816, sample_size=128,
+        )  # fmt: skip
+        latent, blocks, levels = 128, 70, [64] * 4 + [32] * 20 + [32] * 10 + [32] * 30 + [64] * 6
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    adapter = adapter_for(unet)
+    assert len(adapter.block_modules()) == blocks == len(levels)
+    state = CallState(grid=(latent, latent))
+    grids = [spec.image_grid(state) for spec in adapter.attention() if "img2txt" in spec.quadrants]
+    assert grids == [(n, n) for n in levels]
+    assert adapter.site_width("text.pooled") == (1280 if arch == "sdxl" else None)
+    assert adapter.site_width("text.tokens") == config["cross_attention_dim"]
+    assert adapter.site_width(f"blocks.{blocks - 1}.resid_out.img") == (
+        640 if arch == "sdxl" else 320
+    )  # last attention level
+    names = site_names(unet)
+    assert len(names) == len(set(names)) and f"blocks.{blocks - 1}.attn.img2img" in names
