@@ -329,15 +329,18 @@ def test_editor_runs_end_to_end_on_tiny_unet_pipelines(kind, pipe):
     assert out.image.size == (8, 8)
 
 
-def test_sd_generation_is_the_pipelines_ddim_sampler_through_the_flow_reparametrisation():
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_sd_generation_is_the_pipelines_ddim_sampler_through_the_flow_reparametrisation(prediction):
+    """SD 1.x (ε), SD 2.x (v) and x₀ models: Euler steps of the flow are the pipeline's own DDIM steps."""
     from diffusers import DDIMScheduler
 
     from latentlens.editor import EditModel
 
     pipe = get_pipe("sd")
     original = pipe.scheduler
-    pipe.scheduler = DDIMScheduler.from_config(original.config, set_alpha_to_one=True)
+    pipe.scheduler = DDIMScheduler.from_config(original.config, set_alpha_to_one=True, prediction_type=prediction)
     try:
+        assert EditModel.wrap(pipe).prediction_type == prediction
         model = EditModel.wrap(pipe, num_inference_steps=3)
         noise = model.noise(1, 0)
         ours = model.generate(model.encode(["a red circle"]), noise=noise)
