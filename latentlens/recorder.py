@@ -241,7 +241,7 @@ class record:
     """Record named activations and exact attention maps while a pipeline (or transformer) runs.
 
     Args:
-        target: a diffusers pipeline (with ``.transformer``) or a bare transformer module.
+        target: a diffusers pipeline (with ``.transformer``, or ``.unet``) or a bare transformer (or UNet) module.
         sites: names to record — a glob (``"blocks.*.resid_out.*"``), a list, or ``callable(name) -> bool``.
             Map names (``blocks.3.attn.img2txt``) may be given here too. Default: ``"blocks.*.resid_out.*"``
             when ``attention`` is not given either, else nothing.

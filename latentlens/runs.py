@@ -145,8 +145,10 @@ def default_num_inference_steps(pipe: Any) -> int | None:
 
 
 def model_info(pipe: Any, model_id: str | None = None) -> dict[str, Any]:
-    """Model identity for the manifest: id, pipeline class, transformer class, adapter."""
-    transformer = getattr(pipe, "transformer", pipe)
+    """Model identity for the manifest: id, pipeline class, transformer (denoiser) class, adapter."""
+    from latentlens.adapters import split_target
+
+    transformer = split_target(pipe)[0]  # .transformer, or .unet for UNet pipelines
     info: dict[str, Any] = {
         "id": model_id or getattr(getattr(pipe, "config", None), "_name_or_path", None) or type(pipe).__name__,
         "pipeline_class": type(pipe).__name__,

@@ -22,6 +22,10 @@ Sizes of the default tiny pipelines (CPU, well under a second per call):
   defaults are 128 px and 512 tokens) → 64 image tokens + 8 text tokens.
 - PixArt: pass ``use_resolution_binning=False`` (binning only knows sample
   sizes 32/64/128) and ``max_sequence_length=8``; 8×8 px → 16 image tokens.
+- SD (UNet): 8×8 px, VAE factor 1; 7 transformer blocks at 8×8 (64 tokens) and
+  4×4 (16 tokens) latent resolution; 8 CLIP tokens of width 16.
+- SDXL (UNet): 8×8 px; 8 transformer blocks, all at 4×4 (the first level has no
+  attention, as in SDXL); CLIP-L|CLIP-G tokens of width 16 + 16, pooled width 16.
 """
 
 from __future__ import annotations
@@ -439,6 +443,65 @@ def _wide_t5(d_model: int, seed: int) -> Any:
         relative_attention_num_buckets=8, pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
     )
     return T5EncoderModel(cfg).eval()
+def tiny_unet(*, sdxl: bool = False, seed: int = 0) -> Any:
+    """A random-weight ``UNet2DConditionModel`` with two resolution levels (8×8 → 4×4 latents).
+
+    SD layout (default): cross-attention at both levels, one transformer block per attention.
+    ``sdxl=True``: the first level has no attention, two transformer blocks per attention
+    (``transformer_layers_per_block=(1, 2)``), linear projections and SDXL's ``text_time``
+    conditioning (pooled width 16, 6 time ids of width 8), cross-attention width 32.
+    """
+    from diffusers import UNet2DConditionModel
+
+    _seed(seed)
+    common: dict[str, Any] = dict(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        norm_num_groups=4,
+    )
+    if sdxl:
+        model = UNet2DConditionModel(
+            **common,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            cross_attention_dim=32,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 16,
+        )
+    else:
+        model = UNet2DConditionModel(
+            **common,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            attention_head_dim=2,
+            cross_attention_dim=16,
+        )
+    return model.eval()
+
+
+def unet_inputs(
+    model: Any, *, batch: int = 1, text_tokens: int = 8, side: int | None = None, timestep: float = 500.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Random keyword inputs for a bare ``UNet2DConditionModel.forward`` (SDXL's ``added_cond_kwargs`` too)."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    side = side or cfg.sample_size
+    out: dict[str, Any] = {
+        "sample": torch.randn(batch, cfg.in_channels, side, side, generator=g),
+        "timestep": torch.full((batch,), float(timestep)),
+        "encoder_hidden_states": torch.randn(batch, text_tokens, cfg.cross_attention_dim, generator=g),
+    }
+    if cfg.addition_embed_type == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        out["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=g),
+            "time_ids": torch.tensor([[side, side, 0, 0, side, side]] * batch, dtype=torch.float32),
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- text encoders, VAE
@@ -581,6 +644,46 @@ def tiny_pixart_pipeline(*, num_layers: int = 2, seed: int = 0) -> Any:
     return pipe
 
 
+def tiny_sd_pipeline(*, seed: int = 0) -> Any:
+    """A ``StableDiffusionPipeline`` with a tiny random CLIP, VAE and UNet; 8×8 px images, DDIM (ε-prediction)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(4, seed + 1),
+        text_encoder=_tiny_clip(16, 16, seed + 2, with_projection=False),
+        tokenizer=tiny_tokenizer(8),
+        unet=tiny_unet(seed=seed),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(*, seed: int = 0) -> Any:
+    """A ``StableDiffusionXLPipeline`` with tiny random CLIP-L and CLIP-G (with projection), VAE and UNet.
+
+    8×8 px images, Euler (ε-prediction, as SDXL ships); prompt embedding width 16 + 16, pooled 16.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(4, seed + 1),
+        text_encoder=_tiny_clip(16, 16, seed + 2, with_projection=False),
+        text_encoder_2=_tiny_clip(16, 16, seed + 3, with_projection=True),
+        tokenizer=tiny_tokenizer(8),
+        tokenizer_2=tiny_tokenizer(8),
+        unet=tiny_unet(sdxl=True, seed=seed),
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                         steps_offset=1, timestep_spacing="leading"),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 __all__ = [
     "REAL_CONFIGS",
     "REAL_TEXT",
@@ -597,5 +700,9 @@ __all__ = [
     "tiny_pixart_transformer",
     "tiny_sd3_pipeline",
     "tiny_sd3_transformer",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
     "tiny_tokenizer",
+    "tiny_unet",
+    "unet_inputs",
 ]

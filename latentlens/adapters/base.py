@@ -81,6 +81,8 @@ class AttnSpec:
     ``quadrants`` maps a map kind (e.g. "img2txt") to (query stream, key stream).
     ``rope``: apply the ``image_rotary_emb`` keyword argument of the attention call to the joint q/k.
     ``mask_kwarg``: name of an additive/boolean mask keyword argument of the attention call.
+    ``grid``: this module's image-token grid ``(rows, cols)`` for the call in flight, where it is not
+    the call's ``CallState.grid`` (a UNet's downsampled levels); None = the call's grid.
     """
 
     prefix: str  # e.g. "blocks.3.attn"
@@ -94,6 +96,11 @@ class AttnSpec:
     rope: bool = False
     mask_kwarg: str | None = None
     scale: float | None = None
+    grid: Callable[[CallState], tuple[int, int] | None] | None = None
+
+    def image_grid(self, state: CallState) -> tuple[int, int] | None:
+        """The image-token grid of this attention module in the call described by ``state``."""
+        return self.grid(state) if self.grid is not None else state.grid
 
 
 def _arg(args: tuple, kwargs: dict, name: str, pos: int) -> Any:
@@ -203,6 +210,9 @@ class Adapter:
     pipeline_classes: tuple[str, ...] = ()
     #: the hook-layout family, written into run manifests
     name: str = "base"
+    #: the pipeline attribute that holds the denoiser this adapter hooks (``pipe.transformer``,
+    #: ``pipe.unet``); the adapter's ``transformer`` is that module whatever its kind
+    denoiser_attribute: str = "transformer"
     #: the :class:`~latentlens.adapters.generation.EditModel` subclass that generates with this
     #: architecture (None: the editor does not support it)
     edit_model: ClassVar[type[EditModel] | None] = None

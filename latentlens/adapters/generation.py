@@ -115,12 +115,12 @@ class EditModel:
         adapter: Adapter | None = None,
     ) -> None:
         self.pipe = pipe
-        self.transformer = pipe.transformer
         if adapter is None:
             if self.adapter_class is None:
                 raise ConfigError(f"{type(self).__name__} names no adapter_class; pass adapter=...")
-            adapter = self.adapter_class(self.transformer, pipe)
+            adapter = self.adapter_class(getattr(pipe, self.adapter_class.denoiser_attribute), pipe)
         self.adapter = adapter
+        self.transformer = adapter.transformer  # the denoiser (a transformer, or a UNet)
         self.guidance_scale = float(self.default_guidance if guidance_scale is None else guidance_scale)
         self.num_inference_steps = int(num_inference_steps or self.default_steps)
         if self.num_inference_steps < 1:
@@ -326,4 +326,78 @@ class VAEEditModel(EditModel):
         return self._vae_decode(z)
 
 
-__all__ = ["EditModel", "TextEmbeds", "VAEEditModel"]
+class DDPMFlowMixin:
+    """A DDPM-schedule model (ε-, v- or x₀-prediction) seen through the rectified-flow conventions.
+
+    A variance-preserving state ``x_t = a z₀ + b ε`` (``a = √ᾱ_t``, ``b = √(1 − ᾱ_t)``) is the flow
+    state ``z_σ = x_t / (a + b)`` at ``σ = b / (a + b)``. ``_call`` maps σ to the (fractional)
+    timestep of the scheduler's noise schedule, lets the subclass's :meth:`_predict` run the
+    denoiser on ``x_t``, forms ``x̂₀`` from the scheduler's ``prediction_type`` and returns
+    ``v = (z − x̂₀) / σ``. An Euler step of that flow between two timesteps of the schedule is exactly
+    a deterministic DDIM step (η = 0), so :meth:`generate` with a ``DDIMScheduler``
+    (``set_alpha_to_one=True``) reproduces the pipeline's own sampler. Put it before
+    :class:`EditModel` in the bases (``class M(DDPMFlowMixin, VAEEditModel)``).
+    """
+
+    pipe: Any
+    device: torch.device
+
+    def __init__(self, pipe: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(pipe, *args, **kwargs)  # type: ignore[call-arg]
+        scheduler = pipe.scheduler
+        alphas = getattr(scheduler, "alphas_cumprod", None)
+        if alphas is None:
+            raise ConfigError(
+                f"The {type(pipe).__name__}'s scheduler {type(scheduler).__name__} has no alphas_cumprod; use a "
+                "DDPM-family scheduler (DDIMScheduler, DPMSolverMultistepScheduler, ...)."
+            )
+        prediction = str(getattr(scheduler.config, "prediction_type", "epsilon"))
+        if prediction not in ("epsilon", "v_prediction", "sample"):
+            raise ConfigError(
+                f"The scheduler's prediction_type={prediction!r} is not one of 'epsilon', 'v_prediction', 'sample'."
+            )
+        self.prediction_type = prediction
+        self._alphas = alphas.double().cpu()  # [T] ᾱ_t
+        a, b = self._alphas.sqrt(), (1 - self._alphas).sqrt()
+        self._sigma_table = (b / (a + b)).numpy()  # [T], increasing in t
+
+    def _predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
+        """The denoiser's raw output ``[B, C', h, w]`` on ``x_t`` at fractional timesteps ``t`` ``[B]`` (float32)."""
+        raise NotImplementedError
+
+    def _timestep(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """σ ``[B]`` → (fractional timestep, a, b) ``[B]`` each; σ beyond the schedule is clamped to its ends."""
+        t = np.interp(sigma.double().cpu().numpy(), self._sigma_table, np.arange(len(self._sigma_table)))
+        low = np.floor(t).astype(np.int64)
+        high = np.minimum(low + 1, len(self._alphas) - 1)
+        frac = torch.from_numpy(t - low)
+        alpha = self._alphas[low] * (1 - frac) + self._alphas[high] * frac  # [B]
+        return torch.from_numpy(t), alpha.sqrt(), (1 - alpha).sqrt()
+
+    def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
+        t, a, b = (x.to(self.device, torch.float32).view(-1, 1, 1, 1) for x in self._timestep(sigma))
+        x_t = (a + b) * z.float()  # [B, C, h, w]
+        out = self._predict(x_t, t.view(-1), cond).float()[:, : z.shape[1]]  # learned-σ models add [variance]
+        if self.prediction_type == "epsilon":
+            x0 = (x_t - b * out) / a
+        elif self.prediction_type == "v_prediction":
+            x0 = a * x_t - b * out  # a² + b² = 1
+        else:
+            x0 = out
+        return (z.float() - x0) / sigma.to(self.device, torch.float32).view(-1, 1, 1, 1)
+
+    def sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
+        """σ of the scheduler's timesteps (descending), then 0."""
+        steps = self._scheduler(num_inference_steps).timesteps.long().cpu().numpy()  # type: ignore[attr-defined]
+        return torch.tensor([float(self._sigma_table[t]) for t in steps] + [0.0], dtype=torch.float32)
+
+    def generate(self, cond: TextEmbeds, seed: Any = 0, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """From ``x_T = noise`` at the schedule's first timestep, as the pipeline starts (``z = x_T / (a + b)``)."""
+        model: Any = self
+        x_T = model.noise(cond.batch, seed) if noise is None else noise.to(self.device, model.dtype)
+        sigma_max = float(self.sigmas()[0])
+        _, a, b = self._timestep(torch.tensor([sigma_max]))
+        return model.ode(x_T / float(a + b), cond, sigma_max, 0.0)
+
+
+__all__ = ["DDPMFlowMixin", "EditModel", "TextEmbeds", "VAEEditModel"]

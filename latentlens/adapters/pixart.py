@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from latentlens.adapters.base import (
@@ -30,9 +29,8 @@ from latentlens.adapters.base import (
     out_site,
     tensor_arg,
 )
-from latentlens.adapters.generation import TextEmbeds, VAEEditModel
+from latentlens.adapters.generation import DDPMFlowMixin, TextEmbeds, VAEEditModel
 from latentlens.adapters.sd3 import IMAGE, MOD, pred_site
-from latentlens.errors import ConfigError
 
 
 def _mod_site(name: str, block: Any) -> SiteSpec:
@@ -95,32 +93,17 @@ class PixArtAdapter(PatchGridAdapter):
         return specs
 
 
-class PixArtEditModel(VAEEditModel):
+class PixArtEditModel(DDPMFlowMixin, VAEEditModel):
     """PixArtAlphaPipeline / PixArtSigmaPipeline: T5 tokens with an attention mask, VAE latents, ε-prediction.
 
-    A variance-preserving state ``x_t = a z₀ + b ε`` (``a = √ᾱ_t``, ``b = √(1 − ᾱ_t)``) is the flow state
-    ``z_σ = x_t / (a + b)`` at ``σ = b / (a + b)``, so the editor keeps its rectified-flow conventions:
-    ``_call`` maps σ to the (fractional) timestep of the pipeline's noise schedule, predicts ε, forms
-    ``x̂₀ = (x_t − b ε̂) / a`` and returns ``v = (z − x̂₀) / σ``. An Euler step of that flow between two
-    timesteps of the schedule is exactly a deterministic DDIM step (η = 0), so :meth:`generate` with a
-    ``DDIMScheduler`` (``set_alpha_to_one=True``) reproduces the pipeline's own sampler.
+    The DDPM schedule is seen as rectified flow by :class:`~latentlens.adapters.generation.DDPMFlowMixin`
+    (σ ↔ fractional timestep; an Euler step is a DDIM step, so :meth:`generate` with a
+    ``DDIMScheduler`` (``set_alpha_to_one=True``) reproduces the pipeline's own sampler).
     """
 
     kind = "pixart"
     default_guidance = 4.5
     default_steps = 20
-
-    def __init__(self, pipe: Any, guidance_scale: float | None = None, **kwargs: Any) -> None:
-        super().__init__(pipe, guidance_scale, **kwargs)
-        alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
-        if alphas is None:
-            raise ConfigError(
-                f"The PixArt pipeline's scheduler {type(pipe.scheduler).__name__} has no alphas_cumprod; use a DDPM-"
-                "family scheduler (DDIMScheduler, DPMSolverMultistepScheduler, ...)."
-            )
-        self._alphas = alphas.double().cpu()  # [T] ᾱ_t
-        a, b = self._alphas.sqrt(), (1 - self._alphas).sqrt()
-        self._sigma_table = (b / (a + b)).numpy()  # [T], increasing in t
 
     def _default_size(self) -> int:
         return int(self.transformer.config.sample_size * self.pipe.vae_scale_factor)
@@ -137,46 +120,20 @@ class PixArtEditModel(VAEEditModel):
         )
         return TextEmbeds(tokens, None, mask=mask)
 
-    def _timestep(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """σ ``[B]`` → (fractional timestep, a, b) ``[B]`` each; σ beyond the schedule is clamped to its ends."""
-        t = np.interp(sigma.double().cpu().numpy(), self._sigma_table, np.arange(len(self._sigma_table)))
-        low = np.floor(t).astype(np.int64)
-        high = np.minimum(low + 1, len(self._alphas) - 1)
-        frac = torch.from_numpy(t - low)
-        alpha = self._alphas[low] * (1 - frac) + self._alphas[high] * frac  # [B]
-        return torch.from_numpy(t), alpha.sqrt(), (1 - alpha).sqrt()
-
-    def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
-        t, a, b = (x.to(self.device, torch.float32).view(-1, 1, 1, 1) for x in self._timestep(sigma))
-        x_t = (a + b) * z.float()  # [B, C, h, w]
+    def _predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
         added: dict[str, Any] = {"resolution": None, "aspect_ratio": None}
         if getattr(self.transformer.config, "sample_size", None) == 128:  # PixArt-α 1024 px micro-conditions
-            batch = z.shape[0]
+            batch = x_t.shape[0]
             added = {"resolution": torch.tensor([[self.height, self.width]] * batch, device=self.device, dtype=self.dtype),
                      "aspect_ratio": torch.tensor([[self.height / self.width]] * batch, device=self.device, dtype=self.dtype)}
-        out = self.transformer(
+        return self.transformer(
             x_t.to(self.dtype),
             encoder_hidden_states=cond.tokens.to(self.dtype),
             encoder_attention_mask=None if cond.mask is None else cond.mask.to(self.device),
-            timestep=t.view(-1).to(self.dtype),
+            timestep=t.to(self.dtype),
             added_cond_kwargs=added,
             return_dict=False,
-        )[0].float()
-        eps = out[:, : z.shape[1]]  # learned-σ models return [ε, variance]
-        x0 = (x_t - b * eps) / a
-        return (z.float() - x0) / sigma.to(self.device, torch.float32).view(-1, 1, 1, 1)
-
-    def sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
-        """σ of the scheduler's timesteps (descending), then 0."""
-        steps = self._scheduler(num_inference_steps).timesteps.long().cpu().numpy()
-        return torch.tensor([float(self._sigma_table[t]) for t in steps] + [0.0], dtype=torch.float32)
-
-    def generate(self, cond: TextEmbeds, seed: Any = 0, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """From ``x_T = noise`` at the schedule's first timestep, as the pipeline starts (``z = x_T / (a + b)``)."""
-        x_T = self.noise(cond.batch, seed) if noise is None else noise.to(self.device, self.dtype)
-        sigma_max = float(self.sigmas()[0])
-        _, a, b = self._timestep(torch.tensor([sigma_max]))
-        return self.ode(x_T / float(a + b), cond, sigma_max, 0.0)
+        )[0]
 
 
 PixArtAdapter.edit_model = PixArtEditModel

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from latentlens.adapters.base import Adapter
 from latentlens.adapters.flux import FluxAdapter
 from latentlens.adapters.generation import EditModel
 from latentlens.adapters.pixart import PixArtAdapter
 from latentlens.adapters.sd3 import SD3Adapter
 from latentlens.adapters.toy import ToyAdapter
+from latentlens.adapters.unet import UNetAdapter
 from latentlens.errors import ConfigError
 
 #: every adapter, most specific first (one line per architecture file)
-ADAPTERS: tuple[type[Adapter], ...] = (ToyAdapter, SD3Adapter, FluxAdapter, PixArtAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (ToyAdapter, SD3Adapter, FluxAdapter, PixArtAdapter, UNetAdapter)
 
 
 class UnsupportedModelError(ConfigError):
@@ -39,10 +42,15 @@ def supported_classes() -> list[str]:
 
 
 def split_target(target: Any) -> tuple[Any, Any]:
-    """``(transformer, pipeline or None)`` from a pipeline (has ``.transformer``) or a bare transformer."""
-    transformer = getattr(target, "transformer", None)
-    if transformer is not None:
-        return transformer, target
+    """``(denoiser, pipeline or None)`` from a pipeline or a bare denoiser module.
+
+    A pipeline holds its denoiser in the attribute some adapter names (``denoiser_attribute``:
+    ``.transformer`` for DiTs, ``.unet`` for UNets); anything else is taken as the bare module.
+    """
+    for attribute in dict.fromkeys(a.denoiser_attribute for a in ADAPTERS):
+        denoiser = getattr(target, attribute, None)
+        if isinstance(denoiser, nn.Module) and denoiser is not target:
+            return denoiser, target
     return target, None
 
 
@@ -60,7 +68,8 @@ def adapter_class_for(target: Any) -> type[Adapter]:
             return adapter_cls
     raise UnsupportedModelError(
         f"latentlens has no adapter for {type(transformer).__name__} (the target's transformer); supported "
-        f"classes are {', '.join(supported_classes())}. Pass a pipeline whose .transformer is one of them, or "
+        f"classes are {', '.join(supported_classes())}. Pass a pipeline whose denoiser (.transformer, .unet) is "
+        "one of them, or "
         "add an adapter: one file in latentlens/adapters/ subclassing latentlens.adapters.base.Adapter "
         "(see sd3.py), listed in ADAPTERS of latentlens/adapters/registry.py."
     )
@@ -76,10 +85,11 @@ def edit_model_for(pipe: Any, **kwargs: Any) -> EditModel:
     """The architecture's :class:`EditModel` around ``pipe`` (keyword arguments go to its constructor)."""
     adapter = adapter_for(pipe)
     model_cls = adapter.edit_model
-    if model_cls is None or getattr(pipe, "transformer", None) is None:
+    if model_cls is None or split_target(pipe)[1] is None:
+        kinds = ", ".join(dict.fromkeys(a.edit_model.kind for a in ADAPTERS if a.edit_model is not None))
         raise ConfigError(
             f"The EMS editor has no support for {type(pipe).__name__} (adapter {type(adapter).__name__}); it "
-            "edits pipelines of the toy model, SD3/SD3.5, Flux.1 and PixArt-α/Σ. Pass one of those pipelines."
+            f"edits pipelines of these architectures: {kinds}. Pass one of those pipelines."
         )
     return model_cls(pipe, adapter=adapter, **kwargs)
 

@@ -137,14 +137,15 @@ class MapCapture:
                 if key[0] == k:
                     del st.scratch[key]
             for kind, m in maps.items():
-                self._reduce_and_keep(f"{spec.prefix}.{kind}", spec.quadrants[kind], m)
+                self._reduce_and_keep(f"{spec.prefix}.{kind}", spec.quadrants[kind], m, spec.image_grid(st))
 
         return hook
 
-    def _reduce_and_keep(self, name: str, streams: tuple[str, str], m: torch.Tensor) -> None:
+    def _reduce_and_keep(
+        self, name: str, streams: tuple[str, str], m: torch.Tensor, grid: tuple[int, int] | None
+    ) -> None:
         dims: tuple[str, ...] = ("batch", "query", "key") if self.heads == "mean" else ("batch", "head", "query", "key")
         q_stream, k_stream = streams
-        grid = self.context.state.grid
         if self.reduce.pool > 1:
             if grid is None:
                 raise ConfigError(f"reduce pool={self.reduce.pool} needs the image grid, unknown for this model call.")

@@ -204,6 +204,26 @@ def diff_mask(
     return _dilate(mask, int(dilate)).to(z_src.dtype)
 
 
+def _token_grid(n_img: int, h: int, w: int) -> tuple[int, int]:
+    """The ``(rows, cols)`` of ``n_img`` image tokens laid out with the latent's aspect ratio ``h : w``."""
+    gh = int(round(math.sqrt(n_img * h / w)))
+    return gh, n_img // gh
+
+
+def _resample_queries(m: torch.Tensor, grid: tuple[int, int], h: int, w: int) -> torch.Tensor:
+    """A map ``[B, I, T]`` on its own token grid, resampled (nearest) to ``grid``; unchanged when it is on it.
+
+    Blocks of a UNet attend at several resolutions; a DiT's blocks all share one grid.
+    """
+    own = _token_grid(m.shape[1], h, w)
+    if own == grid:
+        return m
+    b, _, t = m.shape
+    x = m.transpose(1, 2).reshape(b * t, 1, *own)  # [B*T, 1, rows, cols]
+    x = F.interpolate(x, size=grid, mode="nearest")
+    return x.reshape(b, t, grid[0] * grid[1]).transpose(1, 2)  # [B, I, T]
+
+
 @torch.no_grad()
 def attention_mask(
     model: EditModel,
@@ -218,7 +238,8 @@ def attention_mask(
 
     One transformer call (no CFG) per condition in ``conds`` on ``z_src`` noised to ``sigma``; the
     image→text attention maps of every block (``blocks.*.attn.img2txt``, head mean, recorded exactly
-    with :func:`latentlens.record`) are averaged over blocks and summed over the image's token set
+    with :func:`latentlens.record`; a UNet's coarser levels resampled, nearest, to its finest grid) are
+    averaged over blocks and summed over the image's token set
     from ``token_sets[c][b]``. Each image's map is divided by its maximum; positions at or above
     ``threshold`` count, the mask is dilated by one image token (3×3) and upsampled (nearest) to the
     latent grid. The final mask is the union over conditions — e.g. the source words under ``E_s``
@@ -235,11 +256,10 @@ def attention_mask(
     for cond, tokens in zip(conds, token_sets):
         with record(model.pipe, attention="blocks.*.attn.img2txt", cfg="both") as rec:
             model._call(z_t, model._sigma(sigma, b), cond.expand(b))
-        maps = torch.stack([rec[name][0] for name in rec.names if name.endswith("attn.img2txt")])  # [blocks, B, I, T]
-        mean = maps.float().mean(0)  # [B, I, T]
-        n_img = mean.shape[1]
-        gh = int(round(math.sqrt(n_img * h / w)))
-        gw = n_img // gh
+        per_block = [rec[name][0].float() for name in rec.names if name.endswith("attn.img2txt")]  # [B, I_k, T]
+        n_img = max(m.shape[1] for m in per_block)
+        gh, gw = _token_grid(n_img, h, w)
+        mean = torch.stack([_resample_queries(m, (gh, gw), h, w) for m in per_block]).mean(0)  # [B, I, T]
         for i in range(b):
             idx = [t for t in tokens[i] if t < mean.shape[2]]
             if not idx:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 SEED = 0
-KINDS = ("sd3", "sd35", "flux", "pixart")
+KINDS = ("sd3", "sd35", "flux", "pixart")  # the DiTs; the UNets ("sd", "sdxl") have test_unet.py
 _CACHE: dict[str, Any] = {}
 
 
@@ -25,6 +25,10 @@ def get_pipe(kind: str) -> Any:
             _CACHE[kind] = testing.tiny_flux_pipeline()
         elif kind == "pixart":
             _CACHE[kind] = testing.tiny_pixart_pipeline()
+        elif kind == "sd":
+            _CACHE[kind] = testing.tiny_sd_pipeline()
+        elif kind == "sdxl":
+            _CACHE[kind] = testing.tiny_sdxl_pipeline()
         else:
             raise ValueError(kind)
     return _CACHE[kind]

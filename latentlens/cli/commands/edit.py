@@ -171,7 +171,7 @@ def unrelated_target_warning(source: str | None, target: str | None) -> str | No
 
     if not source or not target:
         return None
-    words = lambda text: {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}  # noqa: E731
+    words = lambda text: {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}
     if words(source) and words(target) and not words(source) & words(target):
         return (f"the target {target!r} shares no word with the source {source!r}; EMS edits an image toward a "
                 "*changed* description of it, so an unrelated target mostly gives noise. Describe the image as "
