@@ -319,7 +319,7 @@ def test_with_a_run_store_rec_reads_lazily_from_disk_and_equals_memory(tmp_path)
     with torch.no_grad(), record(model, sites="blocks.*.resid_out.img") as in_memory:
         model(**inputs)
         model(**inputs)
-    store = RunStore.create(tmp_path / "run", {"model": "tiny-sd3"})
+    store = RunStore.create(tmp_path / "run", {"model": {"id": "tiny-sd3"}})
     with torch.no_grad(), record(model, sites="blocks.*.resid_out.img", store=store) as on_disk:
         model(**inputs)
         model(**inputs)
