@@ -49,6 +49,9 @@ _EXPORTS: dict[str, str] = {
     "edit": "latentlens.editor.editor",
     "EMSEditor": "latentlens.editor.editor",
     "EditResult": "latentlens.editor.editor",
+    "check_concepts": "latentlens.concepts",
+    "segment": "latentlens.analysis.segment",
+    "Segmentation": "latentlens.analysis.segment",
 }
 
 
