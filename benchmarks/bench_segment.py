@@ -46,27 +46,17 @@ def token_truth(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return frac >= 0.5
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--batch", type=int, default=25)
-    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the toy model's)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def generate(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Generate the images and record the raw maps: ``{method: [image, step, block, token, concept]}``, truth."""
     pipe = load_pipeline("toy")
     scenes = sample_scenes(args.n, np.random.default_rng(args.seed))
     by_shape: dict[str, list[int]] = defaultdict(list)
     for i, (scene, _caption) in enumerate(scenes):
         by_shape[scene.attributes.shape].append(i)
-    # scores[method][(scope, key)] -> list of IoU; scope in token/image x pooled/block/step
-    scores: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in METHODS}
-    skipped = 0
-    start = time.time()
-    load0 = os.getloadavg()
+    raw: dict[str, list] = {m: [None] * args.n for m in METHODS}
+    truth: list = [None] * args.n
     kw = {} if args.steps is None else {"num_inference_steps": args.steps}
+    start = time.time()
     for shape, idx in sorted(by_shape.items()):
         concepts = [shape, "background"]
         for s in range(0, len(idx), args.batch):
@@ -79,44 +69,79 @@ def main() -> None:
                 images = pipe(prompts, generator=gens, output_type="np", **kw).images
             images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
             blocks = sorted({int(n.split(".")[1]) for n in rec.names})
-            raw = {
-                "img2txt": torch.stack([
-                    torch.stack([
-                        torch.stack([rec[f"blocks.{b}.attn.img2txt"][:, j][..., pos].double().mean(-1)
-                                     for pos in cols[j]], -1)
-                        for j in range(len(part))], 1)
-                    for b in blocks], 1),
-                "concept_attn": torch.stack([rec[f"blocks.{b}.attn.img2concept"] for b in blocks], 1),
-                "concept": torch.stack([rec[f"blocks.{b}.attn.img2concept_out"] for b in blocks], 1),
-            }  # [step, block, batch, image_token, concept]
-            for j in range(len(part)):
-                truth = object_mask(images[j])
-                if not truth.any():
-                    skipped += 1
-                    continue
-                h, w = truth.shape
-                for m in METHODS:
-                    maps = normalise(raw[m][:, :, j], m)  # [step, block, token, concept]
-                    rows, cc = grid_of(maps.shape[-2], h, w)
-                    g = maps.transpose(-1, -2).unflatten(-1, (rows, cc))  # [step, block, concept, r, c]
-                    tt = token_truth(truth, rows, cc)
-                    pooled = {"pooled": g.mean((0, 1))}
-                    pooled.update({f"block {b}": g[:, k].mean(0) for k, b in enumerate(blocks)})
-                    pooled.update({f"step {t}": g[t].mean(0) for t in range(g.shape[0])})
-                    for key, p in pooled.items():
-                        scores[m]["token " + key].append(iou(masks_from_pooled(p)[0], tt))
-                        scores[m]["image " + key].append(iou(masks_from_pooled(p, (h, w))[0], truth))
+            for j, i in enumerate(part):
+                truth[i] = object_mask(images[j])
+                raw["img2txt"][i] = torch.stack([
+                    torch.stack([rec[f"blocks.{b}.attn.img2txt"][:, j][..., pos].mean(-1) for pos in cols[j]], -1)
+                    for b in blocks], 1).numpy()  # [step, block, token, concept]
+                raw["concept_attn"][i] = torch.stack([rec[f"blocks.{b}.attn.img2concept"][:, j] for b in blocks],
+                                                     1).numpy()
+                raw["concept"][i] = torch.stack([rec[f"blocks.{b}.attn.img2concept_out"][:, j] for b in blocks],
+                                                1).numpy()
             print(f"{shape}: {s + len(part)}/{len(idx)} images, {time.time() - start:.0f} s", flush=True)
-    result = {
-        "n": args.n, "skipped_no_object": skipped, "seconds": round(time.time() - start, 1),
-        "load_start": load0, "load_end": os.getloadavg(),
-        "mean_iou": {m: {k: float(np.mean(v)) for k, v in d.items()} for m, d in scores.items()},
-    }
+    out = {m: np.stack(v) for m, v in raw.items()}
+    out["truth"] = np.stack(truth)
+    out["seconds"] = np.array(time.time() - start)
+    return out
+
+
+def evaluate(data: dict[str, np.ndarray], rule: str) -> dict[str, dict[str, float]]:
+    """Mean IoU per method: token/image x pooled / per block / per step / last-half blocks."""
+    truth_all = data["truth"]
+    keep = [i for i in range(len(truth_all)) if truth_all[i].any()]
+    result: dict[str, dict[str, float]] = {}
     for m in METHODS:
-        r = result["mean_iou"][m]
-        print(f"{m:13s} token pooled {r['token pooled']:.3f}  image pooled {r['image pooled']:.3f}  "
-              + "  ".join(f"{k.split(' ', 1)[1]}={v:.3f}" for k, v in r.items() if k.startswith("token ")
-                          and k != "token pooled"))
+        scores: dict[str, list[float]] = defaultdict(list)
+        for i in keep:
+            truth = truth_all[i]
+            h, w = truth.shape
+            maps = normalise(torch.from_numpy(data[m][i]), m)  # [step, block, token, concept]
+            rows, cc = grid_of(maps.shape[-2], h, w)
+            g = maps.transpose(-1, -2).unflatten(-1, (rows, cc))  # [step, block, concept, r, c]
+            tt = token_truth(truth, rows, cc)
+            nb = g.shape[1]
+            pooled = {"pooled": g.mean((0, 1)), "late blocks": g[:, nb // 2 :].mean((0, 1))}
+            pooled.update({f"block {b}": g[:, b].mean(0) for b in range(nb)})
+            pooled.update({f"step {t}": g[t].mean(0) for t in range(g.shape[0])})
+            for key, p in pooled.items():
+                scores["token " + key].append(iou(masks_from_pooled(p, rule=rule)[0], tt))
+                if key in ("pooled", "late blocks") or key.startswith("block"):
+                    scores["image " + key].append(iou(masks_from_pooled(p, (h, w), rule=rule)[0], truth))
+        result[m] = {k: float(np.mean(v)) for k, v in scores.items()}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the toy model's)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default=None, help="save the raw maps and masks (.npz) for --load")
+    ap.add_argument("--load", default=None, help="evaluate saved maps instead of generating")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load0 = os.getloadavg()
+    if args.load:
+        data = dict(np.load(args.load))
+    else:
+        data = generate(args)
+        if args.save:
+            np.savez_compressed(args.save, **data)
+    result = {"n": int(len(data["truth"])), "no_object": int(sum(not t.any() for t in data["truth"])),
+              "generate_seconds": float(data["seconds"]), "load_start": load0, "load_end": os.getloadavg(),
+              "rules": {}}
+    for rule in ("otsu", "argmax"):
+        res = evaluate(data, rule)
+        result["rules"][rule] = res
+        for m in METHODS:
+            r = res[m]
+            print(f"{rule:6s} {m:13s} token pooled {r['token pooled']:.3f} late {r['token late blocks']:.3f} "
+                  f"image pooled {r['image pooled']:.3f}  "
+                  + " ".join(f"{k.split(' ', 1)[1]}={v:.2f}" for k, v in r.items()
+                             if k.startswith("token ") and ("block " in k or k.endswith(("step 0", "step 10", "step 19")))))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

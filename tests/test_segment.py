@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from latentlens import LatentlensError, segment
-from latentlens.analysis.segment import masks_from_pooled
+from latentlens.analysis.segment import masks_from_pooled, otsu_threshold
 from latentlens.cli import main
 from latentlens.toy.pipeline import tiny_toy_pipeline
 
@@ -24,7 +24,8 @@ def toy():
 
 @pytest.mark.parametrize("method", ["img2txt", "concept", "concept_attn"])
 def test_masks_have_the_image_size_and_partition_it(toy, method):
-    result = segment(toy, PROMPT, ["circle", "background"], seed=0, method=method, num_inference_steps=2)
+    result = segment(toy, PROMPT, ["circle", "background"], seed=0, method=method, num_inference_steps=2,
+                     rule="argmax")
     assert result.image.shape == (32, 32, 3)
     assert set(result.masks) == {"circle", "background"}
     for concept in ("circle", "background"):
@@ -47,8 +48,18 @@ def test_masks_from_pooled_follow_the_largest_map():
     pooled = torch.zeros(2, 2, 2, dtype=torch.float64)
     pooled[0, 0, 0] = 1.0
     pooled[1] = 0.5
-    m = masks_from_pooled(pooled)
+    m = masks_from_pooled(pooled, rule="argmax")
     assert m[0].tolist() == [[True, False], [False, False]] and m[1].sum() == 3
+
+
+def test_otsu_masks_split_each_map_at_its_gap():
+    pooled = torch.tensor([[[0.1, 0.12], [0.8, 0.9]], [[0.3, 0.3], [0.3, 0.31]]], dtype=torch.float64)
+    assert otsu_threshold(pooled[0]) == pytest.approx((0.12 + 0.8) / 2)
+    m = masks_from_pooled(pooled)  # the default rule
+    assert m[0].tolist() == [[False, False], [True, True]]
+    assert m[1].tolist() == [[False, False], [False, True]]
+    up = masks_from_pooled(pooled, (4, 4))
+    assert up.shape == (2, 4, 4) and up[0, 3].all() and not up[0, 0].any()
 
 
 def test_img2txt_needs_the_concept_in_the_prompt(toy):

@@ -9,9 +9,10 @@ Methods (``method=``):
 - ``"concept_attn"``: the concept attention weights ``blocks.{i}.attn.img2concept``.
 
 Pooling (the default, :data:`DEFAULT_POOLING`): the mean over every joint block and every step of
-the normalised maps; ``blocks=`` / ``steps=`` choose others. A token (and, after bilinear
-upsampling of the pooled maps, a pixel) belongs to the concept whose pooled map is largest there;
-with a single concept, where its map exceeds the map's mean.
+the normalised maps; ``blocks=`` / ``steps=`` choose others. Masks (``rule=``, default ``"otsu"``):
+a concept's mask is where its pooled map exceeds the Otsu threshold of that map at the token grid
+(at image resolution: the bilinearly upsampled map against the same threshold); ``"argmax"``: a
+token (pixel) belongs to the concept whose pooled map is largest there.
 
 Example::
 
@@ -36,6 +37,8 @@ from latentlens.recorder import record
 from latentlens.text import word_token_indices
 
 SegmentMethod = Literal["img2txt", "concept", "concept_attn"]
+MaskRule = Literal["otsu", "argmax"]
+DEFAULT_RULE: MaskRule = "otsu"
 METHODS: tuple[str, ...] = ("img2txt", "concept", "concept_attn")
 #: the stated default pooling: mean over all joint blocks and all denoising steps
 DEFAULT_POOLING = {"blocks": "all", "steps": "all"}
@@ -84,11 +87,39 @@ def normalise(maps: torch.Tensor, method: str) -> torch.Tensor:
     return maps / total.clamp_min(1e-30)
 
 
-def masks_from_pooled(pooled: torch.Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
-    """bool ``[concept, rows, cols]`` (or, with ``size=(H, W)``, after bilinear upsampling, ``[concept, H, W]``)."""
-    x = pooled.double()
+def otsu_threshold(values: torch.Tensor) -> float:
+    """The threshold that maximises the between-class variance of ``values`` (Otsu), exact (no histogram)."""
+    v = values.flatten().double().sort().values
+    n = v.numel()
+    if n < 2 or float(v[-1] - v[0]) == 0.0:
+        return float(v[0]) if n else 0.0
+    csum = v.cumsum(0)
+    k = torch.arange(1, n, dtype=torch.float64)  # split after k values
+    m0 = csum[:-1] / k
+    m1 = (csum[-1] - csum[:-1]) / (n - k)
+    score = k * (n - k) * (m0 - m1) ** 2
+    score[v[1:] == v[:-1]] = -1.0  # only split between distinct values
+    i = int(score.argmax())
+    return float((v[i] + v[i + 1]) / 2)
+
+
+def masks_from_pooled(
+    pooled: torch.Tensor, size: tuple[int, int] | None = None, rule: MaskRule = DEFAULT_RULE
+) -> np.ndarray:
+    """bool ``[concept, rows, cols]`` (or, with ``size=(H, W)``, after bilinear upsampling, ``[concept, H, W]``).
+
+    ``rule``: ``"otsu"`` (default) — each concept's mask is where its map exceeds the Otsu threshold of
+    that map at the token grid; ``"argmax"`` — each place goes to the concept whose map is largest
+    (a single concept: above its mean).
+    """
+    grid = pooled.double()
+    x = grid
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
         x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    if rule == "otsu":
+        return np.stack([(x[c] > otsu_threshold(grid[c])).numpy() for c in range(x.shape[0])])
+    if rule != "argmax":
+        raise ConfigError(f"rule={rule!r} is not one of 'otsu', 'argmax'.")
     if x.shape[0] == 1:
         return (x > x.mean()).numpy()
     best = x.argmax(dim=0)
@@ -182,6 +213,7 @@ def segment(
     blocks: Sequence[int] | None = None,
     steps: Sequence[int] | None = None,
     num_inference_steps: int | None = None,
+    rule: MaskRule = DEFAULT_RULE,
     **pipe_kwargs: Any,
 ) -> Segmentation:
     """Generate ``prompt`` and segment the image into one binary mask per concept (see the module doc).
@@ -196,8 +228,8 @@ def segment(
     rows, cols = grid_of(maps.shape[-2], h, w)
     grid_maps = maps[:, :, 0].transpose(-1, -2).unflatten(-1, (rows, cols))  # [step, block, concept, rows, cols]
     pooled = pool(grid_maps, block_ids, steps, blocks)
-    token = masks_from_pooled(pooled)
-    full = masks_from_pooled(pooled, (h, w))
+    token = masks_from_pooled(pooled, rule=rule)
+    full = masks_from_pooled(pooled, (h, w), rule=rule)
     return Segmentation(
         concepts=concepts, method=method, blocks=list(blocks or block_ids),
         steps=list(steps or range(maps.shape[0])), maps=grid_maps, pooled=pooled,
@@ -207,6 +239,6 @@ def segment(
 
 
 __all__ = [
-    "DEFAULT_POOLING", "METHODS", "SegmentMethod", "Segmentation", "grid_of", "masks_from_pooled", "normalise",
+    "DEFAULT_POOLING", "DEFAULT_RULE", "METHODS", "MaskRule", "SegmentMethod", "otsu_threshold", "Segmentation", "grid_of", "masks_from_pooled", "normalise",
     "pool", "record_maps", "segment",
 ]

@@ -2,8 +2,9 @@
 
 Writes ``OUT/image.png`` and ``OUT/masks/{concept}.png`` (white = the concept), both at the image's
 resolution. Default pooling: the mean over every joint block and every denoising step
-(``--blocks`` / ``--steps`` choose others); a pixel belongs to the concept whose pooled map is
-largest there (a single concept: above its map's mean).
+(``--blocks`` / ``--steps`` choose others); default rule ``otsu``: a concept's mask is where its
+pooled map (weights normalised over the concepts) exceeds that map's Otsu threshold
+(``--rule argmax``: each pixel goes to the concept with the largest map).
 
 Example::
 
@@ -33,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "maps; concept_attn: concept attention weights.")
     parser.add_argument("--blocks", default=None, help="Blocks to pool, e.g. 2,3 (default: all joint blocks).")
     parser.add_argument("--steps", default=None, help="Recorded steps to pool, e.g. 0,1,2 (default: all).")
+    parser.add_argument("--rule", choices=("otsu", "argmax"), default="otsu",
+                        help="otsu (default): each concept's map above its Otsu threshold; argmax: the largest map wins.")
     parser.add_argument("--num-steps", type=int, default=None, help="Denoising steps (default: the model's).")
     parser.add_argument("--out", required=True, help="Output folder (created if missing).")
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out)
     pipe = load_pipeline(args.model)
     result = segment(pipe, args.prompt, concepts, seed=args.seed, method=args.method, blocks=blocks, steps=steps,
-                     num_inference_steps=args.num_steps)
+                     num_inference_steps=args.num_steps, rule=args.rule)
     Image.fromarray(result.image).save(out / "image.png")
     (out / "masks").mkdir(exist_ok=True)
     files = {}
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({
             "image": str(out / "image.png"), "masks": files, "method": result.method, "blocks": result.blocks,
-            "steps": result.steps, "size": list(result.image.shape[:2]),
+            "steps": result.steps, "rule": args.rule, "size": list(result.image.shape[:2]),
             "area": {c: float(result.masks[c].mean()) for c in concepts},
         })
     return 0
