@@ -8,8 +8,9 @@ tokens), ``concept_attn`` (``img2concept``) and ``concept`` (``img2concept_out``
 
 IoU of the object concept's mask with the object mask, at the token grid (exact mask downsampled:
 a token is object when at least half of its pixels are) and at image resolution (pooled maps
-upsampled bilinearly), per block (pooled over steps), per step (pooled over blocks) and pooled over
-both (the default of ``latentlens segment``).
+upsampled bilinearly), per block (pooled over steps), per step (pooled over the default blocks),
+with the default pooling of ``latentlens segment`` (later half of the blocks, all steps) and over
+all blocks; for both mask rules (Otsu, argmax).
 
     flock /tmp/ll-cpu.lock python benchmarks/bench_segment.py --n 200 --threads 1 --json out.json
 """
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from latentlens import load_pipeline, record
-from latentlens.analysis.segment import grid_of, masks_from_pooled, normalise
+from latentlens.analysis.segment import grid_of, masks_from_pooled, normalise, pool
 from latentlens.shapes import sample_scenes
 from latentlens.shapes.oracle import object_mask
 from latentlens.text import word_token_indices
@@ -100,12 +101,13 @@ def evaluate(data: dict[str, np.ndarray], rule: str) -> dict[str, dict[str, floa
             g = maps.transpose(-1, -2).unflatten(-1, (rows, cc))  # [step, block, concept, r, c]
             tt = token_truth(truth, rows, cc)
             nb = g.shape[1]
-            pooled = {"pooled": g.mean((0, 1)), "late blocks": g[:, nb // 2 :].mean((0, 1))}
+            blocks = list(range(nb))
+            pooled = {"default": pool(g, blocks), "all blocks": pool(g, blocks, use_blocks="all")}
             pooled.update({f"block {b}": g[:, b].mean(0) for b in range(nb)})
-            pooled.update({f"step {t}": g[t].mean(0) for t in range(g.shape[0])})
+            pooled.update({f"step {t}": pool(g, blocks, steps=[t]) for t in range(g.shape[0])})
             for key, p in pooled.items():
                 scores["token " + key].append(iou(masks_from_pooled(p, rule=rule)[0], tt))
-                if key in ("pooled", "late blocks") or key.startswith("block"):
+                if key in ("default", "all blocks") or key.startswith("block"):
                     scores["image " + key].append(iou(masks_from_pooled(p, (h, w), rule=rule)[0], truth))
         result[m] = {k: float(np.mean(v)) for k, v in scores.items()}
     return result
@@ -138,8 +140,8 @@ def main() -> None:
         result["rules"][rule] = res
         for m in METHODS:
             r = res[m]
-            print(f"{rule:6s} {m:13s} token pooled {r['token pooled']:.3f} late {r['token late blocks']:.3f} "
-                  f"image pooled {r['image pooled']:.3f}  "
+            print(f"{rule:6s} {m:13s} token default {r['token default']:.3f} all blocks {r['token all blocks']:.3f} "
+                  f"image default {r['image default']:.3f}  "
                   + " ".join(f"{k.split(' ', 1)[1]}={v:.2f}" for k, v in r.items()
                              if k.startswith("token ") and ("block " in k or k.endswith(("step 0", "step 10", "step 19")))))
     if args.json:

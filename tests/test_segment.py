@@ -34,6 +34,8 @@ def test_masks_have_the_image_size_and_partition_it(toy, method):
     # argmax over two concepts: every pixel belongs to exactly one
     assert np.array_equal(result.masks["circle"], ~result.masks["background"])
     assert result.maps.shape == (2, 2, 2, 8, 8)  # [step, block, concept, rows, cols]
+    assert result.blocks == [1] and result.steps == [0, 1]  # default: the later half of the blocks, all steps
+    torch.testing.assert_close(result.pooled, result.maps[:, 1].mean(0))
     torch.testing.assert_close(result.maps.sum(2), torch.ones(2, 2, 8, 8, dtype=torch.float64))
 
 

@@ -8,8 +8,9 @@ Methods (``method=``):
   (image attention outputs · concept outputs), softmax over the concepts per block and step.
 - ``"concept_attn"``: the concept attention weights ``blocks.{i}.attn.img2concept``.
 
-Pooling (the default, :data:`DEFAULT_POOLING`): the mean over every joint block and every step of
-the normalised maps; ``blocks=`` / ``steps=`` choose others. Masks (``rule=``, default ``"otsu"``):
+Pooling (the default, :data:`DEFAULT_POOLING`): the mean over the later half of the joint blocks
+(``blocks[len // 2:]``; on the toy model blocks 3–5) and every step of the normalised maps;
+``blocks=`` / ``steps=`` choose others. Masks (``rule=``, default ``"otsu"``):
 a concept's mask is where its pooled map exceeds the Otsu threshold of that map at the token grid
 (at image resolution: the bilinearly upsampled map against the same threshold); ``"argmax"``: a
 token (pixel) belongs to the concept whose pooled map is largest there.
@@ -40,8 +41,8 @@ SegmentMethod = Literal["img2txt", "concept", "concept_attn"]
 MaskRule = Literal["otsu", "argmax"]
 DEFAULT_RULE: MaskRule = "otsu"
 METHODS: tuple[str, ...] = ("img2txt", "concept", "concept_attn")
-#: the stated default pooling: mean over all joint blocks and all denoising steps
-DEFAULT_POOLING = {"blocks": "all", "steps": "all"}
+#: the stated default pooling: mean over the later half of the joint blocks and every denoising step
+DEFAULT_POOLING = {"blocks": "later half", "steps": "all"}
 
 
 @dataclass
@@ -126,8 +127,10 @@ def masks_from_pooled(
     return np.stack([(best == c).numpy() for c in range(x.shape[0])])
 
 
-def _selection(spec: Any, available: list[int], what: str) -> list[int]:
-    if spec is None or spec == "all":
+def _selection(spec: Any, available: list[int], what: str, default: list[int] | None = None) -> list[int]:
+    if spec is None:
+        return list(available if default is None else default)
+    if spec == "all":
         return list(available)
     chosen = [int(s) for s in spec]
     bad = [s for s in chosen if s not in available]
@@ -197,9 +200,9 @@ def record_maps(
 
 
 def pool(maps: torch.Tensor, blocks: list[int], steps: Any = None, use_blocks: Any = None) -> torch.Tensor:
-    """Mean over the chosen steps and blocks of ``[step, block, ...]`` maps → ``[...]``."""
+    """Mean over the chosen steps (default: all) and blocks (default: the later half) of ``[step, block, ...]`` maps."""
     step_sel = _selection(steps, list(range(maps.shape[0])), "steps")
-    block_sel = _selection(use_blocks, blocks, "blocks")
+    block_sel = _selection(use_blocks, blocks, "blocks", blocks[len(blocks) // 2 :])
     bi = [blocks.index(b) for b in block_sel]
     return maps[step_sel][:, bi].mean(dim=(0, 1))
 
@@ -209,9 +212,9 @@ def segment(
     prompt: str,
     concepts: Sequence[str],
     seed: int = 0,
-    method: SegmentMethod = "concept",
-    blocks: Sequence[int] | None = None,
-    steps: Sequence[int] | None = None,
+    method: SegmentMethod = "concept_attn",
+    blocks: Sequence[int] | Literal["all"] | None = None,
+    steps: Sequence[int] | Literal["all"] | None = None,
     num_inference_steps: int | None = None,
     rule: MaskRule = DEFAULT_RULE,
     **pipe_kwargs: Any,
@@ -227,12 +230,13 @@ def segment(
     h, w = image.shape[:2]
     rows, cols = grid_of(maps.shape[-2], h, w)
     grid_maps = maps[:, :, 0].transpose(-1, -2).unflatten(-1, (rows, cols))  # [step, block, concept, rows, cols]
-    pooled = pool(grid_maps, block_ids, steps, blocks)
+    use_steps = _selection(steps, list(range(grid_maps.shape[0])), "steps")
+    use_blocks = _selection(blocks, block_ids, "blocks", block_ids[len(block_ids) // 2 :])
+    pooled = pool(grid_maps, block_ids, use_steps, use_blocks)
     token = masks_from_pooled(pooled, rule=rule)
     full = masks_from_pooled(pooled, (h, w), rule=rule)
     return Segmentation(
-        concepts=concepts, method=method, blocks=list(blocks or block_ids),
-        steps=list(steps or range(maps.shape[0])), maps=grid_maps, pooled=pooled,
+        concepts=concepts, method=method, blocks=use_blocks, steps=use_steps, maps=grid_maps, pooled=pooled,
         token_masks={c: token[i] for i, c in enumerate(concepts)}, masks={c: full[i] for i, c in enumerate(concepts)},
         image=image,
     )

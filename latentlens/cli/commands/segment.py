@@ -1,8 +1,8 @@
 """``latentlens segment``: generate an image and one binary mask per concept from attention maps.
 
 Writes ``OUT/image.png`` and ``OUT/masks/{concept}.png`` (white = the concept), both at the image's
-resolution. Default pooling: the mean over every joint block and every denoising step
-(``--blocks`` / ``--steps`` choose others); default rule ``otsu``: a concept's mask is where its
+resolution. Default pooling: the mean over the later half of the joint blocks and every denoising
+step (``--blocks`` / ``--steps`` choose others; ``--blocks all``: every block); default rule ``otsu``: a concept's mask is where its
 pooled map (weights normalised over the concepts) exceeds that map's Otsu threshold
 (``--rule argmax``: each pixel goes to the concept with the largest map).
 
@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="The prompt to generate.")
     parser.add_argument("--concepts", required=True, help="Comma-separated concept words, e.g. circle,background.")
     parser.add_argument("--seed", type=int, default=0, help="Generator seed (default 0).")
-    parser.add_argument("--method", choices=("img2txt", "concept", "concept_attn"), default="concept",
-                        help="img2txt: the concepts' prompt tokens; concept (default): ConceptAttention output-space "
-                             "maps; concept_attn: concept attention weights.")
-    parser.add_argument("--blocks", default=None, help="Blocks to pool, e.g. 2,3 (default: all joint blocks).")
+    parser.add_argument("--method", choices=("img2txt", "concept", "concept_attn"), default="concept_attn",
+                        help="img2txt: the concepts' prompt tokens; concept: ConceptAttention output-space maps; "
+                             "concept_attn (default): concept attention weights.")
+    parser.add_argument("--blocks", default=None,
+                        help="Blocks to pool, e.g. 2,3, or 'all' (default: the later half of the joint blocks).")
     parser.add_argument("--steps", default=None, help="Recorded steps to pool, e.g. 0,1,2 (default: all).")
     parser.add_argument("--rule", choices=("otsu", "argmax"), default="otsu",
                         help="otsu (default): each concept's map above its Otsu threshold; argmax: the largest map wins.")
@@ -41,9 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
 
 
-def _ints(text: str | None, flag: str) -> list[int] | None:
-    if text is None:
-        return None
+def _ints(text: str | None, flag: str) -> list[int] | str | None:
+    if text is None or text == "all":
+        return text
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError as error:
