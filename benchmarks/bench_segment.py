@@ -65,20 +65,27 @@ def generate(args: argparse.Namespace) -> dict[str, np.ndarray]:
             prompts = [scenes[i][1].text for i in part]
             cols = [[word_token_indices(pipe, c, p) for c in concepts] for p in prompts]
             gens = [torch.Generator().manual_seed(args.seed + i) for i in part]
-            with record(pipe, attention=["blocks.*.attn.img2txt", "blocks.*.attn.img2concept*"],
-                        concepts=concepts) as rec:
+            with record(
+                pipe, attention=["blocks.*.attn.img2txt", "blocks.*.attn.img2concept*"], concepts=concepts
+            ) as rec:
                 images = pipe(prompts, generator=gens, output_type="np", **kw).images
             images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
             blocks = sorted({int(n.split(".")[1]) for n in rec.names})
             for j, i in enumerate(part):
                 truth[i] = object_mask(images[j])
-                raw["img2txt"][i] = torch.stack([
-                    torch.stack([rec[f"blocks.{b}.attn.img2txt"][:, j][..., pos].mean(-1) for pos in cols[j]], -1)
-                    for b in blocks], 1).numpy()  # [step, block, token, concept]
-                raw["concept_attn"][i] = torch.stack([rec[f"blocks.{b}.attn.img2concept"][:, j] for b in blocks],
-                                                     1).numpy()
-                raw["concept"][i] = torch.stack([rec[f"blocks.{b}.attn.img2concept_out"][:, j] for b in blocks],
-                                                1).numpy()
+                raw["img2txt"][i] = torch.stack(
+                    [
+                        torch.stack([rec[f"blocks.{b}.attn.img2txt"][:, j][..., pos].mean(-1) for pos in cols[j]], -1)
+                        for b in blocks
+                    ],
+                    1,
+                ).numpy()  # [step, block, token, concept]
+                raw["concept_attn"][i] = torch.stack(
+                    [rec[f"blocks.{b}.attn.img2concept"][:, j] for b in blocks], 1
+                ).numpy()
+                raw["concept"][i] = torch.stack(
+                    [rec[f"blocks.{b}.attn.img2concept_out"][:, j] for b in blocks], 1
+                ).numpy()
             print(f"{shape}: {s + len(part)}/{len(idx)} images, {time.time() - start:.0f} s", flush=True)
     out = {m: np.stack(v) for m, v in raw.items()}
     out["truth"] = np.stack(truth)
@@ -132,18 +139,28 @@ def main() -> None:
         data = generate(args)
         if args.save:
             np.savez_compressed(args.save, **data)
-    result = {"n": int(len(data["truth"])), "no_object": int(sum(not t.any() for t in data["truth"])),
-              "generate_seconds": float(data["seconds"]), "load_start": load0, "load_end": os.getloadavg(),
-              "rules": {}}
+    result = {
+        "n": len(data["truth"]),
+        "no_object": int(sum(not t.any() for t in data["truth"])),
+        "generate_seconds": float(data["seconds"]),
+        "load_start": load0,
+        "load_end": os.getloadavg(),
+        "rules": {},
+    }
     for rule in ("otsu", "argmax"):
         res = evaluate(data, rule)
         result["rules"][rule] = res
         for m in METHODS:
             r = res[m]
-            print(f"{rule:6s} {m:13s} token default {r['token default']:.3f} all blocks {r['token all blocks']:.3f} "
-                  f"image default {r['image default']:.3f}  "
-                  + " ".join(f"{k.split(' ', 1)[1]}={v:.2f}" for k, v in r.items()
-                             if k.startswith("token ") and ("block " in k or k.endswith(("step 0", "step 10", "step 19")))))
+            print(
+                f"{rule:6s} {m:13s} token default {r['token default']:.3f} all blocks {r['token all blocks']:.3f} "
+                f"image default {r['image default']:.3f}  "
+                + " ".join(
+                    f"{k.split(' ', 1)[1]}={v:.2f}"
+                    for k, v in r.items()
+                    if k.startswith("token ") and ("block " in k or k.endswith(("step 0", "step 10", "step 19")))
+                )
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

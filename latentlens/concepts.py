@@ -25,7 +25,8 @@ number of image tokens. Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 
@@ -76,8 +77,11 @@ def concept_positions(adapter: Any, concept: str) -> list[int]:
         enc = tok(concept, return_offsets_mapping=True, truncation=True, max_length=seg.length)
         special = set(getattr(tok, "all_special_ids", []) or [])
         unk = getattr(tok, "unk_token_id", None)
-        pos = [i for i, ((a, b), t) in enumerate(zip(enc["offset_mapping"], enc["input_ids"]))
-               if b > a and t not in special]
+        pos = [
+            i
+            for i, ((a, b), t) in enumerate(zip(enc["offset_mapping"], enc["input_ids"]))
+            if b > a and t not in special
+        ]
         known = [i for i in pos if enc["input_ids"][i] != unk]
         if not known:
             raise ConfigError(

@@ -24,8 +24,7 @@ def toy():
 
 @pytest.mark.parametrize("method", ["img2txt", "concept", "concept_attn"])
 def test_masks_have_the_image_size_and_partition_it(toy, method):
-    result = segment(toy, PROMPT, ["circle", "background"], seed=0, method=method, num_inference_steps=2,
-                     rule="argmax")
+    result = segment(toy, PROMPT, ["circle", "background"], seed=0, method=method, num_inference_steps=2, rule="argmax")
     assert result.image.shape == (32, 32, 3)
     assert set(result.masks) == {"circle", "background"}
     for concept in ("circle", "background"):
@@ -71,8 +70,24 @@ def test_img2txt_needs_the_concept_in_the_prompt(toy):
 
 def test_cli_writes_image_and_masks(tmp_path, capsys):
     out = tmp_path / "seg"
-    code = main(["segment", "--model", "toy", "--prompt", PROMPT, "--concepts", "circle,background", "--seed", "0",
-                 "--num-steps", "2", "--out", str(out), "--json"])
+    code = main(
+        [
+            "segment",
+            "--model",
+            "toy",
+            "--prompt",
+            PROMPT,
+            "--concepts",
+            "circle,background",
+            "--seed",
+            "0",
+            "--num-steps",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     image = Image.open(out / "image.png")

@@ -125,14 +125,15 @@ class FluxAdapter(Adapter):
             a = b.attn
             if i < n_double:
                 modulate, update = ada_zero_context(b)
-                parts = (*qkv_parts(a, added=False), *qkv_parts(a, added=True))
-                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, *parts, img_out=a.to_out[0],
-                                        modulate=modulate, update=update, rope=True))
+                iq, ik, iv = qkv_parts(a, added=False)
+                tq, tk, tv = qkv_parts(a, added=True)
+                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, iq, ik, iv, tq, tk, tv,
+                                        img_out=a.to_out[0], modulate=modulate, update=update, rope=True))
             else:
                 modulate, update = _single_stream(b)
                 q, k, v = qkv_parts(a, added=False)
-                joint = tuple(QKPart("joint", p.proj, p.chunk, p.norm) for p in (q, k, v))
-                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, *joint, q, k, v, img_out=a,
+                jq, jk, jv = (QKPart("joint", p.proj, p.chunk, p.norm) for p in (q, k, v))
+                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, jq, jk, jv, q, k, v, img_out=a,
                                         modulate=modulate, update=update, img_out_joint=True, rope=True))
         return out
 

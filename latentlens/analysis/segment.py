@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ def check_method(method: str) -> str:
 
 def grid_of(n_tokens: int, height: int, width: int) -> tuple[int, int]:
     """The token grid ``(rows, cols)`` of ``n_tokens`` image tokens for a ``height × width`` image."""
-    rows = int(round(math.sqrt(n_tokens * height / width)))
+    rows = round(math.sqrt(n_tokens * height / width))
     if rows <= 0 or n_tokens % rows:
         raise ConfigError(f"{n_tokens} image tokens do not form a grid for a {height}x{width} image.")
     return rows, n_tokens // rows
@@ -165,7 +166,7 @@ def record_maps(
     if seeds is not None:
         kwargs["generator"] = [torch.Generator().manual_seed(int(s)) for s in seeds]
     if method == "img2txt":
-        lists = per_prompt or [shared] * len(prompts)
+        lists: list[list[str]] = per_prompt if per_prompt is not None else [list(shared or [])] * len(prompts)
         # positions of each concept's tokens in each prompt (checked before any model work)
         positions = [[word_token_indices(adapter, c, p) for c in cs] for p, cs in zip(prompts, lists)]
         with record(pipe, attention="blocks.*.attn.img2txt", cfg="cond") as rec:
@@ -175,8 +176,10 @@ def record_maps(
         per_block = []
         for n in names:
             m = rec[n].double()  # [step, batch, image_token, text_token]
-            cols = [torch.stack([m[:, b][..., pos].mean(dim=-1) for pos in positions[b]], dim=-1)
-                    for b in range(len(prompts))]  # per prompt [step, image_token, concept]
+            cols = [
+                torch.stack([m[:, b][..., pos].mean(dim=-1) for pos in positions[b]], dim=-1)
+                for b in range(len(prompts))
+            ]  # per prompt [step, image_token, concept]
             per_block.append(torch.stack(cols, dim=1))  # [step, batch, image_token, concept]
     else:
         if per_prompt is not None:
@@ -224,8 +227,7 @@ def segment(
     Example: ``segment(pipe, "a red circle on a gray background", ["circle", "background"]).masks["circle"]``.
     """
     concepts = check_concepts(list(concepts))
-    images, maps, block_ids = record_maps(pipe, [prompt], concepts, method, [seed], num_inference_steps,
-                                          **pipe_kwargs)
+    images, maps, block_ids = record_maps(pipe, [prompt], concepts, method, [seed], num_inference_steps, **pipe_kwargs)
     image = images[0]
     h, w = image.shape[:2]
     rows, cols = grid_of(maps.shape[-2], h, w)
@@ -236,13 +238,30 @@ def segment(
     token = masks_from_pooled(pooled, rule=rule)
     full = masks_from_pooled(pooled, (h, w), rule=rule)
     return Segmentation(
-        concepts=concepts, method=method, blocks=use_blocks, steps=use_steps, maps=grid_maps, pooled=pooled,
-        token_masks={c: token[i] for i, c in enumerate(concepts)}, masks={c: full[i] for i, c in enumerate(concepts)},
+        concepts=concepts,
+        method=method,
+        blocks=use_blocks,
+        steps=use_steps,
+        maps=grid_maps,
+        pooled=pooled,
+        token_masks={c: token[i] for i, c in enumerate(concepts)},
+        masks={c: full[i] for i, c in enumerate(concepts)},
         image=image,
     )
 
 
 __all__ = [
-    "DEFAULT_POOLING", "DEFAULT_RULE", "METHODS", "MaskRule", "SegmentMethod", "otsu_threshold", "Segmentation", "grid_of", "masks_from_pooled", "normalise",
-    "pool", "record_maps", "segment",
+    "DEFAULT_POOLING",
+    "DEFAULT_RULE",
+    "METHODS",
+    "MaskRule",
+    "SegmentMethod",
+    "Segmentation",
+    "grid_of",
+    "masks_from_pooled",
+    "normalise",
+    "otsu_threshold",
+    "pool",
+    "record_maps",
+    "segment",
 ]

@@ -14,7 +14,9 @@ Example (what :func:`latentlens.record` does for ``concepts=[...]``)::
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 
@@ -44,7 +46,7 @@ class ConceptCapture:
         heads: Heads,
         reduce: Reduce,
         keep: Keep,
-        suspend: Callable[[], ContextManager[None]] | None = None,
+        suspend: Callable[[], AbstractContextManager[None]] | None = None,
     ) -> None:
         self.context = context
         last = max(wanted)
@@ -146,7 +148,7 @@ class ConceptCapture:
             m = pool_map(m, grid, self.reduce.pool, True, False)
         if self.reduce.mean_img_tokens:
             m = m.mean(dim=-2)
-            dims = dims[:-2] + ("key",)
+            dims = (*dims[:-2], "key")
         self.keep(name, m, dims)
 
 

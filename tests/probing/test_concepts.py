@@ -89,8 +89,10 @@ def _reference(kind: str, pipe, calls: dict, n_blocks: int, step: int) -> dict[s
             qt, kt = _rope(qt, cos[:T], sin[:T]), _rope(kt, cos[:T], sin[:T])
             qx, kx = _rope(qx, cos[T:], sin[T:]), _rope(kx, cos[T:], sin[T:])
             n = cc.shape[1]
-            qc, kc = _rope(qc, cos[:1].expand(n, -1), sin[:1].expand(n, -1)), _rope(kc, cos[:1].expand(n, -1),
-                                                                                     sin[:1].expand(n, -1))
+            qc, kc = (
+                _rope(qc, cos[:1].expand(n, -1), sin[:1].expand(n, -1)),
+                _rope(kc, cos[:1].expand(n, -1), sin[:1].expand(n, -1)),
+            )
         ox = _attend(qx, torch.cat([kx, kt], 1), torch.cat([vx, vt], 1))  # the model's image outputs
         oc = _attend(qc, torch.cat([kx, kc], 1), torch.cat([vx, vc], 1))
         d = qx.shape[-1]
@@ -128,7 +130,9 @@ def test_concept_maps_equal_float64_and_output_unchanged(kind):
             got = rec[name][step].double()
             assert got.shape == ref[name].shape and got.shape[-1] == len(CONCEPTS), name
             tol = 1e-5 * max(1.0, float(ref[name].abs().max()))
-            torch.testing.assert_close(got, ref[name], rtol=1e-4, atol=tol, msg=lambda m, n=name, s=step: f"{n} step {s}: {m}")
+            torch.testing.assert_close(
+                got, ref[name], rtol=1e-4, atol=tol, msg=lambda m, n=name, s=step: f"{n} step {s}: {m}"
+            )
     w = rec["blocks.0.attn.img2concept"]
     torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5, rtol=0)
 

@@ -29,14 +29,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="The prompt to generate.")
     parser.add_argument("--concepts", required=True, help="Comma-separated concept words, e.g. circle,background.")
     parser.add_argument("--seed", type=int, default=0, help="Generator seed (default 0).")
-    parser.add_argument("--method", choices=("img2txt", "concept", "concept_attn"), default="concept_attn",
-                        help="img2txt: the concepts' prompt tokens; concept: ConceptAttention output-space maps; "
-                             "concept_attn (default): concept attention weights.")
-    parser.add_argument("--blocks", default=None,
-                        help="Blocks to pool, e.g. 2,3, or 'all' (default: the later half of the joint blocks).")
+    parser.add_argument(
+        "--method",
+        choices=("img2txt", "concept", "concept_attn"),
+        default="concept_attn",
+        help="img2txt: the concepts' prompt tokens; concept: ConceptAttention output-space maps; "
+        "concept_attn (default): concept attention weights.",
+    )
+    parser.add_argument(
+        "--blocks",
+        default=None,
+        help="Blocks to pool, e.g. 2,3, or 'all' (default: the later half of the joint blocks).",
+    )
     parser.add_argument("--steps", default=None, help="Recorded steps to pool, e.g. 0,1,2 (default: all).")
-    parser.add_argument("--rule", choices=("otsu", "argmax"), default="otsu",
-                        help="otsu (default): each concept's map above its Otsu threshold; argmax: the largest map wins.")
+    parser.add_argument(
+        "--rule",
+        choices=("otsu", "argmax"),
+        default="otsu",
+        help="otsu (default): each concept's map above its Otsu threshold; argmax: the largest map wins.",
+    )
     parser.add_argument("--num-steps", type=int, default=None, help="Denoising steps (default: the model's).")
     parser.add_argument("--out", required=True, help="Output folder (created if missing).")
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
@@ -73,8 +84,17 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_dir(out)
     pipe = load_pipeline(args.model)
-    result = segment(pipe, args.prompt, concepts, seed=args.seed, method=args.method, blocks=blocks, steps=steps,
-                     num_inference_steps=args.num_steps, rule=args.rule)
+    result = segment(
+        pipe,
+        args.prompt,
+        concepts,
+        seed=args.seed,
+        method=args.method,
+        blocks=blocks,
+        steps=steps,
+        num_inference_steps=args.num_steps,
+        rule=args.rule,
+    )
     Image.fromarray(result.image).save(out / "image.png")
     (out / "masks").mkdir(exist_ok=True)
     files = {}
@@ -83,9 +103,16 @@ def run(args: argparse.Namespace) -> int:
         Image.fromarray(result.masks[concept].astype("uint8") * 255).save(path)
         files[concept] = str(path)
     if args.json:
-        print_json({
-            "image": str(out / "image.png"), "masks": files, "method": result.method, "blocks": result.blocks,
-            "steps": result.steps, "rule": args.rule, "size": list(result.image.shape[:2]),
-            "area": {c: float(result.masks[c].mean()) for c in concepts},
-        })
+        print_json(
+            {
+                "image": str(out / "image.png"),
+                "masks": files,
+                "method": result.method,
+                "blocks": result.blocks,
+                "steps": result.steps,
+                "rule": args.rule,
+                "size": list(result.image.shape[:2]),
+                "area": {c: float(result.masks[c].mean()) for c in concepts},
+            }
+        )
     return 0
