@@ -45,6 +45,7 @@ def _norm(mod, x):
     return x if mod is None else mod(x)
 
 
+@torch.no_grad()
 def _reference(kind: str, pipe, calls: dict, n_blocks: int, step: int) -> dict[str, torch.Tensor]:
     """{name: [batch, image_token, concept]} for one transformer call, float64."""
     t64 = copy.deepcopy(pipe.transformer).double()
@@ -177,3 +178,27 @@ def test_concept_map_names_need_concepts_and_a_pipeline():
         record(pipe, attention="blocks.*.attn.img2concept")
     with pytest.raises(ConfigError, match="pass the pipeline"):
         record(pipe.transformer, concepts=["circle"])
+
+
+def test_concept_maps_per_head_pooled_and_stored(tmp_path):
+    from latentlens.store import RunStore
+
+    pipe = get_pipe("flux")
+    with record(pipe, attention="blocks.*.attn.img2concept*", concepts=CONCEPTS) as mean:
+        run_pipe(pipe, "flux")
+    with record(pipe, attention="blocks.*.attn.img2concept*", concepts=CONCEPTS, heads="all") as per_head:
+        run_pipe(pipe, "flux")
+    w = per_head["blocks.3.attn.img2concept"]  # single-stream block
+    assert w.shape == (2, 1, pipe.transformer.config.num_attention_heads, 64, 3)
+    torch.testing.assert_close(w.mean(2), mean["blocks.3.attn.img2concept"])
+    torch.testing.assert_close(per_head["blocks.3.attn.img2concept_out"], mean["blocks.3.attn.img2concept_out"])
+    with record(pipe, attention="blocks.0.attn.img2concept", concepts=CONCEPTS, reduce="pool=2") as pooled:
+        run_pipe(pipe, "flux")
+    m = mean["blocks.0.attn.img2concept"].unflatten(2, (8, 8))  # [step, batch, 8, 8, concept]
+    expect = m.unflatten(2, (4, 2)).unflatten(4, (4, 2)).mean((3, 5)).flatten(2, 3)
+    torch.testing.assert_close(pooled["blocks.0.attn.img2concept"], expect)
+    store = RunStore.create(tmp_path / "run", {"model": "tiny-flux"})
+    with record(pipe, attention="blocks.1.attn.img2concept_out", concepts=CONCEPTS, store=store) as rec:
+        run_pipe(pipe, "flux")
+    assert store.kind("blocks.1.attn.img2concept_out") == "map"
+    torch.testing.assert_close(rec["blocks.1.attn.img2concept_out"], mean["blocks.1.attn.img2concept_out"])
