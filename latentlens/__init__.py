@@ -59,6 +59,9 @@ _EXPORTS: dict[str, str] = {
     "EditResult": "latentlens.editor.editor",
     "CompatNotice": "latentlens.compat",
     "plan_record": "latentlens.size_plan",
+    "check_concepts": "latentlens.concepts",
+    "segment": "latentlens.analysis.segment",
+    "Segmentation": "latentlens.analysis.segment",
 }
 
 

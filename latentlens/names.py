@@ -31,11 +31,24 @@ Sites: TypeAlias = str | Sequence[str] | Callable[[str], bool] | None
 Steps: TypeAlias = int | Sequence[int] | range | slice | None
 
 MAP_KINDS = ("img2txt", "txt2img", "img2img", "txt2txt")
+#: concept maps (``record(..., concepts=[...])``): attention weights and attention-output similarity
+CONCEPT_KINDS = ("img2concept", "img2concept_out")
 
 
 def is_map(name: str) -> bool:
-    """True for attention-map names (``blocks.{i}.attn.img2txt``, ``blocks.{i}.attn2.img2img``)."""
-    return name.rsplit(".", 1)[-1] in MAP_KINDS
+    """True for attention-map names (``blocks.{i}.attn.img2txt``, ``blocks.{i}.attn2.img2img``, concept maps)."""
+    kind = name.rsplit(".", 1)[-1]
+    return kind in MAP_KINDS or kind in CONCEPT_KINDS
+
+
+def is_concept_map(name: str) -> bool:
+    """True for concept-map names (``blocks.{i}.attn.img2concept``, ``blocks.{i}.attn.img2concept_out``)."""
+    return name.rsplit(".", 1)[-1] in CONCEPT_KINDS
+
+
+def concept_names(adapter: Any) -> list[str]:
+    """The concept-map names of an adapter's joint blocks, in block order (empty: no joint text blocks)."""
+    return [f"{cb.prefix}.{kind}" for cb in adapter.concept_blocks() for kind in CONCEPT_KINDS]
 
 
 class NamedLayout(Protocol):

@@ -17,8 +17,9 @@ only orchestrates; the parts live in :mod:`latentlens.capture` (see ``docs/desig
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
-from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,12 +27,24 @@ from latentlens.adapters import adapter_for, split_target
 from latentlens.adapters.base import AttnSpec, CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
 from latentlens.capture.accumulator import Accumulator
+from latentlens.capture.concepts import ConceptCapture
 from latentlens.capture.maps import MapCapture
 from latentlens.capture.options import CfgBranch, Heads, Reduce, ReduceSpec, check_cfg, check_heads
 from latentlens.capture.recording import Recording
 from latentlens.capture.sites import select_site
+from latentlens.concepts import check_concepts, concept_states
 from latentlens.errors import ConfigError
-from latentlens.names import Sites, Steps, StepSelection, block_of, is_map, recordable_names, select_names
+from latentlens.names import (
+    Sites,
+    Steps,
+    StepSelection,
+    block_of,
+    concept_names,
+    is_concept_map,
+    is_map,
+    recordable_names,
+    select_names,
+)
 from latentlens.text import TokenSpec, resolve_tokens, word_token_indices
 
 
@@ -66,6 +79,7 @@ class Recorder:
         store: RecordingSink | None,
         allow_caching: bool,
         prompt: str | Sequence[str] | None = None,
+        concepts: Sequence[str] | None = None,
     ) -> None:
         self.cfg = check_cfg(cfg)
         self.heads = check_heads(heads)
@@ -80,6 +94,20 @@ class Recorder:
         self.tokens = tokens
 
         valid = recordable_names(self.adapter)
+        self.concepts = None if concepts is None else check_concepts(concepts)
+        if self.concepts is not None:
+            extra = concept_names(self.adapter)
+            if not extra:
+                raise ConfigError(
+                    f"concepts= needs joint text blocks (SD3, SD3.5, Flux, the toy model); the {self.adapter.name!r} "
+                    f"architecture ({type(self.transformer).__name__}) has none. Record its img2txt/cross-attention "
+                    "maps of prompt words instead."
+                )
+            valid = valid + extra
+            if sites is None and attention is None:
+                attention = "blocks.*.attn.img2concept*"
+        else:
+            self._refuse_concept_names(sites, attention)
         alias = self.adapter.alias
         map_valid = [n for n in valid if is_map(n)]
         wanted = set(select_names(valid, sites, alias)) | set(select_names(map_valid, attention, alias))
@@ -99,6 +127,7 @@ class Recorder:
         self.rec.cfg = cfg
         self.accumulator = Accumulator(dtype, mean_steps=self.reduce.mean_steps)
         self.maps = MapCapture(self, self.heads, self.reduce, self._put)
+        self.concept_capture = self._concept_capture(wanted)
         self._timesteps: dict[int, float] = {}
         self._ran: set[int] = set()
         self._gap_blocks: list[int] = []
@@ -106,6 +135,49 @@ class Recorder:
         self.active = False
         self.rows: slice | None = None
         self.call_index: torch.Tensor | None = None
+
+    @staticmethod
+    def _refuse_concept_names(sites: Sites, attention: Sites) -> None:
+        for spec in (sites, attention):
+            items = [spec] if isinstance(spec, str) else (list(spec) if isinstance(spec, (list, tuple)) else [])
+            for item in items:
+                if isinstance(item, str) and "concept" in item:
+                    raise ConfigError(
+                        f"{item!r} is a concept map; pass the concept words too, e.g. "
+                        "record(pipe, attention='blocks.*.attn.img2concept', concepts=['circle', 'background'])."
+                    )
+
+    def _concept_capture(self, wanted: set[str]) -> ConceptCapture | None:
+        """Encode the concepts (before any model work) and plan which blocks give which concept maps."""
+        if self.concepts is None:
+            return None
+        by_block: dict[int, list[str]] = {}
+        blocks = self.adapter.concept_blocks()
+        for cb in blocks:
+            kinds = [n.rsplit(".", 1)[-1] for n in self.names if n.startswith(cb.prefix + ".") and is_concept_map(n)]
+            if kinds:
+                by_block[cb.block] = kinds
+        if not by_block:
+            return None
+        if self.pipe is None:
+            raise ConfigError(
+                "concepts= needs the pipeline (its tokenizer and text encoder encode the concepts); pass the pipeline, "
+                "not a bare transformer."
+            )
+        with torch.no_grad():
+            states = concept_states(self.pipe, self.adapter, self.concepts)  # [concept, channel]
+            param = next(self.transformer.parameters())
+            embeds = self.adapter.concept_embed(states.to(param.device, param.dtype))  # [concept, width]
+        return ConceptCapture(self, blocks, by_block, embeds, self.heads, self.reduce, self._put, self._suspended)
+
+    @contextlib.contextmanager
+    def _suspended(self) -> Iterator[None]:
+        """The recorder's hooks ignore what runs inside (the concept stream calling the model's modules)."""
+        active, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = active
 
     # -- install / remove -------------------------------------------------------------------------
     def install(self) -> None:
@@ -120,6 +192,8 @@ class Recorder:
                     self.hooks.post(site.module, self._site_post(site))
             for k, attn, kinds in self.map_specs:
                 self.maps.install(self.hooks, k, attn, kinds)
+            if self.concept_capture is not None:
+                self.concept_capture.install(self.hooks)
             if self.skipping:
                 blocks = sorted({b for b in (block_of(n) for n in self.names) if b is not None})
                 for b in blocks:
@@ -231,6 +305,7 @@ class Recorder:
             "heads": self.heads,
             "reduce": self.reduce.as_dict(),
             "tokens": None if self.text_index is None else self.text_index.tolist(),
+            "concepts": self.concepts,
             "dtype": str(self.dtype).replace("torch.", ""),
             "skipping_hooks": self.skipping,
         })
@@ -265,6 +340,11 @@ class record:
             in-memory copy is freed (``rec.sample_ids`` says which samples it became).
         allow_caching: record even when diffusers caching hooks skip blocks/steps; skipped
             (step, block) pairs are listed in ``rec.gaps`` and their maps are NaN.
+        concepts: words to map (ConceptAttention, see :mod:`latentlens.concepts`), e.g.
+            ``["circle", "background"]``: adds ``blocks.{i}.attn.img2concept`` (attention weights, softmax
+            over the concepts) and ``blocks.{i}.attn.img2concept_out`` (image attention outputs · concept
+            outputs), each ``[step, batch, image_token, concept]``, for every joint block (default when
+            neither ``sites`` nor ``attention`` is given: all of them). The model's output is unchanged.
 
     Example::
 
@@ -288,11 +368,12 @@ class record:
         *,
         allow_caching: bool = False,
         prompt: str | Sequence[str] | None = None,
+        concepts: Sequence[str] | None = None,
     ) -> None:
-        if sites is None and attention is None:
+        if sites is None and attention is None and concepts is None:
             sites = "blocks.*.resid_out.*"  # the default: every block's residual outputs
         self._recorder = Recorder(target, sites, attention, steps, cfg, tokens, reduce, dtype, heads, store,
-                                   allow_caching, prompt)
+                                   allow_caching, prompt, concepts)
 
     def __enter__(self) -> Recording:
         self._recorder.install()

@@ -103,6 +103,51 @@ class AttnSpec:
         return self.grid(state) if self.grid is not None else state.grid
 
 
+#: ``modulate(tokens, temb) -> (normed tokens, carry)``: the text stream's AdaLN in one block
+Modulate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]]
+#: ``update(tokens, attn_out, normed, carry) -> tokens after the block``: output projection, gate, feed-forward
+Update = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ConceptBlock:
+    """How concept tokens pass one joint block exactly as the text stream does (ConceptAttention).
+
+    The concept tokens get the text stream's modulation (``modulate``), its q/k/v projections and
+    qk-norms (``txt_q``/``txt_k``/``txt_v``), attend to ``[image tokens, concept tokens]`` (never to
+    the real text, and no real token attends to them), and ``update`` (the text stream's output
+    projection, gate and feed-forward) gives their residual stream after the block; ``update`` is
+    None where the text stream ends (SD3's last, ``context_pre_only`` block).
+    ``img_q``/``img_k``/``img_v`` are the image stream's projections (stream ``"joint"``: split at
+    the text length); ``img_out`` is the module whose first input (or, with ``img_out_joint``, whose
+    output, split at the text length) is the image tokens' attention output ``[batch, token, heads *
+    head_dim]`` before any output projection. ``rope``: apply the block's ``image_rotary_emb``
+    (the image rows to image tokens, the first text row to every concept token); ``rope_position``
+    is its positional index in the block's forward, ``temb_position`` that of ``temb`` (the
+    conditioning vector ``modulate`` receives, rows of the kept CFG branch only).
+    """
+
+    prefix: str  # e.g. "blocks.3.attn"
+    block: int
+    module: nn.Module  # the transformer block; its forward kwargs carry ``temb`` (and the RoPE)
+    heads: int
+    head_dim: int
+    img_q: QKPart
+    img_k: QKPart
+    img_v: QKPart
+    txt_q: QKPart
+    txt_k: QKPart
+    txt_v: QKPart
+    img_out: nn.Module
+    modulate: Modulate
+    update: Update | None
+    img_out_joint: bool = False
+    rope: bool = False
+    rope_position: int = 3
+    temb_position: int = 2
+    scale: float | None = None
+
+
 def _arg(args: tuple, kwargs: dict, name: str, pos: int) -> Any:
     if name in kwargs:
         return kwargs[name]
@@ -241,6 +286,14 @@ class Adapter:
     def cfg_doubled(self, args: tuple, kwargs: dict) -> bool:
         """True when this call's batch is ``[uncond, cond]`` (CFG by batch concatenation)."""
         return False
+
+    def concept_blocks(self) -> list[ConceptBlock]:
+        """The joint blocks concept tokens can pass, in execution order (empty: no joint text blocks)."""
+        return []
+
+    def concept_embed(self, states: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states ``[..., channel]`` to the first block's text-stream input (``context_embedder``)."""
+        return self.transformer.context_embedder(states)
 
     def alias(self, name: str) -> str:
         """The canonical name of an alias (e.g. Flux's ``single_blocks.{j}``); other names unchanged."""

@@ -30,6 +30,7 @@ from latentlens.adapters.base import (
     Adapter,
     AttnSpec,
     CallState,
+    ConceptBlock,
     QKPart,
     SiteSpec,
     TextSegment,
@@ -40,7 +41,7 @@ from latentlens.adapters.base import (
     timestep_value,
 )
 from latentlens.adapters.generation import TextEmbeds, VAEEditModel
-from latentlens.adapters.sd3 import ALL_QUADRANTS, MOD, pred_site, reshape_mod
+from latentlens.adapters.sd3 import ALL_QUADRANTS, MOD, ada_zero_context, pred_site, qkv_parts, reshape_mod
 
 
 class FluxAdapter(Adapter):
@@ -118,6 +119,25 @@ class FluxAdapter(Adapter):
                                   rope=True))
         return specs
 
+    def concept_blocks(self) -> list[ConceptBlock]:
+        out = []
+        n_double = len(self.transformer.transformer_blocks)
+        for i, b in enumerate(self.block_modules()):
+            a = b.attn
+            if i < n_double:
+                modulate, update = ada_zero_context(b)
+                iq, ik, iv = qkv_parts(a, added=False)
+                tq, tk, tv = qkv_parts(a, added=True)
+                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, iq, ik, iv, tq, tk, tv,
+                                        img_out=a.to_out[0], modulate=modulate, update=update, rope=True))
+            else:
+                modulate, update = _single_stream(b)
+                q, k, v = qkv_parts(a, added=False)
+                jq, jk, jv = (QKPart("joint", p.proj, p.chunk, p.norm) for p in (q, k, v))
+                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, jq, jk, jv, q, k, v, img_out=a,
+                                        modulate=modulate, update=update, img_out_joint=True, rope=True))
+        return out
+
     def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
         x = tensor_arg(args, kwargs, "hidden_states", 0)  # [batch, token, channel]
         ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
@@ -141,6 +161,22 @@ class FluxAdapter(Adapter):
     def text_segments(self, max_sequence_length: int | None = None) -> list[TextSegment]:
         tok = getattr(self.pipe, "tokenizer_2", None)
         return [TextSegment(tok, 0, int(max_sequence_length or 512))] if tok is not None else []
+
+
+def _single_stream(block: Any) -> tuple[Any, Any]:
+    """``(modulate, update)`` of a single-stream block for text-like tokens: ``norm`` (shift, scale,
+    gate), then ``c + gate · proj_out([o, act_mlp(proj_mlp(normed))])``."""
+
+    def modulate(c: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        normed, gate = block.norm(c, emb=temb)
+        return normed, gate
+
+    def update(c: torch.Tensor, o: torch.Tensor, normed: torch.Tensor, gate: Any) -> torch.Tensor:
+        mlp = block.act_mlp(block.proj_mlp(normed))
+        c = c + gate.unsqueeze(1) * block.proj_out(torch.cat([o, mlp], dim=2))
+        return c.clip(-65504, 65504) if c.dtype == torch.float16 else c
+
+    return modulate, update
 
 
 class FluxEditModel(VAEEditModel):

@@ -39,6 +39,7 @@ from latentlens.adapters.base import (
     TOKENS,
     AttnSpec,
     CallState,
+    ConceptBlock,
     PatchGridAdapter,
     QKPart,
     SiteSpec,
@@ -96,6 +97,40 @@ def qk_parts(attn: Any, added: bool) -> tuple[tuple[QKPart, ...], tuple[QKPart, 
             q.append(QKPart("txt", attn.add_q_proj, None, getattr(attn, "norm_added_q", None)))
             k.append(QKPart("txt", attn.add_k_proj, None, getattr(attn, "norm_added_k", None)))
     return tuple(q), tuple(k)
+
+
+def qkv_parts(attn: Any, added: bool) -> tuple[QKPart, QKPart, QKPart]:
+    """The q, k, v projections (with qk-norms) of one stream of a diffusers attention module.
+
+    ``added``: the context stream (``add_*_proj`` / ``to_added_qkv``), else the module's own stream.
+    """
+    q, k = qk_parts(attn, added=added)
+    stream = "txt" if added else "img"
+    if getattr(attn, "fused_projections", False):
+        v = QKPart(stream, attn.to_added_qkv if added else attn.to_qkv, 2)
+    else:
+        v = QKPart(stream, attn.add_v_proj if added else attn.to_v)
+    return q[-1], k[-1], v
+
+
+def ada_zero_context(block: Any) -> tuple[Any, Any]:
+    """``(modulate, update)`` of a text stream with ``norm1_context`` = AdaLayerNormZero (SD3, Flux double).
+
+    ``update``: ``c + gate_msa · to_add_out(o)``, then ``+ gate_mlp · ff_context(norm2_context(c)·(1+scale)+shift)``.
+    """
+
+    def modulate(c: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(c, emb=temb)
+        return normed, (gate_msa, shift_mlp, scale_mlp, gate_mlp)
+
+    def update(c: torch.Tensor, o: torch.Tensor, normed: torch.Tensor, carry: Any) -> torch.Tensor:
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = carry
+        c = c + gate_msa.unsqueeze(1) * block.attn.to_add_out(o)
+        n = block.norm2_context(c) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        c = c + gate_mlp.unsqueeze(1) * block.ff_context(n)
+        return c.clip(-65504, 65504) if c.dtype == torch.float16 else c
+
+    return modulate, update
 
 
 ALL_QUADRANTS = {
@@ -161,6 +196,23 @@ class SD3Adapter(PatchGridAdapter):
                 specs.append(AttnSpec(f"blocks.{i}.attn2", i, b.attn2, b.attn2.heads,
                                       b.attn2.inner_dim // b.attn2.heads, q2, k2, {"img2img": ("img", "img")}))
         return specs
+
+    def concept_blocks(self) -> list[ConceptBlock]:
+        out = []
+        for i, b in enumerate(self.block_modules()):
+            if b.context_pre_only:  # AdaLayerNormContinuous; the text stream ends in this block
+
+                def modulate(c: torch.Tensor, temb: torch.Tensor, b: Any = b) -> tuple[torch.Tensor, Any]:
+                    return b.norm1_context(c, temb), None
+
+                update = None
+            else:
+                modulate, update = ada_zero_context(b)
+            a = b.attn
+            out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.inner_dim // a.heads,
+                                    *qkv_parts(a, added=False), *qkv_parts(a, added=True),
+                                    img_out=a.to_out[0], modulate=modulate, update=update))
+        return out
 
     def text_segments(self, max_sequence_length: int | None = None) -> list[TextSegment]:
         pipe = self.pipe
