@@ -569,6 +569,8 @@ class RunStore:
         """
         path = Path(path)
         manifest = dict(manifest)
+        if isinstance(manifest.get("model"), str):  # {"model": "name"} is shorthand for {"model": {"id": "name"}}
+            manifest["model"] = {"id": manifest["model"]}
         manifest.setdefault("prompts", [])
         new_hash = config_hash(manifest)
         if path.exists() and not path.is_dir():
