@@ -206,8 +206,9 @@ class AnalysisResults:
 
         def key(row: tuple[str, dict[str, Any] | None]) -> tuple[int, float, str]:
             score = (row[1] or {}).get("score")
-            ok = isinstance(score, (int, float)) and not math.isnan(float(score))
-            return (0, -float(score), row[0]) if ok else (1, 0.0, row[0])
+            if isinstance(score, (int, float)) and not math.isnan(float(score)):
+                return (0, -float(score), row[0])
+            return (1, 0.0, row[0])
 
         return sorted(rows, key=key)
 

@@ -59,3 +59,16 @@ def test_dashboards_import_only_public_names():
             if any(p.startswith("_") and p != "__future__" for p in parts):
                 bad.append(f"{path.relative_to(DASHBOARDS)}: from {module} import {name}")
     assert not bad, "dashboards/ must use latentlens' public API only:\n" + "\n".join(bad)
+
+
+def test_no_private_name_is_imported_across_latentlens_modules():
+    """Modules talk through public names only (a ``_private`` name is its module's own business)."""
+    root = DASHBOARDS.parent / "latentlens"
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        for module, name in _imports(path):
+            if module.split(".")[0] != "latentlens" or not name:
+                continue
+            if name.startswith("_") and not name.startswith("__"):
+                bad.append(f"{path.relative_to(root.parent)}: from {module} import {name}")
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)

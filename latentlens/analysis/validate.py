@@ -23,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ MEAN_ALPHA = 4.0  # token-mean class means need a push (benchmarks/bench_steerin
 CFG = "cond"  # the directions come from captions: steer only the conditional half of a CFG batch
 
 
-def is_shapes_world(labels: dict[str, Sequence[Any]]) -> bool:
+def is_shapes_world(labels: Mapping[str, Sequence[Any]]) -> bool:
     """Whether ``labels`` hold every shapes-world attribute with values the oracle knows."""
     from latentlens import shapes
 
@@ -47,7 +47,7 @@ def is_shapes_world(labels: dict[str, Sequence[Any]]) -> bool:
 
 
 def canonical_mask(
-    prompts: Sequence[str], labels: dict[str, Sequence[Any]]
+    prompts: Sequence[str], labels: Mapping[str, Sequence[Any]]
 ) -> np.ndarray:
     """``[n]`` bool: the sample's prompt is the canonical caption of its labels (one token layout)."""
     from latentlens import shapes
@@ -61,7 +61,7 @@ def canonical_mask(
 
 def edit_directions(
     X: np.ndarray,  # [n, tokens, channel] at ``site``, one token layout
-    labels: dict[str, Sequence[Any]],
+    labels: Mapping[str, Sequence[Any]],
     site: str,
     **provenance: Any,
 ) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def validate_direction(
     direction: Any,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    labels: dict[str, Sequence[Any]],
+    labels: Mapping[str, Sequence[Any]],
     *,
     attribute: str,
     to: str,

@@ -60,7 +60,7 @@ CANONICAL_TEMPLATE: int = 0
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-def _words(text: str) -> list[re.Match[str]]:
+def word_matches(text: str) -> list[re.Match[str]]:
     return list(_WORD.finditer(text.lower()))
 
 
@@ -68,9 +68,9 @@ def _build_vocabulary() -> frozenset[str]:
     words: set[str] = set()
     for template in TEMPLATES:
         for literal, _field, _spec, _conv in string.Formatter().parse(template):
-            words.update(m.group() for m in _words(literal))
+            words.update(m.group() for m in word_matches(literal))
     for phrase in WHERE_PHRASES.values():
-        words.update(m.group() for m in _words(phrase))
+        words.update(m.group() for m in word_matches(phrase))
     for values in VALUES.values():
         words.update(values)
     return frozenset(words)
@@ -154,7 +154,7 @@ def parse_caption(text: str) -> Attributes:
     """
     if not isinstance(text, str):
         raise ConfigError(f"parse_caption() needs a string, got {type(text).__name__}.")
-    words = [m.group() for m in _words(text)]
+    words = [m.group() for m in word_matches(text)]
     found: dict[str, str] = {}
     for attribute in ATTRIBUTES:
         hits = sorted({w for w in words if w in VALUES[attribute]}, key=words.index)
@@ -180,7 +180,7 @@ def unknown_words(text: str) -> list[str]:
     from latentlens.shapes.captions2 import TWO_OBJECT_VOCABULARY  # world v2's captions are in the world too
 
     seen: list[str] = []
-    for match in _words(text):
+    for match in word_matches(text):
         word = match.group()
         if word not in VOCABULARY and word not in TWO_OBJECT_VOCABULARY and word not in seen:
             seen.append(word)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from latentlens.errors import ConfigError
-from latentlens.shapes.captions import WHERE_PHRASES, _words
+from latentlens.shapes.captions import WHERE_PHRASES, word_matches
 from latentlens.shapes.world import (
     BACKGROUNDS,
     COLORS,
@@ -86,9 +86,9 @@ def _build_vocabulary2() -> frozenset[str]:
     words: set[str] = set()
     for template in TWO_OBJECT_TEMPLATES:
         for literal, _field, _spec, _conv in string.Formatter().parse(template):
-            words.update(m.group() for m in _words(literal))
+            words.update(m.group() for m in word_matches(literal))
     for phrase in WHERE_PHRASES.values():
-        words.update(m.group() for m in _words(phrase))
+        words.update(m.group() for m in word_matches(phrase))
     for values in VALUES.values():
         words.update(values)
     return frozenset(words)
@@ -203,7 +203,7 @@ def parse_two_object_caption(text: str) -> TwoObjectAttributes:
         raise ConfigError(
             f"parse_two_object_caption() needs a string, got {type(text).__name__}."
         )
-    words = [m.group() for m in _words(text)]
+    words = [m.group() for m in word_matches(text)]
     triples = [
         i
         for i in range(len(words) - 2)

@@ -74,7 +74,7 @@ class Reading:
     shape_errors: dict[str, float]  # shape -> mean squared mismatch of its hypothesis (lower wins)
 
 
-def _as_image(image: np.ndarray) -> np.ndarray:
+def as_image(image: np.ndarray) -> np.ndarray:
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ConfigError(
@@ -146,7 +146,7 @@ def _fit_shape(
 
 def inspect_image(image: np.ndarray) -> Reading:
     """Read one image and return the attributes with the measurements behind them."""
-    img = _as_image(image)  # [H, W, 3] float, 0-255
+    img = as_image(image)  # [H, W, 3] float, 0-255
     side = img.shape[0]
     b = max(1, side // 32)
     border = np.concatenate(

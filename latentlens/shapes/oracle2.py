@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from latentlens.errors import ConfigError
-from latentlens.shapes.oracle import Reading, _as_image, inspect_image
+from latentlens.shapes.oracle import Reading, as_image, inspect_image
 from latentlens.shapes.world import ATTRIBUTES, Attributes
 from latentlens.shapes.world2 import (
     LAYOUT_POSITIONS,
@@ -64,7 +64,7 @@ class TwoObjectReading:
 
 def detect_layout(image: np.ndarray) -> str:
     """``"horizontal"`` when the foreground spreads along x (left/right objects), else ``"vertical"``."""
-    img = _as_image(image)  # [H, W, 3] float 0-255
+    img = as_image(image)  # [H, W, 3] float 0-255
     side = img.shape[0]
     b = max(1, side // 32)
     border = np.concatenate(
@@ -95,7 +95,7 @@ def read_two_objects(image: np.ndarray, layout: str | None = None) -> TwoObjectR
 
     ``layout`` ("horizontal" or "vertical") is detected from the image when ``None``.
     """
-    img = _as_image(image)  # [H, W, 3] float 0-255
+    img = as_image(image)  # [H, W, 3] float 0-255
     if layout is None:
         layout = detect_layout(img)
     elif layout not in LAYOUT_POSITIONS:

@@ -43,7 +43,7 @@ class Scene:
     center: tuple[float, float]  # (x, y) fractions of the side, jitter included
 
 
-def _check_canvas(canvas: int) -> None:
+def check_canvas(canvas: int) -> None:
     if not isinstance(canvas, (int, np.integer)) or isinstance(canvas, bool) or canvas < MIN_CANVAS:
         raise ConfigError(
             f"Canvas size {canvas!r} is not supported; use an integer side of at least "
@@ -67,7 +67,7 @@ def shape_coverage(
     """
     if shape not in SHAPES:
         raise ConfigError(f"Unknown shape {shape!r}; use one of: {', '.join(SHAPES)}.")
-    _check_canvas(canvas)
+    check_canvas(canvas)
     return coverage_window(
         shape, (center[0] * canvas, center[1] * canvas), extent * canvas, (0, 0, canvas, canvas), supersample
     )
@@ -114,7 +114,7 @@ def render(attributes: Attributes, canvas: int = 32, rng: np.random.Generator | 
             "build one with latentlens.shapes.Attributes(shape=..., color=..., size=..., "
             "position=..., background=...)."
         )
-    _check_canvas(canvas)
+    check_canvas(canvas)
     cx, cy = POSITION_CENTER[attributes.position]
     if rng is not None:
         jx, jy = rng.uniform(-JITTER, JITTER, size=2)

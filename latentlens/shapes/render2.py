@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latentlens.errors import ConfigError
-from latentlens.shapes.render import _check_canvas, shape_coverage
+from latentlens.shapes.render import check_canvas, shape_coverage
 from latentlens.shapes.world import (
     BACKGROUND_RGB,
     COLOR_RGB,
@@ -50,7 +50,7 @@ def render_two(
             f"render_two() needs a TwoObjectAttributes, got {type(attributes).__name__}; build one with "
             "latentlens.shapes.TwoObjectAttributes.of((shape, color, size), (shape, color, size), layout, background)."
         )
-    _check_canvas(canvas)
+    check_canvas(canvas)
     image = np.broadcast_to(
         np.asarray(BACKGROUND_RGB[attributes.background], dtype=np.float64),
         (canvas, canvas, 3),
