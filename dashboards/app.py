@@ -38,7 +38,9 @@ NAV_ITEMS = (
 
 
 def _shell() -> html.Div:
-    links = [dcc.Link(label, href=href, className="ll-nav-link", id=f"nav-{label.lower()}") for label, href in NAV_ITEMS]
+    links = [
+        dcc.Link(label, href=href, className="ll-nav-link", id=f"nav-{label.lower()}") for label, href in NAV_ITEMS
+    ]
     return html.Div(
         [
             dcc.Store(id=ids.STATE, storage_type="session", data={}),
@@ -49,8 +51,15 @@ def _shell() -> html.Div:
                     html.Div("latentlens", className="ll-brand"),
                     html.Nav(links, id=ids.NAV, className="ll-nav"),
                     html.Div(
-                        [html.Label("run", htmlFor=ids.RUN_SELECT),
-                         dcc.Dropdown(id=ids.RUN_SELECT, clearable=False, placeholder="choose a run", className="ll-run-select")],
+                        [
+                            html.Label("run", htmlFor=ids.RUN_SELECT),
+                            dcc.Dropdown(
+                                id=ids.RUN_SELECT,
+                                clearable=False,
+                                placeholder="choose a run",
+                                className="ll-run-select",
+                            ),
+                        ],
                         className="ll-run-picker",
                     ),
                 ],
@@ -81,9 +90,13 @@ def _register_shell_callbacks(app: Dash) -> None:
         current = (state or {}).get("run")
         if current not in run_ids:
             current = run_ids[0] if run_ids else None
-        note = None if run_ids else message(
-            f"No runs under {config.index().root}. Record one with `latentlens record` or start `latentlens demo`.",
-            "warning",
+        note = (
+            None
+            if run_ids
+            else message(
+                f"No runs under {config.index().root}. Record one with `latentlens record` or start `latentlens demo`.",
+                "warning",
+            )
         )
         return options, current, note
 
@@ -137,7 +150,9 @@ def _register_routes(app: Dash) -> None:
         if not path.is_file():
             abort(404)
         if not is_inside(path, folder):  # resolved (symlinks followed) inside its folder, or nothing
-            logging.getLogger("latentlens.dashboard").warning("refused to serve %s: it resolves outside %s", path, folder)
+            logging.getLogger("latentlens.dashboard").warning(
+                "refused to serve %s: it resolves outside %s", path, folder
+            )
             abort(404)
         return send_file(path, mimetype="image/png")
 

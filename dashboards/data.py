@@ -153,10 +153,15 @@ class RunIndex:
             gen = manifest.get("generation") or {}
             steps = gen.get("num_inference_steps")
             return RunInfo(
-                run_id=run_id, path=path, model=str((manifest.get("model") or {}).get("id", "?")),
-                prompts=len(manifest.get("prompts") or []), completed=len(run.completed),
-                sites=sorted(recorded) or run.names, steps=int(steps) if steps else None,
-                size_bytes=_folder_size(path), analysed=has_analysis(path),
+                run_id=run_id,
+                path=path,
+                model=str((manifest.get("model") or {}).get("id", "?")),
+                prompts=len(manifest.get("prompts") or []),
+                completed=len(run.completed),
+                sites=sorted(recorded) or run.names,
+                steps=int(steps) if steps else None,
+                size_bytes=_folder_size(path),
+                analysed=has_analysis(path),
             )
         except LatentlensError as error:
             return RunInfo(run_id, path, "?", 0, 0, [], None, _folder_size(path), False, error=str(error))
@@ -171,7 +176,10 @@ class RunIndex:
 
 def stamp(path: Path) -> float:
     try:
-        return max((path / MANIFEST).stat().st_mtime, (path / "analysis").stat().st_mtime if (path / "analysis").exists() else 0)
+        return max(
+            (path / MANIFEST).stat().st_mtime,
+            (path / "analysis").stat().st_mtime if (path / "analysis").exists() else 0,
+        )
     except OSError:
         return 0.0
 
@@ -187,7 +195,9 @@ def _open(path: Path) -> Any:
     except LatentlensError:
         raise
     except Exception as error:  # zarr/json errors of a damaged folder
-        raise StoreError(f"The run {path.name} cannot be opened ({type(error).__name__}: {error}); the store looks damaged.") from error
+        raise StoreError(
+            f"The run {path.name} cannot be opened ({type(error).__name__}: {error}); the store looks damaged."
+        ) from error
 
 
 def open_run(index: RunIndex, run_id: str) -> Any:
@@ -238,7 +248,9 @@ def _labels(run: Any) -> dict[str, np.ndarray]:
     keys = sorted({k for row in labels if isinstance(row, dict) for k in row})
     out = {}
     for key in keys:
-        column = np.array([str((labels[i] or {}).get(key, "")) if i < len(labels) else "" for i in range(n)], dtype=object)
+        column = np.array(
+            [str((labels[i] or {}).get(key, "")) if i < len(labels) else "" for i in range(n)], dtype=object
+        )
         out[key] = column
     return out
 
@@ -320,9 +332,13 @@ def attention_map(index: RunIndex, run_id: str, site: str, sample: int) -> np.nd
     try:
         data = np.asarray(arr[int(sample)], dtype=np.float32)  # [step, query, key]
     except Exception as error:
-        raise StoreError(f"Reading {site!r} failed ({type(error).__name__}: {error}); the store looks damaged.") from error
+        raise StoreError(
+            f"Reading {site!r} failed ({type(error).__name__}: {error}); the store looks damaged."
+        ) from error
     if data.ndim != 3:
-        raise DashboardError(f"The attention array {site!r} has per-sample shape {data.shape}; expected [step, query, key].")
+        raise DashboardError(
+            f"The attention array {site!r} has per-sample shape {data.shape}; expected [step, query, key]."
+        )
     return data
 
 
@@ -331,7 +347,13 @@ def attention_sites(run: Any) -> dict[int, str]:
     out = {}
     for name in run.names:
         parts = name.split(".")
-        if len(parts) == 4 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] == "attn" and parts[3] == "img2txt":
+        if (
+            len(parts) == 4
+            and parts[0] == "blocks"
+            and parts[1].isdigit()
+            and parts[2] == "attn"
+            and parts[3] == "img2txt"
+        ):
             out[int(parts[1])] = name
     return dict(sorted(out.items()))
 

@@ -80,13 +80,17 @@ def save_upload(contents: str, filename: str | None) -> tuple[str, tuple[int, in
         raise DashboardError("The upload is empty or not a file; choose a PNG or JPEG image.")
     header, _, payload = contents.partition(",")
     if len(payload) * 3 // 4 > max_bytes + 3:
-        raise DashboardError(f"{filename or 'The file'} is larger than {max_bytes // 1024} KiB; upload a smaller image.")
+        raise DashboardError(
+            f"{filename or 'The file'} is larger than {max_bytes // 1024} KiB; upload a smaller image."
+        )
     try:
         raw = base64.b64decode(payload, validate=True)
     except (ValueError, TypeError) as error:
         raise DashboardError(f"{filename or 'The upload'} is not valid base64 data ({error}).") from None
     if len(raw) > max_bytes:
-        raise DashboardError(f"{filename or 'The file'} is {len(raw) // 1024} KiB; the limit is {max_bytes // 1024} KiB.")
+        raise DashboardError(
+            f"{filename or 'The file'} is {len(raw) // 1024} KiB; the limit is {max_bytes // 1024} KiB."
+        )
     try:
         with Image.open(io.BytesIO(raw)) as probe:
             kind = probe.format
@@ -95,7 +99,9 @@ def save_upload(contents: str, filename: str | None) -> tuple[str, tuple[int, in
         if kind not in ALLOWED_UPLOAD_FORMATS:
             raise DashboardError(f"{filename or 'The upload'} is a {kind} file; only PNG and JPEG images are accepted.")
         if max(size) > max_side:
-            raise DashboardError(f"{filename or 'The image'} is {size[0]}x{size[1]} pixels; the limit is {max_side} per side.")
+            raise DashboardError(
+                f"{filename or 'The image'} is {size[0]}x{size[1]} pixels; the limit is {max_side} per side."
+            )
         with Image.open(io.BytesIO(raw)) as image:
             rgb = image.convert("RGB")
     except DashboardError:
@@ -221,7 +227,11 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
             from latentlens.safepath import confined
 
             confined(path, index.root)  # a symlink out of the root is never read
-        source = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(path).convert("RGB")) if path.is_file() else None  # type: ignore[assignment]
+        source = (
+            np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(path).convert("RGB"))
+            if path.is_file()
+            else None
+        )  # type: ignore[assignment]
 
     editor_cls = _ems_editor()
     total = len(request.alphas) * steps
@@ -234,9 +244,14 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
         editor = editor_cls(pipe, iterations=steps)
         for k, alpha in enumerate(request.alphas):
             progress(k * steps, total, f"EMS α={alpha:g} ({k + 1}/{len(request.alphas)})")
-            result = editor.edit(source, target=None if direction is not None else request.target,
-                                 source=prompt or None, alpha=float(alpha), direction=direction,
-                                 steps=list(range(steps)) if direction is not None else None)
+            result = editor.edit(
+                source,
+                target=None if direction is not None else request.target,
+                source=prompt or None,
+                alpha=float(alpha),
+                direction=direction,
+                steps=list(range(steps)) if direction is not None else None,
+            )
             images.append(_as_uint8(result.image))
     else:
         if request.upload:
@@ -261,15 +276,18 @@ def run_edit(index: Any, run_id: str, request: EditRequest, progress: ProgressFn
             progress(k * steps, total, f"{method} α={alpha:g}")
             if direction is not None:
                 cfg = ((direction.provenance or {}).get("validation") or {}).get("cfg", "both")  # as validated
-                with latentlens.steer(pipe, direction.site, direction.vector, alpha=float(alpha), steps=direction.steps,
-                                      cfg=cfg):
+                with latentlens.steer(
+                    pipe, direction.site, direction.vector, alpha=float(alpha), steps=direction.steps, cfg=cfg
+                ):
                     images.append(generate(prompt, k, float(alpha)))
             else:
                 text = prompt if float(alpha) == 0.0 else str(request.target)
                 images.append(generate(text, k, float(alpha)))
     progress(total, total, "done")
     metrics = [edit_metrics(source, image) for image in images]
-    return EditOutput(source=source, images=images, alphas=[float(a) for a in request.alphas], metrics=metrics, method=method)
+    return EditOutput(
+        source=source, images=images, alphas=[float(a) for a in request.alphas], metrics=metrics, method=method
+    )
 
 
 __all__ = ["EditRequest", "EditOutput", "run_edit", "save_upload", "save_result_image", "edit_metrics", "png_data_uri"]

@@ -9,7 +9,9 @@ Example::
 from __future__ import annotations
 
 # shell (every page)
-STATE = "app-state"  # dcc.Store: {"run", "attribute", "stream", "site", "step", "direction", "sample"}; identifiers only
+STATE = (
+    "app-state"  # dcc.Store: {"run", "attribute", "stream", "site", "step", "direction", "sample"}; identifiers only
+)
 SAMPLE = "app-sample"  # dcc.Store: {"run", "sample"}: the sample picked in /latents (the editor's default source)
 URL = "app-url"  # dcc.Location used to navigate from callbacks
 RUN_SELECT = "app-run-select"

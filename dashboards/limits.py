@@ -34,9 +34,7 @@ MAX_EDIT_JOBS = 2  # edits running at once; further requests get a "busy" answer
 def bounded_int(value: Any, name: str, low: int, high: int) -> int:
     """``value`` as an int in ``low..high``; DashboardError naming the bounds otherwise."""
     if isinstance(value, bool) or value is None:
-        raise DashboardError(
-            f"{name} must be a whole number between {low} and {high}, not {value!r}."
-        )
+        raise DashboardError(f"{name} must be a whole number between {low} and {high}, not {value!r}.")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -44,9 +42,7 @@ def bounded_int(value: Any, name: str, low: int, high: int) -> int:
             f"{name} must be a whole number between {low} and {high}, not {str(value)[:40]!r}."
         ) from None
     if not math.isfinite(number) or number != int(number) or not low <= number <= high:
-        raise DashboardError(
-            f"{name} must be a whole number between {low} and {high}, not {str(value)[:40]}."
-        )
+        raise DashboardError(f"{name} must be a whole number between {low} and {high}, not {str(value)[:40]}.")
     return int(number)
 
 
@@ -58,14 +54,8 @@ def bounded_float(value: Any, name: str, low: float, high: float) -> float:
         raise DashboardError(
             f"{name} must be a number between {low:g} and {high:g}, not {str(value)[:40]!r}."
         ) from None
-    if (
-        isinstance(value, bool)
-        or not math.isfinite(number)
-        or not low <= number <= high
-    ):
-        raise DashboardError(
-            f"{name} must be a number between {low:g} and {high:g}, not {str(value)[:40]}."
-        )
+    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
+        raise DashboardError(f"{name} must be a number between {low:g} and {high:g}, not {str(value)[:40]}.")
     return number
 
 
@@ -76,9 +66,7 @@ def bounded_text(value: Any, name: str, limit: int = TEXT_CHARS) -> str | None:
     if not isinstance(value, str):
         raise DashboardError(f"{name} must be text, not a {type(value).__name__}.")
     if len(value) > limit:
-        raise DashboardError(
-            f"{name} has {len(value):,} characters; at most {limit:,} are accepted."
-        )
+        raise DashboardError(f"{name} has {len(value):,} characters; at most {limit:,} are accepted.")
     if any(ord(ch) < 32 and ch not in "\t\n" for ch in value):
         raise DashboardError(f"{name} contains control characters; type plain text.")
     return value
@@ -87,9 +75,7 @@ def bounded_text(value: Any, name: str, limit: int = TEXT_CHARS) -> str | None:
 class JobSlots:
     """At most ``count`` concurrent jobs across processes, one lock file per slot."""
 
-    def __init__(
-        self, folder: str | os.PathLike[str], count: int = MAX_EDIT_JOBS
-    ) -> None:
+    def __init__(self, folder: str | os.PathLike[str], count: int = MAX_EDIT_JOBS) -> None:
         self.folder = Path(folder)
         self.count = int(count)
 
@@ -100,9 +86,7 @@ class JobSlots:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         for slot in range(self.count):
-            fd = os.open(
-                self.folder / f"slot-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600
-            )
+            fd = os.open(self.folder / f"slot-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -88,8 +88,9 @@ def draw_order(codes: np.ndarray, prio: np.ndarray) -> np.ndarray:
     return np.lexsort((prio, codes))
 
 
-def stratified(codes: np.ndarray, prio: np.ndarray, mask: np.ndarray | None, budget: int,
-               order: np.ndarray | None = None) -> np.ndarray:
+def stratified(
+    codes: np.ndarray, prio: np.ndarray, mask: np.ndarray | None, budget: int, order: np.ndarray | None = None
+) -> np.ndarray:
     """Sorted row indices to draw: all rows in ``mask`` when they fit ``budget``, else a stratified sample.
 
     ``codes``: ``[n]`` group (label) index per row; ``prio``: ``[n]`` from :func:`priority`;
@@ -106,7 +107,7 @@ def stratified(codes: np.ndarray, prio: np.ndarray, mask: np.ndarray | None, bud
     counts = np.bincount(codes[rows], minlength=int(codes.max()) + 1)
     quota = allocate(counts, budget)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    keep = [order[s:s + q] for s, q in zip(starts, quota) if q > 0]
+    keep = [order[s : s + q] for s, q in zip(starts, quota) if q > 0]
     return np.sort(np.concatenate(keep)) if keep else rows[:0]
 
 
@@ -150,8 +151,9 @@ def in_view(coords: np.ndarray, view: dict[str, Any] | None) -> np.ndarray | Non
     return mask
 
 
-def density(coords: np.ndarray, mask: np.ndarray | None, view: dict[str, Any] | None,
-            bins: tuple[int, int] = DENSITY_BINS) -> dict[str, Any] | None:
+def density(
+    coords: np.ndarray, mask: np.ndarray | None, view: dict[str, Any] | None, bins: tuple[int, int] = DENSITY_BINS
+) -> dict[str, Any] | None:
     """A 2-D histogram of the points in view: ``{"z": [y bin][x bin] log1p(count) (None = empty), x0, dx, y0, dy,
     max_count, count}``; ``count`` is the number of points it holds."""
     points = coords if mask is None else coords[mask]  # [m, 2]
@@ -160,7 +162,7 @@ def density(coords: np.ndarray, mask: np.ndarray | None, view: dict[str, Any] | 
     bounds = []
     for column, axis in enumerate(("x", "y")):
         given = (view or {}).get(axis)
-        lo, hi = (given if given is not None else (float(points[:, column].min()), float(points[:, column].max())))
+        lo, hi = given if given is not None else (float(points[:, column].min()), float(points[:, column].max()))
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
         bounds.append((float(lo), float(hi)))
@@ -169,5 +171,12 @@ def density(coords: np.ndarray, mask: np.ndarray | None, view: dict[str, Any] | 
     z_list = [[round(float(v), 2) if v > 0 else None for v in row] for row in z]
     dx = (bounds[0][1] - bounds[0][0]) / bins[0]
     dy = (bounds[1][1] - bounds[1][0]) / bins[1]
-    return {"z": z_list, "x0": bounds[0][0] + dx / 2, "dx": dx, "y0": bounds[1][0] + dy / 2, "dy": dy,
-            "max_count": int(counts.max()), "count": int(counts.sum())}
+    return {
+        "z": z_list,
+        "x0": bounds[0][0] + dx / 2,
+        "dx": dx,
+        "y0": bounds[1][0] + dy / 2,
+        "dy": dy,
+        "max_count": int(counts.max()),
+        "count": int(counts.sum()),
+    }

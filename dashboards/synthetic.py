@@ -49,8 +49,13 @@ def make_synthetic_run(
     rng = np.random.default_rng(seed)
     path = Path(path)
     combos = [
-        Attributes(shape=rng.choice(VALUES["shape"]), color=rng.choice(VALUES["color"]), size=rng.choice(VALUES["size"]),
-                   position=rng.choice(VALUES["position"]), background=rng.choice(VALUES["background"]))
+        Attributes(
+            shape=rng.choice(VALUES["shape"]),
+            color=rng.choice(VALUES["color"]),
+            size=rng.choice(VALUES["size"]),
+            position=rng.choice(VALUES["position"]),
+            background=rng.choice(VALUES["background"]),
+        )
         for _ in range(n_samples)
     ]
     prompts = [canonical_caption(a) for a in combos]
@@ -81,7 +86,11 @@ def make_synthetic_run(
                 data = np.empty((n, steps, tokens, width), np.float32)  # [sample, step, token, channel]
                 for s in range(steps):
                     scale = strength * (s + 1) / steps
-                    base = signal[:, None, :width] if width <= channels else np.pad(signal, ((0, 0), (0, width - channels)))[:, None]
+                    base = (
+                        signal[:, None, :width]
+                        if width <= channels
+                        else np.pad(signal, ((0, 0), (0, width - channels)))[:, None]
+                    )
                     data[:, s] = scale * base + rng.normal(size=(n, tokens, width)).astype(np.float32)
                 name = f"blocks.{b}.resid_out.{stream}"
                 arrays[name] = data
@@ -127,9 +136,19 @@ def write_fake_analysis(path: str | Path, *, blocks: int, steps: int, channels: 
             for b in range(blocks):
                 for s in range(steps):
                     acc = min(1.0, chance + (1 - chance) * ((b + 1) / blocks) * ((s + 1) / steps) + rng.normal(0, 0.02))
-                    records.append({"attribute": a, "site": f"blocks.{b}.resid_out.{stream}", "stream": stream, "block": b,
-                                    "step": s, "accuracy": round(float(acc), 4), "selectivity": round(float(acc - chance), 4),
-                                    "n_train": 80, "n_test": 20})
+                    records.append(
+                        {
+                            "attribute": a,
+                            "site": f"blocks.{b}.resid_out.{stream}",
+                            "stream": stream,
+                            "block": b,
+                            "step": s,
+                            "accuracy": round(float(acc), 4),
+                            "selectivity": round(float(acc - chance), 4),
+                            "n_train": 80,
+                            "n_test": 20,
+                        }
+                    )
     run = open_run(path)
     site, step = f"blocks.{blocks - 1}.resid_out.img", steps - 1
     x = np.asarray(run[site][:, step]).mean(axis=1)  # [sample, channel]
@@ -140,18 +159,34 @@ def write_fake_analysis(path: str | Path, *, blocks: int, steps: int, channels: 
     labels = run.manifest["labels"]
     with AnalysisWriter(path) as out:  # the writer `latentlens analyze` uses: one home for the format
         out.probes(records, attributes={a: list(VALUES[a]) for a in ATTRIBUTES})
-        out.embedding(site, step, {"pca": pcs.astype(np.float32), "umap": umap_like.astype(np.float32),
-                                   "sample": np.arange(len(x))}, "umap")
+        out.embedding(
+            site,
+            step,
+            {"pca": pcs.astype(np.float32), "umap": umap_like.astype(np.float32), "sample": np.arange(len(x))},
+            "umap",
+        )
         for a, to in (("color", "blue"), ("color", "red"), ("shape", "square"), ("size", "large")):
             mask = np.array([row[a] == to for row in labels])
             vector = x[mask].mean(axis=0) - x[~mask].mean(axis=0)
-            d = Direction(torch.from_numpy(vector.astype(np.float32)), site=site, steps=[step],
-                          provenance={"method": "class_mean", "attribute": a, "to": to, "from": "rest", "run": str(path),
-                                      "accuracy": 0.9})
+            d = Direction(
+                torch.from_numpy(vector.astype(np.float32)),
+                site=site,
+                steps=[step],
+                provenance={
+                    "method": "class_mean",
+                    "attribute": a,
+                    "to": to,
+                    "from": "rest",
+                    "run": str(path),
+                    "accuracy": 0.9,
+                },
+            )
             out.direction(f"{a}/{to}", d)
 
 
-def save_tiny_toy_pipeline(path: str | Path, *, num_layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Path:
+def save_tiny_toy_pipeline(
+    path: str | Path, *, num_layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0
+) -> Path:
     """Save a random-weight toy pipeline (width ``heads * head_dim``) that ``latentlens.load_pipeline(path)`` loads.
 
     For tests of the editor without the trained toy weights. Example: ``save_tiny_toy_pipeline("tmp/tiny")``.
@@ -165,7 +200,9 @@ def save_tiny_toy_pipeline(path: str | Path, *, num_layers: int = 2, heads: int 
     torch.manual_seed(seed)
     transformer = build_transformer(num_layers=num_layers, num_attention_heads=heads, attention_head_dim=head_dim)
     tokenizer, text_encoder = load_text_encoder()
-    pipe = ToyPipeline(transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
+    pipe = ToyPipeline(
+        transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer
+    )
     pipe.save_pretrained(str(path))
     return Path(path)
 
@@ -193,7 +230,9 @@ def make_scatter_run(path: str | Path, n_samples: int = 100_000, *, channels: in
     }
     store = RunStore.create(path, manifest, samples_per_chunk=max(1024, n_samples))
     ids = list(range(n_samples))
-    store.write_samples(ids, {"blocks.0.resid_out.img": x[:, None, :]}, {"blocks.0.resid_out.img": ("sample", "step", "channel")})
+    store.write_samples(
+        ids, {"blocks.0.resid_out.img": x[:, None, :]}, {"blocks.0.resid_out.img": ("sample", "step", "channel")}
+    )
     store.mark_complete(ids)
     store.close()
     return Path(path)

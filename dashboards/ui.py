@@ -62,12 +62,17 @@ def guarded(n_outputs: int, message_at: int) -> Callable[[Callable[..., Any]], C
 def empty_figure(text: str = "") -> dict[str, Any]:
     """A blank figure with an optional centred note."""
     layout: dict[str, Any] = {
-        "xaxis": {"visible": False}, "yaxis": {"visible": False},
-        "margin": {"l": 10, "r": 10, "t": 10, "b": 10}, "height": 300,
-        "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
+        "xaxis": {"visible": False},
+        "yaxis": {"visible": False},
+        "margin": {"l": 10, "r": 10, "t": 10, "b": 10},
+        "height": 300,
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
     }
     if text:
-        layout["annotations"] = [{"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]
+        layout["annotations"] = [
+            {"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}
+        ]
     return {"data": [], "layout": layout}
 
 

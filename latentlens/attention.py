@@ -135,8 +135,9 @@ def _lse_fits(lse: LSEResult, k_all: torch.Tensor, bias: torch.Tensor | None, sc
     )
 
 
-def _project(state: CallState, spec_id: int, role: str, index: int, part: QKPart, heads: int, head_dim: int,
-             rows: slice) -> torch.Tensor:
+def _project(
+    state: CallState, spec_id: int, role: str, index: int, part: QKPart, heads: int, head_dim: int, rows: slice
+) -> torch.Tensor:
     """A captured projection as ``[batch, tokens, heads, head_dim]`` with the module's norm applied."""
     x = state.scratch[(spec_id, role, index)][rows]  # [batch, tokens, inner] (or 3*inner if fused)
     if part.chunk is not None:
@@ -246,8 +247,11 @@ def quadrant_maps(
             q_lse = lse.lse[rows][:, :, a:b]  # [batch, heads, nq_stream]
             if q_stream == "txt" and text_index is not None:
                 ti = text_index.to(q_lse.device)
-                q_lse = q_lse.gather(2, ti[:, None, :].expand(-1, q_lse.shape[1], -1)) if ti.ndim == 2 \
+                q_lse = (
+                    q_lse.gather(2, ti[:, None, :].expand(-1, q_lse.shape[1], -1))
+                    if ti.ndim == 2
                     else q_lse.index_select(2, ti)
+                )
             result.update(columns_from_lse(q, k_all, q_lse, cols, scale=scale, heads=heads, chunk_bytes=chunk_bytes))
             continue
         result.update(softmax_columns(q, k_all, cols, scale=scale, bias=qbias, heads=heads, chunk_bytes=chunk_bytes))

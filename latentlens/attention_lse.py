@@ -112,8 +112,11 @@ def _lse_matches(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: flo
 
 def _fall_back(key: tuple[str, str, str], why: str) -> None:
     VERIFIED[key] = False
-    compat.notice(f"lse:{key}", f"the {key[2]} attention kernel on {key[0]} ({key[1]}) {why}; attention maps "
-                  "there recompute the softmax normaliser (exact, slower).")
+    compat.notice(
+        f"lse:{key}",
+        f"the {key[2]} attention kernel on {key[0]} ({key[1]}) {why}; attention maps "
+        "there recompute the softmax normaliser (exact, slower).",
+    )
 
 
 class LSECapture(_Mode):

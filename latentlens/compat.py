@@ -92,14 +92,30 @@ TORCH_FUNCTION_MODE = _attr_shim("torch.TorchFunctionMode", torch, "overrides.To
 MODE_STACK = _LEN_MODES if not _LEN_MODES.ok else _MODE_AT
 
 _QKV = ("query", "key", "value")
-FLASH_CPU = _schema_shim("aten._scaled_dot_product_flash_attention_for_cpu",
-                         "_scaled_dot_product_flash_attention_for_cpu", _QKV + ("dropout_p", "is_causal"), 2)
-FLASH_CUDA = _schema_shim("aten._scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention",
-                          _QKV + ("dropout_p", "is_causal", "return_debug_mask"), 2)
-EFFICIENT = _schema_shim("aten._scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention",
-                         _QKV + ("attn_bias", "compute_log_sumexp", "dropout_p", "is_causal"), 2)
-CUDNN = _schema_shim("aten._scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention",
-                     _QKV + ("attn_bias", "compute_log_sumexp", "dropout_p", "is_causal", "return_debug_mask"), 2)
+FLASH_CPU = _schema_shim(
+    "aten._scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    _QKV + ("dropout_p", "is_causal"),
+    2,
+)
+FLASH_CUDA = _schema_shim(
+    "aten._scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention",
+    _QKV + ("dropout_p", "is_causal", "return_debug_mask"),
+    2,
+)
+EFFICIENT = _schema_shim(
+    "aten._scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_efficient_attention",
+    _QKV + ("attn_bias", "compute_log_sumexp", "dropout_p", "is_causal"),
+    2,
+)
+CUDNN = _schema_shim(
+    "aten._scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_cudnn_attention",
+    _QKV + ("attn_bias", "compute_log_sumexp", "dropout_p", "is_causal", "return_debug_mask"),
+    2,
+)
 
 
 def _backend(name: str) -> int | None:
@@ -168,8 +184,10 @@ def sdp_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float |
     try:
         return int(choose(q, k, v, None, 0.0, False, scale=scale))
     except Exception as error:  # a changed signature: never raise inside the pipeline call
-        notice("torch.fused_sdp_choice.call", f"torch._fused_sdp_choice failed ({error}); "
-               "attention maps use the exact slow path.")
+        notice(
+            "torch.fused_sdp_choice.call",
+            f"torch._fused_sdp_choice failed ({error}); attention maps use the exact slow path.",
+        )
         return None
 
 
@@ -186,8 +204,9 @@ def pop_mode_if_top(mode: Any) -> None:
 
 def function_modes_usable() -> bool:
     """Whether the fast-map machinery (torch-function modes + their stack) is available."""
-    return MODE_STACK.get("fast attention maps") is not None and TORCH_FUNCTION_MODE.get(
-        "fast attention maps") is not None
+    return (
+        MODE_STACK.get("fast attention maps") is not None and TORCH_FUNCTION_MODE.get("fast attention maps") is not None
+    )
 
 
 # --------------------------------------------------------------------------- diffusers
@@ -200,8 +219,11 @@ def cache_context_name(state_manager: Any) -> str | None:
     then the CFG branch is told by the doubled batch alone.
     """
     if not hasattr(state_manager, "_context"):
-        notice("diffusers.StateManager._context", "diffusers' StateManager has no _context attribute any more; "
-               "CFG branches set with transformer.cache_context(...) are not told apart (all rows are kept).")
+        notice(
+            "diffusers.StateManager._context",
+            "diffusers' StateManager has no _context attribute any more; "
+            "CFG branches set with transformer.cache_context(...) are not told apart (all rows are kept).",
+        )
         return None
     ctx = state_manager._context
     return getattr(ctx, "name", None) if ctx is not None else None
@@ -223,8 +245,15 @@ def zarr_chunk_layout() -> Shim:
         import zarr
 
         with tempfile.TemporaryDirectory(prefix="latentlens-zarr-check-") as tmp:
-            array = zarr.create_array(str(tmp), shape=(2, 2, 3), chunks=(1, 1, 3), dtype="<f4",
-                                      compressors=None, fill_value=np.nan, zarr_format=3)
+            array = zarr.create_array(
+                str(tmp),
+                shape=(2, 2, 3),
+                chunks=(1, 1, 3),
+                dtype="<f4",
+                compressors=None,
+                fill_value=np.nan,
+                zarr_format=3,
+            )
             data = np.arange(12, dtype="<f4").reshape(2, 2, 3)
             array[...] = data
             key = array.metadata.encode_chunk_key((1, 0, 0))
@@ -245,8 +274,16 @@ def zarr_raw_chunks_ok() -> bool:
 
 def report() -> dict[str, str]:
     """``{symbol: "ok" | problem}`` for every guarded private API (for bug reports)."""
-    shims = [FUSED_SDP_CHOICE, MODE_STACK, TORCH_FUNCTION_MODE, FLASH_CPU, FLASH_CUDA, EFFICIENT, CUDNN,
-             zarr_chunk_layout()]
+    shims = [
+        FUSED_SDP_CHOICE,
+        MODE_STACK,
+        TORCH_FUNCTION_MODE,
+        FLASH_CPU,
+        FLASH_CUDA,
+        EFFICIENT,
+        CUDNN,
+        zarr_chunk_layout(),
+    ]
     out = {s.name: "ok" if s.ok else str(s.problem) for s in shims}
     try:
         from diffusers.hooks.hooks import StateManager
@@ -259,6 +296,18 @@ def report() -> dict[str, str]:
     return out
 
 
-__all__ = ["CompatNotice", "Shim", "notice", "normalise_lse", "sdp_choice", "pop_mode_if_top", "report",
-           "cache_context_name", "zarr_chunk_layout", "zarr_raw_chunks_ok", "function_modes_usable",
-           "SDPA_KERNELS", "BACKEND_NAMES"]
+__all__ = [
+    "CompatNotice",
+    "Shim",
+    "notice",
+    "normalise_lse",
+    "sdp_choice",
+    "pop_mode_if_top",
+    "report",
+    "cache_context_name",
+    "zarr_chunk_layout",
+    "zarr_raw_chunks_ok",
+    "function_modes_usable",
+    "SDPA_KERNELS",
+    "BACKEND_NAMES",
+]

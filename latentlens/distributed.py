@@ -98,9 +98,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def connect(
-    address: str = "local", *, num_cpus: int | None = None, object_store_memory: int | None = None
-) -> bool:
+def connect(address: str = "local", *, num_cpus: int | None = None, object_store_memory: int | None = None) -> bool:
     """Connect this process to Ray; returns ``True`` if it started a new local cluster.
 
     ``"local"`` starts a cluster on this machine (``num_cpus``/``object_store_memory`` size it),
@@ -293,8 +291,11 @@ def record_on_ray(
         tag = secrets.token_hex(4)
         for k in range(n_workers):
             options: dict[str, Any] = {
-                "num_cpus": 1, "num_gpus": 1 if gpus else 0, "max_restarts": MAX_RESTARTS,
-                "max_task_retries": 0, "name": f"{ACTOR_PREFIX}-{tag}-{k}",
+                "num_cpus": 1,
+                "num_gpus": 1 if gpus else 0,
+                "max_restarts": MAX_RESTARTS,
+                "max_task_retries": 0,
+                "name": f"{ACTOR_PREFIX}-{tag}-{k}",
             }
             actors.append(remote.options(**options).remote(source, device, 1))
 
@@ -311,23 +312,34 @@ def record_on_ray(
 
         existing = (out_path / "manifest.json").exists()
         if existing and (resume or overwrite):
-            store = RunStore.create(out, manifest, resume=resume and not overwrite, overwrite=overwrite,
-                                    samples_per_chunk=batch_size)
+            store = RunStore.create(
+                out, manifest, resume=resume and not overwrite, overwrite=overwrite, samples_per_chunk=batch_size
+            )
         resumed_from = len(store.completed) if store is not None else 0
         batches = collections.deque(plan_batches(n_wanted, batch_size, store.completed if store else frozenset()))
         bar = None
         if progress and batches:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=sum(map(len, batches)), desc=f"record {out_path.name} ({n_workers} workers)",
-                       unit="prompt", file=sys.stderr)
+            bar = tqdm(
+                total=sum(map(len, batches)),
+                desc=f"record {out_path.name} ({n_workers} workers)",
+                unit="prompt",
+                file=sys.stderr,
+            )
         recorded_now: list[int] = []
         retried = 0
 
         def task(actor: Any, batch: list[int], write: bool) -> Any:
             return actor.record.remote(
-                str(out_path), batch, [items.prompts[i] for i in batch], [items.seeds[i] for i in batch],
-                dict(record_kwargs), dict(call_kwargs), save_images, write,
+                str(out_path),
+                batch,
+                [items.prompts[i] for i in batch],
+                [items.seeds[i] for i in batch],
+                dict(record_kwargs),
+                dict(call_kwargs),
+                save_images,
+                write,
             )
 
         def finished(batch: list[int], saved: Sequence[bool]) -> None:
@@ -391,8 +403,15 @@ def record_on_ray(
         store.close()
     run = RunStore.open(out)
     return RunResult(
-        path=Path(out), store=run, samples=len(run.completed), recorded_now=recorded_now, names=run.names,
-        seconds=time.perf_counter() - started, resumed_from=resumed_from, workers=n_workers, retried=retried,
+        path=Path(out),
+        store=run,
+        samples=len(run.completed),
+        recorded_now=recorded_now,
+        names=run.names,
+        seconds=time.perf_counter() - started,
+        resumed_from=resumed_from,
+        workers=n_workers,
+        retried=retried,
         startup_seconds=startup,
     )
 

@@ -180,9 +180,7 @@ class steer(_Intervention):
             new[rows] += d
         else:
             if int(self.tokens.max()) >= value.shape[1]:
-                raise ConfigError(
-                    f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}."
-                )
+                raise ConfigError(f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}.")
             idx = self.tokens.to(value.device)
             sub = new[rows]  # [b, tokens, channel] (a view for slice rows)
             sub[:, idx] += d
@@ -231,7 +229,9 @@ class patch(_Intervention):
             self.step_pos = {s: s for s in range(source.shape[0])}
             self.branch = cfg
         else:
-            raise ConfigError(f"source must be a Recording or a tensor [step, batch, ...]; got {type(source).__name__}.")
+            raise ConfigError(
+                f"source must be a Recording or a tensor [step, batch, ...]; got {type(source).__name__}."
+            )
         self.source = data
 
     def modify(self, state: CallState, value: torch.Tensor, rows: slice) -> torch.Tensor | None:
@@ -267,9 +267,7 @@ class patch(_Intervention):
             new[target_rows] = src
         else:
             if int(self.tokens.max()) >= value.shape[1]:
-                raise ConfigError(
-                    f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}."
-                )
+                raise ConfigError(f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}.")
             idx = self.tokens.to(value.device)
             sub = new[target_rows]  # [b, tokens, channel] (a view: target_rows is a slice)
             sub[:, idx] = src[:, idx]

@@ -66,7 +66,9 @@ def sde(
     an edit that changed nothing has no SDE). Batches are pooled: means run over every pixel of
     every image.
     """
-    a = np.asarray(reconstruction.detach().cpu() if hasattr(reconstruction, "detach") else reconstruction, dtype=np.float64)
+    a = np.asarray(
+        reconstruction.detach().cpu() if hasattr(reconstruction, "detach") else reconstruction, dtype=np.float64
+    )
     b = np.asarray(flipped.detach().cpu() if hasattr(flipped, "detach") else flipped, dtype=np.float64)
     m = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask).astype(bool)
     if a.shape != b.shape:
@@ -83,8 +85,14 @@ def sde(
     eff = float(D[m].mean())
     leak = float(D[~m].mean())
     total = eff + leak
-    return {"effectiveness": eff, "leakage": leak, "sde": eff / total if total > 0 else math.nan,
-            "pixels_inside": inside, "pixels_outside": outside}
+    return {
+        "effectiveness": eff,
+        "leakage": leak,
+        "sde": eff / total if total > 0 else math.nan,
+        "pixels_inside": inside,
+        "pixels_outside": outside,
+    }
+
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
     """PSNR in dB of two uint8 images ``[height, width, 3]`` over the pixels in ``where`` (all when None).

@@ -30,6 +30,8 @@ def is_toy_model(name_or_path: str | Path) -> bool:
         return json.loads(index.read_text()).get("_class_name") == "ToyPipeline"
     except (OSError, ValueError, AttributeError):
         return False
+
+
 _RESTORE_HINT = (
     "Restore the shipped weights with 'git checkout latentlens/toy/weights' (or reinstall latentlens), "
     "or retrain them with the command in latentlens/toy/weights/MODEL_CARD.md."
@@ -59,8 +61,11 @@ def _check_pipeline_folder(folder: Path, restore_hint: str) -> dict[str, Any]:
             raise StoreError(f"The pipeline folder {component} is missing. {restore_hint}")
         for weights in component.glob("*.safetensors"):
             _check_safetensors(weights, restore_hint)
-        if spec[1] and "Model" in spec[1] and not any(component.glob("*.safetensors")) and not any(
-            component.glob("*.bin")
+        if (
+            spec[1]
+            and "Model" in spec[1]
+            and not any(component.glob("*.safetensors"))
+            and not any(component.glob("*.bin"))
         ):
             raise StoreError(
                 f"The weights file of {name} is missing: expected {component / 'diffusion_pytorch_model.safetensors'}. "

@@ -297,18 +297,21 @@ class Recorder:
             stacked = self.accumulator.stacked(name, steps)
             if stacked is not None:  # None: e.g. a block skipped at every step
                 rec.set_data(name, *stacked)
-        rec.finish(self.names, {
-            "adapter": self.adapter.name,
-            "model_class": type(self.transformer).__name__,
-            "config": dict(getattr(self.transformer, "config", {}) or {}),
-            "cfg": self.cfg,
-            "heads": self.heads,
-            "reduce": self.reduce.as_dict(),
-            "tokens": None if self.text_index is None else self.text_index.tolist(),
-            "concepts": self.concepts,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "skipping_hooks": self.skipping,
-        })
+        rec.finish(
+            self.names,
+            {
+                "adapter": self.adapter.name,
+                "model_class": type(self.transformer).__name__,
+                "config": dict(getattr(self.transformer, "config", {}) or {}),
+                "cfg": self.cfg,
+                "heads": self.heads,
+                "reduce": self.reduce.as_dict(),
+                "tokens": None if self.text_index is None else self.text_index.tolist(),
+                "concepts": self.concepts,
+                "dtype": str(self.dtype).replace("torch.", ""),
+                "skipping_hooks": self.skipping,
+            },
+        )
         return rec
 
 
@@ -372,8 +375,9 @@ class record:
     ) -> None:
         if sites is None and attention is None and concepts is None:
             sites = "blocks.*.resid_out.*"  # the default: every block's residual outputs
-        self._recorder = Recorder(target, sites, attention, steps, cfg, tokens, reduce, dtype, heads, store,
-                                   allow_caching, prompt, concepts)
+        self._recorder = Recorder(
+            target, sites, attention, steps, cfg, tokens, reduce, dtype, heads, store, allow_caching, prompt, concepts
+        )
 
     def __enter__(self) -> Recording:
         self._recorder.install()

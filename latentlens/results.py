@@ -71,7 +71,9 @@ def _read_probe_records(folder: Path) -> tuple[list[dict[str, Any]], dict[str, l
             else:
                 payload = json.loads(text)
         except (OSError, ValueError) as error:
-            raise StoreError(f"The probe results {path} cannot be read ({error}); rerun `latentlens analyze`.") from error
+            raise StoreError(
+                f"The probe results {path} cannot be read ({error}); rerun `latentlens analyze`."
+            ) from error
         classes: dict[str, list[Any]] = {}
         if isinstance(payload, dict):
             classes = dict(payload.get("attributes") or payload.get("classes") or {})
@@ -138,7 +140,9 @@ class AnalysisResults:
             raise UnknownNameError(
                 f"The probe results have no attribute {attribute!r}; they have: {', '.join(self.attributes) or 'none'}."
             )
-        rows = [r for r in self.probes if r["attribute"] == attribute and r["stream"] == stream and r["block"] is not None]
+        rows = [
+            r for r in self.probes if r["attribute"] == attribute and r["stream"] == stream and r["block"] is not None
+        ]
         if not rows:
             raise ConfigError(
                 f"The probe results have no block cells for attribute {attribute!r} in stream {stream!r}; "
@@ -158,9 +162,12 @@ class AnalysisResults:
     def best_cell(self, attribute: str, stream: str | None = None) -> dict[str, Any] | None:
         """The probe cell with the highest accuracy for ``attribute`` (optionally in one stream)."""
         rows = [
-            r for r in self.probes
-            if r["attribute"] == attribute and (stream is None or r["stream"] == stream)
-            and r.get("accuracy") is not None and not math.isnan(float(r["accuracy"]))
+            r
+            for r in self.probes
+            if r["attribute"] == attribute
+            and (stream is None or r["stream"] == stream)
+            and r.get("accuracy") is not None
+            and not math.isnan(float(r["accuracy"]))
         ]
         return dict(max(rows, key=lambda r: float(r["accuracy"]))) if rows else None
 
@@ -174,7 +181,9 @@ class AnalysisResults:
             with np.load(path, allow_pickle=False) as data:
                 return {k: np.asarray(data[k]) for k in data.files}
         except (OSError, ValueError) as error:
-            raise StoreError(f"The embedding file {path} cannot be read ({error}); rerun `latentlens analyze`.") from error
+            raise StoreError(
+                f"The embedding file {path} cannot be read ({error}); rerun `latentlens analyze`."
+            ) from error
 
     def load_direction(self, name: str) -> Any:
         """The saved :class:`latentlens.Direction` called ``name``."""

@@ -78,8 +78,7 @@ class RunResult:
             "resumed_from": self.resumed_from,
         }
         if self.workers:
-            document.update(workers=self.workers, retried=self.retried,
-                            startup_seconds=round(self.startup_seconds, 3))
+            document.update(workers=self.workers, retried=self.retried, startup_seconds=round(self.startup_seconds, 3))
         return document
 
 
@@ -106,9 +105,7 @@ def prompt_set(prompts: Any, seeds: int | Sequence[int] | None = None) -> Prompt
     labels: list[dict[str, Any]] = []
     any_labels = False
     for i, item in enumerate(items):
-        default_seed = (
-            int(seeds[i]) if isinstance(seeds, Sequence) else (int(seeds) + i if seeds is not None else i)
-        )
+        default_seed = int(seeds[i]) if isinstance(seeds, Sequence) else (int(seeds) + i if seeds is not None else i)
         if isinstance(item, str):
             text, seed, label = item, default_seed, {}
         elif isinstance(item, Mapping):
@@ -122,7 +119,9 @@ def prompt_set(prompts: Any, seeds: int | Sequence[int] | None = None) -> Prompt
             seed = int(item[1]) if len(item) > 1 and item[1] is not None else default_seed
             label = dict(item[2]) if len(item) > 2 and item[2] else {}
         else:
-            raise ConfigError(f"Prompt {i} is a {type(item).__name__}; give a string, a dict or a (prompt, seed, labels) tuple.")
+            raise ConfigError(
+                f"Prompt {i} is a {type(item).__name__}; give a string, a dict or a (prompt, seed, labels) tuple."
+            )
         if not text.strip():
             raise ConfigError(f"Prompt {i} is empty; remove the empty line or give it a text.")
         check_prompt(text, where=f"Prompt {i}")
@@ -156,8 +155,18 @@ def model_info(pipe: Any, model_id: str | None = None) -> dict[str, Any]:
     }
     config = getattr(transformer, "config", None)
     if config is not None:
-        keep = ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads", "joint_attention_dim",
-                "sample_size", "patch_size", "in_channels", "dual_attention_layers", "qk_norm")
+        keep = (
+            "num_layers",
+            "num_single_layers",
+            "attention_head_dim",
+            "num_attention_heads",
+            "joint_attention_dim",
+            "sample_size",
+            "patch_size",
+            "in_channels",
+            "dual_attention_layers",
+            "qk_norm",
+        )
         info["transformer_config"] = {k: _jsonable(config.get(k)) for k in keep if k in config}
     try:
         from latentlens.adapters import adapter_for
@@ -210,9 +219,7 @@ def build_manifest(
     }
 
 
-def check_out_dir(
-    out: str | Path, *, resume: bool, overwrite: bool, manifest: Mapping[str, Any] | None = None
-) -> None:
+def check_out_dir(out: str | Path, *, resume: bool, overwrite: bool, manifest: Mapping[str, Any] | None = None) -> None:
     """Refuse early (before a model is loaded) if ``out`` holds a run and neither flag is given.
 
     With the new run's ``manifest`` the message says whether the old run has the same configuration.
@@ -297,9 +304,7 @@ def run_batch(
     return rec, output
 
 
-def batch_metadata(
-    items: PromptSet, batch: Sequence[int], images: Sequence[bool]
-) -> list[dict[str, Any]]:
+def batch_metadata(items: PromptSet, batch: Sequence[int], images: Sequence[bool]) -> list[dict[str, Any]]:
     """Journal entries of ``batch``: prompt, seed, labels and (where ``images[pos]``) the image path."""
     metadata = []
     for pos, i in enumerate(batch):
@@ -412,8 +417,13 @@ def record_prompts(
     if sites is None and attention is None:
         sites = DEFAULT_SITES
     record_kwargs = {
-        "sites": sites, "attention": attention, "steps": steps, "cfg": cfg, "tokens": tokens,
-        "reduce": reduce, "dtype": dtype,
+        "sites": sites,
+        "attention": attention,
+        "steps": steps,
+        "cfg": cfg,
+        "tokens": tokens,
+        "reduce": reduce,
+        "dtype": dtype,
     }
     recording = dict(record_kwargs)
     recording["dtype"] = str(dtype) if dtype is not None else None
@@ -428,22 +438,41 @@ def record_prompts(
         from latentlens.distributed import record_on_ray
 
         return record_on_ray(
-            pipe, items, out, manifest=manifest, record_kwargs=kwargs, call_kwargs=call_kwargs,
-            batch_size=batch_size, n_wanted=n_wanted, save_images=save_images, resume=resume,
-            overwrite=overwrite, progress=progress, ray=ray, workers=workers,
-            worker_pipeline=worker_pipeline if worker_pipeline is not None else model_id, started=started,
+            pipe,
+            items,
+            out,
+            manifest=manifest,
+            record_kwargs=kwargs,
+            call_kwargs=call_kwargs,
+            batch_size=batch_size,
+            n_wanted=n_wanted,
+            save_images=save_images,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            ray=ray,
+            workers=workers,
+            worker_pipeline=worker_pipeline if worker_pipeline is not None else model_id,
+            started=started,
         )
 
     store: RunStore | None = None
     existing = (Path(out) / MANIFEST).exists()
     if existing and (resume or overwrite):
-        store = RunStore.create(out, manifest, resume=resume and not overwrite, overwrite=overwrite,
-                                samples_per_chunk=batch_size, repair=repair and not overwrite)
+        store = RunStore.create(
+            out,
+            manifest,
+            resume=resume and not overwrite,
+            overwrite=overwrite,
+            samples_per_chunk=batch_size,
+            repair=repair and not overwrite,
+        )
         if repair and not overwrite:
             repaired = store.repair()
             if repaired and progress:
-                print(f"record: {len(repaired)} damaged samples will be recorded again: {repaired[:12]}",
-                      file=sys.stderr)
+                print(
+                    f"record: {len(repaired)} damaged samples will be recorded again: {repaired[:12]}", file=sys.stderr
+                )
         elif resume and not overwrite:
             report = store.verify(checksums=False)  # sizes only: cheap, and catches truncated chunks
             if not report.ok:
@@ -512,6 +541,20 @@ def record_prompts(
     )
 
 
-__all__ = ["record_prompts", "prompt_set", "PromptSet", "RunResult", "RunInterruptedError", "DEFAULT_SITES",
-           "build_manifest", "check_out_dir", "config_hash", "BatchRecording", "run_batch", "plan_batches",
-           "batch_metadata", "save_batch_images", "pipeline_images"]
+__all__ = [
+    "record_prompts",
+    "prompt_set",
+    "PromptSet",
+    "RunResult",
+    "RunInterruptedError",
+    "DEFAULT_SITES",
+    "build_manifest",
+    "check_out_dir",
+    "config_hash",
+    "BatchRecording",
+    "run_batch",
+    "plan_batches",
+    "batch_metadata",
+    "save_batch_images",
+    "pipeline_images",
+]

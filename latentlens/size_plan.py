@@ -76,12 +76,22 @@ class SizePlan:
     def to_json(self) -> dict[str, Any]:
         """The ``latentlens record --dry-run --json`` document."""
         return {
-            "model": self.model, "out": self.out, "samples": self.samples, "steps": self.steps,
-            "recorded_steps": self.recorded_steps, "image_tokens": self.image_tokens,
-            "text_tokens": self.text_tokens, "dtype": self.dtype,
-            "bytes_per_sample": self.bytes_per_sample, "total_bytes": self.total_bytes,
-            "data_bytes": self.data_bytes, "image_bytes": self.image_bytes, "meta_bytes": self.meta_bytes,
-            "free_bytes": self.free_bytes, "fits": self.fits, "sites": dict(self.sites),
+            "model": self.model,
+            "out": self.out,
+            "samples": self.samples,
+            "steps": self.steps,
+            "recorded_steps": self.recorded_steps,
+            "image_tokens": self.image_tokens,
+            "text_tokens": self.text_tokens,
+            "dtype": self.dtype,
+            "bytes_per_sample": self.bytes_per_sample,
+            "total_bytes": self.total_bytes,
+            "data_bytes": self.data_bytes,
+            "image_bytes": self.image_bytes,
+            "meta_bytes": self.meta_bytes,
+            "free_bytes": self.free_bytes,
+            "fits": self.fits,
+            "sites": dict(self.sites),
         }
 
     def summary(self) -> str:
@@ -164,8 +174,10 @@ def pipeline_defaults(model: str) -> dict[str, Any]:
     """The pipeline's own call defaults (``num_inference_steps``, ``guidance_scale``), from its class alone."""
     _, index, _ = meta_transformer(_config_folder(str(model)))
     cls = _pipeline_class(str(index.get("_class_name")))
-    return {"num_inference_steps": int(_call_default(cls, "num_inference_steps", 28)),
-            "guidance_scale": _call_default(cls, "guidance_scale", None)}
+    return {
+        "num_inference_steps": int(_call_default(cls, "num_inference_steps", 28)),
+        "guidance_scale": _call_default(cls, "guidance_scale", None),
+    }
 
 
 def config_transformer(model: str) -> Any:
@@ -294,8 +306,15 @@ def plan_record(
         tokens = [0]
     inputs = _meta_inputs(transformer, pipe_class, height, width, factor, text)
     dtype = dtype if dtype is not None else torch.float32
-    kwargs = {"sites": sites, "attention": attention, "cfg": cfg, "tokens": tokens, "reduce": reduce,
-              "dtype": dtype, "heads": heads}
+    kwargs = {
+        "sites": sites,
+        "attention": attention,
+        "cfg": cfg,
+        "tokens": tokens,
+        "reduce": reduce,
+        "dtype": dtype,
+        "heads": heads,
+    }
     if sites is None and attention is None:
         kwargs["sites"] = "blocks.*.resid_out.*"
     with torch.no_grad(), record(transformer, **kwargs) as rec:
@@ -317,10 +336,19 @@ def plan_record(
     image = height * width * 3 if save_images else 0
     meta_bytes = ARRAY_OVERHEAD * len(per_sample) + PROMPT_OVERHEAD * samples
     return SizePlan(
-        model=str(model), out=str(out), samples=samples, steps=steps_total, recorded_steps=recorded_steps,
+        model=str(model),
+        out=str(out),
+        samples=samples,
+        steps=steps_total,
+        recorded_steps=recorded_steps,
         image_tokens=int(rec.meta.get("image_tokens") or _image_tokens(transformer, height, width, factor)),
-        text_tokens=text, dtype=str(dtype).replace("torch.", ""), sites=per_sample, data_bytes=data,
-        image_bytes=image * samples, meta_bytes=meta_bytes, free_bytes=free_bytes(out),
+        text_tokens=text,
+        dtype=str(dtype).replace("torch.", ""),
+        sites=per_sample,
+        data_bytes=data,
+        image_bytes=image * samples,
+        meta_bytes=meta_bytes,
+        free_bytes=free_bytes(out),
     )
 
 
@@ -356,8 +384,11 @@ def refusal(plan: SizePlan, alternatives: dict[str, SizePlan]) -> DiskSpaceError
     top = "; ".join(f"{n} {human(b * plan.samples)}" for n, b in plan.biggest())
     fitting = [f"{flag} ({human(p.total_bytes)})" for flag, p in alternatives.items() if p.fits]
     others = [f"{flag} ({human(p.total_bytes)})" for flag, p in alternatives.items() if not p.fits]
-    hint = (f"These would fit: {', '.join(fitting)}." if fitting else
-            f"No single reduction fits ({', '.join(others)}); combine them or record fewer prompts (--limit).")
+    hint = (
+        f"These would fit: {', '.join(fitting)}."
+        if fitting
+        else f"No single reduction fits ({', '.join(others)}); combine them or record fewer prompts (--limit)."
+    )
     return DiskSpaceError(
         f"This recording would write {human(plan.total_bytes)} to {plan.out}, but its disk has only "
         f"{human(plan.free_bytes)} free. The biggest sites: {top}. {hint} Nothing was computed."
@@ -389,5 +420,15 @@ def reductions(model: str, base: dict[str, Any], plan: SizePlan) -> dict[str, Si
     return out
 
 
-__all__ = ["SizePlan", "plan_record", "pipeline_defaults", "config_transformer", "free_bytes", "human", "refusal",
-           "reductions", "DiskSpaceError", "meta_transformer"]
+__all__ = [
+    "SizePlan",
+    "plan_record",
+    "pipeline_defaults",
+    "config_transformer",
+    "free_bytes",
+    "human",
+    "refusal",
+    "reductions",
+    "DiskSpaceError",
+    "meta_transformer",
+]

@@ -260,8 +260,9 @@ def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any], limit: i
 def occupied_error(path: Path, old: Mapping[str, Any], *, same: bool | None = None) -> StoreError:
     """The error for an ``--out`` folder that already holds a run (``same``: of these very settings)."""
     model = (old.get("model") or {}).get("id") if isinstance(old.get("model"), Mapping) else None
-    what = {True: "a run of this same configuration", False: "a run of another model or configuration",
-            None: "a run"}[same]
+    what = {True: "a run of this same configuration", False: "a run of another model or configuration", None: "a run"}[
+        same
+    ]
     return StoreError(
         f"{path} already holds {what}"
         + (f" (model {model!r}, {len(old.get('prompts') or [])} prompts)" if model else "")
@@ -302,8 +303,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 _MANIFEST_TYPES: dict[str, type] = {
-    "prompts": list, "seeds": list, "labels": list, "timesteps": list, "recorded": dict, "store": dict,
-    "model": dict, "generation": dict, "recording": dict,
+    "prompts": list,
+    "seeds": list,
+    "labels": list,
+    "timesteps": list,
+    "recorded": dict,
+    "store": dict,
+    "model": dict,
+    "generation": dict,
+    "recording": dict,
 }
 
 
@@ -435,9 +443,7 @@ class StoredArray:
         """Select by dim name, e.g. ``isel(step=3, sample=[0, 1])``; unnamed dims are kept whole."""
         unknown = sorted(set(indexers) - set(self.dims))
         if unknown:
-            raise StoreError(
-                f"Array {self.name!r} has no dim named {unknown[0]!r}; its dims are {list(self.dims)}."
-            )
+            raise StoreError(f"Array {self.name!r} has no dim named {unknown[0]!r}; its dims are {list(self.dims)}.")
         key = tuple(indexers.get(dim, slice(None)) for dim in self.dims)
         return self[key]
 
@@ -501,8 +507,9 @@ class RunStore:
         open_run("runs/x")["pred"][:, 3].shape   # (2, 16, 8)
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False, repair: bool = False,
-                 chunks_only: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, writable: bool = False, repair: bool = False, chunks_only: bool = False
+    ) -> None:
         self.path = Path(path)
         self._repair = bool(repair and writable)
         manifest_path = self.path / MANIFEST
@@ -867,9 +874,7 @@ class RunStore:
 
     def _require_writable(self, driver: bool = False) -> None:
         if not self.writable:
-            raise StoreError(
-                f"{self.path} was opened read-only; open it with RunStore.open(path, mode='a') to write."
-            )
+            raise StoreError(f"{self.path} was opened read-only; open it with RunStore.open(path, mode='a') to write.")
         if driver and self.chunks_only:
             raise StoreError(
                 f"{self.path} was opened by a worker (mode='chunks'), which writes sample data only; the "
@@ -925,10 +930,10 @@ class RunStore:
                 array.resize((need, *array.shape[1:]))
             return array
         if self.chunks_only:
-            raise StoreError(
-                f"{self.path} has no array {name!r}; a worker writes only into arrays the driver created."
-            )
-        per_sample_step = int(np.prod(sample_shape[1:], dtype=np.int64)) * dtype.itemsize if sample_shape else dtype.itemsize
+            raise StoreError(f"{self.path} has no array {name!r}; a worker writes only into arrays the driver created.")
+        per_sample_step = (
+            int(np.prod(sample_shape[1:], dtype=np.int64)) * dtype.itemsize if sample_shape else dtype.itemsize
+        )
         spc = int((self._manifest.get("store") or {}).get("samples_per_chunk") or 1)
         cap = max(1, MAX_CHUNK_BYTES // max(per_sample_step, 1))
         # the largest divisor of the requested size that fits: a batch of samples_per_chunk samples
@@ -949,8 +954,12 @@ class RunStore:
             overwrite=True,
         )
         self._arrays[name] = array
-        recorded[name] = {"dims": list(dims), "sample_shape": list(sample_shape), "dtype": dtype.name,
-                          "kind": "map" if is_map(name) else "activation"}
+        recorded[name] = {
+            "dims": list(dims),
+            "sample_shape": list(sample_shape),
+            "dtype": dtype.name,
+            "kind": "map" if is_map(name) else "activation",
+        }
         self._update_manifest({"recorded": recorded, "updated": now_iso()})
         return array
 
@@ -975,9 +984,7 @@ class RunStore:
             for name, value in arrays.items():
                 data = _to_numpy(value)  # [batch, step, ...]
                 if data.shape[0] != len(ids):
-                    raise StoreError(
-                        f"{name!r} holds {data.shape[0]} samples but {len(ids)} sample ids were given."
-                    )
+                    raise StoreError(f"{name!r} holds {data.shape[0]} samples but {len(ids)} sample ids were given.")
                 name_dims = list((dims or {}).get(name) or ["sample"] + [f"dim_{k}" for k in range(1, data.ndim)])
                 if len(name_dims) != data.ndim:
                     raise StoreError(f"{name!r} has {data.ndim} dims but dim names {name_dims} were given.")
@@ -1090,7 +1097,11 @@ class RunStore:
             data = _to_numpy(rec[name])  # [step, batch, ...]
             if data.ndim < 2:
                 raise StoreError(f"Recorded {name!r} has shape {data.shape}; expected [step, batch, ...].")
-            rec_dims = list(rec.dims(name)) if hasattr(rec, "dims") else ["step", "batch"] + [f"dim_{k}" for k in range(2, data.ndim)]
+            rec_dims = (
+                list(rec.dims(name))
+                if hasattr(rec, "dims")
+                else ["step", "batch"] + [f"dim_{k}" for k in range(2, data.ndim)]
+            )
             if batch is None:
                 batch = data.shape[1]
             elif data.shape[1] != batch:
@@ -1167,8 +1178,12 @@ class RunStore:
                         if size != expected:
                             bad_chunks.add(chunk)
                             report.bad_files.append(path)
-                            report.add(range(chunk * spc, chunk * spc + spc), self._samples, name,
-                                       f"chunk file {path} has {size} of {expected} bytes")
+                            report.add(
+                                range(chunk * spc, chunk * spc + spc),
+                                self._samples,
+                                name,
+                                f"chunk file {path} has {size} of {expected} bytes",
+                            )
             if not checksums:
                 continue
             for chunk in chunks:
@@ -1236,5 +1251,14 @@ def open_run(path: str | os.PathLike[str]) -> RunStore:
     return RunStore.open(path, mode="r")
 
 
-__all__ = ["RunStore", "StoredArray", "VerifyReport", "open_run", "config_hash", "read_journal", "read_manifest",
-           "FORMAT", "HASHED_KEYS"]
+__all__ = [
+    "RunStore",
+    "StoredArray",
+    "VerifyReport",
+    "open_run",
+    "config_hash",
+    "read_journal",
+    "read_manifest",
+    "FORMAT",
+    "HASHED_KEYS",
+]

@@ -285,36 +285,95 @@ def pixart_inputs(
 #: The published transformer configs (``transformer/config.json`` of each model on the Hugging Face hub).
 REAL_CONFIGS: dict[str, dict[str, Any]] = {
     "sd3-medium": dict(
-        cls="SD3Transformer2DModel", sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-        pooled_projection_dim=2048, pos_embed_max_size=192,
+        cls="SD3Transformer2DModel",
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=192,
     ),
     "sd3.5-medium": dict(
-        cls="SD3Transformer2DModel", sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-        attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-        pooled_projection_dim=2048, pos_embed_max_size=384, qk_norm="rms_norm",
+        cls="SD3Transformer2DModel",
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=384,
+        qk_norm="rms_norm",
         dual_attention_layers=tuple(range(13)),
     ),
     "sd3.5-large": dict(
-        cls="SD3Transformer2DModel", sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38,
-        attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
-        pooled_projection_dim=2048, pos_embed_max_size=192, qk_norm="rms_norm",
+        cls="SD3Transformer2DModel",
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=38,
+        attention_head_dim=64,
+        num_attention_heads=38,
+        joint_attention_dim=4096,
+        caption_projection_dim=2432,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=192,
+        qk_norm="rms_norm",
     ),
     "flux.1-dev": dict(
-        cls="FluxTransformer2DModel", patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-        guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+        cls="FluxTransformer2DModel",
+        patch_size=1,
+        in_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
     ),
     "flux.1-schnell": dict(
-        cls="FluxTransformer2DModel", patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-        guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+        cls="FluxTransformer2DModel",
+        patch_size=1,
+        in_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=False,
+        axes_dims_rope=(16, 56, 56),
     ),
     "pixart-sigma": dict(
-        cls="PixArtTransformer2DModel", sample_size=128, patch_size=2, in_channels=4, out_channels=8, num_layers=28,
-        attention_head_dim=72, num_attention_heads=16, caption_channels=4096, cross_attention_dim=1152,
-        attention_bias=True, activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=2, use_additional_conditions=False,
+        cls="PixArtTransformer2DModel",
+        sample_size=128,
+        patch_size=2,
+        in_channels=4,
+        out_channels=8,
+        num_layers=28,
+        attention_head_dim=72,
+        num_attention_heads=16,
+        caption_channels=4096,
+        cross_attention_dim=1152,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        interpolation_scale=2,
+        use_additional_conditions=False,
     ),
 }
 
@@ -385,16 +444,30 @@ def real_inputs(
     p = next(model.parameters())
     cfg = model.config
     if cfg.get("num_single_layers") is not None:  # Flux: packed 2×2 latent patches
-        out = flux_inputs(model, batch=batch, text_tokens=text, height=side, width=side, seed=seed,
-                          timestep=0.5 if timestep is None else timestep)
+        out = flux_inputs(
+            model,
+            batch=batch,
+            text_tokens=text,
+            height=side,
+            width=side,
+            seed=seed,
+            timestep=0.5 if timestep is None else timestep,
+        )
     elif cfg.get("caption_channels") is not None:  # PixArt
-        out = pixart_inputs(model, batch=batch, text_tokens=text, seed=seed,
-                            timestep=500.0 if timestep is None else timestep)
+        out = pixart_inputs(
+            model, batch=batch, text_tokens=text, seed=seed, timestep=500.0 if timestep is None else timestep
+        )
         g = torch.Generator().manual_seed(seed)
         out["hidden_states"] = torch.randn(batch, cfg.in_channels, 2 * side, 2 * side, generator=g)
     else:
-        out = sd3_inputs(model, batch=batch, text_tokens=text, latent_size=2 * side, seed=seed,
-                         timestep=500.0 if timestep is None else timestep)
+        out = sd3_inputs(
+            model,
+            batch=batch,
+            text_tokens=text,
+            latent_size=2 * side,
+            seed=seed,
+            timestep=500.0 if timestep is None else timestep,
+        )
     return {k: v.to(p) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in out.items()}
 
 
@@ -409,14 +482,20 @@ def real_text_encoders(name: str, *, seed: int = 0) -> dict[str, Any]:
     t5 = _wide_t5(4096, seed + 4)
     if name.startswith("sd3"):
         return {
-            "text_encoder": _wide_clip(768, seed + 2), "tokenizer": tiny_tokenizer(text["clip"]),
-            "text_encoder_2": _wide_clip(1280, seed + 3), "tokenizer_2": tiny_tokenizer(text["clip"]),
-            "text_encoder_3": t5, "tokenizer_3": tiny_tokenizer(text["t5"]),
+            "text_encoder": _wide_clip(768, seed + 2),
+            "tokenizer": tiny_tokenizer(text["clip"]),
+            "text_encoder_2": _wide_clip(1280, seed + 3),
+            "tokenizer_2": tiny_tokenizer(text["clip"]),
+            "text_encoder_3": t5,
+            "tokenizer_3": tiny_tokenizer(text["t5"]),
         }
     if name.startswith("flux"):
-        return {"text_encoder": _wide_clip(768, seed + 2, with_projection=False),
-                "tokenizer": tiny_tokenizer(text["clip"]),
-                "text_encoder_2": t5, "tokenizer_2": tiny_tokenizer(text["t5"])}
+        return {
+            "text_encoder": _wide_clip(768, seed + 2, with_projection=False),
+            "tokenizer": tiny_tokenizer(text["clip"]),
+            "text_encoder_2": t5,
+            "tokenizer_2": tiny_tokenizer(text["t5"]),
+        }
     return {"text_encoder": t5, "tokenizer": tiny_tokenizer(text["t5"])}
 
 
@@ -426,9 +505,17 @@ def _wide_clip(width: int, seed: int, with_projection: bool = True) -> Any:
 
     _seed(seed)
     cfg = CLIPTextConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=width, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=width // 64, max_position_embeddings=77, projection_dim=width, bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID, pad_token_id=PAD_ID, hidden_act="gelu",
+        vocab_size=VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=width // 64,
+        max_position_embeddings=77,
+        projection_dim=width,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        hidden_act="gelu",
     )
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg).eval()
 
@@ -439,10 +526,20 @@ def _wide_t5(d_model: int, seed: int) -> Any:
 
     _seed(seed)
     cfg = T5Config(
-        vocab_size=VOCAB_SIZE, d_model=d_model, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8, pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=PAD_ID,
+        vocab_size=VOCAB_SIZE,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=PAD_ID,
     )
     return T5EncoderModel(cfg).eval()
+
+
 def tiny_unet(*, sdxl: bool = False, seed: int = 0) -> Any:
     """A random-weight ``UNet2DConditionModel`` with two resolution levels (8×8 → 4×4 latents).
 
@@ -455,7 +552,11 @@ def tiny_unet(*, sdxl: bool = False, seed: int = 0) -> Any:
 
     _seed(seed)
     common: dict[str, Any] = dict(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
         norm_num_groups=4,
     )
     if sdxl:
@@ -483,7 +584,12 @@ def tiny_unet(*, sdxl: bool = False, seed: int = 0) -> Any:
 
 
 def unet_inputs(
-    model: Any, *, batch: int = 1, text_tokens: int = 8, side: int | None = None, timestep: float = 500.0,
+    model: Any,
+    *,
+    batch: int = 1,
+    text_tokens: int = 8,
+    side: int | None = None,
+    timestep: float = 500.0,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Random keyword inputs for a bare ``UNet2DConditionModel.forward`` (SDXL's ``added_cond_kwargs`` too)."""
@@ -586,9 +692,7 @@ def tiny_sd3_pipeline(
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-    transformer = tiny_sd3_transformer(
-        dual_attention=dual_attention, qk_norm=qk_norm, num_layers=num_layers, seed=seed
-    )
+    transformer = tiny_sd3_transformer(dual_attention=dual_attention, qk_norm=qk_norm, num_layers=num_layers, seed=seed)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(),
@@ -653,8 +757,14 @@ def tiny_sd_pipeline(*, seed: int = 0) -> Any:
         text_encoder=_tiny_clip(16, 16, seed + 2, with_projection=False),
         tokenizer=tiny_tokenizer(8),
         unet=tiny_unet(seed=seed),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        scheduler=DDIMScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -677,8 +787,13 @@ def tiny_sdxl_pipeline(*, seed: int = 0) -> Any:
         tokenizer=tiny_tokenizer(8),
         tokenizer_2=tiny_tokenizer(8),
         unet=tiny_unet(sdxl=True, seed=seed),
-        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                         steps_offset=1, timestep_spacing="leading"),
+        scheduler=EulerDiscreteScheduler(
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

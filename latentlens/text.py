@@ -43,9 +43,7 @@ def word_token_indices(target: Any, word: str, prompt: str) -> list[int]:
     """
     target_word = word.strip()
     found = (
-        re.search(r"(?<!\w)" + re.escape(target_word) + r"(?!\w)", prompt, flags=re.IGNORECASE)
-        if target_word
-        else None
+        re.search(r"(?<!\w)" + re.escape(target_word) + r"(?!\w)", prompt, flags=re.IGNORECASE) if target_word else None
     )
     if found is None:
         raise ConfigError(f"tokens: the word {target_word!r} does not occur in the prompt {prompt!r}.")
@@ -67,9 +65,7 @@ def word_token_indices(target: Any, word: str, prompt: str) -> list[int]:
     return out
 
 
-def resolve_tokens(
-    tokens: TokenSpec, target: Any, prompt: str | Sequence[str] | None = None
-) -> torch.Tensor | None:
+def resolve_tokens(tokens: TokenSpec, target: Any, prompt: str | Sequence[str] | None = None) -> torch.Tensor | None:
     """Token indices from ints or words: ``[k]`` shared by all rows, or ``[prompt, k]`` for a prompt list.
 
     Example: ``resolve_tokens(["red", 0], pipe, "a small red circle")`` → ``tensor([0, 3])``.

@@ -33,9 +33,7 @@ _BOMS = (
 )
 
 
-def decode_text(
-    data: bytes, path: str | os.PathLike[str], what: str = "the file"
-) -> str:
+def decode_text(data: bytes, path: str | os.PathLike[str], what: str = "the file") -> str:
     """``data`` decoded as UTF-8 (or the encoding its byte-order mark names); ConfigError otherwise."""
     encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8")
     try:
@@ -56,9 +54,7 @@ def read_text(path: str | os.PathLike[str], what: str = "the file") -> str:
     except IsADirectoryError:
         raise ConfigError(f"{what} {path} is a folder; give a text file.") from None
     except OSError as error:
-        raise ConfigError(
-            f"{what} {path} cannot be read ({error.strerror or error})."
-        ) from None
+        raise ConfigError(f"{what} {path} cannot be read ({error.strerror or error}).") from None
     return decode_text(data, path, what)
 
 

@@ -39,9 +39,7 @@ def write_checksums(folder: str | os.PathLike[str]) -> Path:
     """Write ``folder/SHA256SUMS`` over every weights and config file below ``folder``."""
     root = Path(folder)
     lines = []
-    for path in sorted(
-        p for p in root.rglob("*") if p.is_file() and p.name not in _SKIPPED
-    ):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in _SKIPPED):
         if path.name.startswith("."):
             continue
         lines.append(f"{_sha256(path)}  {path.relative_to(root).as_posix()}\n")
@@ -50,21 +48,15 @@ def write_checksums(folder: str | os.PathLike[str]) -> Path:
     return target
 
 
-def verify_checksums(
-    folder: str | os.PathLike[str], hint: str, *, required: bool = False
-) -> bool:
+def verify_checksums(folder: str | os.PathLike[str], hint: str, *, required: bool = False) -> bool:
     """Check every file listed in ``folder/SHA256SUMS``; False when there is no list (and not ``required``)."""
     root = Path(folder)
     listing = root / CHECKSUMS
     if not listing.is_file():
         if required:
-            raise StoreError(
-                f"The checksum list {listing} is missing, so the weights cannot be verified. {hint}"
-            )
+            raise StoreError(f"The checksum list {listing} is missing, so the weights cannot be verified. {hint}")
         return False
-    for number, line in enumerate(
-        listing.read_text(encoding="utf-8", errors="replace").splitlines(), start=1
-    ):
+    for number, line in enumerate(listing.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         expected, _, name = line.partition("  ")
@@ -72,9 +64,7 @@ def verify_checksums(
         if len(expected) != 64 or not name.strip() or ".." in Path(name.strip()).parts:
             raise StoreError(f"{listing} line {number} is not 'SHA256  path'. {hint}")
         if not path.is_file():
-            raise StoreError(
-                f"The weights file {path} listed in {listing} is missing. {hint}"
-            )
+            raise StoreError(f"The weights file {path} listed in {listing} is missing. {hint}")
         if _sha256(path) != expected.lower():
             raise StoreError(
                 f"The file {path} does not match its checksum in {listing}: it is damaged or was replaced. {hint}"

@@ -12,7 +12,16 @@ import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
-from dashboards.data import run_manifest, DashboardError, attention_map, attention_sites, image_file, open_run, recorded_steps, token_labels
+from dashboards.data import (
+    run_manifest,
+    DashboardError,
+    attention_map,
+    attention_sites,
+    image_file,
+    open_run,
+    recorded_steps,
+    token_labels,
+)
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
@@ -24,24 +33,50 @@ def layout(**_query: Any) -> html.Div:
     return html.Div(
         [
             html.H2("Attention"),
-            html.P("Where each text token is read by the image patches (image→text attention, mean over heads).",
-                   className="ll-muted"),
+            html.P(
+                "Where each text token is read by the image patches (image→text attention, mean over heads).",
+                className="ll-muted",
+            ),
             html.Div(
                 [
-                    html.Div([html.Label("sample"), dcc.Input(id=ids.ATT_SAMPLE, type="number", min=0, step=1, value=0,
-                                                              debounce=True)], className="ll-control"),
-                    html.Div([html.Label("token"), dcc.Dropdown(id=ids.ATT_TOKEN, clearable=False)], className="ll-control"),
-                    html.Div([html.Label("aggregate"), dcc.Checklist(
-                        id=ids.ATT_AGGREGATE, inline=True, value=[],
-                        options=[{"label": "mean over blocks", "value": "blocks"}, {"label": "mean over steps", "value": "steps"}],
-                    )], className="ll-control"),
+                    html.Div(
+                        [
+                            html.Label("sample"),
+                            dcc.Input(id=ids.ATT_SAMPLE, type="number", min=0, step=1, value=0, debounce=True),
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [html.Label("token"), dcc.Dropdown(id=ids.ATT_TOKEN, clearable=False)], className="ll-control"
+                    ),
+                    html.Div(
+                        [
+                            html.Label("aggregate"),
+                            dcc.Checklist(
+                                id=ids.ATT_AGGREGATE,
+                                inline=True,
+                                value=[],
+                                options=[
+                                    {"label": "mean over blocks", "value": "blocks"},
+                                    {"label": "mean over steps", "value": "steps"},
+                                ],
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
                 ],
                 className="ll-controls",
             ),
             html.Div(
                 [
-                    html.Div([html.Label("block"), dcc.Slider(id=ids.ATT_BLOCK, min=0, max=1, step=1, value=0)], className="ll-control ll-wide"),
-                    html.Div([html.Label("step"), dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=None, value=0)], className="ll-control ll-wide"),
+                    html.Div(
+                        [html.Label("block"), dcc.Slider(id=ids.ATT_BLOCK, min=0, max=1, step=1, value=0)],
+                        className="ll-control ll-wide",
+                    ),
+                    html.Div(
+                        [html.Label("step"), dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=None, value=0)],
+                        className="ll-control ll-wide",
+                    ),
                 ],
                 className="ll-controls",
             ),
@@ -150,7 +185,11 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     att = maps.mean(axis=0)  # [query, key]
     n_keys = att.shape[-1]
     labels = token_labels(run, sample, n_keys)
-    token = int(token) if isinstance(token, int) and 0 <= token < n_keys else int(np.argmax(att.sum(axis=0)[1:]) + 1 if n_keys > 1 else 0)
+    token = (
+        int(token)
+        if isinstance(token, int) and 0 <= token < n_keys
+        else int(np.argmax(att.sum(axis=0)[1:]) + 1 if n_keys > 1 else 0)
+    )
     prompts = run_manifest(run).get("prompts") or []
     prompt = prompts[sample] if sample < len(prompts) else ""
     image_path = image_file(index, run_id, sample)
@@ -160,26 +199,49 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
 
         image = np.asarray(Image.open(image_path).convert("RGB"))
     heat = _grid(att[:, token])
-    where = ("mean over blocks" if "blocks" in aggregate else f"block {chosen[0]}") + ", " + (
-        "mean over steps" if "steps" in aggregate else f"step {steps[position]}")
+    where = (
+        ("mean over blocks" if "blocks" in aggregate else f"block {chosen[0]}")
+        + ", "
+        + ("mean over steps" if "steps" in aggregate else f"step {steps[position]}")
+    )
     figure: dict[str, Any] = {
-        "data": [{"type": "heatmap", "z": heat.tolist(), "colorscale": "Viridis", "opacity": 0.55 if image is not None else 1.0,
-                  "hovertemplate": "row %{y}, col %{x}: %{z:.3f}<extra></extra>"}],
+        "data": [
+            {
+                "type": "heatmap",
+                "z": heat.tolist(),
+                "colorscale": "Viridis",
+                "opacity": 0.55 if image is not None else 1.0,
+                "hovertemplate": "row %{y}, col %{x}: %{z:.3f}<extra></extra>",
+            }
+        ],
         "layout": {
             "title": {"text": f"sample {sample} · token {labels[token]} · {where}"},
             "xaxis": {"visible": False, "range": [-0.5, heat.shape[1] - 0.5]},
             "yaxis": {"visible": False, "autorange": "reversed", "scaleanchor": "x"},
-            "height": 420, "width": 460, "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
+            "height": 420,
+            "width": 460,
+            "margin": {"l": 10, "r": 10, "t": 50, "b": 10},
         },
     }
     if image is not None:
-        figure["layout"]["images"] = [{
-            "source": image_src(run_id, sample), "xref": "x", "yref": "y", "x": -0.5, "y": -0.5,
-            "sizex": heat.shape[1], "sizey": heat.shape[0], "sizing": "stretch", "layer": "below",
-        }]
+        figure["layout"]["images"] = [
+            {
+                "source": image_src(run_id, sample),
+                "xref": "x",
+                "yref": "y",
+                "x": -0.5,
+                "y": -0.5,
+                "sizex": heat.shape[1],
+                "sizey": heat.shape[0],
+                "sizing": "stretch",
+                "layer": "below",
+            }
+        ]
     strip = [
-        html.Figure([html.Img(src=_overlay_png(image, _grid(att[:, k])), className="ll-att-thumb"),
-                     html.Figcaption(labels[k])], className="ll-att-cell" + (" ll-current" if k == token else ""))
+        html.Figure(
+            [html.Img(src=_overlay_png(image, _grid(att[:, k])), className="ll-att-thumb"), html.Figcaption(labels[k])],
+            className="ll-att-cell" + (" ll-current" if k == token else ""),
+        )
         for k in range(min(n_keys, MAX_STRIP))
     ]
     options = [{"label": labels[k], "value": k} for k in range(n_keys)]

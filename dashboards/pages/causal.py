@@ -19,9 +19,7 @@ from dashboards.data import results
 from dashboards.ui import empty_figure, guarded, message, state_get
 from latentlens.errors import LatentlensError
 
-dash.register_page(
-    __name__, path="/causal", name="Causal", title="latentlens · causal", order=2
-)
+dash.register_page(__name__, path="/causal", name="Causal", title="latentlens · causal", order=2)
 
 
 def layout(**_query: Any) -> html.Div:
@@ -122,9 +120,7 @@ def _heatmap(
                 "zmax": zmax,
                 "xgap": 1,
                 "ygap": 1,
-                "hovertemplate": "block %{y}, step %{x}<br>"
-                + what
-                + " %{z:.3f}<br>%{customdata}<extra></extra>",
+                "hovertemplate": "block %{y}, step %{x}<br>" + what + " %{z:.3f}<br>%{customdata}<extra></extra>",
             }
         ],
         "layout": {
@@ -185,9 +181,7 @@ def _controls(state: Any) -> tuple[Any, ...]:
     grid = res.load_patch_grid(names[0])
     streams = grid.streams
     stream = state_get(state, "stream")
-    stream = (
-        stream if stream in streams else ("img" if "img" in streams else streams[0])
-    )
+    stream = stream if stream in streams else ("img" if "img" in streams else streams[0])
     return (
         [{"label": n, "value": n} for n in names],
         names[0],
@@ -226,11 +220,7 @@ def _grids(name: Any, stream: Any, value: Any, state: Any) -> tuple[Any, Any, An
     lo = None if value == "effect" else 0.0
     label = grid.attribute or "patching"
     first = grid.pairs[0] if grid.pairs else None
-    pair = (
-        f" ({first.base_value} → {first.source_value})"
-        if first and first.base_value
-        else ""
-    )
+    pair = f" ({first.base_value} → {first.source_value})" if first and first.base_value else ""
     patch_fig = _heatmap(
         f"patching · {label}{pair} · {stream} · {what} · n = {grid.n}",
         blocks,
@@ -321,9 +311,7 @@ def _cell_images(click: Any, name: Any, state: Any) -> Any:
         ]
         rows.append(html.Div(figures, className="ll-edit-strip"))
     flip = (
-        ""
-        if cell["oracle_flip"] is None
-        else f", oracle reads the source's value in {100 * cell['oracle_flip']:.0f} %"
+        "" if cell["oracle_flip"] is None else f", oracle reads the source's value in {100 * cell['oracle_flip']:.0f} %"
     )
     head = html.P(
         f"{site} at step {column}: effect {cell['effect']:.3f} "

@@ -16,7 +16,6 @@ from dashboards.ui import empty_figure, guarded, label_colours, message, state_g
 dash.register_page(__name__, path="/directions", name="Directions", title="latentlens · directions", order=4)
 
 
-
 def layout(**_query: Any) -> html.Div:
     return html.Div(
         [
@@ -25,7 +24,10 @@ def layout(**_query: Any) -> html.Div:
             html.Div(id=ids.DIR_TABLE),
             html.Div(
                 [
-                    html.Div([html.Label("direction"), dcc.Dropdown(id=ids.DIR_SELECT, clearable=False)], className="ll-control ll-wide"),
+                    html.Div(
+                        [html.Label("direction"), dcc.Dropdown(id=ids.DIR_SELECT, clearable=False)],
+                        className="ll-control ll-wide",
+                    ),
                     html.Button("send to editor →", id=ids.DIR_SEND, n_clicks=0, className="ll-button"),
                 ],
                 className="ll-controls",
@@ -33,8 +35,12 @@ def layout(**_query: Any) -> html.Div:
             html.Pre(id=ids.DIR_PROVENANCE, className="ll-pre"),
             html.Div(
                 [
-                    dcc.Graph(id=ids.DIR_HIST, figure=empty_figure(), config={"displayModeBar": False}, className="ll-half"),
-                    dcc.Graph(id=ids.DIR_COSINE, figure=empty_figure(), config={"displayModeBar": False}, className="ll-half"),
+                    dcc.Graph(
+                        id=ids.DIR_HIST, figure=empty_figure(), config={"displayModeBar": False}, className="ll-half"
+                    ),
+                    dcc.Graph(
+                        id=ids.DIR_COSINE, figure=empty_figure(), config={"displayModeBar": False}, className="ll-half"
+                    ),
                 ],
                 className="ll-row",
             ),
@@ -58,9 +64,17 @@ def _list(state: Any) -> tuple[Any, ...]:
     res = results(config.index(), run_id)
     names = res.direction_names
     if not names:
-        return None, [], None, empty_figure(), message(
-            f"The run {run_id!r} has no saved directions yet. `latentlens analyze {res.run}` saves one per "
-            "attribute value into analysis/directions/.", "warning")
+        return (
+            None,
+            [],
+            None,
+            empty_figure(),
+            message(
+                f"The run {run_id!r} has no saved directions yet. `latentlens analyze {res.run}` saves one per "
+                "attribute value into analysis/directions/.",
+                "warning",
+            ),
+        )
     rows, loaded, problems = [], {}, []
     for name in names:
         try:
@@ -70,13 +84,23 @@ def _list(state: Any) -> tuple[Any, ...]:
             continue
         loaded[name] = d
         p = d.provenance
-        rows.append(html.Tr([
-            html.Td(name), html.Td(d.site), html.Td(d.dim), html.Td("all" if d.steps is None else ", ".join(map(str, d.steps[:6]))),
-            html.Td(p.get("method", "?")), html.Td(p.get("attribute", "")),
-            html.Td(f"{p.get('from') or ('the rest' if p.get('to') else '·')} → {p.get('to') or '·'}"),
-            html.Td(f"{float(p['accuracy']):.3f}" if isinstance(p.get("accuracy"), (int, float)) else ""),
-        ]))
-    header = html.Tr([html.Th(h) for h in ("name", "site", "dim", "steps", "method", "attribute", "from → to", "accuracy")])
+        rows.append(
+            html.Tr(
+                [
+                    html.Td(name),
+                    html.Td(d.site),
+                    html.Td(d.dim),
+                    html.Td("all" if d.steps is None else ", ".join(map(str, d.steps[:6]))),
+                    html.Td(p.get("method", "?")),
+                    html.Td(p.get("attribute", "")),
+                    html.Td(f"{p.get('from') or ('the rest' if p.get('to') else '·')} → {p.get('to') or '·'}"),
+                    html.Td(f"{float(p['accuracy']):.3f}" if isinstance(p.get("accuracy"), (int, float)) else ""),
+                ]
+            )
+        )
+    header = html.Tr(
+        [html.Th(h) for h in ("name", "site", "dim", "steps", "method", "attribute", "from → to", "accuracy")]
+    )
     table = html.Table([html.Thead(header), html.Tbody(rows)], className="ll-table")
     keys = list(loaded)
     matrix = np.full((len(keys), len(keys)), np.nan)
@@ -85,11 +109,25 @@ def _list(state: Any) -> tuple[Any, ...]:
             if loaded[a].vector.shape == loaded[b].vector.shape:  # token-wise ones only with token-wise ones
                 matrix[i, j] = loaded[a].cosine(loaded[b])
     cosine = {
-        "data": [{"type": "heatmap", "z": np.where(np.isnan(matrix), None, matrix.round(3)).tolist(), "x": keys, "y": keys,
-                  "zmin": -1, "zmax": 1, "colorscale": "RdBu", "reversescale": True,
-                  "hovertemplate": "%{y} · %{x}: %{z:.3f}<extra></extra>"}],
-        "layout": {"title": {"text": "cosine similarity (blank: different shapes)"}, "height": 460,
-                   "yaxis": {"autorange": "reversed"}, "margin": {"l": 120, "r": 10, "t": 50, "b": 120}},
+        "data": [
+            {
+                "type": "heatmap",
+                "z": np.where(np.isnan(matrix), None, matrix.round(3)).tolist(),
+                "x": keys,
+                "y": keys,
+                "zmin": -1,
+                "zmax": 1,
+                "colorscale": "RdBu",
+                "reversescale": True,
+                "hovertemplate": "%{y} · %{x}: %{z:.3f}<extra></extra>",
+            }
+        ],
+        "layout": {
+            "title": {"text": "cosine similarity (blank: different shapes)"},
+            "height": 460,
+            "yaxis": {"autorange": "reversed"},
+            "margin": {"l": 120, "r": 10, "t": 50, "b": 120},
+        },
     }
     chosen = state_get(state, "direction")
     chosen = chosen if chosen in loaded else (keys[0] if keys else None)
@@ -112,13 +150,27 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
         return empty_figure(), "", no_update
     index = config.index()
     direction = results(index, run_id).load_direction(name)
-    provenance = json.dumps({"site": direction.site, "dim": direction.dim, "steps": direction.steps,
-                             "tokens": direction.tokens, "provenance": direction.provenance}, indent=2, default=str)
+    provenance = json.dumps(
+        {
+            "site": direction.site,
+            "dim": direction.dim,
+            "steps": direction.steps,
+            "tokens": direction.tokens,
+            "provenance": direction.provenance,
+        },
+        indent=2,
+        default=str,
+    )
     run = open_run(index, run_id)
     if direction.site not in run.names:
-        return empty_figure(f"{direction.site} was not recorded in this run"), provenance, message(
-            f"The direction {name!r} lives at {direction.site!r}, which this run did not record; no projection to show.",
-            "warning")
+        return (
+            empty_figure(f"{direction.site} was not recorded in this run"),
+            provenance,
+            message(
+                f"The direction {name!r} lives at {direction.site!r}, which this run did not record; no projection to show.",
+                "warning",
+            ),
+        )
     steps = recorded_steps(run, run[direction.site].shape[1])  # denoising steps of the stored axis
     step = int(direction.steps[-1]) if direction.steps and int(direction.steps[-1]) in steps else steps[-1]
     x = features(index, run_id, direction.site, step)  # [sample, channel]
@@ -142,14 +194,29 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
         colours = label_colours(values)
         for value in values:
             rows = labels == value
-            traces.append({"type": "histogram", "x": typed_array(proj[rows]), "name": str(value), "opacity": 0.65,
-                           "marker": {"color": colours[value]}, "nbinsx": 40})
+            traces.append(
+                {
+                    "type": "histogram",
+                    "x": typed_array(proj[rows]),
+                    "name": str(value),
+                    "opacity": 0.65,
+                    "marker": {"color": colours[value]},
+                    "nbinsx": 40,
+                }
+            )
     else:
         traces.append({"type": "histogram", "x": typed_array(proj), "name": "all", "nbinsx": 40})
-    figure = {"data": traces, "layout": {
-        "barmode": "overlay", "title": {"text": f"projection on {name} ({direction.site}, step {step})"},
-        "xaxis": {"title": {"text": "⟨x, d/|d|⟩"}}, "yaxis": {"title": {"text": "samples"}}, "height": 460,
-        "margin": {"l": 50, "r": 10, "t": 50, "b": 50}}}
+    figure = {
+        "data": traces,
+        "layout": {
+            "barmode": "overlay",
+            "title": {"text": f"projection on {name} ({direction.site}, step {step})"},
+            "xaxis": {"title": {"text": "⟨x, d/|d|⟩"}},
+            "yaxis": {"title": {"text": "samples"}},
+            "height": 460,
+            "margin": {"l": 50, "r": 10, "t": 50, "b": 50},
+        },
+    }
     return figure, provenance, None
 
 

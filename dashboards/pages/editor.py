@@ -24,52 +24,141 @@ def layout(**_query: Any) -> html.Div:
             html.H2("EMS editor"),
             html.Div(
                 [
-                    html.Div([html.Label("source"), dcc.RadioItems(
-                        id=ids.ED_SOURCE_KIND, value="sample", inline=True,
-                        options=[{"label": "a sample of the run", "value": "sample"}, {"label": "an upload", "value": "upload"}])],
-                        className="ll-control"),
-                    html.Div([html.Label("sample"), dcc.Input(id=ids.ED_SAMPLE, type="number", min=0, step=1, value=0)],
-                             className="ll-control", id=ids.ED_SAMPLE_BOX),
-                    html.Div([
-                        dcc.Upload(id=ids.ED_UPLOAD, children=html.Div(f"drop or choose a PNG/JPEG (≤ {max_kib} KiB)"),
-                                   accept="image/png,image/jpeg", max_size=int(config.SETTINGS["upload_max_bytes"]),
-                                   multiple=False, className="ll-upload"),
-                        html.Div(id=ids.ED_UPLOAD_INFO, className="ll-muted"),
-                    ], className="ll-control", id=ids.ED_UPLOAD_BOX, style={"display": "none"}),
+                    html.Div(
+                        [
+                            html.Label("source"),
+                            dcc.RadioItems(
+                                id=ids.ED_SOURCE_KIND,
+                                value="sample",
+                                inline=True,
+                                options=[
+                                    {"label": "a sample of the run", "value": "sample"},
+                                    {"label": "an upload", "value": "upload"},
+                                ],
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [html.Label("sample"), dcc.Input(id=ids.ED_SAMPLE, type="number", min=0, step=1, value=0)],
+                        className="ll-control",
+                        id=ids.ED_SAMPLE_BOX,
+                    ),
+                    html.Div(
+                        [
+                            dcc.Upload(
+                                id=ids.ED_UPLOAD,
+                                children=html.Div(f"drop or choose a PNG/JPEG (≤ {max_kib} KiB)"),
+                                accept="image/png,image/jpeg",
+                                max_size=int(config.SETTINGS["upload_max_bytes"]),
+                                multiple=False,
+                                className="ll-upload",
+                            ),
+                            html.Div(id=ids.ED_UPLOAD_INFO, className="ll-muted"),
+                        ],
+                        className="ll-control",
+                        id=ids.ED_UPLOAD_BOX,
+                        style={"display": "none"},
+                    ),
                 ],
                 className="ll-controls",
             ),
             html.Div(id=ids.ED_SOURCE_PREVIEW, className="ll-source-preview"),
             html.Div(
                 [
-                    html.Div([html.Label("edit with"), dcc.RadioItems(
-                        id=ids.ED_MODE, value="direction", inline=True,
-                        options=[{"label": "a direction", "value": "direction"}, {"label": "a target text", "value": "target"}])],
-                        className="ll-control"),
-                    html.Div([html.Label("direction"), dcc.Dropdown(id=ids.ED_DIRECTION)], className="ll-control ll-wide",
-                             id=ids.ED_DIRECTION_BOX),
-                    html.Div([html.Label("target text"), dcc.Input(id=ids.ED_TARGET, type="text", debounce=True,
-                                                                   placeholder="a large blue circle …", className="ll-text")],
-                             className="ll-control ll-wide", id=ids.ED_TARGET_BOX, style={"display": "none"}),
+                    html.Div(
+                        [
+                            html.Label("edit with"),
+                            dcc.RadioItems(
+                                id=ids.ED_MODE,
+                                value="direction",
+                                inline=True,
+                                options=[
+                                    {"label": "a direction", "value": "direction"},
+                                    {"label": "a target text", "value": "target"},
+                                ],
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [html.Label("direction"), dcc.Dropdown(id=ids.ED_DIRECTION)],
+                        className="ll-control ll-wide",
+                        id=ids.ED_DIRECTION_BOX,
+                    ),
+                    html.Div(
+                        [
+                            html.Label("target text"),
+                            dcc.Input(
+                                id=ids.ED_TARGET,
+                                type="text",
+                                debounce=True,
+                                placeholder="a large blue circle …",
+                                className="ll-text",
+                            ),
+                        ],
+                        className="ll-control ll-wide",
+                        id=ids.ED_TARGET_BOX,
+                        style={"display": "none"},
+                    ),
                 ],
                 className="ll-controls",
             ),
             html.Div(
                 [
-                    html.Div([html.Label("α"), dcc.Slider(id=ids.ED_ALPHA, min=-8, max=8, step=0.25, value=2.0,
-                                                          marks={v: str(v) for v in (-8, -4, 0, 4, 8)},
-                                                          tooltip={"placement": "bottom"})], className="ll-control ll-wide"),
-                    html.Div([dcc.Checklist(id=ids.ED_SWEEP, value=[], options=[{"label": f"sweep 0…α ({SWEEP_POINTS} images)", "value": "sweep"}])],
-                             className="ll-control"),
-                    html.Div([html.Label("steps"), dcc.Input(id=ids.ED_STEPS, type="number", min=1, max=100, step=1,
-                                                             value=int(config.SETTINGS["edit_steps"]))], className="ll-control"),
+                    html.Div(
+                        [
+                            html.Label("α"),
+                            dcc.Slider(
+                                id=ids.ED_ALPHA,
+                                min=-8,
+                                max=8,
+                                step=0.25,
+                                value=2.0,
+                                marks={v: str(v) for v in (-8, -4, 0, 4, 8)},
+                                tooltip={"placement": "bottom"},
+                            ),
+                        ],
+                        className="ll-control ll-wide",
+                    ),
+                    html.Div(
+                        [
+                            dcc.Checklist(
+                                id=ids.ED_SWEEP,
+                                value=[],
+                                options=[{"label": f"sweep 0…α ({SWEEP_POINTS} images)", "value": "sweep"}],
+                            )
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [
+                            html.Label("steps"),
+                            dcc.Input(
+                                id=ids.ED_STEPS,
+                                type="number",
+                                min=1,
+                                max=100,
+                                step=1,
+                                value=int(config.SETTINGS["edit_steps"]),
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
                     html.Button("run", id=ids.ED_RUN, n_clicks=0, className="ll-button"),
-                    html.Button("cancel", id=ids.ED_CANCEL, n_clicks=0, className="ll-button ll-secondary", disabled=True),
+                    html.Button(
+                        "cancel", id=ids.ED_CANCEL, n_clicks=0, className="ll-button ll-secondary", disabled=True
+                    ),
                 ],
                 className="ll-controls",
             ),
-            html.Div([html.Progress(id=ids.ED_PROGRESS, value="0", max="1"), html.Span(id=ids.ED_STATUS, className="ll-muted")],
-                     className="ll-progress"),
+            html.Div(
+                [
+                    html.Progress(id=ids.ED_PROGRESS, value="0", max="1"),
+                    html.Span(id=ids.ED_STATUS, className="ll-muted"),
+                ],
+                className="ll-progress",
+            ),
             dcc.Store(id=ids.ED_UPLOAD_STORE, data=None),
             dcc.Store(id=ids.ED_RESULT_STORE, data=None),
             html.Div(id=ids.ED_MESSAGE),
@@ -112,8 +201,10 @@ def _direction_label(name: str, validation: Any) -> str:
     if not validation:
         return name
     if validation.get("success") is not None and validation.get("kept"):
-        return (f"{name} — edits {100 * validation['success']:.0f} %, others kept "
-                f"{100 * min(validation['kept'].values()):.0f} % (α {validation.get('alpha', 1):g})")
+        return (
+            f"{name} — edits {100 * validation['success']:.0f} %, others kept "
+            f"{100 * min(validation['kept'].values()):.0f} % (α {validation.get('alpha', 1):g})"
+        )
     return f"{name} — effect {validation.get('score', 0):.2f} (α {validation.get('alpha', 1):g})"
 
 
@@ -128,8 +219,12 @@ def _direction_label(name: str, validation: Any) -> str:
 def _applicable(kind: Any, mode: Any) -> tuple[Any, ...]:
     """Only the controls that apply are shown: sample or upload, direction or target text."""
     shown, hidden = {}, {"display": "none"}
-    return (hidden if kind == "upload" else shown, shown if kind == "upload" else hidden,
-            hidden if mode == "target" else shown, shown if mode == "target" else hidden)
+    return (
+        hidden if kind == "upload" else shown,
+        shown if kind == "upload" else hidden,
+        hidden if mode == "target" else shown,
+        shown if mode == "target" else hidden,
+    )
 
 
 @callback(
@@ -150,8 +245,12 @@ def _preview(kind: Any, sample: Any, upload: Any, state: Any) -> Any:
         upload_id = (upload or {}).get("upload") if isinstance(upload, dict) else None
         if not upload_id:
             return html.P("Upload a PNG or JPEG to edit it.", className="ll-muted")
-        return html.Figure([html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-edit-image", id="editor-source-image"),
-                            html.Figcaption("the uploaded image")])
+        return html.Figure(
+            [
+                html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-edit-image", id="editor-source-image"),
+                html.Figcaption("the uploaded image"),
+            ]
+        )
     run_id = state_get(state, "run")
     if not run_id:
         return None
@@ -163,9 +262,12 @@ def _preview(kind: Any, sample: Any, upload: Any, state: Any) -> Any:
     prompt = prompt.get("prompt", "") if isinstance(prompt, dict) else str(prompt)
     caption = html.Figcaption([html.Strong(f"sample {number}: "), html.Span(prompt, id="editor-source-prompt")])
     if image_file(index, run_id, number) is None:
-        return html.Figure([html.P("This sample has no saved image; an EMS edit needs one.", className="ll-muted"), caption])
-    return html.Figure([html.Img(src=image_src(run_id, number), className="ll-edit-image", id="editor-source-image"),
-                        caption])
+        return html.Figure(
+            [html.P("This sample has no saved image; an EMS edit needs one.", className="ll-muted"), caption]
+        )
+    return html.Figure(
+        [html.Img(src=image_src(run_id, number), className="ll-edit-image", id="editor-source-image"), caption]
+    )
 
 
 @callback(
@@ -183,20 +285,45 @@ def _upload(contents: Any, filename: Any) -> tuple[Any, Any, Any]:
         upload_id, size = save_upload(contents, filename)
     except Exception as error:
         return None, error_message(error), no_update
-    return {"upload": upload_id}, html.Span([
-        html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {filename} ({size[0]}×{size[1]})"]), "upload"
+    return (
+        {"upload": upload_id},
+        html.Span(
+            [html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {filename} ({size[0]}×{size[1]})"]
+        ),
+        "upload",
+    )
 
 
 def _strip(result: dict[str, Any]) -> html.Div:
     """Before/after images (served from the results folder by id) with their metrics."""
-    cells = [html.Figure([html.Img(src=f"/lens/result/{result['before']}.png", className="ll-edit-image", id="editor-before"),
-                          html.Figcaption("before")], className="ll-edit-cell")]
+    cells = [
+        html.Figure(
+            [
+                html.Img(src=f"/lens/result/{result['before']}.png", className="ll-edit-image", id="editor-before"),
+                html.Figcaption("before"),
+            ],
+            className="ll-edit-cell",
+        )
+    ]
     for k, (alpha, image, metrics) in enumerate(zip(result["alphas"], result["after"], result["metrics"])):
         lines = [html.Div(f"{key}: {value}") for key, value in metrics.items()]
-        cells.append(html.Figure([html.Img(src=f"/lens/result/{image}.png", className="ll-edit-image ll-edited", id=f"editor-after-{k}"),
-                                  html.Figcaption([html.B(f"α = {alpha:g}")] + lines)], className="ll-edit-cell"))
-    return html.Div([html.Div(f"method: {result['method']} · {result['seconds']:.1f} s", className="ll-muted"),
-                     html.Div(cells, className="ll-edit-strip")])
+        cells.append(
+            html.Figure(
+                [
+                    html.Img(
+                        src=f"/lens/result/{image}.png", className="ll-edit-image ll-edited", id=f"editor-after-{k}"
+                    ),
+                    html.Figcaption([html.B(f"α = {alpha:g}")] + lines),
+                ],
+                className="ll-edit-cell",
+            )
+        )
+    return html.Div(
+        [
+            html.Div(f"method: {result['method']} · {result['seconds']:.1f} s", className="ll-muted"),
+            html.Div(cells, className="ll-edit-strip"),
+        ]
+    )
 
 
 @callback(
@@ -235,8 +362,20 @@ def _show(result: Any) -> tuple[Any, Any]:
     cancel=[Input(ids.ED_CANCEL, "n_clicks")],
     prevent_initial_call=True,
 )
-def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, upload: Any, mode: Any,
-         direction: Any, target: Any, alpha: Any, sweep: Any, steps: Any) -> dict[str, Any]:
+def _run(
+    set_progress: Any,
+    n_clicks: Any,
+    state: Any,
+    kind: Any,
+    sample: Any,
+    upload: Any,
+    mode: Any,
+    direction: Any,
+    target: Any,
+    alpha: Any,
+    sweep: Any,
+    steps: Any,
+) -> dict[str, Any]:
     """The edit, in a background process. Returns only JSON data (image ids, numbers, text): the job
     cache stores it as JSON, so nothing is ever pickled or unpickled."""
     import time
@@ -244,7 +383,15 @@ def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, u
     from latentlens.errors import LatentlensError
 
     from dashboards.editing import EditRequest, run_edit, save_result_image
-    from dashboards.limits import EDIT_ALPHA, EDIT_STEPS, MAX_EDIT_JOBS, JobSlots, bounded_float, bounded_int, bounded_text
+    from dashboards.limits import (
+        EDIT_ALPHA,
+        EDIT_STEPS,
+        MAX_EDIT_JOBS,
+        JobSlots,
+        bounded_float,
+        bounded_int,
+        bounded_text,
+    )
 
     started = time.perf_counter()
     try:
@@ -257,13 +404,18 @@ def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, u
         sample = bounded_int(sample or 0, "sample", 0, 10**9) if kind != "upload" else None
         target = bounded_text(target, "The target text")
         direction = bounded_text(direction, "The direction name", 200)
-        alphas = [round(alpha * k / (SWEEP_POINTS - 1), 4) for k in range(SWEEP_POINTS)] if "sweep" in (sweep or []) else [alpha]
+        alphas = (
+            [round(alpha * k / (SWEEP_POINTS - 1), 4) for k in range(SWEEP_POINTS)]
+            if "sweep" in (sweep or [])
+            else [alpha]
+        )
         request = EditRequest(
             sample=sample,
             upload=(upload or {}).get("upload") if kind == "upload" else None,
             direction=direction if mode == "direction" else None,
             target=target if mode == "target" else None,
-            alphas=alphas, steps=steps,
+            alphas=alphas,
+            steps=steps,
         )
         if kind == "upload" and not request.upload:
             return {"error": "Upload an image first (PNG or JPEG).", "kind": "warning"}
@@ -275,12 +427,18 @@ def _run(set_progress: Any, n_clicks: Any, state: Any, kind: Any, sample: Any, u
 
         with JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS).take() as slot:
             if slot is None:
-                return {"error": f"The editor is busy: {MAX_EDIT_JOBS} edits are running. Try again when one "
-                        "has finished.", "kind": "warning", "busy": True}
+                return {
+                    "error": f"The editor is busy: {MAX_EDIT_JOBS} edits are running. Try again when one has finished.",
+                    "kind": "warning",
+                    "busy": True,
+                }
             out = run_edit(config.index(), run_id, request, progress)
         return {
-            "before": save_result_image(out.source), "after": [save_result_image(im) for im in out.images],
-            "alphas": out.alphas, "metrics": out.metrics, "method": out.method,
+            "before": save_result_image(out.source),
+            "after": [save_result_image(im) for im in out.images],
+            "alphas": out.alphas,
+            "metrics": out.metrics,
+            "method": out.method,
             "seconds": time.perf_counter() - started,
         }
     except LatentlensError as error:

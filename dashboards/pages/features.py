@@ -38,25 +38,46 @@ def layout(**_query: Any) -> html.Div:
     return html.Div(
         [
             html.H2("SAE features"),
-            html.P("Features of a sparse autoencoder trained with `latentlens sae`: how often each fires, the label it "
-                   "matches best, and where in its top samples it fires.", className="ll-muted"),
+            html.P(
+                "Features of a sparse autoencoder trained with `latentlens sae`: how often each fires, the label it "
+                "matches best, and where in its top samples it fires.",
+                className="ll-muted",
+            ),
             html.Div(
                 [
-                    html.Div([html.Label("site"), dcc.Dropdown(id=ids.FEAT_SITE, clearable=False)], className="ll-control ll-wide"),
-                    html.Div([html.Label("sort by"), dcc.RadioItems(
-                        id=ids.FEAT_SORT, value="frequency", inline=True,
-                        options=[{"label": "activation frequency", "value": "frequency"},
-                                 {"label": "alignment (F1)", "value": "alignment"}])], className="ll-control"),
-                    html.Div([html.Label("feature"), dcc.Dropdown(id=ids.FEAT_SELECT, clearable=False)],
-                             className="ll-control ll-wide"),
+                    html.Div(
+                        [html.Label("site"), dcc.Dropdown(id=ids.FEAT_SITE, clearable=False)],
+                        className="ll-control ll-wide",
+                    ),
+                    html.Div(
+                        [
+                            html.Label("sort by"),
+                            dcc.RadioItems(
+                                id=ids.FEAT_SORT,
+                                value="frequency",
+                                inline=True,
+                                options=[
+                                    {"label": "activation frequency", "value": "frequency"},
+                                    {"label": "alignment (F1)", "value": "alignment"},
+                                ],
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [html.Label("feature"), dcc.Dropdown(id=ids.FEAT_SELECT, clearable=False)],
+                        className="ll-control ll-wide",
+                    ),
                     html.Button("send to editor →", id=ids.FEAT_SEND, n_clicks=0, className="ll-button"),
                 ],
                 className="ll-controls",
             ),
             html.Div(id=ids.FEAT_MESSAGE),
             html.Div(id=ids.FEAT_SUMMARY, className="ll-muted"),
-            html.Div([html.Div(id=ids.FEAT_TABLE, className="ll-half"), html.Div(id=ids.FEAT_DETAIL, className="ll-half")],
-                     className="ll-row"),
+            html.Div(
+                [html.Div(id=ids.FEAT_TABLE, className="ll-half"), html.Div(id=ids.FEAT_DETAIL, className="ll-half")],
+                className="ll-row",
+            ),
         ]
     )
 
@@ -100,8 +121,14 @@ def _sites(state: Any) -> tuple[Any, ...]:
     path = config.index().path(run_id)
     sites = sae_sites(path)
     if not sites:
-        return [], None, message(
-            f"The run {run_id!r} has no trained SAE yet. Train one with `latentlens sae {path} --site SITE`.", "warning")
+        return (
+            [],
+            None,
+            message(
+                f"The run {run_id!r} has no trained SAE yet. Train one with `latentlens sae {path} --site SITE`.",
+                "warning",
+            ),
+        )
     return [{"label": s, "value": s} for s in sites], sites[0], None
 
 
@@ -132,15 +159,27 @@ def _features(site: Any, sort: Any, state: Any) -> tuple[Any, ...]:
             text += f" · {label} F1 {f1:.2f}"
         options.append({"label": text, "value": int(f)})
         if rank < TABLE_ROWS:
-            rows.append(html.Tr([html.Td(f"f{int(f):04d}"), html.Td(f"{float(arrays['frequency'][f]):.2%}"),
-                                 html.Td(label), html.Td("" if f1 is None else f"{f1:.3f}")]))
+            rows.append(
+                html.Tr(
+                    [
+                        html.Td(f"f{int(f):04d}"),
+                        html.Td(f"{float(arrays['frequency'][f]):.2%}"),
+                        html.Td(label),
+                        html.Td("" if f1 is None else f"{f1:.3f}"),
+                    ]
+                )
+            )
     header = html.Tr([html.Th(h) for h in ("feature", "frequency", "best-aligned label", "held-out F1")])
     table = html.Table([html.Thead(header), html.Tbody(rows)], className="ll-table")
     aligned = summary.get("alignment_summary") or {}
-    text = (f"{summary['n_features']} features, k = {summary['k']}, steps {', '.join(map(str, summary['steps']))} · "
-            f"held-out FVU {summary['fvu']:.3f} · dead {summary['dead_fraction']:.1%} · mean L0 {summary['l0']:.2f}")
+    text = (
+        f"{summary['n_features']} features, k = {summary['k']}, steps {', '.join(map(str, summary['steps']))} · "
+        f"held-out FVU {summary['fvu']:.3f} · dead {summary['dead_fraction']:.1%} · mean L0 {summary['l0']:.2f}"
+    )
     if aligned:
-        text += f" · {aligned.get('f1_at_least_0.9')} of {aligned.get('values')} label values have a feature with F1 ≥ 0.9"
+        text += (
+            f" · {aligned.get('f1_at_least_0.9')} of {aligned.get('values')} label values have a feature with F1 ≥ 0.9"
+        )
     return options, int(order[0]) if len(order) else None, table, text, None
 
 
@@ -151,12 +190,19 @@ def _token_view(run: Any, run_id: str, site: str, sample: int, values: np.ndarra
     alpha = np.clip(values / peak, 0.0, 1.0) if peak > 0 else np.zeros(tokens)
     if site.endswith(".img") and side * side == tokens:
         cells = [html.Div(className="ll-token-cell", style={"opacity": f"{0.75 * a:.3f}"}) for a in alpha]
-        grid = html.Div(cells, className="ll-token-grid",
-                        style={"gridTemplateColumns": f"repeat({side}, 1fr)", "gridTemplateRows": f"repeat({side}, 1fr)"})
-        return html.Div([html.Img(src=image_src(run_id, sample), alt=f"sample {sample}"), grid], className="ll-token-overlay")
+        grid = html.Div(
+            cells,
+            className="ll-token-grid",
+            style={"gridTemplateColumns": f"repeat({side}, 1fr)", "gridTemplateRows": f"repeat({side}, 1fr)"},
+        )
+        return html.Div(
+            [html.Img(src=image_src(run_id, sample), alt=f"sample {sample}"), grid], className="ll-token-overlay"
+        )
     words = token_labels(run, sample, tokens)
-    return html.Div([html.Span(w, style={"background": f"rgba(255, 0, 200, {0.75 * a:.3f})"}) for w, a in zip(words, alpha)],
-                    className="ll-token-strip")
+    return html.Div(
+        [html.Span(w, style={"background": f"rgba(255, 0, 200, {0.75 * a:.3f})"}) for w, a in zip(words, alpha)],
+        className="ll-token-strip",
+    )
 
 
 @callback(
@@ -182,14 +228,29 @@ def _detail(feature: Any, site: Any, state: Any) -> tuple[Any, Any]:
     figures = []
     for rank, (sample, values) in enumerate(zip(top, tokens)):
         score = float(arrays["sample_max"][position[int(sample)], feature])
-        figures.append(html.Figure([_token_view(run, run_id, site, int(sample), values, peak),
-                                    html.Figcaption(f"sample {int(sample)} · max {score:.2f}")],
-                                   className="ll-feature-sample", id=f"features-top-{rank}"))
-    heading = f"f{feature:04d}" + (f" · best-aligned label: {label} (held-out F1 {f1:.3f})" if label else " · no labels")
-    return html.Div([html.H3(heading, id="features-label"),
-                     html.Div("top-activating samples; shading = the feature's activation per token (max over the "
-                              "SAE's steps)", className="ll-muted"),
-                     html.Div(figures, className="ll-feature-samples")]), None
+        figures.append(
+            html.Figure(
+                [
+                    _token_view(run, run_id, site, int(sample), values, peak),
+                    html.Figcaption(f"sample {int(sample)} · max {score:.2f}"),
+                ],
+                className="ll-feature-sample",
+                id=f"features-top-{rank}",
+            )
+        )
+    heading = f"f{feature:04d}" + (
+        f" · best-aligned label: {label} (held-out F1 {f1:.3f})" if label else " · no labels"
+    )
+    return html.Div(
+        [
+            html.H3(heading, id="features-label"),
+            html.Div(
+                "top-activating samples; shading = the feature's activation per token (max over the SAE's steps)",
+                className="ll-muted",
+            ),
+            html.Div(figures, className="ll-feature-samples"),
+        ]
+    ), None
 
 
 @callback(

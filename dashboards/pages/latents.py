@@ -19,8 +19,17 @@ from latentlens.errors import LatentlensError
 
 from dashboards import config, ids, lod
 from dashboards.lod import Cell
-from dashboards.data import (DashboardError, stamp, activation_sites, manifest_labels, open_run, pca, recorded_steps, results,
-                             run_manifest)
+from dashboards.data import (
+    DashboardError,
+    stamp,
+    activation_sites,
+    manifest_labels,
+    open_run,
+    pca,
+    recorded_steps,
+    results,
+    run_manifest,
+)
 from dashboards.ui import empty_figure, guarded, image_src, label_colours, message, state_get, typed_array
 
 dash.register_page(__name__, path="/latents", name="Latents", title="latentlens · latents", order=2)
@@ -34,12 +43,30 @@ def layout(**_query: Any) -> html.Div:
             html.H2("Latents", id=ids.LAT_TITLE),
             html.Div(
                 [
-                    html.Div([html.Label("site"), dcc.Dropdown(id=ids.LAT_SITE, clearable=False)], className="ll-control ll-wide"),
-                    html.Div([html.Label("step"), dcc.Slider(id=ids.LAT_STEP, min=0, max=1, step=None, value=0)], className="ll-control ll-wide"),
-                    html.Div([html.Label("method"), dcc.RadioItems(
-                        id=ids.LAT_METHOD, value="pca", inline=True,
-                        options=[{"label": "PCA", "value": "pca"}, {"label": "UMAP", "value": "umap"}])], className="ll-control"),
-                    html.Div([html.Label("colour by"), dcc.Dropdown(id=ids.LAT_COLOR, clearable=False)], className="ll-control"),
+                    html.Div(
+                        [html.Label("site"), dcc.Dropdown(id=ids.LAT_SITE, clearable=False)],
+                        className="ll-control ll-wide",
+                    ),
+                    html.Div(
+                        [html.Label("step"), dcc.Slider(id=ids.LAT_STEP, min=0, max=1, step=None, value=0)],
+                        className="ll-control ll-wide",
+                    ),
+                    html.Div(
+                        [
+                            html.Label("method"),
+                            dcc.RadioItems(
+                                id=ids.LAT_METHOD,
+                                value="pca",
+                                inline=True,
+                                options=[{"label": "PCA", "value": "pca"}, {"label": "UMAP", "value": "umap"}],
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [html.Label("colour by"), dcc.Dropdown(id=ids.LAT_COLOR, clearable=False)],
+                        className="ll-control",
+                    ),
                 ],
                 className="ll-controls",
             ),
@@ -48,10 +75,19 @@ def layout(**_query: Any) -> html.Div:
             dcc.Store(id=ids.LAT_RELAYOUT, data=None),
             html.Div(
                 [
-                    dcc.Graph(id=ids.LAT_SCATTER, figure=empty_figure(), className="ll-scatter",
-                              config={"displaylogo": False, "scrollZoom": True}, clear_on_unhover=False, responsive=False),
-                    html.Div(id=ids.LAT_TOOLTIP, className="ll-hover-panel",
-                             children=html.P("Hover a point to see its image.", className="ll-muted")),
+                    dcc.Graph(
+                        id=ids.LAT_SCATTER,
+                        figure=empty_figure(),
+                        className="ll-scatter",
+                        config={"displaylogo": False, "scrollZoom": True},
+                        clear_on_unhover=False,
+                        responsive=False,
+                    ),
+                    html.Div(
+                        id=ids.LAT_TOOLTIP,
+                        className="ll-hover-panel",
+                        children=html.P("Hover a point to see its image.", className="ll-muted"),
+                    ),
                 ],
                 className="ll-row",
             ),
@@ -124,8 +160,10 @@ def _cell_cached(path: str, stamp: float, run_id: str, site: str, step: int, met
             stored = results(index, run_id).embedding(site, step)
         except Exception as error:
             stored = None
-            note = (f"No UMAP stored for {site} at step {step} ({error}); showing PCA. "
-                    f"`latentlens analyze` stores UMAP for the best cells.")
+            note = (
+                f"No UMAP stored for {site} at step {step} ({error}); showing PCA. "
+                f"`latentlens analyze` stores UMAP for the best cells."
+            )
         if stored is not None and "umap" in stored:
             coords = np.asarray(stored["umap"], dtype=np.float32)  # [n, 2]
             samples = np.asarray(stored.get("sample", np.arange(len(coords))), dtype=np.int64)
@@ -148,8 +186,18 @@ def _cell_cached(path: str, stamp: float, run_id: str, site: str, step: int, met
     key = json.dumps([run_id, site, step, method, colour])
     codes = np.asarray(codes, dtype=np.int64)
     prio = lod.priority(samples)
-    return Cell(key, title, np.ascontiguousarray(coords, dtype=np.float32), samples, codes, names, prio,
-                lod.draw_order(codes, prio), axis, note)
+    return Cell(
+        key,
+        title,
+        np.ascontiguousarray(coords, dtype=np.float32),
+        samples,
+        codes,
+        names,
+        prio,
+        lod.draw_order(codes, prio),
+        axis,
+        note,
+    )
 
 
 def scatter_figure(c: Cell, view: dict[str, Any] | None = None, budget: int | None = None) -> dict[str, Any]:
@@ -164,30 +212,49 @@ def scatter_figure(c: Cell, view: dict[str, Any] | None = None, budget: int | No
     if len(rows) < in_view:
         grid = lod.density(c.coords, mask, view)
         if grid is not None:
-            traces.append({
-                "type": "heatmap", "uid": "density", "name": "density", "z": grid["z"],
-                "x0": grid["x0"], "dx": grid["dx"], "y0": grid["y0"], "dy": grid["dy"],
-                "colorscale": [[0, "rgba(60,60,60,0.06)"], [1, "rgba(60,60,60,0.45)"]],
-                "showscale": False, "hoverinfo": "skip", "showlegend": False, "zsmooth": "fast",
-            })
+            traces.append(
+                {
+                    "type": "heatmap",
+                    "uid": "density",
+                    "name": "density",
+                    "z": grid["z"],
+                    "x0": grid["x0"],
+                    "dx": grid["dx"],
+                    "y0": grid["y0"],
+                    "dy": grid["dy"],
+                    "colorscale": [[0, "rgba(60,60,60,0.06)"], [1, "rgba(60,60,60,0.45)"]],
+                    "showscale": False,
+                    "hoverinfo": "skip",
+                    "showlegend": False,
+                    "zsmooth": "fast",
+                }
+            )
     marker_size = 6 if len(rows) <= 5000 else 4
     colours = label_colours(c.names)
     shown_codes = c.codes[rows]
     for k, name in enumerate(c.names):
         r = rows[shown_codes == k]
-        traces.append({
-            "type": "scattergl", "mode": "markers", "name": name or "(none)", "uid": f"label-{k}",
-            "x": typed_array(c.coords[r, 0]), "y": typed_array(c.coords[r, 1]),
-            # A plain list: dcc.Graph copies hover/click/selection customdata from the figure's own
-            # data, where a typed array would arrive as undefined.
-            "customdata": c.samples[r].tolist(),
-            "marker": {"size": marker_size, "color": colours[name], "opacity": 0.8},
-            "hovertemplate": "sample %{customdata}<br>" + name + "<extra></extra>",
-        })
+        traces.append(
+            {
+                "type": "scattergl",
+                "mode": "markers",
+                "name": name or "(none)",
+                "uid": f"label-{k}",
+                "x": typed_array(c.coords[r, 0]),
+                "y": typed_array(c.coords[r, 1]),
+                # A plain list: dcc.Graph copies hover/click/selection customdata from the figure's own
+                # data, where a typed array would arrive as undefined.
+                "customdata": c.samples[r].tolist(),
+                "marker": {"size": marker_size, "color": colours[name], "opacity": 0.8},
+                "hovertemplate": "sample %{customdata}<br>" + name + "<extra></extra>",
+            }
+        )
     if len(rows) < in_view:
         where = " in view" if zoomed else ""
-        detail = (f"showing {len(rows):,} of {in_view:,} points{where} (a sample of each label; shading = all points)"
-                  f" · zoom in to see every point")
+        detail = (
+            f"showing {len(rows):,} of {in_view:,} points{where} (a sample of each label; shading = all points)"
+            f" · zoom in to see every point"
+        )
     elif zoomed:
         detail = f"zoomed in: all {in_view:,} points in view"
     else:
@@ -196,15 +263,29 @@ def scatter_figure(c: Cell, view: dict[str, Any] | None = None, budget: int | No
     axes = {}
     for axis, label in zip(("x", "y"), c.axis):
         bounds = (view or {}).get(axis)
-        axes[f"{axis}axis"] = {"title": {"text": label}, "zeroline": False,
-                               **({"range": list(bounds), "autorange": False} if bounds is not None else {"autorange": True})}
+        axes[f"{axis}axis"] = {
+            "title": {"text": label},
+            "zeroline": False,
+            **({"range": list(bounds), "autorange": False} if bounds is not None else {"autorange": True}),
+        }
     return {
         "data": traces,
         "layout": {
-            "title": {"text": title}, "dragmode": "lasso", "hovermode": "closest", "uirevision": c.key,
-            "selectionrevision": json.dumps([c.key, view]), **axes,
-            "height": 520, "margin": {"l": 50, "r": 10, "t": 60, "b": 50}, "legend": {"itemsizing": "constant"},
-            "meta": {"shown": int(len(rows)), "in_view": in_view, "total": int(len(c.samples)), "view": view or lod.FULL_VIEW},
+            "title": {"text": title},
+            "dragmode": "lasso",
+            "hovermode": "closest",
+            "uirevision": c.key,
+            "selectionrevision": json.dumps([c.key, view]),
+            **axes,
+            "height": 520,
+            "margin": {"l": 50, "r": 10, "t": 60, "b": 50},
+            "legend": {"itemsizing": "constant"},
+            "meta": {
+                "shown": int(len(rows)),
+                "in_view": in_view,
+                "total": int(len(c.samples)),
+                "view": view or lod.FULL_VIEW,
+            },
         },
     }
 
@@ -259,7 +340,9 @@ clientside_callback(
     prevent_initial_call=True,
 )
 @guarded(3, 2)
-def _zoom(relayout: Any, site: Any, step: Any, method: Any, colour: Any, state: Any, current: Any) -> tuple[Any, Any, Any]:
+def _zoom(
+    relayout: Any, site: Any, step: Any, method: Any, colour: Any, state: Any, current: Any
+) -> tuple[Any, Any, Any]:
     """After a zoom or pan, send the points inside the new view (all of them once they fit the budget)."""
     run_id = state_get(state, "run")
     budget = _budget()
@@ -280,14 +363,22 @@ def _sample_card(run: Any, run_id: str, sample: int) -> html.Div:
     prompts = run_manifest(run).get("prompts") or []
     text = prompts[sample] if 0 <= sample < len(prompts) else ""
     tags = ", ".join(f"{k}={v[sample]}" for k, v in labels.items() if sample < len(v))
-    return html.Div([
-        html.Img(src=image_src(run_id, sample), className="ll-hover-image", alt=f"sample {sample}"),
-        html.Div(f"sample {sample}", className="ll-strong"), html.Div(text), html.Div(tags, className="ll-muted"),
-    ])
+    return html.Div(
+        [
+            html.Img(src=image_src(run_id, sample), className="ll-hover-image", alt=f"sample {sample}"),
+            html.Div(f"sample {sample}", className="ll-strong"),
+            html.Div(text),
+            html.Div(tags, className="ll-muted"),
+        ]
+    )
 
 
-@callback(Output(ids.LAT_TOOLTIP, "children"), Input(ids.LAT_SCATTER, "hoverData"), State(ids.STATE, "data"),
-          prevent_initial_call=True)
+@callback(
+    Output(ids.LAT_TOOLTIP, "children"),
+    Input(ids.LAT_SCATTER, "hoverData"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
 @guarded(1, 0)
 def _hover(hover: Any, state: Any) -> Any:
     points = (hover or {}).get("points") or []
@@ -310,13 +401,27 @@ def _hover(hover: Any, state: Any) -> Any:
 def _select(selected: Any, click: Any, state: Any) -> tuple[Any, Any]:
     trigger = dash.ctx.triggered_id
     run_id = state_get(state, "run")
-    source = selected if trigger == ids.LAT_SCATTER and dash.ctx.triggered_prop_ids.get(f"{ids.LAT_SCATTER}.selectedData") else click
+    source = (
+        selected
+        if trigger == ids.LAT_SCATTER and dash.ctx.triggered_prop_ids.get(f"{ids.LAT_SCATTER}.selectedData")
+        else click
+    )
     points = (source or {}).get("points") or []
     samples = [int(p["customdata"]) for p in points if p.get("customdata") is not None]
     if not samples or not run_id:
-        return html.P("Select points with the lasso or box tool (or click one) to list them here.", className="ll-muted"), no_update
-    thumbs = [html.Img(src=image_src(run_id, s), title=f"sample {s}", className="ll-thumb") for s in samples[:MAX_THUMBNAILS]]
+        return html.P(
+            "Select points with the lasso or box tool (or click one) to list them here.", className="ll-muted"
+        ), no_update
+    thumbs = [
+        html.Img(src=image_src(run_id, s), title=f"sample {s}", className="ll-thumb") for s in samples[:MAX_THUMBNAILS]
+    ]
     more = f" (showing {MAX_THUMBNAILS})" if len(samples) > MAX_THUMBNAILS else ""
     new_state = {"run": run_id, "sample": samples[0]}
-    return html.Div([html.Div(f"{len(samples)} selected{more}; sample {samples[0]} is now the editor's source.",
-                              className="ll-strong"), html.Div(thumbs, className="ll-thumbs")]), new_state
+    return html.Div(
+        [
+            html.Div(
+                f"{len(samples)} selected{more}; sample {samples[0]} is now the editor's source.", className="ll-strong"
+            ),
+            html.Div(thumbs, className="ll-thumbs"),
+        ]
+    ), new_state

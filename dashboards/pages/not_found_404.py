@@ -11,6 +11,11 @@ dash.register_page(__name__, path="/404", name="Not found", title="latentlens ·
 
 
 def layout(**_query: Any) -> html.Div:
-    return html.Div([html.H2("Page not found"),
-                     html.P("There is no such page in the latentlens dashboard."),
-                     dcc.Link("back to the runs", href="/")], className="ll-message ll-warning")
+    return html.Div(
+        [
+            html.H2("Page not found"),
+            html.P("There is no such page in the latentlens dashboard."),
+            dcc.Link("back to the runs", href="/"),
+        ],
+        className="ll-message ll-warning",
+    )

@@ -22,16 +22,34 @@ def layout(**_query: Any) -> html.Div:
     return html.Div(
         [
             html.H2("Probe grids"),
-            html.P("Held-out accuracy of a linear probe per block and denoising step. Click a cell to see its latents.",
-                   className="ll-muted"),
+            html.P(
+                "Held-out accuracy of a linear probe per block and denoising step. Click a cell to see its latents.",
+                className="ll-muted",
+            ),
             html.Div(
                 [
-                    html.Div([html.Label("attribute"), dcc.Dropdown(id=ids.PROBE_ATTRIBUTE, clearable=False)], className="ll-control"),
-                    html.Div([html.Label("stream"), dcc.RadioItems(id=ids.PROBE_STREAM, inline=True)], className="ll-control"),
-                    html.Div([html.Label("value"), dcc.RadioItems(
-                        id=ids.PROBE_METRIC, value="accuracy", inline=True,
-                        options=[{"label": "accuracy", "value": "accuracy"}, {"label": "selectivity", "value": "selectivity"}],
-                    )], className="ll-control"),
+                    html.Div(
+                        [html.Label("attribute"), dcc.Dropdown(id=ids.PROBE_ATTRIBUTE, clearable=False)],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [html.Label("stream"), dcc.RadioItems(id=ids.PROBE_STREAM, inline=True)], className="ll-control"
+                    ),
+                    html.Div(
+                        [
+                            html.Label("value"),
+                            dcc.RadioItems(
+                                id=ids.PROBE_METRIC,
+                                value="accuracy",
+                                inline=True,
+                                options=[
+                                    {"label": "accuracy", "value": "accuracy"},
+                                    {"label": "selectivity", "value": "selectivity"},
+                                ],
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
                 ],
                 className="ll-controls",
             ),
@@ -60,16 +78,29 @@ def _controls(state: Any) -> tuple[Any, ...]:
     except LatentlensError as error:  # no analysis yet: clear the controls and say what to run
         return [], None, [], None, message(str(error), "warning")
     if not res.probes:
-        return [], None, [], None, message(
-            f"The run {run_id!r} has no probe results (missing: {', '.join(res.missing)}). "
-            f"Run `latentlens analyze {res.run}` to compute them.", "warning")
+        return (
+            [],
+            None,
+            [],
+            None,
+            message(
+                f"The run {run_id!r} has no probe results (missing: {', '.join(res.missing)}). "
+                f"Run `latentlens analyze {res.run}` to compute them.",
+                "warning",
+            ),
+        )
     attributes, streams = res.attributes, res.streams
     attribute = state_get(state, "attribute")
     attribute = attribute if attribute in attributes else attributes[0]
     stream = state_get(state, "stream")
     stream = stream if stream in streams else ("img" if "img" in streams else streams[0])
-    return ([{"label": a, "value": a} for a in attributes], attribute,
-            [{"label": s, "value": s} for s in streams], stream, None)
+    return (
+        [{"label": a, "value": a} for a in attributes],
+        attribute,
+        [{"label": s, "value": s} for s in streams],
+        stream,
+        None,
+    )
 
 
 @callback(
@@ -96,23 +127,39 @@ def _heatmap(attribute: Any, stream: Any, metric: Any, state: Any) -> tuple[Any,
         chance = 1.0 / len(classes)
     z = np.where(np.isnan(table), None, table).tolist()
     figure = {
-        "data": [{
-            "type": "heatmap", "z": z, "x": [str(s) for s in steps], "y": [str(b) for b in blocks],
-            "customdata": sites, "text": text, "texttemplate": "%{text}",
-            "colorscale": "Viridis", "zmin": 0.0 if metric == "accuracy" else None, "zmax": 1.0 if metric == "accuracy" else None,
-            "hovertemplate": "block %{y}, step %{x}<br>" + (metric or "accuracy") + " %{z:.3f}<br>%{customdata}<extra></extra>",
-            "xgap": 1, "ygap": 1,
-        }],
+        "data": [
+            {
+                "type": "heatmap",
+                "z": z,
+                "x": [str(s) for s in steps],
+                "y": [str(b) for b in blocks],
+                "customdata": sites,
+                "text": text,
+                "texttemplate": "%{text}",
+                "colorscale": "Viridis",
+                "zmin": 0.0 if metric == "accuracy" else None,
+                "zmax": 1.0 if metric == "accuracy" else None,
+                "hovertemplate": "block %{y}, step %{x}<br>"
+                + (metric or "accuracy")
+                + " %{z:.3f}<br>%{customdata}<extra></extra>",
+                "xgap": 1,
+                "ygap": 1,
+            }
+        ],
         "layout": {
-            "title": {"text": f"{attribute} · {stream} stream · {metric}" + (f" (chance {chance:.2f})" if chance else "")},
+            "title": {
+                "text": f"{attribute} · {stream} stream · {metric}" + (f" (chance {chance:.2f})" if chance else "")
+            },
             "xaxis": {"title": {"text": "denoising step"}, "type": "category"},
             "yaxis": {"title": {"text": "block"}, "type": "category", "autorange": "reversed"},
-            "height": max(260, 40 * len(blocks) + 120), "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
+            "height": max(260, 40 * len(blocks) + 120),
+            "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
         },
     }
     best = res.best_cell(attribute, stream)
-    note = (f"best cell: {best['site']} at step {best['step']} — accuracy {float(best['accuracy']):.3f}"
-            if best else None)
+    note = (
+        f"best cell: {best['site']} at step {best['step']} — accuracy {float(best['accuracy']):.3f}" if best else None
+    )
     return figure, note, None
 
 

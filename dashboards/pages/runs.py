@@ -60,7 +60,9 @@ def _table(state: Any) -> tuple[Any, Any, Any]:
         )
     note = None
     if not runs:
-        note = message(f"No runs under {index.root}. Record one with `latentlens record` or run `latentlens demo`.", "warning")
+        note = message(
+            f"No runs under {index.root}. Record one with `latentlens record` or run `latentlens demo`.", "warning"
+        )
     table = html.Table([html.Thead(header), html.Tbody(rows)], className="ll-table") if runs else None
     return table, f"root: {index.root}", note
 
@@ -97,6 +99,9 @@ def _detail(state: Any) -> Any:
         )
     except Exception as error:
         analysis = message(str(error), "warning")
-    examples = html.Ul([html.Li(p) for p in prompts[:5]] + ([html.Li(f"… {len(prompts) - 5} more")] if len(prompts) > 5 else []))
-    return html.Div([html.Ul(items), analysis, html.H4("prompts"), examples,
-                     dcc.Link("open the probe grids →", href="/probes")])
+    examples = html.Ul(
+        [html.Li(p) for p in prompts[:5]] + ([html.Li(f"… {len(prompts) - 5} more")] if len(prompts) > 5 else [])
+    )
+    return html.Div(
+        [html.Ul(items), analysis, html.H4("prompts"), examples, dcc.Link("open the probe grids →", href="/probes")]
+    )

@@ -168,7 +168,12 @@ def tensor_arg(args: tuple, kwargs: dict, name: str, pos: int) -> torch.Tensor:
 
 
 def arg_site(
-    name: str, module: nn.Module, arg: str, pos: int, dims: tuple[str, ...], stream: str | None = None,
+    name: str,
+    module: nn.Module,
+    arg: str,
+    pos: int,
+    dims: tuple[str, ...],
+    stream: str | None = None,
     settable: bool = True,
 ) -> SiteSpec:
     """A site read from the keyword (or positional) argument ``arg`` of ``module``'s forward."""
@@ -188,7 +193,11 @@ def arg_site(
 
 
 def out_site(
-    name: str, module: nn.Module, index: int | None, dims: tuple[str, ...], stream: str | None = None,
+    name: str,
+    module: nn.Module,
+    index: int | None,
+    dims: tuple[str, ...],
+    stream: str | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SiteSpec:
     """A site read from ``module``'s output (element ``index`` of a tuple output, or the whole output).

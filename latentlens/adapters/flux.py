@@ -115,8 +115,7 @@ class FluxAdapter(Adapter):
                 else:
                     q = (QKPart("joint", a.to_q, None, a.norm_q),)
                     k = (QKPart("joint", a.to_k, None, a.norm_k),)
-            specs.append(AttnSpec(f"blocks.{i}.attn", i, a, a.heads, a.head_dim, q, k, dict(ALL_QUADRANTS),
-                                  rope=True))
+            specs.append(AttnSpec(f"blocks.{i}.attn", i, a, a.heads, a.head_dim, q, k, dict(ALL_QUADRANTS), rope=True))
         return specs
 
     def concept_blocks(self) -> list[ConceptBlock]:
@@ -128,14 +127,49 @@ class FluxAdapter(Adapter):
                 modulate, update = ada_zero_context(b)
                 iq, ik, iv = qkv_parts(a, added=False)
                 tq, tk, tv = qkv_parts(a, added=True)
-                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, iq, ik, iv, tq, tk, tv,
-                                        img_out=a.to_out[0], modulate=modulate, update=update, rope=True))
+                out.append(
+                    ConceptBlock(
+                        f"blocks.{i}.attn",
+                        i,
+                        b,
+                        a.heads,
+                        a.head_dim,
+                        iq,
+                        ik,
+                        iv,
+                        tq,
+                        tk,
+                        tv,
+                        img_out=a.to_out[0],
+                        modulate=modulate,
+                        update=update,
+                        rope=True,
+                    )
+                )
             else:
                 modulate, update = _single_stream(b)
                 q, k, v = qkv_parts(a, added=False)
                 jq, jk, jv = (QKPart("joint", p.proj, p.chunk, p.norm) for p in (q, k, v))
-                out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.head_dim, jq, jk, jv, q, k, v, img_out=a,
-                                        modulate=modulate, update=update, img_out_joint=True, rope=True))
+                out.append(
+                    ConceptBlock(
+                        f"blocks.{i}.attn",
+                        i,
+                        b,
+                        a.heads,
+                        a.head_dim,
+                        jq,
+                        jk,
+                        jv,
+                        q,
+                        k,
+                        v,
+                        img_out=a,
+                        modulate=modulate,
+                        update=update,
+                        img_out_joint=True,
+                        rope=True,
+                    )
+                )
         return out
 
     def begin_call(self, state: CallState, args: tuple, kwargs: dict) -> None:
@@ -192,8 +226,9 @@ class FluxEditModel(VAEEditModel):
     default_steps = 28
     uses_batch_cfg = False
 
-    def __init__(self, pipe: Any, guidance_scale: float | None = None, true_cfg_scale: float = 1.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, pipe: Any, guidance_scale: float | None = None, true_cfg_scale: float = 1.0, **kwargs: Any
+    ) -> None:
         super().__init__(pipe, guidance_scale, **kwargs)
         self.true_cfg_scale = float(true_cfg_scale)
 
@@ -216,7 +251,9 @@ class FluxEditModel(VAEEditModel):
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> TextEmbeds:
         tokens, pooled, text_ids = self.pipe.encode_prompt(
-            prompt=list(prompts), prompt_2=None, device=self.device,
+            prompt=list(prompts),
+            prompt_2=None,
+            device=self.device,
             max_sequence_length=int(self.max_sequence_length or 512),
         )
         return TextEmbeds(tokens, pooled, {"txt_ids": text_ids})
@@ -230,8 +267,13 @@ class FluxEditModel(VAEEditModel):
         sigmas = np.linspace(1.0, 1 / n, n)
         kwargs: dict[str, Any] = {}
         if cfg.get("use_dynamic_shifting", False):
-            kwargs["mu"] = calculate_shift(seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                                           cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+            kwargs["mu"] = calculate_shift(
+                seq,
+                cfg.get("base_image_seq_len", 256),
+                cfg.get("max_image_seq_len", 4096),
+                cfg.get("base_shift", 0.5),
+                cfg.get("max_shift", 1.15),
+            )
         scheduler.set_timesteps(sigmas=sigmas, **kwargs)
 
     def _ids(self, batch: int) -> torch.Tensor:

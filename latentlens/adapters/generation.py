@@ -64,8 +64,12 @@ class TextEmbeds:
     def __getitem__(self, index: Any) -> TextEmbeds:
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return replace(self, tokens=self.tokens[index], pooled=None if self.pooled is None else self.pooled[index],
-                       mask=None if self.mask is None else self.mask[index])
+        return replace(
+            self,
+            tokens=self.tokens[index],
+            pooled=None if self.pooled is None else self.pooled[index],
+            mask=None if self.mask is None else self.mask[index],
+        )
 
     def expand(self, batch: int) -> TextEmbeds:
         """Repeat a batch-1 embedding ``batch`` times (or return self when the batch already matches)."""

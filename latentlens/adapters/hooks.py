@@ -20,14 +20,23 @@ from latentlens.errors import ConfigError
 
 #: diffusers hooks that skip blocks, steps or attention computations (recording them would read cached values)
 SKIPPING_HOOKS = {
-    "FBCHeadBlockHook", "FBCBlockHook",
+    "FBCHeadBlockHook",
+    "FBCBlockHook",
     "PyramidAttentionBroadcastHook",
-    "FasterCacheDenoiserHook", "FasterCacheBlockHook",
-    "MagCacheHeadHook", "MagCacheBlockHook",
-    "SeaCacheRootHook", "SeaCacheLeaderBlockHook", "SeaCacheBlockHook", "SeaCachePostNormHook",
+    "FasterCacheDenoiserHook",
+    "FasterCacheBlockHook",
+    "MagCacheHeadHook",
+    "MagCacheBlockHook",
+    "SeaCacheRootHook",
+    "SeaCacheLeaderBlockHook",
+    "SeaCacheBlockHook",
+    "SeaCachePostNormHook",
     "TaylorSeerCacheHook",
-    "AttentionProcessorSkipHook", "FeedForwardSkipHook", "TransformerBlockSkipHook",
-    "TextKVCacheTransformerHook", "TextKVCacheBlockHook",
+    "AttentionProcessorSkipHook",
+    "FeedForwardSkipHook",
+    "TransformerBlockSkipHook",
+    "TextKVCacheTransformerHook",
+    "TextKVCacheBlockHook",
 }
 
 _ids = itertools.count()
@@ -174,4 +183,3 @@ def cfg_rows(state: CallState, cfg: str) -> slice | None:
         half = state.batch // 2
         return slice(half, None) if cfg == "cond" else slice(0, half)
     return slice(None)
-

@@ -80,16 +80,32 @@ class PixArtAdapter(PatchGridAdapter):
         specs = []
         for i, b in enumerate(self.block_modules()):
             a1, a2 = b.attn1, b.attn2
-            specs.append(AttnSpec(
-                f"blocks.{i}.attn", i, a1, a1.heads, a1.inner_dim // a1.heads,
-                (QKPart("img", a1.to_q, None, a1.norm_q),), (QKPart("img", a1.to_k, None, a1.norm_k),),
-                {"img2img": ("img", "img")}, mask_kwarg="attention_mask",
-            ))
-            specs.append(AttnSpec(
-                f"blocks.{i}.attn", i, a2, a2.heads, a2.inner_dim // a2.heads,
-                (QKPart("img", a2.to_q, None, a2.norm_q),), (QKPart("txt", a2.to_k, None, a2.norm_k),),
-                {"img2txt": ("img", "txt")}, mask_kwarg="attention_mask",
-            ))
+            specs.append(
+                AttnSpec(
+                    f"blocks.{i}.attn",
+                    i,
+                    a1,
+                    a1.heads,
+                    a1.inner_dim // a1.heads,
+                    (QKPart("img", a1.to_q, None, a1.norm_q),),
+                    (QKPart("img", a1.to_k, None, a1.norm_k),),
+                    {"img2img": ("img", "img")},
+                    mask_kwarg="attention_mask",
+                )
+            )
+            specs.append(
+                AttnSpec(
+                    f"blocks.{i}.attn",
+                    i,
+                    a2,
+                    a2.heads,
+                    a2.inner_dim // a2.heads,
+                    (QKPart("img", a2.to_q, None, a2.norm_q),),
+                    (QKPart("txt", a2.to_k, None, a2.norm_k),),
+                    {"img2txt": ("img", "txt")},
+                    mask_kwarg="attention_mask",
+                )
+            )
         return specs
 
 
@@ -115,7 +131,10 @@ class PixArtEditModel(DDPMFlowMixin, VAEEditModel):
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> TextEmbeds:
         tokens, mask, _, _ = self.pipe.encode_prompt(
-            list(prompts), do_classifier_free_guidance=False, device=self.device, clean_caption=False,
+            list(prompts),
+            do_classifier_free_guidance=False,
+            device=self.device,
+            clean_caption=False,
             max_sequence_length=int(self.max_sequence_length or 120),
         )
         return TextEmbeds(tokens, None, mask=mask)
@@ -124,8 +143,12 @@ class PixArtEditModel(DDPMFlowMixin, VAEEditModel):
         added: dict[str, Any] = {"resolution": None, "aspect_ratio": None}
         if getattr(self.transformer.config, "sample_size", None) == 128:  # PixArt-α 1024 px micro-conditions
             batch = x_t.shape[0]
-            added = {"resolution": torch.tensor([[self.height, self.width]] * batch, device=self.device, dtype=self.dtype),
-                     "aspect_ratio": torch.tensor([[self.height / self.width]] * batch, device=self.device, dtype=self.dtype)}
+            added = {
+                "resolution": torch.tensor([[self.height, self.width]] * batch, device=self.device, dtype=self.dtype),
+                "aspect_ratio": torch.tensor(
+                    [[self.height / self.width]] * batch, device=self.device, dtype=self.dtype
+                ),
+            }
         return self.transformer(
             x_t.to(self.dtype),
             encoder_hidden_states=cond.tokens.to(self.dtype),

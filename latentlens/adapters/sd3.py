@@ -189,12 +189,32 @@ class SD3Adapter(PatchGridAdapter):
         specs = []
         for i, b in enumerate(self.block_modules()):
             q, k = qk_parts(b.attn, added=True)
-            specs.append(AttnSpec(f"blocks.{i}.attn", i, b.attn, b.attn.heads, b.attn.inner_dim // b.attn.heads,
-                                  q, k, dict(ALL_QUADRANTS)))
+            specs.append(
+                AttnSpec(
+                    f"blocks.{i}.attn",
+                    i,
+                    b.attn,
+                    b.attn.heads,
+                    b.attn.inner_dim // b.attn.heads,
+                    q,
+                    k,
+                    dict(ALL_QUADRANTS),
+                )
+            )
             if getattr(b, "attn2", None) is not None:
                 q2, k2 = qk_parts(b.attn2, added=False)
-                specs.append(AttnSpec(f"blocks.{i}.attn2", i, b.attn2, b.attn2.heads,
-                                      b.attn2.inner_dim // b.attn2.heads, q2, k2, {"img2img": ("img", "img")}))
+                specs.append(
+                    AttnSpec(
+                        f"blocks.{i}.attn2",
+                        i,
+                        b.attn2,
+                        b.attn2.heads,
+                        b.attn2.inner_dim // b.attn2.heads,
+                        q2,
+                        k2,
+                        {"img2img": ("img", "img")},
+                    )
+                )
         return specs
 
     def concept_blocks(self) -> list[ConceptBlock]:
@@ -209,9 +229,20 @@ class SD3Adapter(PatchGridAdapter):
             else:
                 modulate, update = ada_zero_context(b)
             a = b.attn
-            out.append(ConceptBlock(f"blocks.{i}.attn", i, b, a.heads, a.inner_dim // a.heads,
-                                    *qkv_parts(a, added=False), *qkv_parts(a, added=True),
-                                    img_out=a.to_out[0], modulate=modulate, update=update))
+            out.append(
+                ConceptBlock(
+                    f"blocks.{i}.attn",
+                    i,
+                    b,
+                    a.heads,
+                    a.inner_dim // a.heads,
+                    *qkv_parts(a, added=False),
+                    *qkv_parts(a, added=True),
+                    img_out=a.to_out[0],
+                    modulate=modulate,
+                    update=update,
+                )
+            )
         return out
 
     def text_segments(self, max_sequence_length: int | None = None) -> list[TextSegment]:
@@ -243,8 +274,12 @@ class SD3EditModel(VAEEditModel):
     def encode(self, prompts: Sequence[str]) -> TextEmbeds:
         prompts = list(prompts)
         tokens, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
-            do_classifier_free_guidance=False, max_sequence_length=int(self.max_sequence_length or 256),
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=int(self.max_sequence_length or 256),
         )
         return TextEmbeds(tokens, pooled)
 

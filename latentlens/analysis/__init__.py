@@ -17,9 +17,17 @@ from typing import Any
 
 from latentlens.analysis.spec import ProbeSample, ProbeSpec, load_probe_spec
 
-_LAZY = {name: "latentlens.analysis.patching" for name in (
-    "PatchGrid", "PatchPair", "ablate_direction", "load_pairs", "patch_grid", "shapes_pairs",
-)}
+_LAZY = {
+    name: "latentlens.analysis.patching"
+    for name in (
+        "PatchGrid",
+        "PatchPair",
+        "ablate_direction",
+        "load_pairs",
+        "patch_grid",
+        "shapes_pairs",
+    )
+}
 _LAZY["SparseAutoencoder"] = "latentlens.analysis.sae"
 _LAZY["AnalysisWriter"] = "latentlens.analysis.folder"  # torch-backed estimators load on first use
 

@@ -37,7 +37,12 @@ def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
 
 
 def _balanced_difference(
-    X: np.ndarray, labels: Sequence[Any], to: Any, from_: Any | None, adjust_for: dict[str, Sequence[Any]], what: str,
+    X: np.ndarray,
+    labels: Sequence[Any],
+    to: Any,
+    from_: Any | None,
+    adjust_for: dict[str, Sequence[Any]],
+    what: str,
 ) -> np.ndarray:
     """``to − from_`` effect of a least-squares fit ``X ≈ b + Σ one-hot(attribute)``: the other attributes held fixed."""
     n = len(X)
@@ -113,8 +118,14 @@ def class_mean_direction(
         vector = _balanced_difference(X, labels, to, from_, dict(adjust_for), what)
     else:
         vector = X[to_mask].mean(0) - X[from_mask].mean(0)  # [d] or [tokens, d]
-    record: dict[str, Any] = {"method": "class_mean", "attribute": attribute, "from": None if from_ is None else str(from_),
-              "to": str(to), "n_to": int(to_mask.sum()), "n_from": int(from_mask.sum())}
+    record: dict[str, Any] = {
+        "method": "class_mean",
+        "attribute": attribute,
+        "from": None if from_ is None else str(from_),
+        "to": str(to),
+        "n_to": int(to_mask.sum()),
+        "n_from": int(from_mask.sum()),
+    }
     if adjust_for:
         record["adjusted_for"] = sorted(adjust_for)
     record.update(provenance)
@@ -122,8 +133,16 @@ def class_mean_direction(
 
 
 def probe_direction(
-    grid: Any, attribute: str, site: str, step: int, to: Any, from_: Any | None = None,
-    *, steps: Sequence[int] | None = None, tokens: Sequence[int] | None = None, **provenance: Any,
+    grid: Any,
+    attribute: str,
+    site: str,
+    step: int,
+    to: Any,
+    from_: Any | None = None,
+    *,
+    steps: Sequence[int] | None = None,
+    tokens: Sequence[int] | None = None,
+    **provenance: Any,
 ) -> Direction:
     """The weight direction of a fitted :class:`~latentlens.analysis.probes.LinearProbeGrid` cell.
 
@@ -132,17 +151,35 @@ def probe_direction(
     """
     vector = grid.direction(attribute, site, step, to=to, from_=from_)
     row = next((r for r in grid.results_ if r.attribute == attribute and r.site == site and r.step == step), None)
-    record = {"method": "probe", "attribute": attribute, "from": None if from_ is None else str(from_), "to": str(to),
-              "probe_step": int(step), "accuracy": None if row is None else row.accuracy,
-              "selectivity": None if row is None else row.selectivity, "C": grid.C}
+    record = {
+        "method": "probe",
+        "attribute": attribute,
+        "from": None if from_ is None else str(from_),
+        "to": str(to),
+        "probe_step": int(step),
+        "accuracy": None if row is None else row.accuracy,
+        "selectivity": None if row is None else row.selectivity,
+        "C": grid.C,
+    }
     record.update(provenance)
-    return Direction(torch.from_numpy(np.asarray(vector, dtype=np.float64)), site=site,
-                     steps=[int(step)] if steps is None else steps, tokens=tokens, provenance=record)
+    return Direction(
+        torch.from_numpy(np.asarray(vector, dtype=np.float64)),
+        site=site,
+        steps=[int(step)] if steps is None else steps,
+        tokens=tokens,
+        provenance=record,
+    )
 
 
 def pca_direction(
-    pca: Any, component: int, *, site: str, steps: Sequence[int] | None = None,
-    tokens: Sequence[int] | None = None, scale: str = "std", **provenance: Any,
+    pca: Any,
+    component: int,
+    *,
+    site: str,
+    steps: Sequence[int] | None = None,
+    tokens: Sequence[int] | None = None,
+    scale: str = "std",
+    **provenance: Any,
 ) -> Direction:
     """Principal component ``component`` of a fitted PCA (``scale="std"``: one standard deviation long; ``"unit"``)."""
     if not 0 <= component < len(pca.components_):
@@ -152,8 +189,11 @@ def pca_direction(
         vector = vector * float(np.sqrt(pca.explained_variance_[component]))
     elif scale != "unit":
         raise ConfigError(f"scale must be 'std' or 'unit', got {scale!r}.")
-    record = {"method": "pca", "component": int(component),
-              "explained_variance_ratio": float(pca.explained_variance_ratio_[component])}
+    record = {
+        "method": "pca",
+        "component": int(component),
+        "explained_variance_ratio": float(pca.explained_variance_ratio_[component]),
+    }
     record.update(provenance)
     return Direction(torch.from_numpy(vector), site=site, steps=steps, tokens=tokens, provenance=record)
 
@@ -205,8 +245,13 @@ def text_direction(
             positions.append((src_pos, tgt_pos))
             diffs.append(embeds.tokens[1, tgt_pos].float().mean(0) - embeds.tokens[0, src_pos].float().mean(0))
     vector = torch.stack(diffs).mean(0)  # [D]
-    record: dict[str, Any] = {"method": "text_pairs", "where": where, "attribute": attribute, "n_pairs": len(pairs),
-                              "pairs": [list(p) for p in pairs[:20]]}
+    record: dict[str, Any] = {
+        "method": "text_pairs",
+        "where": where,
+        "attribute": attribute,
+        "n_pairs": len(pairs),
+        "pairs": [list(p) for p in pairs[:20]],
+    }
     if positions:
         record["changed_tokens"] = [list(map(list, p)) for p in positions[:20]]
     record.update(provenance)

@@ -73,10 +73,17 @@ class AnalysisWriter:
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def probes(self, records: Sequence[Mapping[str, Any]], attributes: Mapping[str, Sequence[str]],
-               settings: Mapping[str, Any] | None = None) -> None:
+    def probes(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        attributes: Mapping[str, Sequence[str]],
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         """The probe grid: one record per (attribute, site, step) cell."""
-        doc: dict[str, Any] = {"records": list(records), "attributes": {a: [str(c) for c in v] for a, v in attributes.items()}}
+        doc: dict[str, Any] = {
+            "records": list(records),
+            "attributes": {a: [str(c) for c in v] for a, v in attributes.items()},
+        }
         if settings is not None:
             doc["settings"] = dict(settings)
         (self.tmp / "probes.json").write_text(_dump(doc))

@@ -42,10 +42,7 @@ def _legacy_owned(folder: Path) -> set[str]:
         for suffix in (".json", ".safetensors"):
             owned.add(f"directions/{name}{suffix}")
     try:
-        cells = [
-            (str(c["site"]), int(c["step"]))
-            for c in json.loads((folder / "pca.json").read_text())
-        ]
+        cells = [(str(c["site"]), int(c["step"])) for c in json.loads((folder / "pca.json").read_text())]
     except (OSError, ValueError, TypeError, KeyError):
         cells = []
     for site, step in cells:
@@ -70,11 +67,7 @@ def _is_relative_name(name: str) -> bool:
 
 def files_below(folder: Path) -> set[str]:
     """Every regular file below ``folder``, as POSIX paths relative to it."""
-    return {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and not p.is_symlink()
-    }
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
 
 
 def swap_in(new: Path, out: Path) -> set[str]:
@@ -88,9 +81,7 @@ def swap_in(new: Path, out: Path) -> set[str]:
     out.mkdir(parents=True, exist_ok=True)
     for name in sorted(incoming):
         target = out / name
-        if (
-            target.is_symlink()
-        ):  # never write through a link planted in the analysis folder
+        if target.is_symlink():  # never write through a link planted in the analysis folder
             target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(new / name, target)

@@ -80,23 +80,14 @@ class PatchPair:
 
 
 def _pair_from(row: Any, where: str) -> PatchPair:
-    if (
-        not isinstance(row, dict)
-        or not isinstance(row.get("base"), str)
-        or not isinstance(row.get("source"), str)
-    ):
+    if not isinstance(row, dict) or not isinstance(row.get("base"), str) or not isinstance(row.get("source"), str):
         raise ConfigError(
             f'{where} must be an object with string fields "base" and "source" (and "seed"); got {row!r}.'
         )
     seed = row.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(
-            f'{where}: "seed" must be a non-negative integer; got {seed!r}.'
-        )
-    extra = {
-        k: (None if row.get(k) is None else str(row[k]))
-        for k in ("attribute", "base_value", "source_value")
-    }
+        raise ConfigError(f'{where}: "seed" must be a non-negative integer; got {seed!r}.')
+    extra = {k: (None if row.get(k) is None else str(row[k])) for k in ("attribute", "base_value", "source_value")}
     return PatchPair(row["base"], row["source"], seed, **extra)
 
 
@@ -117,18 +108,14 @@ def load_pairs(path: str | Path) -> list[PatchPair]:
         try:
             row = json.loads(line)
         except ValueError as error:
-            raise ConfigError(
-                f"Line {k} of {path} is not valid JSON ({error})."
-            ) from error
+            raise ConfigError(f"Line {k} of {path} is not valid JSON ({error}).") from error
         pairs.append(_pair_from(row, f"Line {k} of {path}"))
     if not pairs:
         raise ConfigError(f"The pairs file {path} holds no pairs.")
     return pairs
 
 
-def shapes_pairs(
-    attribute: str, from_: str, to: str, n: int, seed: int = 0
-) -> list[PatchPair]:
+def shapes_pairs(attribute: str, from_: str, to: str, n: int, seed: int = 0) -> list[PatchPair]:
     """``n`` shapes-world pairs: canonical captions of random training combinations with ``attribute == from_``
     (base) and the same combination with ``to`` (source), each with its own noise seed.
 
@@ -137,18 +124,12 @@ def shapes_pairs(
     from latentlens import shapes
 
     if attribute not in shapes.ATTRIBUTES:
-        raise ConfigError(
-            f"Unknown attribute {attribute!r}; use one of {', '.join(shapes.ATTRIBUTES)}."
-        )
+        raise ConfigError(f"Unknown attribute {attribute!r}; use one of {', '.join(shapes.ATTRIBUTES)}.")
     for value in (from_, to):
         if value not in shapes.VALUES[attribute]:
-            raise ConfigError(
-                f"Unknown {attribute} {value!r}; use one of {', '.join(shapes.VALUES[attribute])}."
-            )
+            raise ConfigError(f"Unknown {attribute} {value!r}; use one of {', '.join(shapes.VALUES[attribute])}.")
     if from_ == to:
-        raise ConfigError(
-            f"--from and --to are both {from_!r}; give two different {attribute} values."
-        )
+        raise ConfigError(f"--from and --to are both {from_!r}; give two different {attribute} values.")
     if n < 1:
         raise ConfigError(f"n={n} pairs: give at least 1.")
     import dataclasses
@@ -156,8 +137,7 @@ def shapes_pairs(
     pool = [
         c
         for c in shapes.training_combinations()
-        if getattr(c, attribute) == from_
-        and not shapes.is_held_out(dataclasses.replace(c, **{attribute: to}))
+        if getattr(c, attribute) == from_ and not shapes.is_held_out(dataclasses.replace(c, **{attribute: to}))
     ]
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(pool), size=n, replace=len(pool) < n)
@@ -233,13 +213,9 @@ class PatchGrid:
 
     def _index(self, site: str, column: Column) -> tuple[int, int]:
         if site not in self.sites:
-            raise ConfigError(
-                f"The grid has no site {site!r}; it has: {', '.join(self.sites)}."
-            )
+            raise ConfigError(f"The grid has no site {site!r}; it has: {', '.join(self.sites)}.")
         if column not in self.columns:
-            raise ConfigError(
-                f"The grid has no column {column!r}; it has: {', '.join(map(str, self.columns))}."
-            )
+            raise ConfigError(f"The grid has no column {column!r}; it has: {', '.join(map(str, self.columns))}.")
         return self.sites.index(site), self.columns.index(column)
 
     def cell(self, site: str, column: Column) -> dict[str, Any]:
@@ -289,9 +265,7 @@ class PatchGrid:
         rows = [
             (site_block(s), s)
             for s in self.sites
-            if site_stream(s) == stream
-            and site_block(s) is not None
-            and fnmatch.fnmatchcase(s, sites)
+            if site_stream(s) == stream and site_block(s) is not None and fnmatch.fnmatchcase(s, sites)
         ]
         if not rows:
             raise ConfigError(
@@ -331,9 +305,7 @@ class PatchGrid:
         """
         name = name or self.default_name()
         if not name or "/" in name or name.startswith("."):
-            raise ConfigError(
-                f"Grid name {name!r} must be a plain folder name (no '/', not starting with '.')."
-            )
+            raise ConfigError(f"Grid name {name!r} must be a plain folder name (no '/', not starting with '.').")
         folder = Path(run_dir) / "analysis" / PATCHING / name
         folder.mkdir(parents=True, exist_ok=True)
         doc = {
@@ -385,9 +357,7 @@ class PatchGrid:
                 grid.images = {k: np.asarray(data[k]) for k in data.files}
         return grid
 
-    def cell_images(
-        self, site: str, column: Column, pair: int = 0
-    ) -> dict[str, np.ndarray]:
+    def cell_images(self, site: str, column: Column, pair: int = 0) -> dict[str, np.ndarray]:
         """uint8 ``base`` / ``source`` / ``patched`` images ``[H, W, 3]`` of one pair of one cell."""
         i, j = self._index(site, column)
         if "patched" not in self.images:
@@ -396,9 +366,7 @@ class PatchGrid:
             )
         kept = self.images["patched"].shape[2]
         if not 0 <= pair < kept:
-            raise ConfigError(
-                f"pair={pair}: the grid kept images of the first {kept} pairs."
-            )
+            raise ConfigError(f"pair={pair}: the grid kept images of the first {kept} pairs.")
         return {
             "base": self.images["base"][pair],
             "source": self.images["source"][pair],
@@ -409,18 +377,14 @@ class PatchGrid:
 # --------------------------------------------------------------------------- computing
 
 
-def _distance(
-    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, metric: str
-) -> np.ndarray:
+def _distance(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, metric: str) -> np.ndarray:
     """Per-image distance of float images ``[n, H, W, 3]`` (inside ``mask`` ``[n, H, W]`` when given)."""
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     if metric == "rms":
         diff = diff**2
     if mask is not None:
         m = mask[..., None].astype(np.float64)
-        value = (diff * m).sum(axis=(1, 2, 3)) / np.maximum(
-            m.sum(axis=(1, 2, 3)) * diff.shape[-1], 1.0
-        )
+        value = (diff * m).sum(axis=(1, 2, 3)) / np.maximum(m.sum(axis=(1, 2, 3)) * diff.shape[-1], 1.0)
     else:
         value = diff.mean(axis=(1, 2, 3))
     return np.sqrt(value) if metric == "rms" else value
@@ -459,9 +423,7 @@ def _has_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def patchable_sites(
-    pipe: Any, sites: str | Sequence[str], tokens: Any = None
-) -> list[str]:
+def patchable_sites(pipe: Any, sites: str | Sequence[str], tokens: Any = None) -> list[str]:
     """Expand names/globs into the sites ``patch`` can replace, in the model's order; clear errors before compute.
 
     A name that is read-only or unknown raises; a glob keeps only its patchable matches (and must
@@ -475,9 +437,7 @@ def patchable_sites(
     valid = [n for n in site_names(pipe) if not is_map(n) and n != "pred"]
     patterns = [sites] if isinstance(sites, str) else list(sites)
     if not patterns:
-        raise ConfigError(
-            "sites is empty; give names or globs such as 'blocks.*.resid_out.*'."
-        )
+        raise ConfigError("sites is empty; give names or globs such as 'blocks.*.resid_out.*'.")
     chosen: list[str] = []
     dummy = torch.zeros(1)
     for pattern in patterns:
@@ -515,17 +475,13 @@ def _token_count(tokenizer: Any, prompt: str, length: int) -> int:
     return len(tokenizer(prompt, truncation=True, max_length=length)["input_ids"])
 
 
-def pair_token_positions(
-    pipe: Any, pairs: Sequence[PatchPair], words: Sequence[str]
-) -> list[tuple[int, ...]]:
+def pair_token_positions(pipe: Any, pairs: Sequence[PatchPair], words: Sequence[str]) -> list[tuple[int, ...]]:
     """Text-token positions of ``words`` in each pair (in its base or its source prompt), checking that base and
     source share one token layout (same token count per text encoder); errors name the pair."""
     adapter = adapter_for(pipe)
     segments = adapter.text_segments()
     if not segments:
-        raise ConfigError(
-            "tokens: the pipeline has no tokenizer, so words cannot be located; pass a pipeline."
-        )
+        raise ConfigError("tokens: the pipeline has no tokenizer, so words cannot be located; pass a pipeline.")
     out = []
     for k, pair in enumerate(pairs):
         for segment in segments:
@@ -547,9 +503,7 @@ def pair_token_positions(
                 except ConfigError:
                     pass
             if not found:
-                raise ConfigError(
-                    f"Pair {k}: the word {word!r} occurs in neither {pair.base!r} nor {pair.source!r}."
-                )
+                raise ConfigError(f"Pair {k}: the word {word!r} occurs in neither {pair.base!r} nor {pair.source!r}.")
         out.append(tuple(sorted(positions)))
     return out
 
@@ -567,9 +521,7 @@ def generate_images(
     call_kwargs = call_kwargs or {}
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     with torch.no_grad():
-        images = pipe(
-            prompts, generator=generators, output_type="np", **call_kwargs
-        ).images
+        images = pipe(prompts, generator=generators, output_type="np", **call_kwargs).images
     return _as_float_images(images)
 
 
@@ -596,9 +548,7 @@ def _columns(steps: Any, n_steps: int) -> list[Column]:
         elif isinstance(s, int) and not isinstance(s, bool) and 0 <= s < n_steps:
             out.append(int(s))
         else:
-            raise ConfigError(
-                f"steps={steps!r}: {s!r} is not 'all' or a step index in 0..{n_steps - 1}."
-            )
+            raise ConfigError(f"steps={steps!r}: {s!r} is not 'all' or a step index in 0..{n_steps - 1}.")
     if not out:
         raise ConfigError("steps is empty; give step indices and/or 'all'.")
     return list(dict.fromkeys(out))
@@ -609,9 +559,7 @@ def _default_steps(pipe: Any) -> int:
     import inspect
 
     try:
-        default = (
-            inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
-        )
+        default = inspect.signature(pipe.__call__).parameters["num_inference_steps"].default
     except (KeyError, TypeError, ValueError):
         return 50
     return int(default) if isinstance(default, int) else 50
@@ -638,9 +586,7 @@ def _check_mask(mask: Any, n: int) -> np.ndarray | None:
     if m.ndim == 2:
         m = np.broadcast_to(m, (n, *m.shape))
     if m.ndim != 3 or m.shape[0] != n:
-        raise ConfigError(
-            f"mask must be [H, W] or [n_pairs, H, W]; got shape {np.asarray(mask).shape} for {n} pairs."
-        )
+        raise ConfigError(f"mask must be [H, W] or [n_pairs, H, W]; got shape {np.asarray(mask).shape} for {n} pairs.")
     return m
 
 
@@ -688,23 +634,15 @@ def patch_grid(
         raise ConfigError(f"cfg={cfg!r} is not one of 'cond', 'uncond', 'both'.")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1.")
-    words = (
-        [tokens]
-        if isinstance(tokens, str)
-        else (list(tokens) if tokens is not None else None)
-    )
+    words = [tokens] if isinstance(tokens, str) else (list(tokens) if tokens is not None else None)
     site_list = patchable_sites(pipe, sites, words)
-    positions = (
-        pair_token_positions(pipe, pairs, words) if words else [None] * len(pairs)
-    )
+    positions = pair_token_positions(pipe, pairs, words) if words else [None] * len(pairs)
     masks = _check_mask(mask, len(pairs))
     call_kwargs: dict[str, Any] = {}
     if num_inference_steps is not None:
         call_kwargs["num_inference_steps"] = int(num_inference_steps)
     columns: list[Column] | None = None
-    if (
-        steps is not None
-    ):  # checked against the pipeline's step count before any compute
+    if steps is not None:  # checked against the pipeline's step count before any compute
         columns = _columns(steps, int(num_inference_steps or _default_steps(pipe)))
 
     n = len(pairs)
@@ -715,27 +653,19 @@ def patch_grid(
     order: dict[Any, list[int]] = {}
     for k, pos in enumerate(positions):
         order.setdefault(pos, []).append(k)
-    chunks = [
-        (pos, ks[i : i + batch_size])
-        for pos, ks in order.items()
-        for i in range(0, len(ks), batch_size)
-    ]
+    chunks = [(pos, ks[i : i + batch_size]) for pos, ks in order.items() for i in range(0, len(ks), batch_size)]
     done = 0
     for pos, idx in chunks:
         chunk = [pairs[k] for k in idx]
         seeds = [p.seed for p in chunk]
-        with record(
-            pipe, sites=site_list, cfg=cfg
-        ) as donor:  # the source run, once per pair
+        with record(pipe, sites=site_list, cfg=cfg) as donor:  # the source run, once per pair
             x_src = generate_images(pipe, [p.source for p in chunk], seeds, call_kwargs)
         x_base = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
         if per_pair is None:
             columns = columns or _columns(steps, len(donor.steps))
             per_pair = np.full((len(site_list), len(columns), n), np.nan)
             oracle = np.full((len(site_list), len(columns), n), np.nan)
-            patched_kept = np.zeros(
-                (len(site_list), len(columns), keep, *x_base.shape[1:]), dtype=np.uint8
-            )
+            patched_kept = np.zeros((len(site_list), len(columns), keep, *x_base.shape[1:]), dtype=np.uint8)
         m = None if masks is None else masks[idx]
         for i, site in enumerate(site_list):
             for j, column in enumerate(columns):
@@ -748,9 +678,7 @@ def patch_grid(
                     cfg=None if cfg == "both" else cfg,
                     tokens=list(pos) if pos else None,
                 ):
-                    x_p = generate_images(
-                        pipe, [p.base for p in chunk], seeds, call_kwargs
-                    )
+                    x_p = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
                 per_pair[i, j, idx] = patch_effect(x_base, x_src, x_p, m, metric)
                 oracle[i, j, idx] = _oracle_hits(x_p, chunk)
                 for slot, k in enumerate(idx):
@@ -783,9 +711,7 @@ def patch_grid(
     )
 
 
-def _gather_images(
-    base_all: list, source_all: list, n: int, keep: int, patched: np.ndarray
-) -> dict[str, np.ndarray]:
+def _gather_images(base_all: list, source_all: list, n: int, keep: int, patched: np.ndarray) -> dict[str, np.ndarray]:
     shape = base_all[0][1].shape[1:]
     base = np.zeros((n, *shape), dtype=np.uint8)
     source = np.zeros((n, *shape), dtype=np.uint8)
@@ -826,9 +752,7 @@ def ablate_direction(
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r} is not one of {', '.join(METRICS)}.")
     if not hasattr(direction, "vector") or not hasattr(direction, "site"):
-        raise ConfigError(
-            "ablate_direction needs a latentlens.Direction (with .vector and .site)."
-        )
+        raise ConfigError("ablate_direction needs a latentlens.Direction (with .vector and .site).")
     ablate(pipe, direction)  # checks the site before any compute
     masks = _check_mask(mask, len(pairs))
     call_kwargs: dict[str, Any] = {}
@@ -848,9 +772,7 @@ def ablate_direction(
         x_src = generate_images(pipe, [p.source for p in chunk], seeds, call_kwargs)
         x_base = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
         if patched_kept is None:
-            patched_kept = np.zeros(
-                (1, len(columns), keep, *x_base.shape[1:]), dtype=np.uint8
-            )
+            patched_kept = np.zeros((1, len(columns), keep, *x_base.shape[1:]), dtype=np.uint8)
         m = None if masks is None else masks[idx]
         for j, column in enumerate(columns):
             with ablate(
@@ -864,10 +786,7 @@ def ablate_direction(
             oracle[0, j, idx] = _oracle_hits(x_a, chunk)
             flipped_back = _oracle_hits(
                 x_a,
-                [
-                    PatchPair(p.base, p.source, p.seed, p.attribute, None, p.base_value)
-                    for p in chunk
-                ],
+                [PatchPair(p.base, p.source, p.seed, p.attribute, None, p.base_value) for p in chunk],
             )
             changed[j, idx] = 1.0 - flipped_back
             for slot, k in enumerate(idx):
@@ -884,9 +803,7 @@ def ablate_direction(
             "site": direction.site,
             "provenance": dict(getattr(direction, "provenance", {}) or {}),
         },
-        "oracle_changed": [
-            None if np.isnan(c).all() else float(np.nanmean(c)) for c in changed
-        ],
+        "oracle_changed": [None if np.isnan(c).all() else float(np.nanmean(c)) for c in changed],
     }
     return PatchGrid(
         [direction.site],

@@ -186,10 +186,18 @@ class StreamingPCA(_PCABase):
             self._resolve_k(d, self.n_seen_)  # fail early on an impossible n_components
         return self
 
-    _LAZY = frozenset({
-        "mean_", "components_", "explained_variance_", "explained_variance_ratio_", "singular_values_",
-        "noise_variance_", "n_components_", "n_samples_seen_",
-    })
+    _LAZY = frozenset(
+        {
+            "mean_",
+            "components_",
+            "explained_variance_",
+            "explained_variance_ratio_",
+            "singular_values_",
+            "noise_variance_",
+            "n_components_",
+            "n_samples_seen_",
+        }
+    )
 
     def __getattr__(self, name: str) -> Any:
         # Components are computed from the moments on first access after a partial_fit (one eigh).

@@ -116,8 +116,13 @@ def fit_softmax_batched(
     # The objective divided by C * n: same minimiser, gradients of order 1 whatever n is.
     ridge = 1.0 / (C * n)
     optimizer = torch.optim.LBFGS(
-        [params], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
-        history_size=20, line_search_fn="strong_wolfe",
+        [params],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
     )
 
     def closure() -> torch.Tensor:
@@ -185,9 +190,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_, y_index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(
-                f"LinearProbe needs at least 2 classes in y, got 1 class: {self.classes_[0]!r}."
-            )
+            raise ValueError(f"LinearProbe needs at least 2 classes in y, got 1 class: {self.classes_[0]!r}.")
         if not (isinstance(self.C, (int, float)) and self.C > 0):
             raise ValueError(f"C must be a positive number, got {self.C!r}.")
         Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).unsqueeze(0)  # [1, n, d]
@@ -197,8 +200,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         else:
             Xs, mean, std = Xt, torch.zeros(1, 1, d, dtype=Xt.dtype), torch.ones(1, 1, d, dtype=Xt.dtype)
         W, b, self.n_iter_ = fit_softmax_batched(
-            Xs, [torch.from_numpy(y_index.astype(np.int64))], [len(self.classes_)], C=float(self.C),
-            max_iter=self.max_iter, tol=self.tol,
+            Xs,
+            [torch.from_numpy(y_index.astype(np.int64))],
+            [len(self.classes_)],
+            C=float(self.C),
+            max_iter=self.max_iter,
+            tol=self.tol,
         )
         W = W[0] / std[0, 0].unsqueeze(1)  # [d, k] in original units
         b = b[0] - (mean[0, 0] @ W)  # [k]
@@ -346,17 +353,23 @@ class LinearProbeGrid(BaseEstimator):
             if n is None:
                 n = rows
             elif rows != n:
-                raise ConfigError(f"Cell {cell} has {rows} samples but the first cell has {n}; every cell needs the same samples.")
+                raise ConfigError(
+                    f"Cell {cell} has {rows} samples but the first cell has {n}; every cell needs the same samples."
+                )
         assert n is not None
         self.attributes_: dict[str, list[Any]] = {}
         targets: list[np.ndarray] = []
         for attribute, given in labels.items():
             values = np.asarray(given)
             if len(values) != n:
-                raise ConfigError(f"Attribute {attribute!r} has {len(values)} labels but the features have {n} samples.")
+                raise ConfigError(
+                    f"Attribute {attribute!r} has {len(values)} labels but the features have {n} samples."
+                )
             classes, y = np.unique(values, return_inverse=True)
             if len(classes) < 2:
-                raise ConfigError(f"Attribute {attribute!r} has a single class ({classes[0]!r}); a probe needs at least 2.")
+                raise ConfigError(
+                    f"Attribute {attribute!r} has a single class ({classes[0]!r}); a probe needs at least 2."
+                )
             self.attributes_[attribute] = classes.tolist()
             targets.append(y.astype(np.int64))
         if groups is not None and len(groups) != n:
@@ -390,9 +403,13 @@ class LinearProbeGrid(BaseEstimator):
         by_width: dict[int, list[Cell]] = {}
         finite: dict[Cell, torch.Tensor] = {}
         for cell in cells:
-            x = torch.as_tensor(np.asarray(features[cell]) if not isinstance(features[cell], torch.Tensor) else features[cell])
+            x = torch.as_tensor(
+                np.asarray(features[cell]) if not isinstance(features[cell], torch.Tensor) else features[cell]
+            )
             if x.ndim != 2:
-                raise ConfigError(f"Cell {cell} has features of shape {tuple(x.shape)}; expected [n_samples, n_features].")
+                raise ConfigError(
+                    f"Cell {cell} has features of shape {tuple(x.shape)}; expected [n_samples, n_features]."
+                )
             bad = int((~torch.isfinite(x)).sum())
             if bad:
                 self.nan_cells_.append({"site": cell[0], "step": int(cell[1]), "nan_count": bad})
@@ -456,9 +473,21 @@ class LinearProbeGrid(BaseEstimator):
             base: dict[str, Any] = dict(site=site, stream=site_stream(site), block=site_block(site), step=int(step))
             for h, attribute in enumerate(self.attributes_):
                 if cell not in fitted:
-                    self.results_.append(ProbeCell(attribute=attribute, **base, accuracy=math.nan, ci_low=math.nan,
-                                                   ci_high=math.nan, control_accuracy=math.nan, selectivity=math.nan,
-                                                   train_accuracy=math.nan, n_train=n_train, n_test=n_test, nan=True))
+                    self.results_.append(
+                        ProbeCell(
+                            attribute=attribute,
+                            **base,
+                            accuracy=math.nan,
+                            ci_low=math.nan,
+                            ci_high=math.nan,
+                            control_accuracy=math.nan,
+                            selectivity=math.nan,
+                            train_accuracy=math.nan,
+                            n_train=n_train,
+                            n_test=n_test,
+                            nan=True,
+                        )
+                    )
                     continue
                 preds = fitted[cell]
                 y = targets[h]
@@ -470,11 +499,20 @@ class LinearProbeGrid(BaseEstimator):
                     control = float((preds[n_attr + h][test] == controls[h][test]).mean())
                 else:
                     control = math.nan
-                self.results_.append(ProbeCell(
-                    attribute=attribute, **base, accuracy=accuracy, ci_low=low, ci_high=high,
-                    control_accuracy=control, selectivity=accuracy - control if self.control else math.nan,
-                    train_accuracy=train_accuracy, n_train=n_train, n_test=n_test,
-                ))
+                self.results_.append(
+                    ProbeCell(
+                        attribute=attribute,
+                        **base,
+                        accuracy=accuracy,
+                        ci_low=low,
+                        ci_high=high,
+                        control_accuracy=control,
+                        selectivity=accuracy - control if self.control else math.nan,
+                        train_accuracy=train_accuracy,
+                        n_train=n_train,
+                        n_test=n_test,
+                    )
+                )
         return self
 
     # -------------------------------------------------------------- results
@@ -488,13 +526,21 @@ class LinearProbeGrid(BaseEstimator):
         check_is_fitted(self, "results_")
         self._check_attribute(attribute)
         rows = [
-            r for r in self.results_
+            r
+            for r in self.results_
             if r.attribute == attribute and not r.nan and (stream is None or r.stream == stream)
         ]
         if not rows:
             return None
-        best = max(rows, key=lambda r: (r.accuracy, r.selectivity if not math.isnan(r.selectivity) else 0.0,
-                                        -(r.block if r.block is not None else -1), -r.step))
+        best = max(
+            rows,
+            key=lambda r: (
+                r.accuracy,
+                r.selectivity if not math.isnan(r.selectivity) else 0.0,
+                -(r.block if r.block is not None else -1),
+                -r.step,
+            ),
+        )
         return best.as_dict()
 
     def grid(self, attribute: str, stream: str, value: str = "accuracy") -> tuple[list[int], list[int], np.ndarray]:
@@ -533,6 +579,4 @@ class LinearProbeGrid(BaseEstimator):
 
     def _check_attribute(self, attribute: str) -> None:
         if attribute not in self.attributes_:
-            raise ConfigError(
-                f"The grid has no attribute {attribute!r}; it has: {', '.join(self.attributes_)}."
-            )
+            raise ConfigError(f"The grid has no attribute {attribute!r}; it has: {', '.join(self.attributes_)}.")

@@ -116,7 +116,10 @@ def token_features(x: np.ndarray, how: str = "mean") -> np.ndarray:
 
 
 def cell_features(
-    array: Any, samples: Sequence[int], step_index: int, how: str = "mean",
+    array: Any,
+    samples: Sequence[int],
+    step_index: int,
+    how: str = "mean",
     max_read_bytes: int | None = MAX_READ_BYTES,
 ) -> np.ndarray:
     """``[n_samples, features]`` of one (site, step), read in blocks of whole chunks of samples.
@@ -153,8 +156,13 @@ def cell_features(
 
 
 def load_features(
-    run: Any, sites: Sequence[str], samples: Sequence[int], steps: Sequence[int] | None = None,
-    how: str = "mean", quiet: bool = True, max_read_bytes: int | None = MAX_READ_BYTES,
+    run: Any,
+    sites: Sequence[str],
+    samples: Sequence[int],
+    steps: Sequence[int] | None = None,
+    how: str = "mean",
+    quiet: bool = True,
+    max_read_bytes: int | None = MAX_READ_BYTES,
 ) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, list[int]]]:
     """``{(site, step): [n_samples, features]}`` for every chosen site and recorded step.
 
@@ -288,8 +296,16 @@ def analyze_run(
     read_seconds = time.perf_counter() - t0
 
     summary: dict[str, Any] = {
-        "run": str(run_dir), "samples": len(samples), "sites": chosen, "steps": sorted({s for v in site_steps.values() for s in v}),
-        "features": features, "attributes": {}, "probes": [], "nan_cells": [], "directions": [], "cosine": None,
+        "run": str(run_dir),
+        "samples": len(samples),
+        "sites": chosen,
+        "steps": sorted({s for v in site_steps.values() for s in v}),
+        "features": features,
+        "attributes": {},
+        "probes": [],
+        "nan_cells": [],
+        "directions": [],
+        "cosine": None,
     }
     grid = None
     t0 = time.perf_counter()
@@ -300,18 +316,27 @@ def analyze_run(
         grid.fit(feats, labels, groups=groups)
         summary["attributes"] = {a: [str(c) for c in v] for a, v in grid.attributes_.items()}
         summary["nan_cells"] = grid.nan_cells_
-        summary["solver"] = {"n_iter": int(grid.n_iter_), "max_iter": int(grid.max_iter),
-                             "converged": int(grid.n_iter_) < int(grid.max_iter)}
+        summary["solver"] = {
+            "n_iter": int(grid.n_iter_),
+            "max_iter": int(grid.max_iter),
+            "converged": int(grid.n_iter_) < int(grid.max_iter),
+        }
         if not summary["solver"]["converged"]:
-            _log(f"analyze: warning: the probe solver stopped at its {grid.max_iter}-iteration cap; accuracies may "
-                 "be slightly below the optimum (LinearProbeGrid(max_iter=...) raises the cap).", quiet)
+            _log(
+                f"analyze: warning: the probe solver stopped at its {grid.max_iter}-iteration cap; accuracies may "
+                "be slightly below the optimum (LinearProbeGrid(max_iter=...) raises the cap).",
+                quiet,
+            )
         for attribute in grid.attributes_:
             for stream in ("img", "txt"):
                 best = grid.best(attribute, stream)
                 if best is not None:
                     summary["probes"].append(best)
-        _log(f"analyze: probe grid of {len(grid.cells_)} cells x {len(labels)} attributes "
-             f"in {time.perf_counter() - t0:.1f} s", quiet)
+        _log(
+            f"analyze: probe grid of {len(grid.cells_)} cells x {len(labels)} attributes "
+            f"in {time.perf_counter() - t0:.1f} s",
+            quiet,
+        )
     else:
         nan_cells = []
         for (site, step), x in feats.items():
@@ -322,8 +347,11 @@ def analyze_run(
         summary["note"] = "The run has no labels with at least 2 classes; only PCA and embeddings were computed."
     probe_seconds = time.perf_counter() - t0
     for cell in summary["nan_cells"]:
-        _log(f"analyze: warning: {cell['nan_count']} NaN/inf values at site {cell['site']} step {cell['step']}; "
-             "that cell is left out.", quiet)
+        _log(
+            f"analyze: warning: {cell['nan_count']} NaN/inf values at site {cell['site']} step {cell['step']}; "
+            "that cell is left out.",
+            quiet,
+        )
 
     t0 = time.perf_counter()
     nan_set = {(c["site"], c["step"]) for c in summary["nan_cells"]}
@@ -335,10 +363,19 @@ def analyze_run(
             continue
         k = int(min(10, x.shape[0] - 1, x.shape[1]))
         pca = PCA(n_components=k).fit(x)
-        pca_info.append({"site": cell[0], "step": int(cell[1]), "stream": site_stream(cell[0]),
-                         "block": site_block(cell[0]),
-                         "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_]})
-        arrays: dict[str, Any] = {"pca": pca.transform(x).astype(np.float32), "sample": np.asarray(samples, dtype=np.int64)}
+        pca_info.append(
+            {
+                "site": cell[0],
+                "step": int(cell[1]),
+                "stream": site_stream(cell[0]),
+                "block": site_block(cell[0]),
+                "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
+            }
+        )
+        arrays: dict[str, Any] = {
+            "pca": pca.transform(x).astype(np.float32),
+            "sample": np.asarray(samples, dtype=np.int64),
+        }
         if umap == "all" or (umap == "best" and cell in best_cells):
             embedded = embed_2d(x, method="auto", random_state=random_state)
             arrays["umap" if embedded["method"] == "umap" else "pca2d"] = embedded["coords"]
@@ -358,8 +395,15 @@ def analyze_run(
                 x = cell_features(run[site], samples, k, "mean", max_read_bytes)
             for value in grid.attributes_[attribute]:
                 d = class_mean_direction(
-                    x, labels[attribute], to=str(value), site=site, steps=[int(step)], attribute=attribute,
-                    run=str(run_dir), accuracy=best["accuracy"], selectivity=best["selectivity"],
+                    x,
+                    labels[attribute],
+                    to=str(value),
+                    site=site,
+                    steps=[int(step)],
+                    attribute=attribute,
+                    run=str(run_dir),
+                    accuracy=best["accuracy"],
+                    selectivity=best["selectivity"],
                 )
                 name = f"{attribute}/{value}" if stream == "img" else f"txt/{attribute}/{value}"
                 directions[name] = d
@@ -374,18 +418,25 @@ def analyze_run(
                 _log(f"analyze: warning: {summary['validation_note']}", quiet)
             summary["seconds_validate"] = round(time.perf_counter() - t0, 3)
         summary["cosine"] = _cosine_summary(feats, labels, grid, features, cosine_matrix, class_mean_direction)
-    summary["seconds"] = {"read": round(read_seconds, 3), "probes": round(probe_seconds, 3),
-                          "pca_embed": round(embed_seconds, 3), "total": round(time.perf_counter() - started, 3)}
+    summary["seconds"] = {
+        "read": round(read_seconds, 3),
+        "probes": round(probe_seconds, 3),
+        "pca_embed": round(embed_seconds, 3),
+        "total": round(time.perf_counter() - started, 3),
+    }
 
     if write:
         _write(Path(run_dir), summary, grid, pca_info, embeddings, directions)
         summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
-        (Path(run_dir) / ANALYSIS / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
+        (Path(run_dir) / ANALYSIS / "summary.json").write_text(
+            json.dumps(summary, indent=2, default=json_default) + "\n"
+        )
     return summary
 
 
-def _edit_directions(run: Any, samples: list[int], labels: dict[str, list[str]], run_dir: str,
-                     quiet: bool) -> dict[str, Any]:
+def _edit_directions(
+    run: Any, samples: list[int], labels: dict[str, list[str]], run_dir: str, quiet: bool
+) -> dict[str, Any]:
     """Token-wise edit directions at block 0's text stream (shapes-world runs that recorded it)."""
     from latentlens.analysis.validate import (
         EDIT_SITES,
@@ -407,13 +458,26 @@ def _edit_directions(run: Any, samples: list[int], labels: dict[str, list[str]],
         return {}
     array = run[site]
     # block 0's text input does not depend on the step; a block output is averaged over the recorded steps
-    x = np.mean([np.asarray(array[idx, k], dtype=np.float32) for k in range(array.shape[1] if site.startswith("blocks.0.resid_out") else 1)], axis=0)
+    x = np.mean(
+        [
+            np.asarray(array[idx, k], dtype=np.float32)
+            for k in range(array.shape[1] if site.startswith("blocks.0.resid_out") else 1)
+        ],
+        axis=0,
+    )
     sub = {a: [v for v, c in zip(values, canonical) if c] for a, values in labels.items()}
     return edit_directions(x, sub, site, run=run_dir, samples=f"{len(idx)} canonical-caption samples")
 
 
-def _validate(run: Any, samples: list[int], labels: dict[str, list[str]], directions: dict[str, Any], n: int,
-              pipeline: Any, quiet: bool) -> list[dict[str, Any]]:
+def _validate(
+    run: Any,
+    samples: list[int],
+    labels: dict[str, list[str]],
+    directions: dict[str, Any],
+    n: int,
+    pipeline: Any,
+    quiet: bool,
+) -> list[dict[str, Any]]:
     """Steer with every direction; store the report in its provenance; the reports, best score first."""
     from latentlens.analysis.validate import validate_direction
 
@@ -433,7 +497,9 @@ def _validate(run: Any, samples: list[int], labels: dict[str, list[str]], direct
         except LatentlensError:
             raise
         except Exception as error:  # a hub id that is not cached, a moved folder...
-            raise StoreError(f"the run's model {model_id!r} cannot be loaded ({type(error).__name__}: {error})") from error
+            raise StoreError(
+                f"the run's model {model_id!r} cannot be loaded ({type(error).__name__}: {error})"
+            ) from error
     steps = (manifest.get("generation") or {}).get("num_inference_steps")
     p = [prompts[i] for i in samples]
     s = [seeds[i] for i in samples]
@@ -442,8 +508,9 @@ def _validate(run: Any, samples: list[int], labels: dict[str, list[str]], direct
         attribute, to = direction.provenance.get("attribute"), direction.provenance.get("to")
         if attribute not in labels or to is None:
             continue
-        report = validate_direction(pipeline, direction, p, s, labels, attribute=attribute, to=str(to), n=n,
-                                    num_inference_steps=steps, seed=k)
+        report = validate_direction(
+            pipeline, direction, p, s, labels, attribute=attribute, to=str(to), n=n, num_inference_steps=steps, seed=k
+        )
         direction.provenance["validation"] = report
         reports.append({"name": name, **report})
         _log(f"analyze: validated {name}: score {report['score']:.2f} ({k + 1}/{len(directions)})", quiet)
@@ -466,27 +533,45 @@ def _cosine_summary(feats, labels, grid, features, cosine_matrix, class_mean_dir
     vectors = {}
     for attribute, values in grid.attributes_.items():
         for value in values:
-            vectors[f"{attribute}={value}"] = class_mean_direction(x, labels[attribute], to=str(value), site=site).vector
+            vectors[f"{attribute}={value}"] = class_mean_direction(
+                x, labels[attribute], to=str(value), site=site
+            ).vector
     names, matrix = cosine_matrix(vectors)
     attrs = list(grid.attributes_)
     owner = [n.split("=", 1)[0] for n in names]
     summary = np.zeros((len(attrs), len(attrs)))
     for i, a in enumerate(attrs):
         for j, b in enumerate(attrs):
-            block = np.abs(matrix[np.ix_([k for k, o in enumerate(owner) if o == a], [k for k, o in enumerate(owner) if o == b])])
+            block = np.abs(
+                matrix[np.ix_([k for k, o in enumerate(owner) if o == a], [k for k, o in enumerate(owner) if o == b])]
+            )
             summary[i, j] = 1.0 if i == j else float(np.nanmax(block))
-    return {"site": site, "step": int(step), "features": features, "names": names,
-            "matrix": np.round(matrix, 4).tolist(), "attributes": attrs,
-            "attribute_max_abs_cosine": np.round(summary, 4).tolist()}
+    return {
+        "site": site,
+        "step": int(step),
+        "features": features,
+        "names": names,
+        "matrix": np.round(matrix, 4).tolist(),
+        "attributes": attrs,
+        "attribute_max_abs_cosine": np.round(summary, 4).tolist(),
+    }
 
 
 def _write(run_dir: Path, summary, grid, pca_info, embeddings, directions) -> None:
     with AnalysisWriter(run_dir) as out:
         if grid is not None:
-            out.probes(grid.records(), grid.attributes_, settings={
-                "C": grid.C, "test_size": grid.test_size, "max_features": grid.max_features,
-                "features": summary["features"], "random_state": grid.random_state,
-                "control": "Hewitt & Liang: a random class per label combination"})
+            out.probes(
+                grid.records(),
+                grid.attributes_,
+                settings={
+                    "C": grid.C,
+                    "test_size": grid.test_size,
+                    "max_features": grid.max_features,
+                    "features": summary["features"],
+                    "random_state": grid.random_state,
+                    "control": "Hewitt & Liang: a random class per label combination",
+                },
+            )
         out.pca(pca_info)
         for (site, step), arrays in embeddings.items():
             method = "umap" if "umap" in arrays else ("pca" if "pca2d" in arrays else None)

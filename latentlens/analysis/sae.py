@@ -139,6 +139,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------ checks
     def check_params(self) -> None:
         """Raise :class:`ConfigError` (a ``ValueError``) for an invalid hyperparameter, e.g. ``k > n_features``."""
+
         def positive_int(name: str, value: Any) -> None:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -153,8 +154,9 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
                 f"k={self.k} is larger than n_features={self.n_features}; a TopK SAE activates at most "
                 "n_features features per row, so choose k <= n_features."
             )
-        if self.aux_k is not None and (isinstance(self.aux_k, bool) or not isinstance(self.aux_k, (int, np.integer))
-                                       or self.aux_k < 0):
+        if self.aux_k is not None and (
+            isinstance(self.aux_k, bool) or not isinstance(self.aux_k, (int, np.integer)) or self.aux_k < 0
+        ):
             raise ConfigError(f"aux_k must be a non-negative integer or None, got {self.aux_k!r}.")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}.")
@@ -198,13 +200,24 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         self.rng_state_ = generator.get_state().numpy()
 
     def _reset(self) -> None:
-        for name in (*_ARRAYS, "scale_", "n_steps_", "aux_steps_", "n_rows_seen_", "loss_curve_", "optimizer_state_",
-                     "rng_state_", "n_features_in_"):
+        for name in (
+            *_ARRAYS,
+            "scale_",
+            "n_steps_",
+            "aux_steps_",
+            "n_rows_seen_",
+            "loss_curve_",
+            "optimizer_state_",
+            "rng_state_",
+            "n_features_in_",
+        ):
             self.__dict__.pop(name, None)
 
     def _params(self, device: torch.device) -> dict[str, torch.Tensor]:
-        return {name: torch.tensor(getattr(self, name + "_"), dtype=torch.float32, device=device).requires_grad_(True)
-                for name in ("W_enc", "b_enc", "W_dec", "b_pre")}
+        return {
+            name: torch.tensor(getattr(self, name + "_"), dtype=torch.float32, device=device).requires_grad_(True)
+            for name in ("W_enc", "b_enc", "W_dec", "b_pre")
+        }
 
     # --------------------------------------------------------------- fit
     def fit(self, X: Any, y: Any = None) -> SparseAutoencoder:
@@ -293,8 +306,10 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
 
     # --------------------------------------------------------- transform
     def _encode(self, X: np.ndarray, device: torch.device) -> torch.Tensor:
-        u = (torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-             - torch.from_numpy(self.mean_).to(device)) / float(self.scale_)
+        u = (
+            torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+            - torch.from_numpy(self.mean_).to(device)
+        ) / float(self.scale_)
         W_enc = torch.from_numpy(self.W_enc_).to(device)
         pre = (u - torch.from_numpy(self.b_pre_).to(device)) @ W_enc + torch.from_numpy(self.b_enc_).to(device)
         values, indices = _topk_relu(pre, int(self.k))
@@ -371,8 +386,14 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         raise ConfigError(f"scale must be 'mean_activation', 'decoder' or 'unit', got {scale!r}.")
 
     def feature_direction(
-        self, feature: int, *, site: str, steps: Sequence[int] | None = None, tokens: Sequence[int] | None = None,
-        scale: DirectionScale = "mean_activation", **provenance: Any,
+        self,
+        feature: int,
+        *,
+        site: str,
+        steps: Sequence[int] | None = None,
+        tokens: Sequence[int] | None = None,
+        scale: DirectionScale = "mean_activation",
+        **provenance: Any,
     ) -> Any:
         """Feature ``feature`` as a :class:`latentlens.Direction` (its decoder row), for ``steer`` and the editor.
 
@@ -386,23 +407,36 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
                 f"Feature {feature} never fired in training, so its mean-activation direction is zero; "
                 "use scale='decoder' or choose a live feature."
             )
-        record: dict[str, Any] = {"method": "sae_feature", "feature": int(feature), "scale": scale,
-                                  "n_features": int(self.n_features), "k": int(self.k),
-                                  "frequency": float(self.frequency_[int(feature)]),
-                                  "mean_activation": float(self.mean_activation_[int(feature)]),
-                                  "sae_config_hash": self.config_hash()}
+        record: dict[str, Any] = {
+            "method": "sae_feature",
+            "feature": int(feature),
+            "scale": scale,
+            "n_features": int(self.n_features),
+            "k": int(self.k),
+            "frequency": float(self.frequency_[int(feature)]),
+            "mean_activation": float(self.mean_activation_[int(feature)]),
+            "sae_config_hash": self.config_hash(),
+        }
         record.update(getattr(self, "provenance_", {}) or {})
         record.update(provenance)
         return Direction(torch.from_numpy(vector), site=site, steps=steps, tokens=tokens, provenance=record)
 
     def _check_feature(self, feature: Any) -> None:
-        if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < self.n_features:
-            raise ConfigError(f"Feature {feature!r} does not exist; the SAE has features 0..{int(self.n_features) - 1}.")
+        if (
+            isinstance(feature, bool)
+            or not isinstance(feature, (int, np.integer))
+            or not 0 <= feature < self.n_features
+        ):
+            raise ConfigError(
+                f"Feature {feature!r} does not exist; the SAE has features 0..{int(self.n_features) - 1}."
+            )
 
     # --------------------------------------------------------------- I/O
     def config(self) -> dict[str, Any]:
         """The hyperparameters (``get_params``) as plain JSON values."""
-        return {key: (value.item() if isinstance(value, np.generic) else value) for key, value in self.get_params().items()}
+        return {
+            key: (value.item() if isinstance(value, np.generic) else value) for key, value in self.get_params().items()
+        }
 
     def config_hash(self) -> str:
         """A short hash of the hyperparameters and the input width (which SAE this is, not its weights)."""
@@ -411,8 +445,9 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def save(self, path: str | Path, *, provenance: dict[str, Any] | None = None,
-             metrics: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    def save(
+        self, path: str | Path, *, provenance: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None
+    ) -> tuple[Path, Path]:
         """Write ``path.safetensors`` (weights and counters) and ``path.json`` (config, provenance, metrics).
 
         ``provenance`` should name where the rows came from, e.g. ``{"run": ..., "site": ..., "steps": [...]}``;
@@ -429,10 +464,18 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         if provenance is not None:
             self.provenance_ = dict(provenance)
         meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "config": self.config(), "config_hash": self.config_hash(),
-            "n_features_in": int(self.n_features_in_), "scale": float(self.scale_), "n_steps": int(self.n_steps_), "aux_steps": int(self.aux_steps_),
-            "n_rows_seen": int(self.n_rows_seen_), "provenance": getattr(self, "provenance_", {}),
-            "metrics": metrics or {}, "loss_curve_tail": [float(v) for v in self.loss_curve_[-50:]],
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": self.config(),
+            "config_hash": self.config_hash(),
+            "n_features_in": int(self.n_features_in_),
+            "scale": float(self.scale_),
+            "n_steps": int(self.n_steps_),
+            "aux_steps": int(self.aux_steps_),
+            "n_rows_seen": int(self.n_rows_seen_),
+            "provenance": getattr(self, "provenance_", {}),
+            "metrics": metrics or {},
+            "loss_curve_tail": [float(v) for v in self.loss_curve_[-50:]],
         }
         try:
             text = json.dumps(meta, indent=2, allow_nan=True)
@@ -474,8 +517,13 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         sae = cls(**config)
         for name in _ARRAYS:
             array = tensors[name].numpy()
-            setattr(sae, name, array.astype(np.float64) if name in ("rows_since_fired_", "fire_count_", "activation_sum_")
-                    else array.astype(np.float32))
+            setattr(
+                sae,
+                name,
+                array.astype(np.float64)
+                if name in ("rows_since_fired_", "fire_count_", "activation_sum_")
+                else array.astype(np.float32),
+            )
         sae.scale_ = float(meta["scale"])
         sae.n_features_in_ = int(meta["n_features_in"])
         sae.n_steps_ = int(meta.get("n_steps", 0))
@@ -496,6 +544,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
 
 def _optimizer_state_to(state: dict[str, Any], device: torch.device, numpy: bool = False) -> dict[str, Any]:
     """A copy of an Adam ``state_dict`` with its tensors on ``device`` (``numpy``: as numpy arrays, picklable)."""
+
     def convert(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             return value.detach().cpu().numpy().copy() if numpy else value.to(device)
@@ -546,8 +595,12 @@ def iter_site_rows(
     """
     array = run[site]
     if tuple(array.dims[:2]) != ("sample", "step") or array.dims[-1] != "channel":
-        raise ConfigError(f"{site!r} has dims {array.dims}; an SAE needs an activation site [sample, step, (token,) channel].")
-    wanted = np.asarray(sorted(run.completed) if samples is None else sorted(set(int(s) for s in samples)), dtype=np.int64)
+        raise ConfigError(
+            f"{site!r} has dims {array.dims}; an SAE needs an activation site [sample, step, (token,) channel]."
+        )
+    wanted = np.asarray(
+        sorted(run.completed) if samples is None else sorted(set(int(s) for s in samples)), dtype=np.int64
+    )
     if len(wanted) == 0:
         raise StoreError(f"The run {run.path} has no finished samples at {site!r} to train on.")
     per = int(block_samples or array.chunks[0] or 1)

@@ -78,8 +78,11 @@ def run_labels(run: Any, samples: Sequence[int]) -> dict[str, np.ndarray]:
         row = rows[i] if i < len(rows) else None
         picked.append(row if isinstance(row, dict) else ((journal.get(i) or {}).get("labels") or {}))
     names = sorted({k for r in picked for k in r})
-    return {n: np.asarray([str(r[n]) for r in picked]) for n in names
-            if all(r.get(n) is not None for r in picked) and len({str(r[n]) for r in picked}) >= 2}
+    return {
+        n: np.asarray([str(r[n]) for r in picked])
+        for n in names
+        if all(r.get(n) is not None for r in picked) and len({str(r[n]) for r in picked}) >= 2
+    }
 
 
 # ------------------------------------------------------------------ masks
@@ -91,19 +94,23 @@ def ground_truth_masks(run: Any, site: str, labels: dict[str, np.ndarray]) -> tu
         return None, f"{site!r} is not an image-stream site, so its tokens are not image patches."
     missing = [a for a in shapes.ATTRIBUTES if a not in labels]
     if missing:
-        return None, (f"the run's labels lack {', '.join(missing)}, so the object's pixels cannot be rendered "
-                      "(runs store no object masks).")
+        return None, (
+            f"the run's labels lack {', '.join(missing)}, so the object's pixels cannot be rendered "
+            "(runs store no object masks)."
+        )
     n = len(labels["shape"])
     bad = [a for a in shapes.ATTRIBUTES if not set(labels[a]) <= set(shapes.VALUES[a])]
     if bad:
         return None, f"the run's {bad[0]} labels are not shapes-world values, so no mask can be rendered."
-    config = ((run.manifest.get("model") or {}).get("transformer_config") or {})
+    config = (run.manifest.get("model") or {}).get("transformer_config") or {}
     canvas, patch = int(config.get("sample_size") or 0), int(config.get("patch_size") or 0)
     tokens = int(run[site].shape[2]) if run[site].ndim == 4 else 1
     side = canvas // patch if canvas and patch else 0
     if side * side != tokens:
-        return None, (f"{site!r} has {tokens} tokens, not the {side}x{side} patch grid of a {canvas}-pixel canvas, "
-                      "so tokens cannot be matched to pixels.")
+        return None, (
+            f"{site!r} has {tokens} tokens, not the {side}x{side} patch grid of a {canvas}-pixel canvas, "
+            "so tokens cannot be matched to pixels."
+        )
     masks = np.zeros((n, tokens), dtype=bool)
     cache: dict[tuple[str, ...], np.ndarray] = {}
     for i in range(n):
@@ -196,8 +203,17 @@ def train_run_sae(
     from latentlens.store import config_hash
 
     started = time.perf_counter()
-    sae = SparseAutoencoder(n_features=n_features, k=k, aux_k=aux_k, dead_after=dead_after, epochs=1,
-                            batch_size=batch_size, lr=lr, device=device, random_state=seed)
+    sae = SparseAutoencoder(
+        n_features=n_features,
+        k=k,
+        aux_k=aux_k,
+        dead_after=dead_after,
+        epochs=1,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        random_state=seed,
+    )
     sae.check_params()  # bad hyperparameters fail before anything is read
     if not 0.0 < float(test_size) < 1.0:
         raise ConfigError(f"test_size must be between 0 and 1, got {test_size!r}.")
@@ -226,8 +242,9 @@ def train_run_sae(
     for epoch in range(int(epochs)):
         buffer: list[np.ndarray] = []
         held = 0
-        for rows, _, _ in iter_site_rows(run, site, steps=step_list, samples=train_ids, shuffle_blocks=True,
-                                         seed=seed * 1000 + epoch):
+        for rows, _, _ in iter_site_rows(
+            run, site, steps=step_list, samples=train_ids, shuffle_blocks=True, seed=seed * 1000 + epoch
+        ):
             buffer.append(rows)
             held += len(rows)
             if held >= buffer_rows:
@@ -267,14 +284,21 @@ def train_run_sae(
             fired |= (zt > 0).any(0)
     denominator = total_sq - float((channel_sum**2).sum()) / max(n_rows, 1)
     summary: dict[str, Any] = {
-        "run": str(run_dir), "site": site, "steps": step_list, "n_features": int(n_features), "k": int(k),
-        "epochs": int(epochs), "samples": {"train": len(train_ids), "held_out": len(test_ids)},
+        "run": str(run_dir),
+        "site": site,
+        "steps": step_list,
+        "n_features": int(n_features),
+        "k": int(k),
+        "epochs": int(epochs),
+        "samples": {"train": len(train_ids), "held_out": len(test_ids)},
         "rows": {"trained": int(rows_trained), "held_out": int(n_rows)},
         "fvu": sse / denominator if denominator > 0 else math.nan,
         "dead_fraction": float(1.0 - fired.mean()),
         "dead_fraction_training": sae.dead_fraction(),
         "l0": l0_sum / max(n_rows, 1),
-        "alignment": {}, "alignment_summary": None, "iou_note": None,
+        "alignment": {},
+        "alignment_summary": None,
+        "iou_note": None,
     }
 
     # ---- alignment with ground truth
@@ -291,38 +315,83 @@ def train_run_sae(
             threshold = float(thresholds[f, j])
             f1, precision, recall = _f1(sample_max[is_test, f] >= max(threshold, 1e-30), targets[is_test, j])
             best_features[f"{attribute}={value}"] = {
-                "feature": f, "f1": f1, "precision": precision, "recall": recall, "threshold": threshold,
-                "train_f1": float(train_f1[f, j]), "iou": None, "attribute": attribute, "value": value,
+                "feature": f,
+                "f1": f1,
+                "precision": precision,
+                "recall": recall,
+                "threshold": threshold,
+                "train_f1": float(train_f1[f, j]),
+                "iou": None,
+                "attribute": attribute,
+                "value": value,
             }
         if masks is not None:
             _token_iou(run, site, step_list, samples, sae, best_features, labels, masks, position, is_test)
         best_value = train_f1.argmax(axis=1)  # [F]
-        held_f1 = np.asarray([_f1(sample_max[is_test, f] >= max(float(thresholds[f, j]), 1e-30), targets[is_test, j])[0]
-                              for f, j in enumerate(best_value)])
-        per_feature = {"values": np.asarray([f"{a}={v}" for a, v in values]), "best_value": best_value.astype(np.int64),
-                       "best_f1": held_f1.astype(np.float32)}
+        held_f1 = np.asarray(
+            [
+                _f1(sample_max[is_test, f] >= max(float(thresholds[f, j]), 1e-30), targets[is_test, j])[0]
+                for f, j in enumerate(best_value)
+            ]
+        )
+        per_feature = {
+            "values": np.asarray([f"{a}={v}" for a, v in values]),
+            "best_value": best_value.astype(np.int64),
+            "best_f1": held_f1.astype(np.float32),
+        }
         hits = sum(1 for r in best_features.values() if r["f1"] >= F1_GOAL)
-        summary["alignment_summary"] = {"values": len(values), f"f1_at_least_{F1_GOAL}": hits,
-                                        "fraction": hits / len(values) if values else math.nan}
+        summary["alignment_summary"] = {
+            "values": len(values),
+            f"f1_at_least_{F1_GOAL}": hits,
+            "fraction": hits / len(values) if values else math.nan,
+        }
     elif alignment is None:
         summary["iou_note"] = "the run has no labels, so no alignment was computed."
     summary["alignment"] = best_features
     eval_seconds = time.perf_counter() - t0
 
-    provenance = {"run": str(Path(run_dir).resolve()), "site": site, "steps": step_list,
-                  "run_config_hash": run.manifest.get("config_hash") or config_hash(run.manifest),
-                  "train_samples": len(train_ids), "rows_trained": int(rows_trained), "seed": int(seed)}
+    provenance = {
+        "run": str(Path(run_dir).resolve()),
+        "site": site,
+        "steps": step_list,
+        "run_config_hash": run.manifest.get("config_hash") or config_hash(run.manifest),
+        "train_samples": len(train_ids),
+        "rows_trained": int(rows_trained),
+        "seed": int(seed),
+    }
     summary["config_hash"] = sae.config_hash()
-    summary["seconds"] = {"train": round(train_seconds, 3), "evaluate": round(eval_seconds, 3),
-                          "total": round(time.perf_counter() - started, 3)}
+    summary["seconds"] = {
+        "train": round(train_seconds, 3),
+        "evaluate": round(eval_seconds, 3),
+        "total": round(time.perf_counter() - started, 3),
+    }
     if write:
-        summary["paths"] = _write(Path(run_dir), site, sae, summary, provenance, samples, sample_max, position,
-                                  run, step_list, best_features, per_feature)
+        summary["paths"] = _write(
+            Path(run_dir),
+            site,
+            sae,
+            summary,
+            provenance,
+            samples,
+            sample_max,
+            position,
+            run,
+            step_list,
+            best_features,
+            per_feature,
+        )
     return summary
 
 
-def _token_activations(run: Any, site: str, steps: Sequence[int], samples: Sequence[int], sae: SparseAutoencoder,
-                       features: Sequence[int], position: dict[int, int]) -> np.ndarray:
+def _token_activations(
+    run: Any,
+    site: str,
+    steps: Sequence[int],
+    samples: Sequence[int],
+    sae: SparseAutoencoder,
+    features: Sequence[int],
+    position: dict[int, int],
+) -> np.ndarray:
     """``[n, tokens, len(features)]``: each feature's activation per token, max over ``steps``."""
     tokens = int(run[site].shape[2]) if run[site].ndim == 4 else 1
     out = np.zeros((len(samples), tokens, len(features)), dtype=np.float32)
@@ -339,9 +408,19 @@ def _iou(active: np.ndarray, truth: np.ndarray) -> float:
     return float((active & truth).sum()) / union if union else 0.0
 
 
-def _token_iou(run: Any, site: str, steps: Sequence[int], samples: Sequence[int], sae: SparseAutoencoder,
-               best: dict[str, dict[str, Any]], labels: dict[str, np.ndarray], masks: np.ndarray,
-               position: dict[int, int], is_test: np.ndarray, candidates: int = 48) -> None:
+def _token_iou(
+    run: Any,
+    site: str,
+    steps: Sequence[int],
+    samples: Sequence[int],
+    sae: SparseAutoencoder,
+    best: dict[str, dict[str, Any]],
+    labels: dict[str, np.ndarray],
+    masks: np.ndarray,
+    position: dict[int, int],
+    is_test: np.ndarray,
+    candidates: int = 48,
+) -> None:
     """Fill ``iou`` (held-out samples) and ``token_threshold`` (chosen on the training samples) of every record."""
     features = sorted({r["feature"] for r in best.values()})
     acts = _token_activations(run, site, steps, samples, sae, features, position)  # [n, tokens, B]
@@ -361,9 +440,20 @@ def _token_iou(run: Any, site: str, steps: Sequence[int], samples: Sequence[int]
 
 
 # ------------------------------------------------------------------- write
-def _write(run_dir: Path, site: str, sae: SparseAutoencoder, summary: dict[str, Any], provenance: dict[str, Any],
-           samples: Sequence[int], sample_max: np.ndarray, position: dict[int, int], run: Any,
-           steps: Sequence[int], best: dict[str, dict[str, Any]], per_feature: dict[str, np.ndarray]) -> dict[str, Any]:
+def _write(
+    run_dir: Path,
+    site: str,
+    sae: SparseAutoencoder,
+    summary: dict[str, Any],
+    provenance: dict[str, Any],
+    samples: Sequence[int],
+    sample_max: np.ndarray,
+    position: dict[int, int],
+    run: Any,
+    steps: Sequence[int],
+    best: dict[str, dict[str, Any]],
+    per_feature: dict[str, np.ndarray],
+) -> dict[str, Any]:
     folder = site_folder(run_dir, site)
     folder.mkdir(parents=True, exist_ok=True)
     metrics = {key: summary[key] for key in ("fvu", "dead_fraction", "l0", "alignment_summary")}
@@ -378,8 +468,15 @@ def _write(run_dir: Path, site: str, sae: SparseAutoencoder, summary: dict[str, 
     for f in range(sae.n_features):
         for t, s in enumerate(top_ids[f]):
             tokens[f, t] = acts[sub_position[int(s)], :, f]
-    np.savez(folder / "features.npz", sample=np.asarray(samples, dtype=np.int64), sample_max=sample_max.astype(np.float16),
-             frequency=sae.frequency_.astype(np.float32), top_samples=top_ids, top_tokens=tokens, **per_feature)
+    np.savez(
+        folder / "features.npz",
+        sample=np.asarray(samples, dtype=np.int64),
+        sample_max=sample_max.astype(np.float16),
+        frequency=sae.frequency_.astype(np.float32),
+        top_samples=top_ids,
+        top_tokens=tokens,
+        **per_feature,
+    )
     # the best-aligned features as directions (the editor and /directions read analysis/directions/)
     directions = run_dir / "analysis" / "directions" / DIRECTIONS_FOLDER / site
     if directions.is_dir():  # drop only the feature directions an earlier `latentlens sae` wrote here
@@ -398,14 +495,23 @@ def _write(run_dir: Path, site: str, sae: SparseAutoencoder, summary: dict[str, 
     for f, records in sorted(by_feature.items()):
         lead = max(records, key=lambda r: r["f1"])
         direction = sae.feature_direction(
-            f, site=site, steps=list(steps), attribute=lead["attribute"], to=lead["value"], f1=lead["f1"],
+            f,
+            site=site,
+            steps=list(steps),
+            attribute=lead["attribute"],
+            to=lead["value"],
+            f1=lead["f1"],
             aligned=[f"{r['attribute']}={r['value']}" for r in records],
         )
         direction.save(directions / f"f{f:04d}")
         names.append(f"{DIRECTIONS_FOLDER}/{site}/f{f:04d}")
     summary_path = folder / "summary.json"
-    paths = {"folder": str(folder), "sae": str(folder / "sae.safetensors"), "summary": str(summary_path),
-             "directions": names}
+    paths = {
+        "folder": str(folder),
+        "sae": str(folder / "sae.safetensors"),
+        "summary": str(summary_path),
+        "directions": names,
+    }
     summary_path.write_text(json.dumps({**summary, "paths": paths}, indent=2, default=str, allow_nan=True) + "\n")
     return paths
 

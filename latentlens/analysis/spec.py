@@ -62,16 +62,40 @@ from latentlens.errors import ConfigError
 
 DEFAULT_MIN_SAMPLES_PER_CLASS = 10
 _TOP_LEVEL_TEMPLATE = {
-    "name", "description", "model", "attributes", "templates", "seeds", "sample",
-    "min_samples_per_class", "record",
+    "name",
+    "description",
+    "model",
+    "attributes",
+    "templates",
+    "seeds",
+    "sample",
+    "min_samples_per_class",
+    "record",
 }
 # Labels of a two-object spec: each object's own attributes by slot, then the scene's.
 TWO_OBJECT_LABELS: tuple[str, ...] = (
-    "first_shape", "first_color", "first_size", "second_shape", "second_color", "second_size", "layout", "background",
+    "first_shape",
+    "first_color",
+    "first_size",
+    "second_shape",
+    "second_color",
+    "second_size",
+    "layout",
+    "background",
 )
 _TOP_LEVEL_SHAPES = {
-    "name", "description", "model", "world", "attributes", "combinations", "samples", "captions",
-    "seed", "canvas", "min_samples_per_class", "record",
+    "name",
+    "description",
+    "model",
+    "world",
+    "attributes",
+    "combinations",
+    "samples",
+    "captions",
+    "seed",
+    "canvas",
+    "min_samples_per_class",
+    "record",
 }
 
 
@@ -235,8 +259,8 @@ class _Validator:
         unknown = sorted(set(map(str, data)) - allowed)
         if unknown:
             raise self.fail(
-                (unknown[0],), f"unknown field '{unknown[0]}' in a {kind} spec; allowed fields: "
-                f"{', '.join(sorted(allowed))}."
+                (unknown[0],),
+                f"unknown field '{unknown[0]}' in a {kind} spec; allowed fields: {', '.join(sorted(allowed))}.",
             )
 
     def check_classes(self, attributes: dict[str, tuple[str, ...]]) -> None:
@@ -380,8 +404,10 @@ class _Validator:
         if isinstance(raw, list):
             raw = {a: None for a in raw}
         if not isinstance(raw, dict) or not raw:
-            raise self.fail(("attributes",), "attributes must be a list of shapes-world attributes or a mapping "
-                                             "attribute -> values.")
+            raise self.fail(
+                ("attributes",),
+                "attributes must be a list of shapes-world attributes or a mapping attribute -> values.",
+            )
         attributes: dict[str, tuple[str, ...]] = {}
         for name, values in raw.items():
             path = ("attributes", name)
@@ -393,9 +419,7 @@ class _Validator:
                 raise self.fail(path, f"values of '{name}' must be a list.")
             for i, v in enumerate(values):
                 if v not in shapes.VALUES[name]:
-                    raise self.fail(
-                        path + (i,), f"unknown {name} {v!r}; use one of: {', '.join(shapes.VALUES[name])}."
-                    )
+                    raise self.fail(path + (i,), f"unknown {name} {v!r}; use one of: {', '.join(shapes.VALUES[name])}.")
             attributes[name] = tuple(values)
         self.check_classes(attributes)
 
@@ -453,7 +477,9 @@ class _Validator:
         if isinstance(raw, list):
             raw = {a: None for a in raw}
         if not isinstance(raw, dict) or not raw:
-            raise self.fail(("attributes",), "attributes must be a list of two-object labels or a mapping label -> values.")
+            raise self.fail(
+                ("attributes",), "attributes must be a list of two-object labels or a mapping label -> values."
+            )
         attributes: dict[str, tuple[str, ...]] = {}
         for name, values in raw.items():
             path = ("attributes", name)

@@ -107,9 +107,17 @@ def steering_check(
     base_source = float(np.mean([getattr(r, attribute) == source for r in shapes.read_batch(base_images)]))
     success, kept = score(images)
     return {
-        "attribute": attribute, "source": source, "target": target, "n": n, "alpha": alpha,
-        "site": getattr(direction, "site", None), "steps": getattr(direction, "steps", None),
-        "success": success, "kept": kept,
+        "attribute": attribute,
+        "source": source,
+        "target": target,
+        "n": n,
+        "alpha": alpha,
+        "site": getattr(direction, "site", None),
+        "steps": getattr(direction, "steps", None),
+        "success": success,
+        "kept": kept,
         "baseline": {"source_read_as_source": base_source, "success": base_success, "kept": base_kept},
-        "images": images, "baseline_images": base_images, "prompts": prompts,
+        "images": images,
+        "baseline_images": base_images,
+        "prompts": prompts,
     }

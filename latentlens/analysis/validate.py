@@ -40,15 +40,10 @@ def is_shapes_world(labels: Mapping[str, Sequence[Any]]) -> bool:
     """Whether ``labels`` hold every shapes-world attribute with values the oracle knows."""
     from latentlens import shapes
 
-    return all(
-        a in labels and set(map(str, labels[a])) <= set(shapes.VALUES[a])
-        for a in shapes.ATTRIBUTES
-    )
+    return all(a in labels and set(map(str, labels[a])) <= set(shapes.VALUES[a]) for a in shapes.ATTRIBUTES)
 
 
-def canonical_mask(
-    prompts: Sequence[str], labels: Mapping[str, Sequence[Any]]
-) -> np.ndarray:
+def canonical_mask(prompts: Sequence[str], labels: Mapping[str, Sequence[Any]]) -> np.ndarray:
     """``[n]`` bool: the sample's prompt is the canonical caption of its labels (one token layout)."""
     from latentlens import shapes
 
@@ -71,15 +66,11 @@ def edit_directions(
 
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 3:
-        raise ConfigError(
-            f"edit_directions needs token-wise activations [n, tokens, channel]; got shape {X.shape}."
-        )
+        raise ConfigError(f"edit_directions needs token-wise activations [n, tokens, channel]; got shape {X.shape}.")
     out: dict[str, Any] = {}
     for attribute, values in labels.items():
         values = np.asarray([str(v) for v in values])
-        others = {
-            a: np.asarray([str(v) for v in labels[a]]) for a in labels if a != attribute
-        }
+        others = {a: np.asarray([str(v) for v in labels[a]]) for a in labels if a != attribute}
         levels = 1 + sum(len(set(values)) - 1 for values in [values, *others.values()])
         adjust = others if len(values) > 2 * levels else None
         for value in sorted(set(values)):
@@ -136,20 +127,12 @@ def validate_direction(
     layout = ""
     if token_wise and is_shapes_world(labels):
         eligible &= canonical_mask(prompts, labels)
-        layout = (
-            " and whose prompt is the canonical caption (the direction's token layout)"
-        )
+        layout = " and whose prompt is the canonical caption (the direction's token layout)"
     pool = np.flatnonzero(eligible)
     if len(pool) == 0:
-        raise ConfigError(
-            f"No sample has {attribute} other than {to!r}{layout}; there is nothing to edit toward it."
-        )
+        raise ConfigError(f"No sample has {attribute} other than {to!r}{layout}; there is nothing to edit toward it.")
     chosen = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
-    kwargs = (
-        {}
-        if num_inference_steps is None
-        else {"num_inference_steps": int(num_inference_steps)}
-    )
+    kwargs = {} if num_inference_steps is None else {"num_inference_steps": int(num_inference_steps)}
 
     def run(idx: np.ndarray, steered: bool, alpha: float = 0.0) -> np.ndarray:
         images = []
@@ -188,19 +171,10 @@ def validate_direction(
         if shapes_world:
             from latentlens import shapes
 
-            read = shapes.read_batch(
-                (np.clip(steered, 0, 1) * 255).round().astype(np.uint8)
-            )
+            read = shapes.read_batch((np.clip(steered, 0, 1) * 255).round().astype(np.uint8))
             success = float(np.mean([getattr(r, attribute) == str(to) for r in read]))
             kept = {
-                k: float(
-                    np.mean(
-                        [
-                            getattr(r, k) == str(labels[k][i])
-                            for r, i in zip(read, chosen)
-                        ]
-                    )
-                )
+                k: float(np.mean([getattr(r, k) == str(labels[k][i]) for r, i in zip(read, chosen)]))
                 for k in shapes.ATTRIBUTES
                 if k != attribute
             }

@@ -131,8 +131,17 @@ class MapCapture:
                     "does not call to_k/add_k_proj (or to_qkv when fused). Please report this model/processor."
                 )
             with torch.no_grad():
-                maps = quadrant_maps(spec, st, k, st.scratch.get((k, "kwargs"), kwargs), kinds, rows,
-                                     heads=self.heads, text_index=ctx.call_index, lse=st.scratch.get((k, "lse")))
+                maps = quadrant_maps(
+                    spec,
+                    st,
+                    k,
+                    st.scratch.get((k, "kwargs"), kwargs),
+                    kinds,
+                    rows,
+                    heads=self.heads,
+                    text_index=ctx.call_index,
+                    lse=st.scratch.get((k, "lse")),
+                )
             for key in list(st.scratch):
                 if key[0] == k:
                     del st.scratch[key]

@@ -49,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.add_argument("--verbose", action="store_true",
-                         help="show third-party warnings, notices and progress bars (hidden by default).")
+        sub.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show third-party warnings, notices and progress bars (hidden by default).",
+        )
         sub.set_defaults(_run=module.run)
     return parser
 

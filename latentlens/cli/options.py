@@ -20,9 +20,7 @@ from typing import Any
 class DeprecatedAlias(argparse.Action):
     """Store the value under the new option's ``dest`` and say which spelling replaces this one."""
 
-    def __init__(
-        self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any
-    ) -> None:
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any) -> None:
         self.new = new
         kwargs.setdefault("help", argparse.SUPPRESS)
         super().__init__(option_strings, dest, **kwargs)
@@ -42,9 +40,7 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_denoising_steps(
-    parser: argparse.ArgumentParser | Any, dest: str = "steps", help: str = ""
-) -> None:
+def add_denoising_steps(parser: argparse.ArgumentParser | Any, dest: str = "steps", help: str = "") -> None:
     """``--num-inference-steps N`` (denoising steps) plus the deprecated ``--steps N`` spelling."""
     parser.add_argument(
         "--num-inference-steps",

@@ -54,12 +54,8 @@ def quiet_third_party(verbose: bool = False) -> None:
     for module in ("transformers.utils.logging", "diffusers.utils.logging"):
         if module in sys.modules:  # already imported: switch its bars off now
             _disable_bars(sys.modules[module])
-        elif not any(
-            isinstance(f, _AfterImport) and module in f.targets for f in sys.meta_path
-        ):
-            sys.meta_path.insert(
-                0, _AfterImport(module, _disable_bars)
-            )  # ... or as soon as it is imported
+        elif not any(isinstance(f, _AfterImport) and module in f.targets for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterImport(module, _disable_bars))  # ... or as soon as it is imported
 
 
 def _disable_bars(module: Any) -> None:
@@ -81,11 +77,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         self.targets.discard(name)
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
-        if (
-            spec is None
-            or spec.loader is None
-            or not hasattr(spec.loader, "exec_module")
-        ):
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         loader, callback = spec.loader, self.callback
         run = loader.exec_module

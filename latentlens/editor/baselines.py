@@ -46,7 +46,9 @@ def prompt_swap(model: EditModel, noise: torch.Tensor | None, target: TextEmbeds
 
 
 @torch.no_grad()
-def sdedit(model: EditModel, z_src: torch.Tensor, target: TextEmbeds, strength: float = 0.6, seed: Any = 0) -> torch.Tensor:
+def sdedit(
+    model: EditModel, z_src: torch.Tensor, target: TextEmbeds, strength: float = 0.6, seed: Any = 0
+) -> torch.Tensor:
     """Noise ``z_src`` to σ = ``strength`` and denoise under ``target``."""
     if not 0.0 <= strength <= 1.0:
         raise ConfigError(f"SDEdit strength must be in [0, 1], got {strength}.")
@@ -89,8 +91,11 @@ def flowedit(
     gen = torch.Generator().manual_seed(int(seed))
     n_steps = len(points) - 1
     first_plain = max(0, n_steps - int(n_min))  # index of the first plain-sampling step
-    same = (target_guidance == source_guidance and torch.equal(target.tokens, source.tokens)
-            and (target.pooled is None or torch.equal(target.pooled, source.pooled)))
+    same = (
+        target_guidance == source_guidance
+        and torch.equal(target.tokens, source.tokens)
+        and (target.pooled is None or torch.equal(target.pooled, source.pooled))
+    )
     if same and first_plain == n_steps:
         return z_src.clone()  # V_Δ is exactly 0 at every step: FlowEdit leaves the image as it is
     z_fe = z_src.clone()
@@ -107,8 +112,9 @@ def flowedit(
             zs_t = (1 - s) * z_src + s * eps
             zt_t = z_fe + zs_t - z_src
             if source_guidance == target_guidance:
-                v = model.velocity(torch.cat([zt_t, zs_t]), s, TextEmbeds.cat([target, source]),
-                                   guidance_scale=target_guidance)
+                v = model.velocity(
+                    torch.cat([zt_t, zs_t]), s, TextEmbeds.cat([target, source]), guidance_scale=target_guidance
+                )
                 v_t, v_s = v.chunk(2)
             else:
                 v_t = model.velocity(zt_t, s, target, guidance_scale=target_guidance)

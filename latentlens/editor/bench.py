@@ -152,8 +152,13 @@ class BenchResult:
                 f"{r['score']:.3f} | {r['psnr_outside']:.1f} | {r['seconds_per_edit']:.3f} |"
             )
         attrs = list(next(iter(self.per_attribute.values())).keys()) if self.per_attribute else []
-        lines += ["", "Per attribute — success / others kept / SDE (effectiveness, leakage):", "",
-                  "| method | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
+        lines += [
+            "",
+            "Per attribute — success / others kept / SDE (effectiveness, leakage):",
+            "",
+            "| method | " + " | ".join(attrs) + " |",
+            "|---|" + "---|" * len(attrs),
+        ]
         for m in self.methods:
             cells = []
             for a in attrs:
@@ -188,7 +193,9 @@ def run_benchmark(
     editor = EMSEditor(pipe, **(editor_kwargs or {}))
     model: EditModel = editor.model
     if model.kind != "toy":
-        raise ConfigError("The shapes-world edit benchmark needs the toy model (--model toy), trained on the shapes world.")
+        raise ConfigError(
+            "The shapes-world edit benchmark needs the toy model (--model toy), trained on the shapes world."
+        )
     settings_b = {k: dict(v) for k, v in BASELINE_DEFAULTS.items()}
     for k, v in (baseline_kwargs or {}).items():
         settings_b.setdefault(k, {}).update(v)
@@ -200,7 +207,7 @@ def run_benchmark(
     times: dict[str, float] = {m: 0.0 for m in methods}
     matching = 0
     for start in range(0, n, batch_size):
-        chunk = cases[start:start + batch_size]
+        chunk = cases[start : start + batch_size]
         b = len(chunk)
         prompts = [canonical_caption(c.attributes) for c in chunk]
         noise = model.noise(b, [c.seed for c in chunk])
@@ -241,10 +248,16 @@ def run_benchmark(
                 region = _dilate(object_mask(src)) | _dilate(object_mask(out))
                 p = psnr(src, out, ~region) if c.attribute != "background" else float("nan")
                 rec = {
-                    "method": m, "case": c.index, "attribute": c.attribute, "source": sources[i],
-                    "target": targets[i], "read": judged[i].as_dict(),
+                    "method": m,
+                    "case": c.index,
+                    "attribute": c.attribute,
+                    "source": sources[i],
+                    "target": targets[i],
+                    "read": judged[i].as_dict(),
                     "success": getattr(judged[i], c.attribute) == new_values[i],
-                    "preserved": float(np.mean(kept)), "all_kept": all(kept), "psnr_outside": p,
+                    "preserved": float(np.mean(kept)),
+                    "all_kept": all(kept),
+                    "psnr_outside": p,
                 }
                 if keep_images:
                     rec["source_image"], rec["image"] = src, out
@@ -252,18 +265,29 @@ def run_benchmark(
                     rec_img = recons[m][i]
                     sde_region = _dilate(object_mask(rec_img)) | _dilate(object_mask(out))
                     sde_parts[m].setdefault(c.attribute, []).append(
-                        (rec_img, out, ~sde_region if c.attribute == "background" else sde_region))
+                        (rec_img, out, ~sde_region if c.attribute == "background" else sde_region)
+                    )
                 records.append(rec)
         say(f"edit-bench: {min(start + b, n)}/{n} edits done")
 
-    result = BenchResult(n=n, methods=list(methods), sources_matching_prompt=matching / n,
-                         settings={"editor": {"mode_defaults": editor.mode, "alpha": editor.alpha,
-                                              "inversion_sigma": editor.inversion_sigma,
-                                              **{k: (list(v) if isinstance(v, tuple) else v)
-                                                 for k, v in vars(editor.params).items()}},
-                                   "baselines": settings_b, "guidance_scale": model.guidance_scale,
-                                   "num_inference_steps": model.num_inference_steps, "seed": seed},
-                         edits=records)
+    result = BenchResult(
+        n=n,
+        methods=list(methods),
+        sources_matching_prompt=matching / n,
+        settings={
+            "editor": {
+                "mode_defaults": editor.mode,
+                "alpha": editor.alpha,
+                "inversion_sigma": editor.inversion_sigma,
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(editor.params).items()},
+            },
+            "baselines": settings_b,
+            "guidance_scale": model.guidance_scale,
+            "num_inference_steps": model.num_inference_steps,
+            "seed": seed,
+        },
+        edits=records,
+    )
     for m in methods:
         rs = [r for r in records if r["method"] == m]
         success = float(np.mean([r["success"] for r in rs]))
@@ -306,4 +330,14 @@ def attribute_sde(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
     return {"sde": out["sde"], "effectiveness": out["effectiveness"], "leakage": out["leakage"]}
 
 
-__all__ = ["BASELINE_DEFAULTS", "BENCH_SEED", "BenchResult", "DEV_SEED", "METHODS", "attribute_sde", "make_cases", "psnr", "run_benchmark"]
+__all__ = [
+    "BASELINE_DEFAULTS",
+    "BENCH_SEED",
+    "BenchResult",
+    "DEV_SEED",
+    "METHODS",
+    "attribute_sde",
+    "make_cases",
+    "psnr",
+    "run_benchmark",
+]

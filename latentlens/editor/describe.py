@@ -87,8 +87,13 @@ class TransformersDescriber(Describer):
     Example: ``TransformersDescriber("/models/SmolVLM-256M-Instruct").describe(img)``.
     """
 
-    def __init__(self, path: str | Path, instruction: str = DEFAULT_INSTRUCTION, max_new_tokens: int = 60,
-                 device: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        instruction: str = DEFAULT_INSTRUCTION,
+        max_new_tokens: int = 60,
+        device: str | None = None,
+    ) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_dir() or not (self.path / "config.json").is_file():
             raise DescriberError(
@@ -118,7 +123,7 @@ class TransformersDescriber(Describer):
         inputs = self.processor(text=prompt, images=[_as_pil(image)], return_tensors="pt").to(self.model.device)
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        text = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        text = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
         text = text.strip()
         if not text:
             raise DescriberError(f"The describer model in {self.path} returned an empty description.")
@@ -135,8 +140,16 @@ class EndpointDescriber(Describer):
             timeout, HTTP 5xx/429), with 0.5 s, 1 s, 2 s … pauses. api_key: sent as a Bearer token.
     """
 
-    def __init__(self, url: str, model: str, timeout: float = 30.0, retries: int = 2, api_key: str | None = None,
-                 instruction: str = DEFAULT_INSTRUCTION, max_tokens: int = 80) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        timeout: float = 30.0,
+        retries: int = 2,
+        api_key: str | None = None,
+        instruction: str = DEFAULT_INSTRUCTION,
+        max_tokens: int = 80,
+    ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"Describer endpoint URL {url!r} must start with http:// or https://.")
         if not model:
@@ -169,13 +182,15 @@ class EndpointDescriber(Describer):
         data_uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
         body = {
             "model": self.model,
-            "messages": [{
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": self.instruction},
-                    {"type": "image_url", "image_url": {"url": data_uri}},
-                ],
-            }],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": self.instruction},
+                        {"type": "image_url", "image_url": {"url": data_uri}},
+                    ],
+                }
+            ],
             "max_tokens": self.max_tokens,
             "temperature": 0,
         }

@@ -149,18 +149,24 @@ class EMSEditor:
         degree: float | None = None,
         **params: Any,
     ) -> None:
-        model_kwargs = {k: v for k, v in dict(guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                                                  max_sequence_length=max_sequence_length, height=height,
-                                                  width=width).items() if v is not None}
+        model_kwargs = {
+            k: v
+            for k, v in dict(
+                guidance_scale=guidance_scale,
+                num_inference_steps=num_inference_steps,
+                max_sequence_length=max_sequence_length,
+                height=height,
+                width=width,
+            ).items()
+            if v is not None
+        }
         self.model = EditModel.wrap(pipe, **model_kwargs)
         self.pipe = self.model.pipe
         self.mode = _check_mode(mode)
         self.alpha = resolve_alpha(alpha, degree, DEFAULT_DEGREE)
         unknown = sorted(set(params) - set(EMSParams.__dataclass_fields__))
         if unknown:
-            raise ConfigError(
-                f"Unknown EMS parameter(s) {unknown}; valid: {sorted(EMSParams.__dataclass_fields__)}."
-            )
+            raise ConfigError(f"Unknown EMS parameter(s) {unknown}; valid: {sorted(EMSParams.__dataclass_fields__)}.")
         self.params = EMSParams(**params)
         self.params.check()
         if not 0.0 < float(inversion_sigma) <= 1.0:
@@ -207,8 +213,10 @@ class EMSEditor:
         direction = _load_direction(direction)
         if direction is None:
             if target is None or not str(target).strip():
-                raise ConfigError("The target description is empty; say what the edited image should show "
-                                  "(e.g. 'a small blue circle on the left on a gray background'), or give a direction.")
+                raise ConfigError(
+                    "The target description is empty; say what the edited image should show "
+                    "(e.g. 'a small blue circle on the left on a gray background'), or give a direction."
+                )
         elif target is not None and str(target).strip():
             raise ConfigError("Give either a target description or a direction, not both.")
 
@@ -226,7 +234,9 @@ class EMSEditor:
                 z_src = z_src.unsqueeze(0)
             expected = model.latent_shape()
             if tuple(z_src.shape[1:]) != tuple(expected):
-                raise ConfigError(f"The source latent has shape {tuple(z_src.shape)}; this model needs [1, {expected}].")
+                raise ConfigError(
+                    f"The source latent has shape {tuple(z_src.shape)}; this model needs [1, {expected}]."
+                )
             source_pil = to_pil(model.decode(z_src))[0] if image is None else load_image(image, size=size)
         if source is None or not str(source).strip():
             if self.describer is None:
@@ -236,8 +246,9 @@ class EMSEditor:
                 )
             source = self.describer.describe(np.asarray(source_pil))
 
-        z, mask = self._edit_latents(z_src, [source], None if direction is not None else [str(target)],
-                                     alpha, mode, run_params, direction, steps)
+        z, mask = self._edit_latents(
+            z_src, [source], None if direction is not None else [str(target)], alpha, mode, run_params, direction, steps
+        )
         if torch.equal(z, z_src):
             out_image = source_pil
         else:
@@ -251,9 +262,17 @@ class EMSEditor:
         if direction is not None:
             record["direction"] = {"site": direction.site, "steps": steps if steps is not None else direction.steps}
         return EditResult(
-            image=out_image, source_image=source_pil, latent=z.detach().cpu(), source_latent=z_src.detach().cpu(),
-            source=source, target=None if direction is not None else str(target), mode=mode, alpha=alpha,
-            mask=mask_np, seconds=time.perf_counter() - start, params=record,
+            image=out_image,
+            source_image=source_pil,
+            latent=z.detach().cpu(),
+            source_latent=z_src.detach().cpu(),
+            source=source,
+            target=None if direction is not None else str(target),
+            mode=mode,
+            alpha=alpha,
+            mask=mask_np,
+            seconds=time.perf_counter() - start,
+            params=record,
         )
 
     def edit_latents(
@@ -273,8 +292,16 @@ class EMSEditor:
         if any(not str(t).strip() for t in targets):
             raise ConfigError("A target description is empty; every edit needs a target.")
         run_params = replace(self.params, **params) if params else self.params
-        z, _ = self._edit_latents(z_src, list(sources), list(targets), resolve_alpha(alpha, degree, self.alpha),
-                                  _check_mode(mode or self.mode), run_params, None, None)
+        z, _ = self._edit_latents(
+            z_src,
+            list(sources),
+            list(targets),
+            resolve_alpha(alpha, degree, self.alpha),
+            _check_mode(mode or self.mode),
+            run_params,
+            None,
+            None,
+        )
         return z
 
     # ------------------------------------------------------------------ core
@@ -329,19 +356,37 @@ class EMSEditor:
             drive = e_t if e_t is not None else e_s
             return dds_update(model, z_src, drive, None, params, hook=hook), None
 
-        if hook is None and torch.equal(e_alpha.tokens, e_s.tokens) and (
-            e_s.pooled is None or torch.equal(e_alpha.pooled, e_s.pooled)
+        if (
+            hook is None
+            and torch.equal(e_alpha.tokens, e_s.tokens)
+            and (e_s.pooled is None or torch.equal(e_alpha.pooled, e_s.pooled))
         ):
             return z_src.clone(), None  # α = 0 or target = source: nothing to edit, exactly
 
         mask = None
         if params.mask == "attention":
-            mask = attention_mask(model, z_src, [e_s, e_alpha], [src_tokens, tgt_tokens],
-                                  threshold=params.mask_threshold, sigma=params.mask_sigma, seed=params.seed)
+            mask = attention_mask(
+                model,
+                z_src,
+                [e_s, e_alpha],
+                [src_tokens, tgt_tokens],
+                threshold=params.mask_threshold,
+                sigma=params.mask_sigma,
+                seed=params.seed,
+            )
         elif params.mask == "diff":
-            mask = diff_mask(model, z_src, e_alpha, e_s, threshold=params.mask_threshold, sigma=params.mask_sigma,
-                             samples=params.mask_samples, dilate=params.mask_dilate, seed=params.seed,
-                             hook=None if hook is None else (lambda: steer_all(0)))
+            mask = diff_mask(
+                model,
+                z_src,
+                e_alpha,
+                e_s,
+                threshold=params.mask_threshold,
+                sigma=params.mask_sigma,
+                samples=params.mask_samples,
+                dilate=params.mask_dilate,
+                seed=params.seed,
+                hook=None if hook is None else (lambda: steer_all(0)),
+            )
         z = dds_update(model, z_src, e_alpha, e_s, params, mask=mask, hook=hook)
         return z, mask
 
@@ -366,8 +411,11 @@ class EMSEditor:
 def resolve_alpha(alpha: float | None, degree: float | None, default: float) -> float:
     """The editing degree α from ``alpha`` or its deprecated name ``degree`` (``default`` when neither)."""
     if degree is not None:
-        warnings.warn("degree= is deprecated; pass alpha= (the same editing degree α as in latentlens.steer).",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            "degree= is deprecated; pass alpha= (the same editing degree α as in latentlens.steer).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         if alpha is not None and float(alpha) != float(degree):
             raise ConfigError(f"alpha={alpha} and its deprecated name degree={degree} disagree; pass only alpha.")
         alpha = degree

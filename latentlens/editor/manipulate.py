@@ -51,7 +51,9 @@ def check_degree(alpha: float) -> float:
     return alpha
 
 
-def encode_pair(model: EditModel, source: str | Sequence[str], target: str | Sequence[str]) -> tuple[TextEmbeds, TextEmbeds]:
+def encode_pair(
+    model: EditModel, source: str | Sequence[str], target: str | Sequence[str]
+) -> tuple[TextEmbeds, TextEmbeds]:
     """``(E_s, E_t)`` from one encoder pass over source and target prompts (aligned, same length)."""
     sources = [source] if isinstance(source, str) else list(source)
     targets = [target] if isinstance(target, str) else list(target)

@@ -299,8 +299,11 @@ def dds_update(
     source = None if source is None else source.expand(b)
     if params.iterations == 0 or params.rho == 0:
         return z_src.clone()
-    if hook is None and source is not None and torch.equal(target.tokens, source.tokens) and (
-        target.pooled is None or torch.equal(target.pooled, source.pooled)
+    if (
+        hook is None
+        and source is not None
+        and torch.equal(target.tokens, source.tokens)
+        and (target.pooled is None or torch.equal(target.pooled, source.pooled))
     ):
         return z_src.clone()  # α = 0 or an empty edit: nothing to do (and exactly nothing changes)
     if mask is not None and not bool(mask.any()):

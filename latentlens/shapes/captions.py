@@ -94,8 +94,10 @@ class Caption:
 
 
 def _check_template(template: Any) -> int:
-    if isinstance(template, bool) or not isinstance(template, (int, np.integer)) or not (
-        0 <= template < len(TEMPLATES)
+    if (
+        isinstance(template, bool)
+        or not isinstance(template, (int, np.integer))
+        or not (0 <= template < len(TEMPLATES))
     ):
         raise ConfigError(
             f"Caption template {template!r} does not exist; use an index from 0 to "
@@ -112,9 +114,7 @@ def make_caption(
     ``template=None`` picks a random template when ``rng`` is given, else the canonical one.
     """
     if not isinstance(attributes, Attributes):
-        raise ConfigError(
-            f"make_caption() needs an Attributes object, got {type(attributes).__name__}."
-        )
+        raise ConfigError(f"make_caption() needs an Attributes object, got {type(attributes).__name__}.")
     if template is None:
         template = int(rng.integers(len(TEMPLATES))) if rng is not None else CANONICAL_TEMPLATE
     index = _check_template(template)

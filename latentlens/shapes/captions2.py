@@ -76,8 +76,7 @@ _TEMPLATES2: tuple[tuple[str, tuple[str, ...]], ...] = (
 TWO_OBJECT_TEMPLATES: tuple[str, ...] = tuple(t for t, _ in _TEMPLATES2)
 # Template indices valid for each layout ("above" only describes a vertical scene, "next to" a horizontal one).
 TWO_OBJECT_TEMPLATES_FOR: dict[str, tuple[int, ...]] = {
-    layout: tuple(i for i, (_, layouts) in enumerate(_TEMPLATES2) if layout in layouts)
-    for layout in LAYOUT_POSITIONS
+    layout: tuple(i for i, (_, layouts) in enumerate(_TEMPLATES2) if layout in layouts) for layout in LAYOUT_POSITIONS
 }
 CANONICAL_TWO_OBJECT_TEMPLATE: int = 0
 
@@ -103,9 +102,7 @@ class TwoObjectCaption:
     """A two-object caption with the [start, end) span of every key word, per object."""
 
     text: str
-    object_spans: tuple[
-        Mapping[str, tuple[int, int]], Mapping[str, tuple[int, int]]
-    ]  # [object][attribute]
+    object_spans: tuple[Mapping[str, tuple[int, int]], Mapping[str, tuple[int, int]]]  # [object][attribute]
     background_span: tuple[int, int]
 
     def word(self, index: int, attribute: str) -> str:
@@ -119,11 +116,7 @@ class TwoObjectCaption:
 
 def _check_template2(template: Any, layout: str) -> int:
     valid = TWO_OBJECT_TEMPLATES_FOR[layout]
-    if (
-        isinstance(template, bool)
-        or not isinstance(template, (int, np.integer))
-        or int(template) not in valid
-    ):
+    if isinstance(template, bool) or not isinstance(template, (int, np.integer)) or int(template) not in valid:
         raise ConfigError(
             f"Two-object caption template {template!r} does not describe a {layout} scene; use one of "
             f"{', '.join(map(str, valid))} (0 is the canonical form) or None."
@@ -138,25 +131,17 @@ def make_two_object_caption(
 ) -> TwoObjectCaption:
     """Caption a two-object scene with template ``template`` (``None``: random with ``rng``, else canonical)."""
     if not isinstance(attributes, TwoObjectAttributes):
-        raise ConfigError(
-            f"make_two_object_caption() needs a TwoObjectAttributes, got {type(attributes).__name__}."
-        )
+        raise ConfigError(f"make_two_object_caption() needs a TwoObjectAttributes, got {type(attributes).__name__}.")
     valid = TWO_OBJECT_TEMPLATES_FOR[attributes.layout]
     if template is None:
-        template = (
-            valid[int(rng.integers(len(valid)))]
-            if rng is not None
-            else CANONICAL_TWO_OBJECT_TEMPLATE
-        )
+        template = valid[int(rng.integers(len(valid)))] if rng is not None else CANONICAL_TWO_OBJECT_TEMPLATE
     index = _check_template2(template, attributes.layout)
     objects = attributes.objects
     parts: list[str] = []
     spans: tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]] = ({}, {})
     background_span = (0, 0)
     length = 0
-    for literal, field, _spec, _conv in string.Formatter().parse(
-        TWO_OBJECT_TEMPLATES[index]
-    ):
+    for literal, field, _spec, _conv in string.Formatter().parse(TWO_OBJECT_TEMPLATES[index]):
         parts.append(literal)
         length += len(literal)
         if field is None:
@@ -180,9 +165,7 @@ def make_two_object_caption(
         parts.append(phrase)
         length += len(phrase)
     ordered = tuple({a: s[a] for a in OBJECT_SPAN_ATTRIBUTES} for s in spans)
-    return TwoObjectCaption(
-        text="".join(parts), object_spans=ordered, background_span=background_span
-    )  # type: ignore[arg-type]
+    return TwoObjectCaption(text="".join(parts), object_spans=ordered, background_span=background_span)  # type: ignore[arg-type]
 
 
 def canonical_two_object_caption(attributes: TwoObjectAttributes) -> str:
@@ -200,14 +183,10 @@ def parse_two_object_caption(text: str) -> TwoObjectAttributes:
     word (left/right/top/bottom) before the next object, and the background before "background".
     """
     if not isinstance(text, str):
-        raise ConfigError(
-            f"parse_two_object_caption() needs a string, got {type(text).__name__}."
-        )
+        raise ConfigError(f"parse_two_object_caption() needs a string, got {type(text).__name__}.")
     words = [m.group() for m in word_matches(text)]
     triples = [
-        i
-        for i in range(len(words) - 2)
-        if words[i] in SIZES and words[i + 1] in COLORS and words[i + 2] in SHAPES
+        i for i in range(len(words) - 2) if words[i] in SIZES and words[i + 1] in COLORS and words[i + 2] in SHAPES
     ]
     if len(triples) != 2:
         raise ConfigError(
@@ -216,9 +195,7 @@ def parse_two_object_caption(text: str) -> TwoObjectAttributes:
         )
     objects: list[Attributes] = []
     backgrounds = [
-        words[i - 1]
-        for i, w in enumerate(words)
-        if w == "background" and i > 0 and words[i - 1] in BACKGROUNDS
+        words[i - 1] for i, w in enumerate(words) if w == "background" and i > 0 and words[i - 1] in BACKGROUNDS
     ]
     if len(backgrounds) != 1:
         raise ConfigError(
@@ -255,15 +232,11 @@ def two_object_token_indices(
         raise ConfigError(
             f"Tokenizer {type(tokenizer).__name__} cannot return character offsets; load a fast tokenizer."
         ) from exc
-    offsets = [
-        tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]
-    ]  # [tokens, 2]
+    offsets = [tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]]  # [tokens, 2]
 
     def cover(span: tuple[int, int], what: str) -> list[int]:
         start, end = span
-        indices = [
-            i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start
-        ]
+        indices = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
         if not indices:
             raise ConfigError(
                 f"No token of {caption.text!r} covers the {what} word {caption.text[start:end]!r}; "

@@ -43,8 +43,7 @@ def sample_scenes(
         raise ConfigError(f"Number of scenes {n!r} must be a non-negative integer.")
     if not isinstance(rng, np.random.Generator):
         raise ConfigError(
-            f"sample_scenes() needs a numpy Generator, got {type(rng).__name__}; "
-            "pass np.random.default_rng(seed)."
+            f"sample_scenes() needs a numpy Generator, got {type(rng).__name__}; pass np.random.default_rng(seed)."
         )
     pool = list(training_combinations() if combinations is None else combinations)
     if not pool:

@@ -83,9 +83,7 @@ def as_image(image: np.ndarray) -> np.ndarray:
         )
     height, width = array.shape[:2]
     if height != width or height < MIN_SIDE:
-        raise ConfigError(
-            f"The oracle needs a square image of at least {MIN_SIDE} px, got {height}x{width}."
-        )
+        raise ConfigError(f"The oracle needs a square image of at least {MIN_SIDE} px, got {height}x{width}.")
     out = array.astype(np.float64)  # [H, W, 3]
     if array.dtype.kind == "f" and out.size and np.nanmax(out) <= 1.0:
         out = out * 255.0  # float images in [0, 1], as diffusers' output_type="np" gives

@@ -77,9 +77,7 @@ def detect_layout(image: np.ndarray) -> str:
     )
     bg = np.median(border, axis=0)  # [3]
     dist = np.linalg.norm(img - bg, axis=-1)  # [H, W]
-    weights = np.clip(
-        dist - 0.25 * float(dist.max()), 0.0, None
-    )  # [H, W], background noise suppressed
+    weights = np.clip(dist - 0.25 * float(dist.max()), 0.0, None)  # [H, W], background noise suppressed
     total = float(weights.sum())
     if total <= 0:
         return "horizontal"
@@ -99,9 +97,7 @@ def read_two_objects(image: np.ndarray, layout: str | None = None) -> TwoObjectR
     if layout is None:
         layout = detect_layout(img)
     elif layout not in LAYOUT_POSITIONS:
-        raise ConfigError(
-            f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)} or None to detect it."
-        )
+        raise ConfigError(f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)} or None to detect it.")
     side = img.shape[0]
     b = max(1, side // 32)
     border = np.concatenate(
@@ -139,14 +135,10 @@ def read_two_object_batch(
 ) -> list[TwoObjectReading]:
     """``read_two_objects`` for each image of a [N, H, W, 3] batch (``layouts``: one per image, or detect)."""
     if isinstance(images, np.ndarray) and images.ndim != 4:
-        raise ConfigError(
-            f"read_two_object_batch() needs images shaped [N, H, W, 3], got shape {images.shape}."
-        )
+        raise ConfigError(f"read_two_object_batch() needs images shaped [N, H, W, 3], got shape {images.shape}.")
     layouts = [None] * len(images) if layouts is None else list(layouts)
     if len(layouts) != len(images):
-        raise ConfigError(
-            f"{len(layouts)} layouts were given for {len(images)} images; give one per image or None."
-        )
+        raise ConfigError(f"{len(layouts)} layouts were given for {len(images)} images; give one per image or None.")
     return [read_two_objects(image, layout) for image, layout in zip(images, layouts)]
 
 
@@ -165,9 +157,7 @@ def binding_errors(asked: TwoObjectAttributes, read: Sequence[Attributes]) -> li
     ]
 
 
-def score_two_object_readings(
-    asked: Sequence[TwoObjectAttributes], read: Sequence[Any]
-) -> dict[str, Any]:
+def score_two_object_readings(asked: Sequence[TwoObjectAttributes], read: Sequence[Any]) -> dict[str, Any]:
     """Accuracy of two-object readings (``TwoObjectReading`` or (Attributes, Attributes)) against ``asked``.
 
     Returns per-object per-attribute accuracy (``"first"``/``"second"``), per-attribute accuracy
@@ -178,19 +168,12 @@ def score_two_object_readings(
     pairs = [r.objects if isinstance(r, TwoObjectReading) else tuple(r) for r in read]
     per_object = {
         name: {
-            a: sum(
-                getattr(p.objects[k], a) == getattr(r[k], a)
-                for p, r in zip(asked, pairs)
-            )
-            / max(n, 1)
+            a: sum(getattr(p.objects[k], a) == getattr(r[k], a) for p, r in zip(asked, pairs)) / max(n, 1)
             for a in TWO_OBJECT_SCORED
         }
         for k, name in enumerate(("first", "second"))
     }
-    per_attribute = {
-        a: (per_object["first"][a] + per_object["second"][a]) / 2
-        for a in TWO_OBJECT_SCORED
-    }
+    per_attribute = {a: (per_object["first"][a] + per_object["second"][a]) / 2 for a in TWO_OBJECT_SCORED}
     both = sum(p.objects == tuple(r) for p, r in zip(asked, pairs)) / max(n, 1)
     bindings = [binding_errors(p, r) for p, r in zip(asked, pairs)]
     binding = {a: sum(a in b for b in bindings) / max(n, 1) for a in OBJECT_ATTRIBUTES}

@@ -34,9 +34,7 @@ class TwoObjectScene:
     attributes: TwoObjectAttributes
     image: np.ndarray  # uint8 [H, W, 3]
     masks: np.ndarray  # bool [2, H, W], each object's pixels (coverage >= 0.5)
-    centers: tuple[
-        tuple[float, float], tuple[float, float]
-    ]  # (x, y) fractions of the side, jitter included
+    centers: tuple[tuple[float, float], tuple[float, float]]  # (x, y) fractions of the side, jitter included
 
 
 def render_two(
@@ -62,13 +60,9 @@ def render_two(
         if rng is not None:
             jx, jy = rng.uniform(-JITTER, JITTER, size=2)
             cx, cy = cx + float(jx), cy + float(jy)
-        coverage = shape_coverage(
-            obj.shape, (cx, cy), SIZE_EXTENT[obj.size], canvas
-        )  # [H, W]
+        coverage = shape_coverage(obj.shape, (cx, cy), SIZE_EXTENT[obj.size], canvas)  # [H, W]
         color = np.asarray(COLOR_RGB[obj.color], dtype=np.float64)  # [3]
-        image = image + coverage[..., None] * (
-            color - image
-        )  # [H, W, 3], painted over what is there
+        image = image + coverage[..., None] * (color - image)  # [H, W, 3], painted over what is there
         masks[index] = coverage >= 0.5
         centers.append((cx, cy))
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)

@@ -92,10 +92,7 @@ class Attributes:
             value = getattr(self, name)
             valid = VALUES[name]
             if value not in valid:
-                raise ConfigError(
-                    f"Unknown {name} {value!r} in the shapes world; "
-                    f"use one of: {', '.join(valid)}."
-                )
+                raise ConfigError(f"Unknown {name} {value!r} in the shapes world; use one of: {', '.join(valid)}.")
 
     def replace(self, **changes: str) -> Attributes:
         """Return a copy with some attributes changed (validated), e.g. ``a.replace(color="blue")``."""

@@ -89,9 +89,7 @@ class TwoObjectAttributes:
                 f"{self.second.background!r}."
             )
         if self.first.color == self.second.color:
-            raise ConfigError(
-                f"The two objects of a scene must differ in colour; both are {self.first.color!r}."
-            )
+            raise ConfigError(f"The two objects of a scene must differ in colour; both are {self.first.color!r}.")
 
     @classmethod
     def of(
@@ -103,9 +101,7 @@ class TwoObjectAttributes:
     ) -> TwoObjectAttributes:
         """Build from two (shape, colour, size) triples, a layout and a background."""
         if layout not in LAYOUT_POSITIONS:
-            raise ConfigError(
-                f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}."
-            )
+            raise ConfigError(f"Unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}.")
         p1, p2 = LAYOUT_POSITIONS[layout]
         return cls(
             Attributes(*first, position=p1, background=background),
@@ -127,9 +123,7 @@ class TwoObjectAttributes:
     def replace_object(self, index: int, **changes: str) -> TwoObjectAttributes:
         """A copy with object ``index`` (0 = first, 1 = second) changed in shape, colour or size."""
         if index not in (0, 1):
-            raise ConfigError(
-                f"Object index {index!r} does not exist; use 0 (first) or 1 (second)."
-            )
+            raise ConfigError(f"Object index {index!r} does not exist; use 0 (first) or 1 (second).")
         bad = sorted(set(changes) - set(OBJECT_ATTRIBUTES))
         if bad:
             raise ConfigError(
@@ -140,9 +134,7 @@ class TwoObjectAttributes:
         objects[index] = objects[index].replace(**changes)
         return TwoObjectAttributes(*objects)
 
-    def replace(
-        self, layout: Layout | None = None, background: str | None = None
-    ) -> TwoObjectAttributes:
+    def replace(self, layout: Layout | None = None, background: str | None = None) -> TwoObjectAttributes:
         """A copy with another layout and/or background (the objects keep their shape, colour, size)."""
         layout = self.layout if layout is None else layout
         background = self.background if background is None else background
@@ -171,11 +163,7 @@ def _all2() -> tuple[TwoObjectAttributes, ...]:
             for first in objects:
                 for second in objects:
                     if first[1] != second[1]:
-                        combos.append(
-                            TwoObjectAttributes.of(
-                                first, second, layout=layout, background=background
-                            )
-                        )
+                        combos.append(TwoObjectAttributes.of(first, second, layout=layout, background=background))
     return tuple(combos)
 
 
@@ -191,11 +179,7 @@ def contains_held_out_object(pair: TwoObjectAttributes) -> bool:
 
 def _slots_covered(train: list[TwoObjectAttributes]) -> bool:
     """Every object occurs in every slot (left, right, top, bottom) on every background in ``train``."""
-    seen = {
-        (o.shape, o.color, o.size, o.position, o.background)
-        for p in train
-        for o in p.objects
-    }
+    seen = {(o.shape, o.color, o.size, o.position, o.background) for p in train for o in p.objects}
     need = {
         (s, c, z, pos, b)
         for s, c, z in itertools.product(SHAPES, COLORS, SIZES)
@@ -212,19 +196,12 @@ def _held_out_indices2() -> tuple[int, ...]:
     eligible = [i for i, c in enumerate(combos) if not contains_held_out_object(c)]
     for attempt in range(100):
         rng = np.random.Generator(np.random.PCG64(_HELD_OUT_SEED_2 + attempt))
-        chosen = sorted(
-            int(eligible[i])
-            for i in rng.choice(
-                len(eligible), size=N_TWO_OBJECT_HELD_OUT, replace=False
-            )
-        )
+        chosen = sorted(int(eligible[i]) for i in rng.choice(len(eligible), size=N_TWO_OBJECT_HELD_OUT, replace=False))
         chosen_set = set(chosen)
         train = [combos[i] for i in eligible if i not in chosen_set]
         if _slots_covered(train):
             return tuple(chosen)
-    raise RuntimeError(
-        "No valid two-object held-out split found; this is a bug in latentlens.shapes.world2."
-    )
+    raise RuntimeError("No valid two-object held-out split found; this is a bug in latentlens.shapes.world2.")
 
 
 def two_object_held_out_combinations() -> list[TwoObjectAttributes]:
@@ -240,11 +217,7 @@ def two_object_held_out_combinations() -> list[TwoObjectAttributes]:
 @functools.lru_cache(maxsize=1)
 def _training2() -> tuple[TwoObjectAttributes, ...]:
     held = set(_held_out_indices2())
-    return tuple(
-        c
-        for i, c in enumerate(_all2())
-        if i not in held and not contains_held_out_object(c)
-    )
+    return tuple(c for i, c in enumerate(_all2()) if i not in held and not contains_held_out_object(c))
 
 
 def two_object_training_combinations() -> list[TwoObjectAttributes]:

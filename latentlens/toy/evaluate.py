@@ -75,9 +75,7 @@ def attribute_accuracy(
     images = generate_images(pipe, prompts, seeds, num_inference_steps, guidance_scale, batch_size)
     read = read_batch(images) if len(images) else []
     report = score_readings(combinations, read)
-    report["errors"] = [
-        {"asked": a.as_dict(), "read": r.as_dict()} for a, r in zip(combinations, read) if a != r
-    ][:20]
+    report["errors"] = [{"asked": a.as_dict(), "read": r.as_dict()} for a, r in zip(combinations, read) if a != r][:20]
     return report
 
 
@@ -194,7 +192,8 @@ def two_object_edits(
         for base, k in zip(bases, which):
             other = base.objects[1 - k]
             options = [
-                v for v in VALUES[attribute]
+                v
+                for v in VALUES[attribute]
                 if v != getattr(base.objects[k], attribute) and not (attribute == "color" and v == other.color)
             ]
             edits.append(base.replace_object(k, **{attribute: options[int(rng.integers(len(options)))]}))

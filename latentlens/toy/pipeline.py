@@ -144,7 +144,9 @@ class ToyPipeline(DiffusionPipeline):
         return self._interrupt
 
     # ------------------------------------------------------------------ text
-    def _encode(self, texts: list[str], device: torch.device, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(
+        self, texts: list[str], device: torch.device, max_sequence_length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, pooled = encode_texts(texts, self.tokenizer, self.text_encoder, max_length=max_sequence_length)
         dtype = self.transformer.dtype
         return tokens.to(device=device, dtype=dtype), pooled.to(device=device, dtype=dtype)
@@ -195,9 +197,7 @@ class ToyPipeline(DiffusionPipeline):
                 num_images_per_prompt, dim=0
             )
         elif do_classifier_free_guidance and negative_pooled_prompt_embeds is None:
-            raise ConfigError(
-                "negative_prompt_embeds were given without negative_pooled_prompt_embeds; pass both."
-            )
+            raise ConfigError("negative_prompt_embeds were given without negative_pooled_prompt_embeds; pass both.")
         return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
 
     # ------------------------------------------------------------------ sampling
@@ -363,9 +363,7 @@ class ToyPipeline(DiffusionPipeline):
             raise ConfigError("prompt_embeds were given without pooled_prompt_embeds; pass both.")
         size = self.default_sample_size * self.vae_scale_factor
         if height != size or width != size:
-            raise ConfigError(
-                f"The toy model generates {size}x{size} images only; got height={height}, width={width}."
-            )
+            raise ConfigError(f"The toy model generates {size}x{size} images only; got height={height}, width={width}.")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ConfigError(f"output_type {output_type!r} is not one of 'pil', 'np', 'pt', 'latent'.")
         if int(num_inference_steps) < 1:
@@ -415,6 +413,8 @@ def tiny_toy_pipeline(seed: int = 0, num_layers: int = 1) -> ToyPipeline:
     finally:
         torch.random.set_rng_state(generator_state)
     transformer.eval()
-    pipe = ToyPipeline(transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
+    pipe = ToyPipeline(
+        transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -69,9 +69,9 @@ def encode_texts(
     texts = list(texts)
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        batch = tokenizer(
-            chunk, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
+        batch = tokenizer(chunk, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt").to(
+            device
+        )
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
         hidden = hidden * mask  # [B, L, 384], zeros at padding

@@ -101,7 +101,9 @@ class TrainConfig:
         if self.two_object_templates is not None:
             self.two_object_templates = tuple(int(t) for t in self.two_object_templates)
         if self.two_object_limit is not None and (
-            isinstance(self.two_object_limit, bool) or not isinstance(self.two_object_limit, int) or self.two_object_limit < 1
+            isinstance(self.two_object_limit, bool)
+            or not isinstance(self.two_object_limit, int)
+            or self.two_object_limit < 1
         ):
             raise ConfigError(f"two_object_limit={self.two_object_limit!r} must be a positive integer or None.")
 
@@ -317,7 +319,10 @@ def flow_matching_loss(
     s = sigma.view(batch, 1, 1, 1)
     x_t = (1.0 - s) * x0 + s * noise  # [B, 3, H, W]
     pred = transformer(
-        hidden_states=x_t, encoder_hidden_states=tokens, pooled_projections=pooled, timestep=sigma * 1000.0,
+        hidden_states=x_t,
+        encoder_hidden_states=tokens,
+        pooled_projections=pooled,
+        timestep=sigma * 1000.0,
         return_dict=False,
     )[0]
     return torch.nn.functional.mse_loss(pred, noise - x0)
@@ -329,7 +334,9 @@ def _check_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StoreError(f"Cannot create the training folder {out_dir}: {error.strerror}; choose another --out.") from error
+        raise StoreError(
+            f"Cannot create the training folder {out_dir}: {error.strerror}; choose another --out."
+        ) from error
     if not os.access(out_dir, os.W_OK):
         raise StoreError(f"The training folder {out_dir} is not writable; choose another --out.")
 
@@ -346,7 +353,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build_pipeline_from_state(transformer_state: dict[str, torch.Tensor], config: TrainConfig, text: tuple[Any, Any] | None = None):
+def build_pipeline_from_state(
+    transformer_state: dict[str, torch.Tensor], config: TrainConfig, text: tuple[Any, Any] | None = None
+):
     """A :class:`ToyPipeline` whose transformer holds ``transformer_state`` (e.g. the EMA weights)."""
     from latentlens.toy.pipeline import ToyPipeline, build_scheduler, build_transformer
     from latentlens.toy.text_encoder import load_text_encoder
@@ -361,7 +370,9 @@ def build_pipeline_from_state(transformer_state: dict[str, torch.Tensor], config
     transformer.load_state_dict(transformer_state)
     transformer.eval()
     tokenizer, text_encoder = text if text is not None else load_text_encoder()
-    return ToyPipeline(transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
+    return ToyPipeline(
+        transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer
+    )
 
 
 def export_checkpoint(checkpoint: str | Path, dest: str | Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -501,8 +512,13 @@ def train_toy(
         losses: list[float] = []
         first_losses: list[float] = []
         bar = tqdm(
-            total=config.steps, initial=min(step, config.steps), desc="train-toy", file=sys.stderr,
-            disable=not progress, mininterval=5.0, dynamic_ncols=True,
+            total=config.steps,
+            initial=min(step, config.steps),
+            desc="train-toy",
+            file=sys.stderr,
+            disable=not progress,
+            mininterval=5.0,
+            dynamic_ncols=True,
         )
         with open(out / LOSS_LOG_NAME, "a") as log:
             try:
@@ -535,12 +551,19 @@ def train_toy(
                         now = time.time()
                         # step_s: wall seconds per step over this window (a SIGSTOP pause shows here);
                         # cpu_s: this process's CPU seconds so far (pauses excluded), across resumes.
-                        log.write(json.dumps({
-                            "step": step, "loss": round(mean_loss, 6), "lr": lr,
-                            "elapsed_s": round(elapsed_before + now - start, 1),
-                            "step_s": round((now - window_start) / len(recent), 4),
-                            "cpu_s": round(cpu_before + time.process_time() - cpu_start, 1),
-                        }) + "\n")
+                        log.write(
+                            json.dumps(
+                                {
+                                    "step": step,
+                                    "loss": round(mean_loss, 6),
+                                    "lr": lr,
+                                    "elapsed_s": round(elapsed_before + now - start, 1),
+                                    "step_s": round((now - window_start) / len(recent), 4),
+                                    "cpu_s": round(cpu_before + time.process_time() - cpu_start, 1),
+                                }
+                            )
+                            + "\n"
+                        )
                         window_start = now
                         log.flush()
                         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)

@@ -21,28 +21,72 @@ HELP = "Fit probes, PCA and directions on a recorded run; results go to RUN_DIR/
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `latentlens record`.")
-    parser.add_argument("--sites", nargs="+", default=None, metavar="SITE",
-                        help="sites to analyse (names or globs; default: every recorded activation site).")
-    parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="STEP",
-                        help="denoising steps to analyse (default: every recorded step).")
-    parser.add_argument("--attributes", nargs="+", default=None, metavar="NAME",
-                        help="labels to probe (default: every label of the run).")
-    parser.add_argument("--features", choices=("mean", "mean+grid"), default="mean",
-                        help="per-sample features: token mean (default) or token mean + 2x2 spatial means.")
+    parser.add_argument(
+        "--sites",
+        nargs="+",
+        default=None,
+        metavar="SITE",
+        help="sites to analyse (names or globs; default: every recorded activation site).",
+    )
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="denoising steps to analyse (default: every recorded step).",
+    )
+    parser.add_argument(
+        "--attributes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="labels to probe (default: every label of the run).",
+    )
+    parser.add_argument(
+        "--features",
+        choices=("mean", "mean+grid"),
+        default="mean",
+        help="per-sample features: token mean (default) or token mean + 2x2 spatial means.",
+    )
     parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the probes (default 1.0).")
-    parser.add_argument("--max-features", type=int, default=64, metavar="K",
-                        help="project wider cells on their top K principal components before probing (default 64; 0 = off).")
-    parser.add_argument("--umap", choices=("best", "all", "none"), default="best",
-                        help="which cells get a 2-D UMAP embedding (default: the best probe cells).")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch threads for the fit (default: torch's; 1 is faster on a busy machine).")
+    parser.add_argument(
+        "--max-features",
+        type=int,
+        default=64,
+        metavar="K",
+        help="project wider cells on their top K principal components before probing (default 64; 0 = off).",
+    )
+    parser.add_argument(
+        "--umap",
+        choices=("best", "all", "none"),
+        default="best",
+        help="which cells get a 2-D UMAP embedding (default: the best probe cells).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads for the fit (default: torch's; 1 is faster on a busy machine).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split and control task.")
-    parser.add_argument("--max-read-mb", type=float, default=256, metavar="MB",
-                        help="raw activations read at once, in MiB (default 256); the run is streamed, so "
-                        "runs larger than memory can be analysed.")
-    parser.add_argument("--validate", type=int, default=16, metavar="N",
-                        help="steer N of the run's samples with every saved direction and store the measured edit "
-                             "effect with it (default 16; 0 skips; runs without a loadable model skip it).")
+    parser.add_argument(
+        "--max-read-mb",
+        type=float,
+        default=256,
+        metavar="MB",
+        help="raw activations read at once, in MiB (default 256); the run is streamed, so "
+        "runs larger than memory can be analysed.",
+    )
+    parser.add_argument(
+        "--validate",
+        type=int,
+        default=16,
+        metavar="N",
+        help="steer N of the run's samples with every saved direction and store the measured edit "
+        "effect with it (default 16; 0 skips; runs without a loadable model skip it).",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document with the results.")
 
 
@@ -63,25 +107,42 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     summary = analyze_run(
-        args.run_dir, sites=args.sites, steps=args.steps, attributes=args.attributes, features=args.features,
-        C=args.C, max_features=args.max_features or None, umap=args.umap, random_state=args.seed,
-        quiet=False, max_read_bytes=_read_bytes(args.max_read_mb), validate=max(0, args.validate),
+        args.run_dir,
+        sites=args.sites,
+        steps=args.steps,
+        attributes=args.attributes,
+        features=args.features,
+        C=args.C,
+        max_features=args.max_features or None,
+        umap=args.umap,
+        random_state=args.seed,
+        quiet=False,
+        max_read_bytes=_read_bytes(args.max_read_mb),
+        validate=max(0, args.validate),
     )
     if args.json:
         print_json(summary)
         return 0
-    print(f"Analysed {summary['samples']} samples of {summary['run']} "
-          f"({len(summary['sites'])} sites x {len(summary['steps'])} steps) in {summary['seconds']['total']:.1f} s.")
+    print(
+        f"Analysed {summary['samples']} samples of {summary['run']} "
+        f"({len(summary['sites'])} sites x {len(summary['steps'])} steps) in {summary['seconds']['total']:.1f} s."
+    )
     if summary["probes"]:
-        print(f"{'attribute':<12} {'stream':<6} {'site':<28} {'step':>4} {'accuracy':>9} {'95% CI':>15} {'selectivity':>11}")
+        print(
+            f"{'attribute':<12} {'stream':<6} {'site':<28} {'step':>4} {'accuracy':>9} {'95% CI':>15} {'selectivity':>11}"
+        )
         for p in summary["probes"]:
-            print(f"{p['attribute']:<12} {p['stream']:<6} {p['site']:<28} {p['step']:>4} {p['accuracy']:>9.3f} "
-                  f"  [{p['ci_low']:.3f}, {p['ci_high']:.3f}] {p['selectivity']:>11.3f}")
+            print(
+                f"{p['attribute']:<12} {p['stream']:<6} {p['site']:<28} {p['step']:>4} {p['accuracy']:>9.3f} "
+                f"  [{p['ci_low']:.3f}, {p['ci_high']:.3f}] {p['selectivity']:>11.3f}"
+            )
     elif summary.get("note"):
         print(summary["note"])
     for cell in summary["nan_cells"]:
-        print(f"warning: NaN/inf values at site {cell['site']} step {cell['step']} ({cell['nan_count']} values).",
-              file=sys.stderr)
+        print(
+            f"warning: NaN/inf values at site {cell['site']} step {cell['step']} ({cell['nan_count']} values).",
+            file=sys.stderr,
+        )
     for r in (summary.get("direction_effects") or [])[:5]:
         kept = "" if r.get("kept") is None else f", others kept >= {min(r['kept'].values()):.2f}"
         success = "" if r.get("success") is None else f", edits {r['success']:.2f}"

@@ -23,11 +23,18 @@ LOCALHOST = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="RUN_DIR_OR_ROOT", help="a run folder, or a folder holding runs (searched 2 levels deep).")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the runs to the network).")
+    parser.add_argument(
+        "path", metavar="RUN_DIR_OR_ROOT", help="a run folder, or a folder holding runs (searched 2 levels deep)."
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the runs to the network).",
+    )
     parser.add_argument("--port", type=int, default=8050, help="port (default 8050).")
-    parser.add_argument("--cache-dir", metavar="DIR", help="where background jobs and uploads are kept (default: a temp folder).")
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="where background jobs and uploads are kept (default: a temp folder)."
+    )
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab.")
 
 
@@ -37,8 +44,14 @@ def check_port(port: int) -> int:
     return port
 
 
-def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8050, *, cache_dir: str | None = None,
-          open_browser: bool = False) -> None:
+def serve(
+    path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    *,
+    cache_dir: str | None = None,
+    open_browser: bool = False,
+) -> None:
     """Build the app over ``path`` and serve it until interrupted."""
     root = Path(path).expanduser()
     if not root.exists():

@@ -34,17 +34,28 @@ STATE_FILE = "demo.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", metavar="DIR", help="where the demo's run is kept (default runs/demo).")
-    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
-                        help=f"record the first N prompts of the shapes spec (default {DEFAULT_LIMIT}; keeps the demo to minutes).")
+    parser.add_argument(
+        "--out", default="runs/demo", metavar="DIR", help="where the demo's run is kept (default runs/demo)."
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"record the first N prompts of the shapes spec (default {DEFAULT_LIMIT}; keeps the demo to minutes).",
+    )
     parser.add_argument("--model", default="toy", help="the pipeline (default: the bundled toy model).")
-    parser.add_argument("--spec", default=None, metavar="SPEC.yaml", help="probe spec (default: the shipped probes/shapes.yaml).")
+    parser.add_argument(
+        "--spec", default=None, metavar="SPEC.yaml", help="probe spec (default: the shipped probes/shapes.yaml)."
+    )
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="prompts per pipeline call (default 8).")
     parser.add_argument("--port", type=int, default=8050, help="dashboard port (default 8050).")
     parser.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1).")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab.")
     parser.add_argument("--no-serve", action="store_true", help="stop after recording and analysing.")
-    parser.add_argument("--json", action="store_true", help="print one JSON document with what was done (implies --no-serve).")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document with what was done (implies --no-serve)."
+    )
 
 
 def _spec_path(given: str | None) -> Path:
@@ -56,7 +67,9 @@ def _spec_path(given: str | None) -> Path:
     for candidate in (Path.cwd() / "probes" / SPEC, here.parents[3] / "probes" / SPEC):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"The shapes probe spec {SPEC} was not found in ./probes or next to latentlens; pass --spec PATH.")
+    raise ConfigError(
+        f"The shapes probe spec {SPEC} was not found in ./probes or next to latentlens; pass --spec PATH."
+    )
 
 
 def _analysis_command() -> Any:
@@ -89,8 +102,16 @@ def record_step(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     n_steps = int(default_num_inference_steps(pipe) or 20)
     steps = sorted({s for s in STEPS if s < n_steps} | {n_steps - 1})
     result = latentlens.record_prompts(
-        pipe, prompts, run_dir, sites=SITES, attention=ATTENTION, steps=steps, dtype=getattr(torch, DTYPE),
-        batch_size=int(args.batch_size), limit=limit, resume=(run_dir / "manifest.json").is_file(),
+        pipe,
+        prompts,
+        run_dir,
+        sites=SITES,
+        attention=ATTENTION,
+        steps=steps,
+        dtype=getattr(torch, DTYPE),
+        batch_size=int(args.batch_size),
+        limit=limit,
+        resume=(run_dir / "manifest.json").is_file(),
         model_id=args.model,
     )
     return {"recorded_now": len(result.recorded_now), "samples": result.samples, "seconds": round(result.seconds, 2)}
@@ -103,11 +124,17 @@ def analyse_step(run_dir: Path, root: Path, samples: int) -> dict[str, Any]:
     from latentlens.results import has_analysis
 
     if has_analysis(run_dir) and state.get("analysed_samples") == samples:
-        print(f"demo: the analysis of {samples} samples is already in {run_dir / 'analysis'}; skipping it.", file=sys.stderr)
+        print(
+            f"demo: the analysis of {samples} samples is already in {run_dir / 'analysis'}; skipping it.",
+            file=sys.stderr,
+        )
         return {"analysed": True, "seconds": 0.0, "skipped": True}
     command = _analysis_command()
     if command is None:
-        print("demo: this latentlens has no `analyze` command; the dashboard will show the recording only.", file=sys.stderr)
+        print(
+            "demo: this latentlens has no `analyze` command; the dashboard will show the recording only.",
+            file=sys.stderr,
+        )
         return {"analysed": False, "seconds": 0.0, "skipped": False}
     from latentlens.cli import build_parser
 
@@ -121,10 +148,17 @@ def analyse_step(run_dir: Path, root: Path, samples: int) -> dict[str, Any]:
             status = int(parsed._run(parsed) or 0)
     except LatentlensError as error:
         # The recording stays useful (runs, latents, attention pages); say why the analysis is missing.
-        print(f"demo: warning: the analysis failed: {error} The dashboard shows the recording only; "
-              f"rerun with a larger --limit to analyse it.", file=sys.stderr)
-        return {"analysed": False, "seconds": round(time.perf_counter() - started, 2), "skipped": False,
-                "error": str(error)}
+        print(
+            f"demo: warning: the analysis failed: {error} The dashboard shows the recording only; "
+            f"rerun with a larger --limit to analyse it.",
+            file=sys.stderr,
+        )
+        return {
+            "analysed": False,
+            "seconds": round(time.perf_counter() - started, 2),
+            "skipped": False,
+            "error": str(error),
+        }
     if status != 0:
         raise LatentlensError(f"`latentlens analyze {run_dir}` failed (exit status {status}); see the messages above.")
     state["analysed_samples"] = samples
@@ -144,8 +178,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     recorded = record_step(args, run_dir)
     analysed = analyse_step(run_dir, root, recorded["samples"])
-    summary = {"root": str(root), "run": str(run_dir), "record": recorded, "analysis": analysed,
-               "seconds": round(time.perf_counter() - started, 2)}
+    summary = {
+        "root": str(root),
+        "run": str(run_dir),
+        "record": recorded,
+        "analysis": analysed,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     if args.json:
         from latentlens.cli import print_json
 

@@ -34,23 +34,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="The image to edit (PNG/JPEG; centre-cropped and resized to the model's size).")
     parser.add_argument("--target", help="What the edited image should show.")
     parser.add_argument("--source", help="What the image shows now (default: the describer's description).")
-    parser.add_argument("--alpha", "--degree", dest="alpha", type=float, default=None,
-                        help="Editing degree alpha, as in steer (default 1; 0 = no edit). --degree is its deprecated "
-                        "old name.")
+    parser.add_argument(
+        "--alpha",
+        "--degree",
+        dest="alpha",
+        type=float,
+        default=None,
+        help="Editing degree alpha, as in steer (default 1; 0 = no edit). --degree is its deprecated old name.",
+    )
     parser.add_argument("--direction", help="A saved Direction (NAME or NAME.json) to edit along instead of --target.")
-    parser.add_argument("--mode", choices=("both", "text", "image"), default="both",
-                        help="both = EMS (default); text / image = the single-space ablations.")
+    parser.add_argument(
+        "--mode",
+        choices=("both", "text", "image"),
+        default="both",
+        help="both = EMS (default); text / image = the single-space ablations.",
+    )
     parser.add_argument("--out", help="Output image path (.png/.jpg).")
     parser.add_argument("--batch", metavar="FILE.jsonl", help="Edit many images: one JSON object per line.")
     ems = parser.add_argument_group("EMS parameters")
     ems.add_argument("--iterations", type=int, default=None, help="Image-space updates K.")
     ems.add_argument("--step-size", type=float, default=None, help="Step size eta in (0, 1].")
     ems.add_argument("--rho", type=float, default=None, help="Bound on the RMS latent change (negative = none).")
-    ems.add_argument("--t-range", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                     help="Noise levels sigma drawn per update.")
-    ems.add_argument("--mask", choices=("diff", "attention", "none"), default=None,
-                     help="Where the change may happen: diff = where the target and source predictions differ "
-                          "(default), attention = the edited words' attention, none = everywhere.")
+    ems.add_argument(
+        "--t-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="Noise levels sigma drawn per update.",
+    )
+    ems.add_argument(
+        "--mask",
+        choices=("diff", "attention", "none"),
+        default=None,
+        help="Where the change may happen: diff = where the target and source predictions differ "
+        "(default), attention = the edited words' attention, none = everywhere.",
+    )
     ems.add_argument("--mask-threshold", type=float, default=None, help="Mask threshold (fraction of the max).")
     ems.add_argument("--seed", type=int, default=0, help="Seed of the noise draws (default 0).")
     from latentlens.cli.options import add_denoising_steps
@@ -58,16 +77,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_denoising_steps(ems, help="Denoising (ODE) steps for text mode (default: the model's).")
     ems.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance (default: the model's).")
     desc = parser.add_argument_group("describer (when --source is not given)")
-    desc.add_argument("--describer", choices=("shapes", "endpoint", "transformers"), default=None,
-                      help="shapes = the shapes-world captioner (default for the toy model).")
-    desc.add_argument("--describer-config", metavar="FILE.json",
-                      help="Endpoint settings: {\"url\", \"model\", \"timeout\"?, \"retries\"?, \"api_key\"?}.")
+    desc.add_argument(
+        "--describer",
+        choices=("shapes", "endpoint", "transformers"),
+        default=None,
+        help="shapes = the shapes-world captioner (default for the toy model).",
+    )
+    desc.add_argument(
+        "--describer-config",
+        metavar="FILE.json",
+        help='Endpoint settings: {"url", "model", "timeout"?, "retries"?, "api_key"?}.',
+    )
     desc.add_argument("--describer-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     desc.add_argument("--describer-model", help="Endpoint model name, or the local model folder for 'transformers'.")
     desc.add_argument("--describer-timeout", type=float, default=30.0, help="Seconds per endpoint request.")
     desc.add_argument("--describer-retries", type=int, default=2, help="Extra attempts after a failed request.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest for the toy model on a busy CPU).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is fastest for the toy model on a busy CPU).",
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON document on stdout.")
 
 
@@ -122,8 +152,14 @@ def _editor(args: argparse.Namespace) -> Any:
         torch.set_num_threads(max(1, args.threads))
     print(f"latentlens edit: loading {args.model} ...", file=sys.stderr)
     pipe = load_pipeline(args.model)
-    return EMSEditor(pipe, mode=args.mode, describer=describer, guidance_scale=args.guidance,
-                     num_inference_steps=args.steps, **params)
+    return EMSEditor(
+        pipe,
+        mode=args.mode,
+        describer=describer,
+        guidance_scale=args.guidance,
+        num_inference_steps=args.steps,
+        **params,
+    )
 
 
 MIN_SIDE = 8
@@ -173,9 +209,11 @@ def unrelated_target_warning(source: str | None, target: str | None) -> str | No
         return None
     words = lambda text: {w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS}
     if words(source) and words(target) and not words(source) & words(target):
-        return (f"the target {target!r} shares no word with the source {source!r}; EMS edits an image toward a "
-                "*changed* description of it, so an unrelated target mostly gives noise. Describe the image as "
-                "it should look (e.g. the source with one attribute changed).")
+        return (
+            f"the target {target!r} shares no word with the source {source!r}; EMS edits an image toward a "
+            "*changed* description of it, so an unrelated target mostly gives noise. Describe the image as "
+            "it should look (e.g. the source with one attribute changed)."
+        )
     return None
 
 
@@ -184,12 +222,12 @@ def _one(editor: Any, item: dict[str, Any]) -> dict[str, Any]:
 
     out = item.get("out")
     if not out:
-        raise ConfigError("No output path: give --out (or \"out\" in a --batch line).")
+        raise ConfigError('No output path: give --out (or "out" in a --batch line).')
     suffix = Path(out).suffix.lower()
     if suffix not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         raise ConfigError(f"Output {out} must end in .png, .jpg, .jpeg, .webp or .bmp.")
     if not item.get("image"):
-        raise ConfigError("No input image: give --image (or \"image\" in a --batch line).")
+        raise ConfigError('No input image: give --image (or "image" in a --batch line).')
     direction = item.get("direction")
     if direction:
         from latentlens.direction import Direction
@@ -204,8 +242,14 @@ def _one(editor: Any, item: dict[str, Any]) -> dict[str, Any]:
     check_edit_inputs(item["image"], out, alpha, None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = editor.edit(item["image"], target if not direction else None, source=item.get("source"),
-                             alpha=alpha, direction=direction or None, mode=item.get("mode"))
+        result = editor.edit(
+            item["image"],
+            target if not direction else None,
+            source=item.get("source"),
+            alpha=alpha,
+            direction=direction or None,
+            mode=item.get("mode"),
+        )
     messages = [str(w.message) for w in caught]
     unrelated = None if direction else unrelated_target_warning(getattr(result, "source", None), target)
     if unrelated:
@@ -275,10 +319,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("The target is empty; give --target TEXT (what the edited image should show) or --direction.")
     check_edit_inputs(args.image, args.out, args.alpha, args.direction)  # before the model loads
     editor = _editor(args)
-    doc = _one(editor, {"image": args.image, "target": args.target, "source": args.source, "alpha": args.alpha,
-                        "direction": args.direction, "out": args.out})
+    doc = _one(
+        editor,
+        {
+            "image": args.image,
+            "target": args.target,
+            "source": args.source,
+            "alpha": args.alpha,
+            "direction": args.direction,
+            "out": args.out,
+        },
+    )
     if args.json:
         print_json(doc)
     else:
-        print(f"latentlens edit: wrote {doc['out']} ({doc['seconds']:.2f} s; source: {doc['source']!r})", file=sys.stderr)
+        print(
+            f"latentlens edit: wrote {doc['out']} ({doc['seconds']:.2f} s; source: {doc['source']!r})", file=sys.stderr
+        )
     return 0

@@ -25,8 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="toy", help="'toy' (default) or a folder with a toy pipeline.")
     parser.add_argument("--n", type=int, default=200, help="Number of edits (spread over all five attributes).")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="Methods to compare.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the cases and of the source generations "
-                        "(0: the benchmark; 2 and 3: the dev cases the EMS defaults were tuned on).")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the cases and of the source generations "
+        "(0: the benchmark; 2 and 3: the dev cases the EMS defaults were tuned on).",
+    )
     parser.add_argument("--no-sde", action="store_true", help="Skip the SDE reconstructions (about half the time).")
     parser.add_argument("--batch-size", type=int, default=25, help="Edits per batched model call.")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
@@ -47,8 +52,15 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     pipe = load_pipeline(args.model)
-    result = run_benchmark(pipe, n=args.n, methods=args.methods, seed=args.seed, batch_size=args.batch_size,
-                           sde=not args.no_sde, progress=lambda msg: print(msg, file=sys.stderr))
+    result = run_benchmark(
+        pipe,
+        n=args.n,
+        methods=args.methods,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        sde=not args.no_sde,
+        progress=lambda msg: print(msg, file=sys.stderr),
+    )
     if args.json:
         print_json(result.to_dict())
     else:

@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from latentlens.cli.options import add_denoising_steps
 
     add_denoising_steps(parser, help="Denoising steps (default: the model's default).")
-    parser.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale (default: the model's default).")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="Classifier-free guidance scale (default: the model's default)."
+    )
     parser.add_argument("--out", required=True, help="Output folder (created if missing).")
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
 
@@ -79,7 +81,9 @@ def check_output_dir(out: Path) -> bool:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".latentlens-write-test-"):
             pass
     except OSError as error:
-        raise StoreError(f"Cannot write into the output folder {out} ({error.strerror}); choose another --out.") from error
+        raise StoreError(
+            f"Cannot write into the output folder {out} ({error.strerror}); choose another --out."
+        ) from error
     return created
 
 

@@ -31,9 +31,7 @@ def _column(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a step index or 'all'"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step index or 'all'") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VALUE",
         help="shapes world: the source prompts' value (e.g. blue).",
     )
-    parser.add_argument(
-        "--n", type=int, default=20, help="shapes world: number of pairs (default 20)."
-    )
+    parser.add_argument("--n", type=int, default=20, help="shapes world: number of pairs (default 20).")
     parser.add_argument(
         "--seed",
         type=int,
@@ -137,12 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="folder the grid is saved in (DIR/analysis/patching/NAME).",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, metavar="N", help="torch CPU threads."
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON document with the cells."
-    )
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads.")
+    parser.add_argument("--json", action="store_true", help="print one JSON document with the cells.")
 
 
 def _pairs(args: argparse.Namespace) -> list:
@@ -150,9 +142,7 @@ def _pairs(args: argparse.Namespace) -> list:
 
     world = [args.attribute, args.from_, args.to]
     if args.pairs and any(v is not None for v in world):
-        raise ConfigError(
-            "Give either --pairs FILE or --attribute/--from/--to (shapes world), not both."
-        )
+        raise ConfigError("Give either --pairs FILE or --attribute/--from/--to (shapes world), not both.")
     if args.pairs:
         return load_pairs(args.pairs)
     if any(v is None for v in world):
@@ -168,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise StoreError(
-            f"--out {out} is a file, but a folder is needed; give a folder path."
-        )
+        raise StoreError(f"--out {out} is a file, but a folder is needed; give a folder path.")
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: give at least 1 pair.")
     pairs = _pairs(args)
@@ -179,9 +167,7 @@ def run(args: argparse.Namespace) -> int:
         from latentlens.direction import Direction
 
         if args.tokens:
-            raise ConfigError(
-                "--tokens applies to patching; an ablation uses the direction's own tokens."
-            )
+            raise ConfigError("--tokens applies to patching; an ablation uses the direction's own tokens.")
         direction = Direction.load(args.ablate)
     import torch
 
@@ -198,15 +184,11 @@ def run(args: argparse.Namespace) -> int:
         "keep_images": args.keep_images,
     }
     if direction is not None:
-        grid = ablate_direction(
-            pipe, pairs, direction, steps=args.steps or ["all"], **common
-        )
+        grid = ablate_direction(pipe, pairs, direction, steps=args.steps or ["all"], **common)
     else:
 
         def progress(done: int, total: int) -> None:
-            if not args.json and (
-                done == total or done % max(1, total // 20) < len(pairs)
-            ):
+            if not args.json and (done == total or done % max(1, total // 20) < len(pairs)):
                 print(
                     f"patch-grid: {done}/{total} patched images",
                     file=sys.stderr,

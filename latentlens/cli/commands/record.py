@@ -22,55 +22,118 @@ NAME = "record"
 HELP = "Record text/image token latents and attention maps of many prompts into a resumable run folder."
 
 _SPEC_KEYS = {
-    "sites", "attention", "steps", "num_inference_steps", "guidance_scale", "guidance", "height", "width",
-    "batch_size", "cfg", "dtype", "tokens", "reduce",
+    "sites",
+    "attention",
+    "steps",
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance",
+    "height",
+    "width",
+    "batch_size",
+    "cfg",
+    "dtype",
+    "tokens",
+    "reduce",
 }
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="'toy', a local diffusers pipeline folder, or a cached hub id "
-                        "(default: the probe spec's model).")
+    parser.add_argument(
+        "--model",
+        help="'toy', a local diffusers pipeline folder, or a cached hub id (default: the probe spec's model).",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompts", metavar="FILE", help="one prompt per line (# comments allowed), or JSONL "
-                        "with a 'prompt' field and optional 'seed' and label fields.")
-    source.add_argument("--probe", metavar="SPEC.yaml", help="a probe spec (see probes/*.yaml): prompts, seeds, labels.")
+    source.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="one prompt per line (# comments allowed), or JSONL "
+        "with a 'prompt' field and optional 'seed' and label fields.",
+    )
+    source.add_argument(
+        "--probe", metavar="SPEC.yaml", help="a probe spec (see probes/*.yaml): prompts, seeds, labels."
+    )
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="the run folder to create (or resume).")
-    parser.add_argument("--sites", action="append", metavar="GLOB",
-                        help="site names or globs, comma-separated or repeated (default: 'blocks.*.resid_out.*').")
-    parser.add_argument("--attention", action="append", metavar="SPEC",
-                        help="attention maps to record, e.g. img2txt or 'blocks.*.attn.img2txt' (default: none).")
-    parser.add_argument("--steps", metavar="STEPS",
-                        help="denoising steps to record: 'all' (default), '0,5,9', '0:10', '0:20:5', '-1'.")
+    parser.add_argument(
+        "--sites",
+        action="append",
+        metavar="GLOB",
+        help="site names or globs, comma-separated or repeated (default: 'blocks.*.resid_out.*').",
+    )
+    parser.add_argument(
+        "--attention",
+        action="append",
+        metavar="SPEC",
+        help="attention maps to record, e.g. img2txt or 'blocks.*.attn.img2txt' (default: none).",
+    )
+    parser.add_argument(
+        "--steps", metavar="STEPS", help="denoising steps to record: 'all' (default), '0,5,9', '0:10', '0:20:5', '-1'."
+    )
     parser.add_argument("--limit", type=int, metavar="N", help="record only the first N prompts.")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="B", help="prompts per pipeline call (default 4).")
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="prompt i uses seed S+i unless the prompt "
-                        "file gives one (default 0).")
-    parser.add_argument("--num-inference-steps", type=int, metavar="N", help="denoising steps (default: the pipeline's).")
-    parser.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (default: the pipeline's).")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, metavar="B", help="prompts per pipeline call (default 4)."
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="prompt i uses seed S+i unless the prompt file gives one (default 0).",
+    )
+    parser.add_argument(
+        "--num-inference-steps", type=int, metavar="N", help="denoising steps (default: the pipeline's)."
+    )
+    parser.add_argument(
+        "--guidance", type=float, metavar="G", help="classifier-free guidance scale (default: the pipeline's)."
+    )
     parser.add_argument("--height", type=int, metavar="PX", help="image height (default: the pipeline's).")
     parser.add_argument("--width", type=int, metavar="PX", help="image width (default: the pipeline's).")
-    parser.add_argument("--cfg", choices=("cond", "uncond", "both"), default=None,
-                        help="which classifier-free-guidance branch to record (default cond).")
+    parser.add_argument(
+        "--cfg",
+        choices=("cond", "uncond", "both"),
+        default=None,
+        help="which classifier-free-guidance branch to record (default cond).",
+    )
     parser.add_argument("--dtype", choices=_DTYPES, default=None, help="dtype of the recorded data (default float32).")
     parser.add_argument("--no-images", action="store_true", help="do not save the generated images.")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out made with the same settings.")
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --out.")
-    parser.add_argument("--repair", action="store_true", help="with --resume (implied): check every finished "
-                        "sample (chunk sizes and checksums) and record exactly the damaged ones again.")
-    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                        help="record on a Ray cluster: 'local' (the default when no ADDRESS is given) starts one "
-                        "on this machine, 'auto' or HOST:PORT joins one started with `ray start --head` "
-                        "(needs latentlens[ray]).")
-    parser.add_argument("--workers", type=int, metavar="N", help="with --ray: pipelines to run, one per GPU "
-                        "(or per CPU on a cluster without GPUs); default: all of them.")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="with --resume (implied): check every finished "
+        "sample (chunk sizes and checksums) and record exactly the damaged ones again.",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="record on a Ray cluster: 'local' (the default when no ADDRESS is given) starts one "
+        "on this machine, 'auto' or HOST:PORT joins one started with `ray start --head` "
+        "(needs latentlens[ray]).",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="with --ray: pipelines to run, one per GPU (or per CPU on a cluster without GPUs); default: all of them.",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar.")
     parser.add_argument("--json", action="store_true", help="print one JSON document with the result.")
-    parser.add_argument("--reduce", action="append", metavar="R",
-                        help="capture-time reductions: mean_img_tokens, mean_steps, pool=N (maps); "
-                        "comma-separated or repeated.")
-    parser.add_argument("--dry-run", action="store_true", help="load only the configs and print what the run would "
-                        "write (bytes per sample and site, total, free disk); compute nothing.")
+    parser.add_argument(
+        "--reduce",
+        action="append",
+        metavar="R",
+        help="capture-time reductions: mean_img_tokens, mean_steps, pool=N (maps); comma-separated or repeated.",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="load only the configs and print what the run would "
+        "write (bytes per sample and site, total, free disk); compute nothing.",
+    )
 
 
 # ------------------------------------------------------------------ parsing
@@ -169,7 +232,9 @@ def read_prompt_file(path: str | Path) -> list[Any]:
             try:
                 entry = json.loads(text)
             except ValueError as error:
-                raise ConfigError(f"{path}:{number}: invalid JSON ({error}); fix the line or write the prompt as plain text.") from None
+                raise ConfigError(
+                    f"{path}:{number}: invalid JSON ({error}); fix the line or write the prompt as plain text."
+                ) from None
             if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
                 raise ConfigError(f"{path}:{number}: a JSONL entry needs a string 'prompt' field.")
             items.append(entry)
@@ -196,7 +261,9 @@ def _check_sites(pipe: Any, patterns: list[str] | None, flag: str) -> None:
         if not fnmatch.filter(names, pattern) and pattern not in names:
             close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; valid names look like {names[0]!r}."
-            raise ConfigError(f"{flag} {pattern!r} matches no site of this model{hint} (`latentlens sites --model MODEL` lists them).")
+            raise ConfigError(
+                f"{flag} {pattern!r} matches no site of this model{hint} (`latentlens sites --model MODEL` lists them)."
+            )
 
 
 def _load_model(model: str) -> Any:
@@ -208,8 +275,9 @@ def _load_model(model: str) -> Any:
 _DRY_RUN_DONE = object()
 
 
-def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, options: dict[str, Any],
-                      steps_parts: list[Any] | None) -> Any:
+def _plan_before_load(
+    args: argparse.Namespace, model: str, prompts: Any, options: dict[str, Any], steps_parts: list[Any] | None
+) -> Any:
     """The size plan (configs only): printed with --dry-run; a run that does not fit its disk is refused."""
     from latentlens.errors import LatentlensError, UnknownNameError
     from latentlens.runs import prompt_set
@@ -229,10 +297,25 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
                 _check_sites(config_transformer(model), [value] if isinstance(value, str) else list(value), f"--{key}")
         num_steps = options.get("num_inference_steps") or pipeline_defaults(model)["num_inference_steps"]
         base = {
-            "samples": count, "out": args.out, "steps": resolve_steps(steps_parts, num_steps),
-            "save_images": not args.no_images, "batch_size": options.get("batch_size", 4),
-            **{k: options.get(k) for k in ("sites", "attention", "tokens", "reduce", "dtype", "height", "width",
-                                           "num_inference_steps", "guidance_scale")},
+            "samples": count,
+            "out": args.out,
+            "steps": resolve_steps(steps_parts, num_steps),
+            "save_images": not args.no_images,
+            "batch_size": options.get("batch_size", 4),
+            **{
+                k: options.get(k)
+                for k in (
+                    "sites",
+                    "attention",
+                    "tokens",
+                    "reduce",
+                    "dtype",
+                    "height",
+                    "width",
+                    "num_inference_steps",
+                    "guidance_scale",
+                )
+            },
             "cfg": options.get("cfg") or "cond",
         }
         plan = plan_record(model, **base)
@@ -242,10 +325,14 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
         raise
     except Exception as error:
         if args.dry_run:
-            raise ConfigError(f"The size of this recording cannot be planned from the configs of {model!r} "
-                              f"({type(error).__name__}: {error}).") from error
-        print(f"latentlens record: note: no size plan ({type(error).__name__}: {error}); recording anyway.",
-              file=sys.stderr)
+            raise ConfigError(
+                f"The size of this recording cannot be planned from the configs of {model!r} "
+                f"({type(error).__name__}: {error})."
+            ) from error
+        print(
+            f"latentlens record: note: no size plan ({type(error).__name__}: {error}); recording anyway.",
+            file=sys.stderr,
+        )
         return None
     if args.dry_run:
         if args.json:
@@ -268,8 +355,11 @@ def run(args: argparse.Namespace) -> int:
     from latentlens.runs import DEFAULT_SITES, RunInterruptedError, check_out_dir, record_prompts
 
     steps_parts = parse_steps(args.steps)
-    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size),
-                        ("--num-inference-steps", args.num_inference_steps)):
+    for flag, value in (
+        ("--limit", args.limit),
+        ("--batch-size", args.batch_size),
+        ("--num-inference-steps", args.num_inference_steps),
+    ):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be a positive integer, got {value}.")
     if (args.resume or args.repair) and args.overwrite:
@@ -303,9 +393,16 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)  # before loading the model
 
     cli = {
-        "sites": _split(args.sites), "attention": expand_attention(_split(args.attention)), "num_inference_steps": args.num_inference_steps,
-        "guidance_scale": args.guidance, "height": args.height, "width": args.width, "batch_size": args.batch_size,
-        "cfg": args.cfg, "dtype": args.dtype, "reduce": _split(args.reduce),
+        "sites": _split(args.sites),
+        "attention": expand_attention(_split(args.attention)),
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance,
+        "height": args.height,
+        "width": args.width,
+        "batch_size": args.batch_size,
+        "cfg": args.cfg,
+        "dtype": args.dtype,
+        "reduce": _split(args.reduce),
     }
     options.update({k: v for k, v in cli.items() if v is not None})
     if "sites" not in options and "attention" not in options:
@@ -341,9 +438,20 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = record_prompts(
-            pipe, prompts, args.out, seeds=args.seed, model_id=model, save_images=not args.no_images,
-            resume=args.resume, overwrite=args.overwrite, limit=args.limit, progress=not args.quiet,
-            repair=args.repair, ray=args.ray, workers=args.workers, **options,
+            pipe,
+            prompts,
+            args.out,
+            seeds=args.seed,
+            model_id=model,
+            save_images=not args.no_images,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            limit=args.limit,
+            progress=not args.quiet,
+            repair=args.repair,
+            ray=args.ray,
+            workers=args.workers,
+            **options,
         )
     except RunInterruptedError as error:
         print(f"latentlens record: error: {error}", file=sys.stderr)

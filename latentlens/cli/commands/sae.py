@@ -24,20 +24,39 @@ HELP = "Train a sparse autoencoder on one site of a run; report FVU, dead featur
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `latentlens record`.")
     parser.add_argument("--site", required=True, help="the recorded site to train on, e.g. blocks.3.resid_out.img.")
-    parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="STEP",
-                        help="denoising steps whose token rows are used (default: every recorded step).")
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="denoising steps whose token rows are used (default: every recorded step).",
+    )
     parser.add_argument("--features", type=int, default=256, metavar="F", help="dictionary size (default 256).")
     parser.add_argument("--k", type=int, default=8, help="active features per token row (TopK; default 8).")
     parser.add_argument("--epochs", type=int, default=3, metavar="E", help="passes over the training rows (default 3).")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per Adam step (default 256).")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3).")
-    parser.add_argument("--aux-k", type=int, default=None,
-                        help="dead features the auxiliary loss may use per row (default: half the site's width).")
+    parser.add_argument(
+        "--aux-k",
+        type=int,
+        default=None,
+        help="dead features the auxiliary loss may use per row (default: half the site's width).",
+    )
     align = parser.add_mutually_exclusive_group()
-    align.add_argument("--alignment", dest="alignment", action="store_true", default=None,
-                       help="require ground-truth alignment (an error if the run has no labels).")
-    align.add_argument("--no-alignment", dest="alignment", action="store_false",
-                       help="skip the alignment (default: align when the run has labels).")
+    align.add_argument(
+        "--alignment",
+        dest="alignment",
+        action="store_true",
+        default=None,
+        help="require ground-truth alignment (an error if the run has no labels).",
+    )
+    align.add_argument(
+        "--no-alignment",
+        dest="alignment",
+        action="store_false",
+        help="skip the alignment (default: align when the run has labels).",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu).")
     parser.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's).")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling and held-out split.")
@@ -53,18 +72,32 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     summary = train_run_sae(
-        args.run_dir, args.site, steps=args.steps, n_features=args.features, k=args.k, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, aux_k=args.aux_k, alignment=args.alignment, device=args.device,
-        seed=args.seed, quiet=args.json,
+        args.run_dir,
+        args.site,
+        steps=args.steps,
+        n_features=args.features,
+        k=args.k,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        aux_k=args.aux_k,
+        alignment=args.alignment,
+        device=args.device,
+        seed=args.seed,
+        quiet=args.json,
     )
     if args.json:
         print_json(summary)
         return 0
     rows = summary["rows"]
-    print(f"SAE {summary['n_features']} features, k={summary['k']} at {summary['site']} (steps "
-          f"{', '.join(map(str, summary['steps']))}): {rows['trained']:,} training rows, {rows['held_out']:,} held-out rows, "
-          f"{summary['seconds']['total']:.1f} s.")
-    print(f"held-out FVU {summary['fvu']:.4f} · dead features {summary['dead_fraction']:.1%} · mean L0 {summary['l0']:.2f}")
+    print(
+        f"SAE {summary['n_features']} features, k={summary['k']} at {summary['site']} (steps "
+        f"{', '.join(map(str, summary['steps']))}): {rows['trained']:,} training rows, {rows['held_out']:,} held-out rows, "
+        f"{summary['seconds']['total']:.1f} s."
+    )
+    print(
+        f"held-out FVU {summary['fvu']:.4f} · dead features {summary['dead_fraction']:.1%} · mean L0 {summary['l0']:.2f}"
+    )
     if summary["alignment"]:
         print(f"{'attribute=value':<22} {'feature':>7} {'F1':>6} {'precision':>9} {'recall':>6} {'IoU':>6}")
         for name, r in summary["alignment"].items():

@@ -22,9 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="toy",
         help="'toy' (default), a pipeline folder, or a cached hub id.",
     )
-    parser.add_argument(
-        "--match", metavar="GLOB", default=None, help="only names matching this glob."
-    )
+    parser.add_argument("--match", metavar="GLOB", default=None, help="only names matching this glob.")
     parser.add_argument("--json", action="store_true", help="print a JSON list.")
 
 

@@ -25,13 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--out", required=True, help="Folder for checkpoint, loss log and the trained pipeline.")
     parser.add_argument(
-        "--world", choices=("v1", "v2"), default="v1",
+        "--world",
+        choices=("v1", "v2"),
+        default="v1",
         help="Shapes world and recipe: v1 = one object (the shipped model's), v2 = one- and two-object scenes "
         "(sizes and schedule as in the model card). Default v1.",
     )
-    parser.add_argument("--steps", type=int, default=None, help=f"Total optimiser steps (default: the world's, v1 {defaults.steps}).")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help=f"Images per step (default: the world's, v1 {defaults.batch_size})."
+        "--steps", type=int, default=None, help=f"Total optimiser steps (default: the world's, v1 {defaults.steps})."
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"Images per step (default: the world's, v1 {defaults.batch_size}).",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"Random seed (default {defaults.seed}).")
     parser.add_argument(
@@ -40,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Require a checkpoint in --out and continue it (without this flag a matching checkpoint is continued too).",
     )
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help=f"CPU threads for torch (default {defaults.num_threads}; 1 is faster on a heavily shared machine).",
     )
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
