@@ -47,6 +47,25 @@ def _site_spec(target: Any, site: str) -> tuple[Any, SiteSpec]:
     return adapter, spec
 
 
+def _direction_arguments(
+    site: Any, direction: Any, steps: Steps, tokens: Any, usage: str
+) -> tuple[str, Any, Steps, Any]:
+    """``(site, vector, steps, tokens)`` of a steer/ablate call: a ``Direction`` fills what was not given."""
+    if direction is None and hasattr(site, "vector"):
+        direction, site = site, site.site
+    if direction is None:
+        raise ConfigError(f"{usage.split('(')[0]} needs a direction: {usage}.")
+    if hasattr(direction, "vector"):
+        steps = getattr(direction, "steps", None) if steps is None else steps
+        tokens = getattr(direction, "tokens", None) if tokens is None else tokens
+        vector = direction.vector
+    else:
+        vector = direction
+    if not isinstance(site, str):
+        raise ConfigError(f"site={site!r} must be a site name such as 'blocks.3.resid_out.img'.")
+    return site, vector, steps, tokens
+
+
 def _token_index(tokens: Any) -> torch.Tensor | None:
     if tokens is None:
         return None
@@ -76,6 +95,13 @@ class _Intervention:
 
     def modify(self, state: CallState, value: torch.Tensor, rows: slice) -> torch.Tensor | None:
         raise NotImplementedError
+
+    def _site_tokens(self, tokens: Sequence[int] | int | None) -> torch.Tensor | None:
+        """Token indices of a per-token site (a :class:`ConfigError` for sites without a token axis)."""
+        index = _token_index(tokens)
+        if index is not None and (len(self.spec.dims) < 2 or self.spec.dims[1] != "token"):
+            raise ConfigError(f"tokens=... needs a per-token site; {self.site!r} has axes {self.spec.dims}.")
+        return index
 
     def _apply(self, args: tuple, kwargs: dict, out: Any) -> Any:
         state = self.tracker.state
@@ -139,24 +165,13 @@ class steer(_Intervention):
         tokens: Sequence[int] | int | None = None,
         cfg: str = "both",
     ) -> None:
-        if direction is None and hasattr(site, "vector"):
-            direction, site = site, site.site
-        if direction is None:
-            raise ConfigError("steer needs a direction: steer(target, site, vector_or_Direction, alpha=...).")
-        if hasattr(direction, "vector"):
-            steps = getattr(direction, "steps", None) if steps is None else steps
-            tokens = getattr(direction, "tokens", None) if tokens is None else tokens
-            vector = direction.vector
-        else:
-            vector = direction
-        if not isinstance(site, str):
-            raise ConfigError(f"site={site!r} must be a site name such as 'blocks.3.resid_out.img'.")
+        site, vector, steps, tokens = _direction_arguments(
+            site, direction, steps, tokens, "steer(target, site, vector_or_Direction, alpha=...)"
+        )
         super().__init__(target, site, steps, cfg)
         self.vector = torch.as_tensor(vector).detach()
         self.alpha = float(alpha)
-        self.tokens = _token_index(tokens)
-        if self.tokens is not None and (len(self.spec.dims) < 2 or self.spec.dims[1] != "token"):
-            raise ConfigError(f"tokens=... needs a per-token site; {self.site!r} has axes {self.spec.dims}.")
+        self.tokens = self._site_tokens(tokens)
 
     def modify(self, state: CallState, value: torch.Tensor, rows: slice) -> torch.Tensor | None:
         if self.alpha == 0.0:
@@ -212,9 +227,7 @@ class patch(_Intervention):
         tokens: Sequence[int] | int | None = None,
     ) -> None:
         super().__init__(target, site, steps, "both")
-        self.tokens = _token_index(tokens)
-        if self.tokens is not None and (len(self.spec.dims) < 2 or self.spec.dims[1] != "token"):
-            raise ConfigError(f"tokens=... needs a per-token site; {self.site!r} has axes {self.spec.dims}.")
+        self.tokens = self._site_tokens(tokens)
         if hasattr(source, "names") and hasattr(source, "steps") and not torch.is_tensor(source):
             if self.site not in source:
                 raise ConfigError(
@@ -297,27 +310,16 @@ class ablate(_Intervention):
         tokens: Sequence[int] | int | None = None,
         cfg: str = "both",
     ) -> None:
-        if direction is None and hasattr(site, "vector"):
-            direction, site = site, site.site
-        if direction is None:
-            raise ConfigError("ablate needs a direction: ablate(target, site, vector_or_Direction).")
-        if hasattr(direction, "vector"):
-            steps = getattr(direction, "steps", None) if steps is None else steps
-            tokens = getattr(direction, "tokens", None) if tokens is None else tokens
-            vector = direction.vector
-        else:
-            vector = direction
-        if not isinstance(site, str):
-            raise ConfigError(f"site={site!r} must be a site name such as 'blocks.3.resid_out.img'.")
+        site, vector, steps, tokens = _direction_arguments(
+            site, direction, steps, tokens, "ablate(target, site, vector_or_Direction)"
+        )
         super().__init__(target, site, steps, cfg)
         vector = torch.as_tensor(vector).detach().to(torch.float64)
         norm = vector.norm(dim=-1, keepdim=True)
         if not bool((norm > 0).any()):
             raise ConfigError("ablate: the direction is the zero vector; there is nothing to project out.")
         self.unit = torch.where(norm > 0, vector / norm.clamp_min(1e-30), torch.zeros_like(vector))
-        self.tokens = _token_index(tokens)
-        if self.tokens is not None and (len(self.spec.dims) < 2 or self.spec.dims[1] != "token"):
-            raise ConfigError(f"tokens=... needs a per-token site; {self.site!r} has axes {self.spec.dims}.")
+        self.tokens = self._site_tokens(tokens)
 
     def modify(self, state: CallState, value: torch.Tensor, rows: slice) -> torch.Tensor | None:
         u = self.unit.to(device=value.device, dtype=torch.float32)
