@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +64,10 @@ def word_matches(text: str) -> list[re.Match[str]]:
     return list(_WORD.finditer(text.lower()))
 
 
-def _build_vocabulary() -> frozenset[str]:
+def build_vocabulary(templates: Sequence[str]) -> frozenset[str]:
+    """Every word captions from ``templates`` can contain: template words, position phrases, attribute values."""
     words: set[str] = set()
-    for template in TEMPLATES:
+    for template in templates:
         for literal, _field, _spec, _conv in string.Formatter().parse(template):
             words.update(m.group() for m in word_matches(literal))
     for phrase in WHERE_PHRASES.values():
@@ -77,7 +78,7 @@ def _build_vocabulary() -> frozenset[str]:
 
 
 # Every word a shapes-world caption can contain (the toy model was trained on exactly these).
-VOCABULARY: frozenset[str] = _build_vocabulary()
+VOCABULARY: frozenset[str] = build_vocabulary(TEMPLATES)
 
 
 @dataclass(frozen=True)

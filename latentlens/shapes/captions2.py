@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from latentlens.errors import ConfigError
-from latentlens.shapes.captions import WHERE_PHRASES, word_matches
+from latentlens.shapes.captions import WHERE_PHRASES, build_vocabulary, word_matches
 from latentlens.shapes.world import (
     BACKGROUNDS,
     COLORS,
     SHAPES,
     SIZES,
-    VALUES,
     Attributes,
 )
 from latentlens.shapes.world2 import LAYOUT_POSITIONS, TwoObjectAttributes
@@ -81,20 +80,8 @@ TWO_OBJECT_TEMPLATES_FOR: dict[str, tuple[int, ...]] = {
 CANONICAL_TWO_OBJECT_TEMPLATE: int = 0
 
 
-def _build_vocabulary2() -> frozenset[str]:
-    words: set[str] = set()
-    for template in TWO_OBJECT_TEMPLATES:
-        for literal, _field, _spec, _conv in string.Formatter().parse(template):
-            words.update(m.group() for m in word_matches(literal))
-    for phrase in WHERE_PHRASES.values():
-        words.update(m.group() for m in word_matches(phrase))
-    for values in VALUES.values():
-        words.update(values)
-    return frozenset(words)
-
-
 # Every word a two-object caption can contain.
-TWO_OBJECT_VOCABULARY: frozenset[str] = _build_vocabulary2()
+TWO_OBJECT_VOCABULARY: frozenset[str] = build_vocabulary(TWO_OBJECT_TEMPLATES)
 
 
 @dataclass(frozen=True)
