@@ -51,6 +51,7 @@ from __future__ import annotations
 import itertools
 import string
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -212,6 +213,17 @@ class _Validator:
     def __init__(self, source: str, lines: dict[tuple, int]) -> None:
         self.source = source
         self.lines = lines
+
+    def checked_values(self, path: tuple, name: str, values: Any, valid: Sequence[str]) -> tuple[str, ...]:
+        """The listed values of attribute ``name`` (all of ``valid`` when None), each checked against ``valid``."""
+        if values is None:
+            values = list(valid)
+        if not isinstance(values, list):
+            raise self.fail(path, f"values of '{name}' must be a list.")
+        for i, v in enumerate(values):
+            if v not in valid:
+                raise self.fail(path + (i,), f"unknown {name} {v!r}; use one of: {', '.join(valid)}.")
+        return tuple(values)
 
     def fail(self, path: tuple, message: str) -> ConfigError:
         line = None
@@ -413,14 +425,7 @@ class _Validator:
             path = ("attributes", name)
             if name not in shapes.ATTRIBUTES:
                 raise self.fail(path, f"unknown shapes-world attribute {name!r}; use: {', '.join(shapes.ATTRIBUTES)}.")
-            if values is None:
-                values = list(shapes.VALUES[name])
-            if not isinstance(values, list):
-                raise self.fail(path, f"values of '{name}' must be a list.")
-            for i, v in enumerate(values):
-                if v not in shapes.VALUES[name]:
-                    raise self.fail(path + (i,), f"unknown {name} {v!r}; use one of: {', '.join(shapes.VALUES[name])}.")
-            attributes[name] = tuple(values)
+            attributes[name] = self.checked_values(path, name, values, shapes.VALUES[name])
         self.check_classes(attributes)
 
         which = data.get("combinations", "training")
@@ -486,14 +491,7 @@ class _Validator:
             if name not in TWO_OBJECT_LABELS:
                 raise self.fail(path, f"unknown two-object label {name!r}; use: {', '.join(TWO_OBJECT_LABELS)}.")
             valid = shapes.LAYOUTS if name == "layout" else shapes.VALUES[name.split("_", 1)[-1]]
-            if values is None:
-                values = list(valid)
-            if not isinstance(values, list):
-                raise self.fail(path, f"values of '{name}' must be a list.")
-            for i, v in enumerate(values):
-                if v not in valid:
-                    raise self.fail(path + (i,), f"unknown {name} {v!r}; use one of: {', '.join(valid)}.")
-            attributes[name] = tuple(values)
+            attributes[name] = self.checked_values(path, name, values, valid)
         self.check_classes(attributes)
 
         which = data.get("combinations", "training")
