@@ -76,11 +76,14 @@ class ToyPipeline(DiffusionPipeline):
         scheduler: FlowMatchEulerDiscreteScheduler,
         text_encoder: Any,
         tokenizer: Any,
+        text_position_scale: float = 0.0,
     ):
         super().__init__()
         self.register_modules(
             transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
         )
+        # Amplitude of the token-index code added to the text states (0 for v1; see latentlens.toy.text_encoder).
+        self.register_to_config(text_position_scale=float(text_position_scale))
         # Pixel space: one "latent" pixel per image pixel.
         self.vae_scale_factor = 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -147,7 +150,13 @@ class ToyPipeline(DiffusionPipeline):
     def _encode(
         self, texts: list[str], device: torch.device, max_sequence_length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, pooled = encode_texts(texts, self.tokenizer, self.text_encoder, max_length=max_sequence_length)
+        tokens, pooled = encode_texts(
+            texts,
+            self.tokenizer,
+            self.text_encoder,
+            max_length=max_sequence_length,
+            position_scale=self.config.text_position_scale,
+        )
         dtype = self.transformer.dtype
         return tokens.to(device=device, dtype=dtype), pooled.to(device=device, dtype=dtype)
 

@@ -5,6 +5,12 @@ becomes per-token hidden states padded (with zeros) or truncated to
 :data:`MAX_TEXT_TOKENS` tokens, ``[CLS]`` at index 0, and the mean of the real
 tokens' states as the pooled vector.
 
+SD3's joint attention gives text tokens no position of their own, so a model
+can tell which colour word belongs to which object only through what MiniLM
+mixed into each state. Toy v2 therefore adds a fixed sinusoidal code of the
+token index to every real token (``position_scale`` times a unit-amplitude
+code; :data:`V2_TEXT_POSITION_SCALE`); v1 was trained without it (scale 0).
+
 Example::
 
     tokenizer, encoder = load_text_encoder()
@@ -22,6 +28,33 @@ import torch
 
 MAX_TEXT_TOKENS = 24  # the longest shapes-world caption has 18 tokens
 TEXT_DIM = 384
+V2_TEXT_POSITION_SCALE = 0.3  # per-dimension amplitude: the code's norm (~4.2) is near a MiniLM token's (~5.5)
+
+
+def text_position_code(length: int, dim: int = TEXT_DIM) -> torch.Tensor:
+    """The fixed sinusoidal code of token indices ``0..length-1``: ``[length, dim]``, entries in [-1, 1].
+
+    Example: ``text_position_code(24).shape  # (24, 384)``
+    """
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # [L, 1]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(100.0)) / dim))
+    code = torch.zeros(length, dim)
+    code[:, 0::2] = torch.sin(position * frequency)
+    code[:, 1::2] = torch.cos(position * frequency)
+    return code
+
+
+def add_text_positions(tokens: torch.Tensor, scale: float) -> torch.Tensor:
+    """``tokens [B, L, D]`` plus ``scale`` times the position code on every real (non-zero) token.
+
+    Padding rows stay zero, so this gives the same result on cached MiniLM states as
+    :func:`encode_texts` with ``position_scale=scale``.
+    """
+    if scale == 0.0:
+        return tokens
+    real = (tokens != 0).any(dim=-1, keepdim=True).to(tokens.dtype)  # [B, L, 1]
+    code = text_position_code(tokens.shape[1], tokens.shape[2]).to(device=tokens.device, dtype=tokens.dtype)
+    return tokens + scale * code * real
 
 
 def text_encoder_path() -> Path:
@@ -57,11 +90,13 @@ def encode_texts(
     model: Any,
     max_length: int = MAX_TEXT_TOKENS,
     batch_size: int = 256,
+    position_scale: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode ``texts`` into ``(tokens [B, max_length, 384], pooled [B, 384])``, float32 on the model's device.
 
     Padded positions hold zeros; ``pooled`` is the mean over real tokens (``[CLS]`` and ``[SEP]`` included),
-    the pooling that sentence-transformers uses for this model.
+    the pooling that sentence-transformers uses for this model. ``position_scale > 0`` adds the token-index
+    code to the real tokens (:func:`add_text_positions`); ``pooled`` never carries it.
     """
     device = next(model.parameters()).device
     all_tokens: list[torch.Tensor] = []
@@ -76,7 +111,7 @@ def encode_texts(
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
         hidden = hidden * mask  # [B, L, 384], zeros at padding
         pooled = hidden.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [B, 384]
-        all_tokens.append(hidden.float())
+        all_tokens.append(add_text_positions(hidden.float(), position_scale))
         all_pooled.append(pooled.float())
     if not all_tokens:
         return torch.zeros(0, max_length, TEXT_DIM), torch.zeros(0, TEXT_DIM)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from latentlens.errors import ConfigError, StoreError
+from latentlens.toy.text_encoder import V2_TEXT_POSITION_SCALE, add_text_positions
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOSS_LOG_NAME = "loss.jsonl"
@@ -80,6 +81,8 @@ class TrainConfig:
     two_object_fraction: float = 0.0
     two_object_templates: tuple[int, ...] | None = None  # two-object template indices; None = all
     two_object_limit: int | None = None  # only the first N two-object training pairs (quick tests); None = all
+    # amplitude of the token-index code added to the text states (toy.text_encoder.add_text_positions; 0 = none)
+    text_position_scale: float = 0.0
     # bookkeeping
     checkpoint_every_s: float = 240.0
     num_threads: int = 2
@@ -132,7 +135,8 @@ WORLD_PRESETS: dict[str, dict[str, Any]] = {
     "v2": {
         "steps": 12000,
         "num_layers": 8,
-        "two_object_fraction": 0.5,
+        "two_object_fraction": 0.6,
+        "text_position_scale": V2_TEXT_POSITION_SCALE,
         "num_threads": 1,
     },
 }
@@ -371,7 +375,11 @@ def build_pipeline_from_state(
     transformer.eval()
     tokenizer, text_encoder = text if text is not None else load_text_encoder()
     return ToyPipeline(
-        transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer
+        transformer=transformer,
+        scheduler=build_scheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_position_scale=config.text_position_scale,
     )
 
 
@@ -527,6 +535,7 @@ def train_toy(
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x0, tokens, pooled = batcher.next()
+                    tokens = add_text_positions(tokens, config.text_position_scale)  # [B, L, 384]
                     loss = flow_matching_loss(
                         transformer, x0, tokens, pooled, generator, config.logit_mean, config.logit_std
                     )
