@@ -109,13 +109,54 @@ def _new_value(read: Any, case: EditCase) -> str:
     return others[min(int(case.pick * len(others)), len(others) - 1)]
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
+def dilate_mask(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (bool [H, W]) grown by one pixel in the four directions (the anti-aliased rim of an object)."""
     out = mask.copy()
     out[1:] |= mask[:-1]
     out[:-1] |= mask[1:]
     out[:, 1:] |= mask[:, :-1]
     out[:, :-1] |= mask[:, 1:]
     return out
+
+
+def baseline_settings(baseline_kwargs: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """:data:`BASELINE_DEFAULTS` updated with ``baseline_kwargs`` (``{method: {setting: value}}``)."""
+    settings = {k: dict(v) for k, v in BASELINE_DEFAULTS.items()}
+    for k, v in (baseline_kwargs or {}).items():
+        settings.setdefault(k, {}).update(v)
+    return settings
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Refuse method names outside :data:`METHODS` with a message that lists the valid ones."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"Unknown benchmark method(s) {unknown}; choose from {', '.join(METHODS)}.")
+
+
+@dataclass
+class EditBatch:
+    """One batch of sources, edited by any benchmark method toward any target (shared by both benchmarks)."""
+
+    editor: EMSEditor
+    z_src: torch.Tensor  # [B, C, H, W], the generated sources
+    noise: torch.Tensor  # [B, C, H, W], the noise they were generated from
+    sources: list[str]  # the sources' descriptions (Extract)
+    e_src: Any  # encode_pair's source embedding
+    seeds: list[int]  # one per source
+    baseline: dict[str, dict[str, Any]]  # baseline_settings(...)
+
+    def run(self, method: str, targets: list[str], e_tgt: Any) -> torch.Tensor:
+        """The latents of ``method``'s edit of every source toward ``targets`` (embedded as ``e_tgt``)."""
+        model = self.editor.model
+        if method in ("ems", "ems_text", "ems_image"):
+            mode = {"ems": "both", "ems_text": "text", "ems_image": "image"}[method]
+            return self.editor.edit_latents(self.z_src, self.sources, targets, mode=mode)
+        if method == "prompt_swap":
+            return prompt_swap(model, self.noise, e_tgt)
+        if method == "sdedit":
+            return sdedit(model, self.z_src, e_tgt, seed=[s + 7 for s in self.seeds], **self.baseline["sdedit"])
+        return flowedit(model, self.z_src, self.e_src, e_tgt, seed=self.seeds[0], **self.baseline["flowedit"])
 
 
 @dataclass
@@ -187,18 +228,14 @@ def run_benchmark(
     """Run the benchmark (module docstring) and return a :class:`BenchResult`."""
     from latentlens.shapes import ATTRIBUTES, canonical_caption, object_mask, read_batch
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"Unknown benchmark method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    check_methods(methods)
     editor = EMSEditor(pipe, **(editor_kwargs or {}))
     model: EditModel = editor.model
     if model.kind != "toy":
         raise ConfigError(
             "The shapes-world edit benchmark needs the toy model (--model toy), trained on the shapes world."
         )
-    settings_b = {k: dict(v) for k, v in BASELINE_DEFAULTS.items()}
-    for k, v in (baseline_kwargs or {}).items():
-        settings_b.setdefault(k, {}).update(v)
+    settings_b = baseline_settings(baseline_kwargs)
     cases = make_cases(n, seed, only_attribute)
     say = progress or (lambda msg: None)
 
@@ -221,31 +258,21 @@ def run_benchmark(
         e_s, e_t = encode_pair(model, sources, targets)
         outputs: dict[str, np.ndarray] = {}
         recons: dict[str, np.ndarray] = {}
-
-        def run_method(m: str, tgt_texts: list[str], e_tgt: Any) -> torch.Tensor:
-            if m in ("ems", "ems_text", "ems_image"):
-                mode = {"ems": "both", "ems_text": "text", "ems_image": "image"}[m]
-                return editor.edit_latents(z_src, sources, tgt_texts, mode=mode)
-            if m == "prompt_swap":
-                return prompt_swap(model, noise, e_tgt)
-            if m == "sdedit":
-                return sdedit(model, z_src, e_tgt, seed=[c.seed + 7 for c in chunk], **settings_b["sdedit"])
-            return flowedit(model, z_src, e_s, e_tgt, seed=chunk[0].seed, **settings_b["flowedit"])
-
+        batch = EditBatch(editor, z_src, noise, sources, e_s, [c.seed for c in chunk], settings_b)
         for m in methods:
             t0 = time.perf_counter()
-            z = run_method(m, targets, e_t)
+            z = batch.run(m, targets, e_t)
             outputs[m] = to_uint8(model.decode(z))
             times[m] += time.perf_counter() - t0
             if sde:  # the same method under the source description p_x: the reconstruction of in docs/design.md
-                recons[m] = to_uint8(model.decode(run_method(m, sources, e_s)))
+                recons[m] = to_uint8(model.decode(batch.run(m, sources, e_s)))
         for m in methods:
             judged = read_batch(outputs[m])
             for i, c in enumerate(chunk):
                 src, out = src_img[i], outputs[m][i]
                 others = [a for a in ATTRIBUTES if a != c.attribute]
                 kept = [getattr(judged[i], a) == getattr(read[i], a) for a in others]
-                region = _dilate(object_mask(src)) | _dilate(object_mask(out))
+                region = dilate_mask(object_mask(src)) | dilate_mask(object_mask(out))
                 p = psnr(src, out, ~region) if c.attribute != "background" else float("nan")
                 rec = {
                     "method": m,
@@ -263,7 +290,7 @@ def run_benchmark(
                     rec["source_image"], rec["image"] = src, out
                 if sde:
                     rec_img = recons[m][i]
-                    sde_region = _dilate(object_mask(rec_img)) | _dilate(object_mask(out))
+                    sde_region = dilate_mask(object_mask(rec_img)) | dilate_mask(object_mask(out))
                     sde_parts[m].setdefault(c.attribute, []).append(
                         (rec_img, out, ~sde_region if c.attribute == "background" else sde_region)
                     )
