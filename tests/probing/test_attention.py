@@ -39,7 +39,11 @@ def _attn_modules(kind, t):
 
 @pytest.mark.parametrize("heads", ["mean"])
 def test_quadrants_equal_float64_softmax(kind, heads):
-    pipe = get_pipe(kind)
+    check_quadrants_equal_float64_softmax(get_pipe(kind), kind, heads, ATOL)
+
+
+def check_quadrants_equal_float64_softmax(pipe, kind: str, heads: str, atol: float) -> None:
+    """Every recorded quadrant of ``pipe`` (any device and dtype) equals the float64 softmax within ``atol``."""
     t = pipe.transformer
     mods = _attn_modules(kind, t)
     pre_calls = {k: [] for k in range(len(mods))}
@@ -80,9 +84,9 @@ def test_quadrants_equal_float64_softmax(kind, heads):
                 quads = {"img2txt": p[:, img, txt], "txt2img": p[:, txt, img],
                          "img2img": p[:, img, img], "txt2txt": p[:, txt, txt]}
             for q, ref in quads.items():
-                got = rec[f"{prefix}.{q}"][step].double()
+                got, ref = rec[f"{prefix}.{q}"][step].double(), ref.cpu()
                 assert got.shape == ref.shape, (prefix, q)
-                torch.testing.assert_close(got, ref, atol=ATOL, rtol=0, msg=f"{prefix}.{q} step {step}")
+                torch.testing.assert_close(got, ref, atol=atol, rtol=0, msg=f"{prefix}.{q} step {step}")
                 checked += 1
     assert checked >= 8
 

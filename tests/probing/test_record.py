@@ -115,6 +115,11 @@ def _taps(kind: str, t) -> Tap:
 
 
 def test_every_site_equals_an_independent_hook(kind, pipe):
+    check_every_site_equals_an_independent_hook(pipe, kind)
+
+
+def check_every_site_equals_an_independent_hook(pipe, kind: str) -> None:
+    """Every activation site recorded from ``pipe`` (any device) equals a plain torch hook, bit for bit."""
     t = pipe.transformer
     names = [n for n in site_names(pipe) if not is_map(n)]
     taps = _taps(kind, t)
@@ -124,7 +129,7 @@ def test_every_site_equals_an_independent_hook(kind, pipe):
     finally:
         taps.close()
     for name in names:
-        exp = _expected(kind, t, name, taps)
+        exp = _expected(kind, t, name, taps).cpu()
         assert torch.equal(rec[name], exp), name
         assert rec.dims(name)[:2] == ("step", "batch")
         assert len(rec.dims(name)) == rec[name].ndim
