@@ -120,7 +120,7 @@ def test_v2_train_toy_from_scratch_is_deterministic_and_mixes_two_object_scenes(
         runs.append(torch.load(tmp_path / name / CHECKPOINT_NAME, weights_only=False))
         assert result["steps"] == 4 and result["cpu_seconds_total"] > 0
     a, b = runs
-    assert a["config"]["two_object_fraction"] == 0.5
+    assert a["config"]["two_object_fraction"] == 0.6 and a["config"]["text_position_scale"] == 0.3
     for name, value in a["model"].items():
         assert torch.equal(value, b["model"][name]), name
     for name, value in a["ema"].items():
@@ -136,7 +136,9 @@ def test_v2_train_toy_from_scratch_is_deterministic_and_mixes_two_object_scenes(
 
 def test_world_presets_and_v2_config_errors():
     config = tiny_v2_config(1)
-    assert TrainConfig.for_world("v2").two_object_fraction == 0.5 and TrainConfig.for_world("v1") == TrainConfig()
+    v2 = TrainConfig.for_world("v2")
+    assert v2.two_object_fraction == 0.6 and v2.text_position_scale == 0.3
+    assert TrainConfig.for_world("v1") == TrainConfig() and TrainConfig().text_position_scale == 0.0
     with pytest.raises(ConfigError, match="v3"):
         TrainConfig.for_world("v3")
     with pytest.raises(ConfigError, match="two_object_fraction"):
@@ -155,3 +157,25 @@ def test_v2_resume_matches_an_uninterrupted_run(tmp_path):
     for name, value in b["model"].items():
         torch.testing.assert_close(a["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert a["cpu_s"] > 0 and a["setup_s"] > 0
+
+
+def test_text_position_code_is_added_to_real_tokens_only_and_travels_with_the_pipeline(tmp_path):
+    from latentlens.toy.pipeline import ToyPipeline
+    from latentlens.toy.text_encoder import add_text_positions, encode_texts, load_text_encoder, text_position_code
+
+    tokenizer, encoder = load_text_encoder()
+    plain, pooled = encode_texts(["a red circle", ""], tokenizer, encoder)
+    coded, coded_pooled = encode_texts(["a red circle", ""], tokenizer, encoder, position_scale=0.3)
+    real = (plain != 0).any(-1)  # [B, L]: [CLS] a red circle [SEP], and [CLS] [SEP] for the empty prompt
+    assert real.sum(1).tolist() == [5, 2]
+    torch.testing.assert_close(coded[real], (plain + 0.3 * text_position_code(plain.shape[1]))[real])
+    assert torch.equal(coded[~real], plain[~real]) and torch.equal(coded_pooled, pooled)
+    torch.testing.assert_close(add_text_positions(plain, 0.3), coded)  # cached states get the same code
+    code = text_position_code(24)
+    assert code.shape == (24, 384) and len({tuple(row.tolist()) for row in code}) == 24  # every index distinct
+
+    result = train_toy(tiny_v2_config(1), tmp_path / "run", progress=False)
+    pipe = ToyPipeline.from_pretrained(result["pipeline_dir"])
+    assert pipe.config.text_position_scale == 0.3
+    tokens, _, _, _ = pipe.encode_prompt("a red circle", do_classifier_free_guidance=False)
+    torch.testing.assert_close(tokens[:1], coded[:1])
