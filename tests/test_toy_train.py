@@ -138,6 +138,7 @@ def test_world_presets_and_v2_config_errors():
     config = tiny_v2_config(1)
     v2 = TrainConfig.for_world("v2")
     assert v2.two_object_fraction == 0.6 and v2.text_position_scale == 0.3
+    assert v2.two_object_templates == (0, 2, 4)  # the first-named object is the left / top one
     assert TrainConfig.for_world("v1") == TrainConfig() and TrainConfig().text_position_scale == 0.0
     with pytest.raises(ConfigError, match="v3"):
         TrainConfig.for_world("v3")
