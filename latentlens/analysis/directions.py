@@ -15,8 +15,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from latentlens.direction import Direction
 from latentlens.text import changed_tokens
 from latentlens.errors import ConfigError
 
+Labels: TypeAlias = Sequence[Any] | np.ndarray  # one label per sample
 
-def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
+
+def _labels_index(labels: Labels, value: Any, what: str) -> np.ndarray:
     array = np.asarray(labels)
     mask = array == value
     if not mask.any():
@@ -38,10 +40,10 @@ def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
 
 def _balanced_difference(
     X: np.ndarray,
-    labels: Sequence[Any],
+    labels: Labels,
     to: Any,
     from_: Any | None,
-    adjust_for: dict[str, Sequence[Any]],
+    adjust_for: Mapping[str, Labels],
     what: str,
 ) -> np.ndarray:
     """``to − from_`` effect of a least-squares fit ``X ≈ b + Σ one-hot(attribute)``: the other attributes held fixed."""
@@ -76,7 +78,7 @@ def _balanced_difference(
 
 def class_mean_direction(
     X: Any,  # [n, d] or [n, tokens, d]
-    labels: Sequence[Any],
+    labels: Labels,
     to: Any,
     from_: Any | None = None,
     *,
@@ -84,7 +86,7 @@ def class_mean_direction(
     steps: Sequence[int] | None = None,
     tokens: Sequence[int] | None = None,
     attribute: str | None = None,
-    adjust_for: dict[str, Sequence[Any]] | None = None,
+    adjust_for: Mapping[str, Labels] | None = None,
     **provenance: Any,
 ) -> Direction:
     """``mean(X[labels == to]) - mean(X[labels == from_])`` (``from_=None``: minus the mean of the other classes).

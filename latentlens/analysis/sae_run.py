@@ -475,6 +475,7 @@ def _write(
         frequency=sae.frequency_.astype(np.float32),
         top_samples=top_ids,
         top_tokens=tokens,
+        allow_pickle=True,  # numpy's default; named, so **per_feature (array names) cannot be read as it
         **per_feature,
     )
     # the best-aligned features as directions (the editor and /directions read analysis/directions/)
