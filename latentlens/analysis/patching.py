@@ -162,7 +162,7 @@ def shapes_pairs(attribute: str, from_: str, to: str, n: int, seed: int = 0) -> 
 
 
 def _mean_ci(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and t-based 95 % interval of ``values`` ``[n]`` (NaN-free)."""
+    """Mean and t-based 95 % interval of ``values`` ``[pair]`` (NaN-free)."""
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     mean = float(values.mean()) if n else math.nan
@@ -189,7 +189,7 @@ class PatchGrid:
 
     Arrays: ``per_pair`` ``[site, column, pair]`` (effect of each pair), ``oracle`` ``[site, column, pair]``
     (1.0 where the oracle reads the source's value, NaN without an oracle). ``images`` holds uint8
-    ``base`` / ``source`` ``[pair, H, W, 3]`` and ``patched`` ``[site, column, kept_pair, H, W, 3]``.
+    ``base`` / ``source`` ``[pair, height, width, 3]`` and ``patched`` ``[site, column, pair, height, width, 3]``.
     """
 
     sites: list[str]
@@ -358,7 +358,7 @@ class PatchGrid:
         return grid
 
     def cell_images(self, site: str, column: Column, pair: int = 0) -> dict[str, np.ndarray]:
-        """uint8 ``base`` / ``source`` / ``patched`` images ``[H, W, 3]`` of one pair of one cell."""
+        """uint8 ``base`` / ``source`` / ``patched`` images ``[height, width, 3]`` of one pair of one cell."""
         i, j = self._index(site, column)
         if "patched" not in self.images:
             raise StoreError(
@@ -378,7 +378,7 @@ class PatchGrid:
 
 
 def _distance(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, metric: str) -> np.ndarray:
-    """Per-image distance of float images ``[n, H, W, 3]`` (inside ``mask`` ``[n, H, W]`` when given)."""
+    """Per-image distance of float images ``[pair, height, width, 3]`` (inside ``mask`` ``[pair, height, width]`` when given)."""
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     if metric == "rms":
         diff = diff**2
@@ -397,9 +397,9 @@ def patch_effect(
     mask: np.ndarray | None = None,
     metric: Metric = "rms",
 ) -> np.ndarray:
-    """``(d(base, source) - d(patched, source)) / d(base, source)`` per image ``[n]``.
+    """``(d(base, source) - d(patched, source)) / d(base, source)`` per image ``[pair]``.
 
-    Images ``[n, H, W, 3]`` (any range); a pair whose base and source images are identical has
+    Images ``[pair, height, width, 3]`` (any range); a pair whose base and source images are identical has
     denominator 0: its effect is 0 when the patched image is identical too, else ``-inf``-like
     (divided by 1e-12), so a patch that breaks an unchanged image is never hidden.
     """
@@ -514,7 +514,7 @@ def generate_images(
     seeds: list[int],
     call_kwargs: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """float32 images ``[n, H, W, 3]`` in [0, 1], one CPU generator per prompt (seeded ``seeds[i]``).
+    """float32 images ``[batch, height, width, 3]`` in [0, 1], one CPU generator per prompt (seeded ``seeds[i]``).
 
     Example: ``generate_images(pipe, ["a red circle"], [0], {"num_inference_steps": 8})``.
     """
@@ -589,7 +589,7 @@ def _nan_to_none(values: np.ndarray) -> list[Any]:
 @dataclass
 class _CellBuffers:
     """What a grid run fills per (site, column): ``per_pair`` and ``oracle`` ``[site, column, pair]`` (NaN until
-    measured) and the kept uint8 images ``patched`` ``[site, column, kept_pair, H, W, 3]``."""
+    measured) and the kept uint8 images ``patched`` ``[site, column, pair, height, width, 3]``."""
 
     columns: list[Column]
     per_pair: np.ndarray
@@ -641,8 +641,8 @@ def patch_grid(
         pairs: :class:`PatchPair` list (:func:`load_pairs`, :func:`shapes_pairs`).
         sites: patchable site names or globs. steps: step indices and/or ``"all"`` (default: every step
             of the run and ``"all"``). tokens: words whose text tokens alone are patched (text sites only).
-        metric: image distance, ``"rms"`` or ``"mae"`` over pixels in [0, 1] (inside ``mask`` [H, W] or
-            [n_pairs, H, W] when given).
+        metric: image distance, ``"rms"`` or ``"mae"`` over pixels in [0, 1] (inside ``mask`` [height, width] or
+            [pair, height, width] when given).
         cfg: CFG rows patched ("both": the whole call, the usual activation patching).
         keep_images: patched images kept per cell for the first pairs (the dashboard shows them).
         progress: optional ``callable(done_cells, total_cells)``.

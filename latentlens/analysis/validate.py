@@ -44,7 +44,7 @@ def is_shapes_world(labels: Mapping[str, Sequence[Any]]) -> bool:
 
 
 def canonical_mask(prompts: Sequence[str], labels: Mapping[str, Sequence[Any]]) -> np.ndarray:
-    """``[n]`` bool: the sample's prompt is the canonical caption of its labels (one token layout)."""
+    """``[sample]`` bool: the sample's prompt is the canonical caption of its labels (one token layout)."""
     from latentlens import shapes
 
     out = []
@@ -55,7 +55,7 @@ def canonical_mask(prompts: Sequence[str], labels: Mapping[str, Sequence[Any]]) 
 
 
 def edit_directions(
-    X: np.ndarray,  # [n, tokens, channel] at ``site``, one token layout
+    X: np.ndarray,  # [sample, token, channel] at ``site``, one token layout
     labels: Mapping[str, Sequence[Any]],
     site: str,
     **provenance: Any,
