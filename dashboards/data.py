@@ -308,13 +308,13 @@ def _pca_cached(path: str, stamp: float, site: str, step: int) -> tuple[np.ndarr
     cov = xs.T @ xs / max(len(keep) - 1, 1)
     values, vectors = np.linalg.eigh(cov.astype(np.float64))
     order = np.argsort(values)[::-1][:2]
-    coords = xs @ vectors[:, order].astype(np.float32)  # [kept, 2]
+    coords = xs @ vectors[:, order].astype(np.float32)  # [sample, 2]
     explained = values[order] / max(values.sum(), 1e-12)
     return keep, coords, explained
 
 
 def pca(index: RunIndex, run_id: str, site: str, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(sample ids [n], coords [n, 2], explained variance ratio [2])`` of a PCA of the cell."""
+    """``(sample ids [sample], coords [sample, 2], explained variance ratio [2])`` of a PCA of the cell."""
     path = index.path(run_id)
     _open(path)
     return _pca_cached(str(path), stamp(path), str(site), int(step))

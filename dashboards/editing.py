@@ -9,7 +9,7 @@ and the same seed; an uploaded image needs the EMS editor.
 Example::
 
     out = run_edit(index, "shapes", EditRequest(sample=3, direction="color/blue", alphas=[4.0]))
-    out.images[0]          # uint8 [H, W, 3], the edit at alpha=4
+    out.images[0]          # uint8 [height, width, 3], the edit at alpha=4
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class EditRequest:
 
 @dataclass
 class EditOutput:
-    """Before/after images (uint8 ``[H, W, 3]``), one per alpha, and metrics."""
+    """Before/after images (uint8 ``[height, width, 3]``), one per alpha, and metrics."""
 
     source: np.ndarray
     images: list[np.ndarray]
@@ -58,7 +58,7 @@ class EditOutput:
 
 
 def png_data_uri(image: np.ndarray) -> str:
-    """A ``data:image/png;base64,...`` URI of a uint8 ``[H, W, 3]`` image."""
+    """A ``data:image/png;base64,...`` URI of a uint8 ``[height, width, 3]`` image."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -117,7 +117,7 @@ def save_upload(contents: str, filename: str | None) -> tuple[str, tuple[int, in
 
 
 def save_result_image(image: np.ndarray) -> str:
-    """Keep an edit's image (uint8 ``[H, W, 3]``) as PNG in the results folder; returns its id."""
+    """Keep an edit's image (uint8 ``[height, width, 3]``) as PNG in the results folder; returns its id."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -163,7 +163,7 @@ def edit_metrics(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
         from PIL import Image
 
         b = np.asarray(Image.fromarray(after).resize(before.shape[1::-1]), dtype=np.float32) / 255.0
-    diff = np.abs(a - b).mean(axis=-1)  # [H, W]
+    diff = np.abs(a - b).mean(axis=-1)  # [height, width]
     out: dict[str, Any] = {
         "mean |Δ|": round(float(diff.mean()), 4),
         "changed pixels": f"{float((diff > 0.1).mean()):.1%}",

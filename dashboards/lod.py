@@ -36,19 +36,19 @@ class Cell:
 
     key: str  # the figure's uirevision: a new cell resets zoom and legend state
     title: str
-    coords: np.ndarray  # [n, 2] float32
-    samples: np.ndarray  # [n] sample ids
-    codes: np.ndarray  # [n] index into names
+    coords: np.ndarray  # [sample, 2] float32
+    samples: np.ndarray  # [sample] sample ids
+    codes: np.ndarray  # [sample] index into names
     names: list[str]  # label values (["all"] when not coloured)
-    prio: np.ndarray  # [n] draw priority (dashboards.lod.priority)
-    order: np.ndarray  # [n] rows by label, then priority (dashboards.lod.draw_order)
+    prio: np.ndarray  # [sample] draw priority (dashboards.lod.priority)
+    order: np.ndarray  # [sample] rows by label, then priority (dashboards.lod.draw_order)
     axis: tuple[str, str]
     note: str | None  # a warning to show beside the figure (UMAP missing...)
 
 
 def priority(samples: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A fixed pseudo-random rank per sample id (``[n]`` float64 in [0, 1)); lower = drawn first."""
-    samples = np.asarray(samples, dtype=np.int64)  # [n]
+    """A fixed pseudo-random rank per sample id (``[sample]`` float64 in [0, 1)); lower = drawn first."""
+    samples = np.asarray(samples, dtype=np.int64)  # [sample]
     if samples.size == 0:
         return np.zeros(0)
     table = np.random.default_rng(seed).random(int(samples.max()) + 1)  # [max id + 1]
@@ -84,7 +84,7 @@ def allocate(counts: np.ndarray, budget: int) -> np.ndarray:
 
 
 def draw_order(codes: np.ndarray, prio: np.ndarray) -> np.ndarray:
-    """``[n]`` row indices sorted by group, then priority (computed once per scatter)."""
+    """``[sample]`` row indices sorted by group, then priority (computed once per scatter)."""
     return np.lexsort((prio, codes))
 
 
@@ -93,12 +93,12 @@ def stratified(
 ) -> np.ndarray:
     """Sorted row indices to draw: all rows in ``mask`` when they fit ``budget``, else a stratified sample.
 
-    ``codes``: ``[n]`` group (label) index per row; ``prio``: ``[n]`` from :func:`priority`;
-    ``mask``: ``[n]`` bool (None = all rows); ``budget`` ≤ 0 means no limit; ``order``: the
+    ``codes``: ``[sample]`` group (label) index per row; ``prio``: ``[sample]`` from :func:`priority`;
+    ``mask``: ``[sample]`` bool (None = all rows); ``budget`` ≤ 0 means no limit; ``order``: the
     :func:`draw_order` of ``codes`` and ``prio`` when already known.
     """
     codes = np.asarray(codes)
-    rows = np.arange(len(codes)) if mask is None else np.flatnonzero(mask)  # [m]
+    rows = np.arange(len(codes)) if mask is None else np.flatnonzero(mask)  # [sample]
     if budget <= 0 or len(rows) <= budget:
         return rows
     order = draw_order(codes, prio) if order is None else order
@@ -115,7 +115,7 @@ def view_update(relayout: Any, current: dict[str, Any] | None) -> dict[str, Any]
     """The view after a plotly ``relayoutData`` event, or None when the event changed no axis range.
 
     Understands ``{"xaxis.range[0]": a, "xaxis.range[1]": b}`` (zoom, pan, scroll),
-    ``{"xaxis.range": [a, b]}`` (``Plotly.relayout``) and ``{"xaxis.autorange": true}`` (double
+    ``{"xaxis.range": [x0, x1]}`` (``Plotly.relayout``) and ``{"xaxis.autorange": true}`` (double
     click, reset); axes the event does not mention keep their ``current`` range.
     """
     if not isinstance(relayout, dict):
@@ -140,7 +140,7 @@ def view_update(relayout: Any, current: dict[str, Any] | None) -> dict[str, Any]
 
 
 def in_view(coords: np.ndarray, view: dict[str, Any] | None) -> np.ndarray | None:
-    """``[n]`` bool: rows of ``coords`` (``[n, 2]``) inside the view's ranges; None for the full view."""
+    """``[sample]`` bool: rows of ``coords`` (``[sample, 2]``) inside the view's ranges; None for the full view."""
     if not view or (view.get("x") is None and view.get("y") is None):
         return None
     mask = np.ones(len(coords), dtype=bool)
@@ -156,7 +156,7 @@ def density(
 ) -> dict[str, Any] | None:
     """A 2-D histogram of the points in view: ``{"z": [y bin][x bin] log1p(count) (None = empty), x0, dx, y0, dy,
     max_count, count}``; ``count`` is the number of points it holds."""
-    points = coords if mask is None else coords[mask]  # [m, 2]
+    points = coords if mask is None else coords[mask]  # [sample, 2]
     if len(points) == 0:
         return None
     bounds = []

@@ -218,7 +218,7 @@ def make_scatter_run(path: str | Path, n_samples: int = 100_000, *, channels: in
     rng = np.random.default_rng(seed)
     colours = list(VALUES["color"])
     codes = rng.integers(0, len(colours), n_samples)  # [sample]
-    centres = rng.normal(scale=2.5, size=(len(colours), channels)).astype(np.float32)  # [colour, channel]
+    centres = rng.normal(scale=2.5, size=(len(colours), channels)).astype(np.float32)  # [value, channel]
     x = centres[codes] + rng.normal(size=(n_samples, channels)).astype(np.float32)  # [sample, channel]
     manifest: dict[str, Any] = {
         "model": {"id": "toy", "pipeline_class": "ToyPipeline", "adapter": "sd3"},

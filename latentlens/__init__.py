@@ -9,7 +9,7 @@ Example::
     pipe = latentlens.load_pipeline("toy")
     with latentlens.record(pipe, sites="blocks.*.resid_out.img") as rec:
         pipe("a small red circle on the left on a gray background")
-    rec["blocks.0.resid_out.img"].shape  # [step, batch, tokens, dim]
+    rec["blocks.0.resid_out.img"].shape  # [step, batch, token, channel]
 """
 
 from __future__ import annotations

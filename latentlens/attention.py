@@ -26,7 +26,7 @@ import torch
 from latentlens.adapters.base import AttnSpec, CallState, QKPart
 from latentlens.attention_lse import LSEResult
 
-#: byte budget of one query chunk (logits + probabilities, [batch, heads, chunk, keys] each, compute dtype)
+#: byte budget of one query chunk (logits + probabilities, [batch, head, query, key] each, compute dtype)
 CHUNK_BYTES = 8 * 2**20
 
 
@@ -47,10 +47,10 @@ def softmax_columns(
 ) -> dict[str, torch.Tensor]:
     """Selected columns of ``softmax(q kᵀ · scale + bias)``, rows normalised over all keys.
 
-    ``q`` ``[batch, heads, nq, d]``, ``k`` ``[batch, heads, nk, d]``, ``bias`` broadcastable to
-    ``[batch, heads, nq, nk]``; ``columns`` maps an output name to a key slice, an index tensor
-    ``[ncols]``, or per-batch-row indices ``[batch, ncols]``.
-    Returns ``[batch, nq, ncols]`` (head mean) or ``[batch, heads, nq, ncols]`` per name.
+    ``q`` ``[batch, head, query, channel]``, ``k`` ``[batch, head, key, channel]``, ``bias`` broadcastable to
+    ``[batch, head, query, key]``; ``columns`` maps an output name to a key slice, an index tensor
+    ``[key]``, or per-batch-row indices ``[batch, key]``.
+    Returns ``[batch, query, key]`` (head mean) or ``[batch, head, query, key]`` per name.
     """
     b, h, nq, _ = q.shape
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
@@ -58,14 +58,14 @@ def softmax_columns(
     cdtype = compute_dtype(q.dtype)
     elem = torch.finfo(cdtype).bits // 8
     rows = max(1, int(chunk_bytes // max(1, 2 * b * h * nk * elem)))  # logits + probabilities
-    kt = k.to(cdtype).transpose(-1, -2)  # [batch, heads, d, nk]
+    kt = k.to(cdtype).transpose(-1, -2)  # [batch, head, channel, key]
     if bias is not None:
         bias = bias.to(cdtype)
     pieces: dict[str, list[torch.Tensor]] = {name: [] for name in columns}
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
-        qc = q[:, :, start:stop].to(cdtype) * scale  # [batch, heads, c, d]
-        logits = torch.matmul(qc, kt)  # [batch, heads, c, nk]
+        qc = q[:, :, start:stop].to(cdtype) * scale  # [batch, head, query, channel]
+        logits = torch.matmul(qc, kt)  # [batch, head, query, key]
         if bias is not None:
             logits += bias if bias.shape[-2] == 1 else bias[..., start:stop, :]
         # exp(logit - logsumexp over all keys), max-subtracted: the row normaliser covers every key
@@ -73,8 +73,8 @@ def softmax_columns(
         del logits
         for name, cols in columns.items():
             if isinstance(cols, slice):
-                p = probs[..., cols]  # [b, h, c, ncols]
-            elif cols.ndim == 2:  # per batch row [b, ncols]
+                p = probs[..., cols]  # [batch, head, query, key]
+            elif cols.ndim == 2:  # per batch row [batch, key]
                 p = probs.gather(-1, cols[:, None, None, :].expand(-1, h, probs.shape[2], -1))
             else:
                 p = probs.index_select(-1, cols)
@@ -95,7 +95,7 @@ def columns_from_lse(
 ) -> dict[str, torch.Tensor]:
     """Like :func:`softmax_columns` but with the row normaliser given: ``exp(q k_selᵀ · scale - lse)``.
 
-    ``lse`` ``[batch, heads, nq]`` is each query row's log-sum-exp over all keys (from the model's
+    ``lse`` ``[batch, head, query]`` is each query row's log-sum-exp over all keys (from the model's
     own attention kernel); only the selected key columns are multiplied, O(nq · ncols · d).
     """
     b, h, nq, _ = q.shape
@@ -107,16 +107,16 @@ def columns_from_lse(
     for name, cols in columns.items():
         if isinstance(cols, slice):
             ks = k[:, :, cols]
-        elif cols.ndim == 2:  # per batch row [b, ncols]
+        elif cols.ndim == 2:  # per batch row [batch, key]
             ks = k.gather(2, cols[:, None, :, None].expand(-1, h, -1, k.shape[3]))
         else:
             ks = k.index_select(2, cols)
-        kt = ks.to(cdtype).transpose(-1, -2)  # [batch, heads, d, ncols]
+        kt = ks.to(cdtype).transpose(-1, -2)  # [batch, head, channel, key]
         rows = max(1, int(chunk_bytes // max(1, b * h * kt.shape[-1] * elem)))
         parts = []
         for start in range(0, nq, rows):
             stop = min(nq, start + rows)
-            logits = torch.matmul(q[:, :, start:stop].to(cdtype) * scale, kt)  # [batch, heads, c, ncols]
+            logits = torch.matmul(q[:, :, start:stop].to(cdtype) * scale, kt)  # [batch, head, query, key]
             p = logits.sub_(lse[:, :, start:stop, None]).exp_()
             parts.append(p.mean(dim=1) if heads == "mean" else p)
         out[name] = torch.cat(parts, dim=-2)
@@ -125,7 +125,7 @@ def columns_from_lse(
 
 def _lse_fits(lse: LSEResult, k_all: torch.Tensor, bias: torch.Tensor | None, scale: float, rows: slice) -> bool:
     """Whether a captured SDPA normaliser belongs to this call: no mask, same scale, heads and joint length."""
-    t = lse.lse[rows]  # [batch, heads, nq]
+    t = lse.lse[rows]  # [batch, head, query]
     return (
         bias is None
         and abs(lse.scale - scale) <= 1e-12 * abs(scale)
@@ -138,11 +138,11 @@ def _lse_fits(lse: LSEResult, k_all: torch.Tensor, bias: torch.Tensor | None, sc
 def _project(
     state: CallState, spec_id: int, role: str, index: int, part: QKPart, heads: int, head_dim: int, rows: slice
 ) -> torch.Tensor:
-    """A captured projection as ``[batch, tokens, heads, head_dim]`` with the module's norm applied."""
-    x = state.scratch[(spec_id, role, index)][rows]  # [batch, tokens, inner] (or 3*inner if fused)
+    """A captured projection as ``[batch, token, head, channel]`` with the module's norm applied."""
+    x = state.scratch[(spec_id, role, index)][rows]  # [batch, token, channel] (3 × the inner width if fused)
     if part.chunk is not None:
         x = x.chunk(3, dim=-1)[part.chunk]
-    x = x.unflatten(-1, (heads, head_dim))  # [batch, tokens, heads, head_dim]
+    x = x.unflatten(-1, (heads, head_dim))  # [batch, token, head, channel]
     if part.norm is not None:
         x = part.norm(x)
     return x
@@ -151,7 +151,7 @@ def _project(
 def _streams(
     spec: AttnSpec, state: CallState, spec_id: int, role: str, parts: tuple[QKPart, ...], kwargs: dict, rows: slice
 ) -> list[tuple[str, torch.Tensor]]:
-    """``[(stream, [batch, heads, tokens, d])]`` in joint-sequence order, RoPE applied, joint parts split."""
+    """``[(stream, [batch, head, token, channel])]`` in joint-sequence order, RoPE applied, joint parts split."""
     tensors = [_project(state, spec_id, role, i, p, spec.heads, spec.head_dim, rows) for i, p in enumerate(parts)]
     names = [p.stream for p in parts]
     if spec.rope and kwargs.get("image_rotary_emb") is not None:
@@ -168,11 +168,11 @@ def _streams(
             out.append(("img", t[:, state.text_len :]))
         else:
             out.append((name, t))
-    return [(n, t.transpose(1, 2)) for n, t in out]  # [batch, heads, tokens, d]
+    return [(n, t.transpose(1, 2)) for n, t in out]  # [batch, head, token, channel]
 
 
 def _bias(mask: Any, rows: slice, dtype: torch.dtype) -> torch.Tensor | None:
-    """An attention mask as an additive bias ``[batch, 1|heads, 1|nq, nk]``."""
+    """An attention mask as an additive bias ``[batch, 1|head, 1|query, key]``."""
     if mask is None:
         return None
     m = mask[rows]
@@ -197,8 +197,8 @@ def quadrant_maps(
 ) -> dict[str, torch.Tensor]:
     """The requested quadrants (e.g. ``["img2txt"]``) of one attention call, exact.
 
-    Returns ``{kind: [batch, q, k]}`` (``[batch, heads, q, k]`` with ``heads="all"``). With
-    ``text_index`` (token indices ``[k]``, or per batch row ``[batch, k]``), text axes keep only those
+    Returns ``{kind: [batch, query, key]}`` (``[batch, head, query, key]`` with ``heads="all"``). With
+    ``text_index`` (token indices ``[token]``, or per batch row ``[batch, token]``), text axes keep only those
     tokens (key columns of ``*2txt``, query rows of ``txt2*``). With ``lse`` (the row log-sum-exp
     of the module's own SDPA call, see :mod:`latentlens.attention_lse`) only the requested key
     columns are multiplied; without it (or if it does not fit this call) the normaliser is recomputed.
@@ -215,7 +215,7 @@ def quadrant_maps(
     for name, t in k_streams:
         offsets[name] = (start, start + t.shape[2])
         start += t.shape[2]
-    k_all = torch.cat([t for _, t in k_streams], dim=2)  # [batch, heads, nk, d]
+    k_all = torch.cat([t for _, t in k_streams], dim=2)  # [batch, head, key, channel]
     bias = _bias(kwargs.get(spec.mask_kwarg) if spec.mask_kwarg else None, rows, compute_dtype(k_all.dtype))
     scale = spec.scale if spec.scale is not None else spec.head_dim**-0.5
     if lse is not None and not _lse_fits(lse, k_all, bias, scale, rows):
@@ -244,7 +244,7 @@ def quadrant_maps(
             raise NotImplementedError("per-query attention masks are not supported for maps")
         if lse is not None:
             a, b = offsets[q_stream]  # self-attention: query rows follow the key order
-            q_lse = lse.lse[rows][:, :, a:b]  # [batch, heads, nq_stream]
+            q_lse = lse.lse[rows][:, :, a:b]  # [batch, head, query]
             if q_stream == "txt" and text_index is not None:
                 ti = text_index.to(q_lse.device)
                 q_lse = (

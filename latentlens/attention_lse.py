@@ -2,15 +2,15 @@
 
 While a recorded attention module runs, :class:`LSECapture` (a ``TorchFunctionMode``) intercepts
 ``torch.nn.functional.scaled_dot_product_attention``. When the call is one the fused kernels serve
-(no mask, no dropout, not causal, no GQA, 4-D ``[batch, heads, tokens, d]``, no autograd), it asks
+(no mask, no dropout, not causal, no GQA, 4-D ``[batch, head, token, channel]``, no autograd), it asks
 the dispatcher which backend it would pick and calls that very kernel directly, keeping its row
 log-sum-exp (natural log) next to the output:
 
 - CPU: ``aten._scaled_dot_product_flash_attention_for_cpu`` (float32, bfloat16);
-- CUDA flash: ``aten._scaled_dot_product_flash_attention`` (float16/bfloat16; LSE ``[B, H, Sq]``);
+- CUDA flash: ``aten._scaled_dot_product_flash_attention`` (float16/bfloat16; LSE ``[batch, head, query]``);
 - CUDA memory-efficient: ``aten._scaled_dot_product_efficient_attention(compute_log_sumexp=True)``
   (LSE padded to a multiple of 32 along the query axis: sliced);
-- CUDA cuDNN: ``aten._scaled_dot_product_cudnn_attention`` (LSE ``[B, H, Sq, 1]`` from torch 2.9).
+- CUDA cuDNN: ``aten._scaled_dot_product_cudnn_attention`` (LSE ``[batch, head, query, 1]`` from torch 2.9).
 
 The first call of each (device, dtype, backend) is verified: the kernel's output must be identical
 to what SDPA itself returns and its LSE must match a float32 reference over a block of rows; else
@@ -21,7 +21,7 @@ always SDPA's own. Usage (the recorder does this)::
     cap = LSECapture()
     with cap:
         out = attn(hidden_states, encoder_hidden_states)
-    cap.result  # LSEResult(lse=[batch, heads, tokens], scale=..., nk=...) or None
+    cap.result  # LSEResult(lse=[batch, head, query], scale=..., nk=...) or None
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ VERIFIED: dict[tuple[str, str, str], bool] = {}
 
 @dataclass
 class LSEResult:
-    """Row log-sum-exp of one SDPA call: ``lse`` ``[batch, heads, nq]`` (float32), effective ``scale``."""
+    """Row log-sum-exp of one SDPA call: ``lse`` ``[batch, head, query]`` (float32), effective ``scale``."""
 
     lse: torch.Tensor
     scale: float
@@ -172,6 +172,6 @@ class LSECapture(_Mode):
         elif lse is None:
             _fall_back(key, f"returned a log-sum-exp of shape {tuple(raw.shape)}")
             return out
-        self.result = LSEResult(lse.detach(), eff, k.shape[-2])  # [batch, heads, nq]
+        self.result = LSEResult(lse.detach(), eff, k.shape[-2])  # [batch, head, query]
         LSECapture.fast_calls += 1
         return out

@@ -130,12 +130,12 @@ CUDNN_BACKEND = _backend("CUDNN_ATTENTION")
 
 def _run_flash_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> tuple:
     out, lse = FLASH_CPU.value(q, k, v, dropout_p=0.0, is_causal=False, attn_mask=None, scale=scale)
-    return out, lse  # lse [batch, heads, nq]
+    return out, lse  # lse [batch, head, query]
 
 
 def _run_flash_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> tuple:
     res = FLASH_CUDA.value(q, k, v, 0.0, False, False, scale=scale)
-    return res[0], res[1]  # lse [batch, heads, nq]
+    return res[0], res[1]  # lse [batch, head, query]
 
 
 def _run_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> tuple:
@@ -145,7 +145,7 @@ def _run_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
 
 def _run_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> tuple:
     res = CUDNN.value(q, k, v, None, True, 0.0, False, False, scale=scale)
-    return res[0], res[1]  # lse [batch, heads, nq, 1] (torch >= 2.9) or [batch, heads, nq]
+    return res[0], res[1]  # lse [batch, head, query, 1] (torch >= 2.9) or [batch, head, query]
 
 
 #: ``(device type, SDPBackend value) -> (shim, runner(q, k, v, scale) -> (output, raw lse))``: the fused
@@ -164,10 +164,10 @@ BACKEND_NAMES = {FLASH_BACKEND: "flash", EFFICIENT_BACKEND: "efficient", CUDNN_B
 
 
 def normalise_lse(lse: torch.Tensor, nq: int) -> torch.Tensor | None:
-    """A kernel's row log-sum-exp as ``[batch, heads, nq]``, or None if its layout is not understood.
+    """A kernel's row log-sum-exp as ``[batch, head, query]``, or None if its layout is not understood.
 
-    Accepts ``[b, h, nq]``, ``[b, h, nq, 1]`` (cuDNN from torch 2.9) and ``[b, h, n ≥ nq]`` (the
-    memory-efficient kernel pads the query axis to a multiple of 32 on CUDA; the padding is sliced off).
+    Accepts ``[batch, head, query]``, ``[batch, head, query, 1]`` (cuDNN from torch 2.9) and a longer query axis
+    (the memory-efficient kernel pads the query axis to a multiple of 32 on CUDA; the padding is sliced off).
     """
     if lse.ndim == 4 and lse.shape[-1] == 1:
         lse = lse[..., 0]

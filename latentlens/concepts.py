@@ -14,7 +14,7 @@ model, and the concepts' ``q_c, k_c, v_c``:
     img2concept       = softmax over concepts of (q_x k_cᵀ · scale), head mean   [batch, image_token, concept]
     img2concept_out   = o_x · o_cᵀ (all heads concatenated)                      [batch, image_token, concept]
 
-Only ``[image_tokens, concepts]``-sized products are formed, so the extra memory is linear in the
+Only ``[image_token, concept]``-sized products are formed, so the extra memory is linear in the
 number of image tokens. Example::
 
     with latentlens.record(pipe, attention="blocks.*.attn.img2concept_out", concepts=["circle", "background"]) as rec:
@@ -117,7 +117,7 @@ class ConceptStep:
 
 
 def _heads(part: QKPart, x: torch.Tensor, heads: int, head_dim: int, apply_proj: bool) -> torch.Tensor:
-    """``[batch, token, heads, head_dim]`` of a projection (applied to ``x`` if ``apply_proj``), norm applied."""
+    """``[batch, token, head, channel]`` of a projection (applied to ``x`` if ``apply_proj``), norm applied."""
     y = part.proj(x) if apply_proj else x
     if part.chunk is not None:
         y = y.chunk(3, dim=-1)[part.chunk]
@@ -145,10 +145,10 @@ def concept_block(
 
     h, d = cb.heads, cb.head_dim
     normed, carry = cb.modulate(stream, temb)
-    qc = _heads(cb.txt_q, normed, h, d, True)  # [batch, concept, heads, d]
+    qc = _heads(cb.txt_q, normed, h, d, True)  # [batch, concept, head, channel]
     kc = _heads(cb.txt_k, normed, h, d, True)
     vc = _heads(cb.txt_v, normed, h, d, True)
-    kx = _heads(cb.img_k, img["k"], h, d, False)  # [batch, image_token, heads, d]
+    kx = _heads(cb.img_k, img["k"], h, d, False)  # [batch, image_token, head, channel]
     vx = _heads(cb.img_v, img["v"], h, d, False)
     qx = _heads(cb.img_q, img["q"], h, d, False) if "img2concept" in kinds else None
     if rope is not None:
@@ -161,18 +161,18 @@ def concept_block(
             qx = apply_rotary_emb(qx, (cos_x, sin_x), sequence_dim=1)
     cdtype = compute_dtype(stream.dtype)
     scale = cb.scale if cb.scale is not None else d**-0.5
-    keys = torch.cat([kx, kc], dim=1).to(cdtype).transpose(1, 2)  # [batch, heads, image_token + concept, d]
+    keys = torch.cat([kx, kc], dim=1).to(cdtype).transpose(1, 2)  # [batch, head, image_token+concept, channel]
     values = torch.cat([vx, vc], dim=1).to(cdtype).transpose(1, 2)
-    q = qc.to(cdtype).transpose(1, 2)  # [batch, heads, concept, d]
-    probs = torch.softmax(torch.matmul(q * scale, keys.transpose(-1, -2)), dim=-1)  # [batch, heads, concept, keys]
-    oc = torch.matmul(probs, values).transpose(1, 2).flatten(2)  # [batch, concept, heads * d]
+    q = qc.to(cdtype).transpose(1, 2)  # [batch, head, concept, channel]
+    probs = torch.softmax(torch.matmul(q * scale, keys.transpose(-1, -2)), dim=-1)  # [batch, head, concept, key]
+    oc = torch.matmul(probs, values).transpose(1, 2).flatten(2)  # [batch, concept, head*channel]
     maps: dict[str, torch.Tensor] = {}
     if qx is not None:
         logits = torch.matmul(qx.to(cdtype).transpose(1, 2) * scale, kc.to(cdtype).permute(0, 2, 3, 1))
-        w = torch.softmax(logits, dim=-1)  # [batch, heads, image_token, concept]
+        w = torch.softmax(logits, dim=-1)  # [batch, head, image_token, concept]
         maps["img2concept"] = w.mean(dim=1) if heads == "mean" else w
     if "img2concept_out" in kinds:
-        ox = img["out"].to(cdtype)  # [batch, image_token, heads * d]
+        ox = img["out"].to(cdtype)  # [batch, image_token, head*channel]
         maps["img2concept_out"] = torch.matmul(ox, oc.transpose(1, 2))  # [batch, image_token, concept]
     nxt = None if cb.update is None else cb.update(stream, oc.to(stream.dtype), normed, carry)
     return ConceptStep(nxt, maps)

@@ -1,7 +1,7 @@
 """A direction in a DiT's activation space, with where it lives and where it came from.
 
 A :class:`Direction` is what the analysis layer hands to ``steer`` and to the EMS
-editor: one vector (or one vector per token position, ``[tokens, dim]``) plus the site it belongs to
+editor: one vector (or one vector per token position, ``[token, channel]``) plus the site it belongs to
 (``blocks.3.resid_out.img``; a text-space direction uses ``text.tokens``), the denoising steps and token
 positions it should be applied at (``None`` = all), and a provenance record
 (method, attribute, from/to values, run, accuracy, ...).
@@ -58,7 +58,7 @@ class Direction:
     """A vector in one site's space, plus where to apply it and how it was found.
 
     Attributes:
-        vector: ``torch.Tensor`` of shape ``[dim]`` (stored as float32), or ``[tokens, dim]`` for a
+        vector: ``torch.Tensor`` of shape ``[channel]`` (stored as float32), or ``[token, channel]`` for a
             token-wise direction: row ``j`` is added at token ``j`` of the site (or at ``tokens[j]``).
         site: the recorder site name it lives in, e.g. ``"blocks.3.resid_out.img"``;
             text-space directions use ``"text.tokens"``.
@@ -68,7 +68,7 @@ class Direction:
             "attribute": "color", "from": "red", "to": "blue", "run": "...", "accuracy": 0.98}``.
     """
 
-    vector: torch.Tensor  # [dim] or [tokens, dim]
+    vector: torch.Tensor  # [channel] or [token, channel]
     site: str
     steps: Sequence[int] | None = None  # stored as a list of ints
     tokens: Sequence[int] | None = None  # stored as a list of ints
@@ -116,7 +116,7 @@ class Direction:
 
     @property
     def token_rows(self) -> int | None:
-        """Number of token positions of a token-wise ``[tokens, dim]`` direction, else ``None``."""
+        """Number of token positions of a token-wise ``[token, channel]`` direction, else ``None``."""
         return int(self.vector.shape[0]) if self.vector.ndim == 2 else None
 
     @property

@@ -185,7 +185,7 @@ class steer(_Intervention):
         new = value.clone()
         if d.ndim == 2:  # token-wise direction: one row per (selected) token
             wanted = value.shape[1] if self.tokens is None else len(self.tokens)
-            if value.ndim != 3 or d.shape[0] not in (1, wanted):  # [1, C] broadcasts over the tokens
+            if value.ndim != 3 or d.shape[0] not in (1, wanted):  # [1, channel] broadcasts over the tokens
                 raise ConfigError(
                     f"The token-wise direction has {d.shape[0]} rows but site {self.site!r} has {wanted} "
                     f"{'tokens' if self.tokens is None else 'selected tokens'} (shape {tuple(value.shape)}); "
@@ -197,7 +197,7 @@ class steer(_Intervention):
             if int(self.tokens.max()) >= value.shape[1]:
                 raise ConfigError(f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}.")
             idx = self.tokens.to(value.device)
-            sub = new[rows]  # [b, tokens, channel] (a view for slice rows)
+            sub = new[rows]  # [batch, token, channel] (a view for slice rows)
             sub[:, idx] += d
         return new
 
@@ -282,7 +282,7 @@ class patch(_Intervention):
             if int(self.tokens.max()) >= value.shape[1]:
                 raise ConfigError(f"tokens={self.tokens.tolist()} exceed the {value.shape[1]} tokens of {self.site!r}.")
             idx = self.tokens.to(value.device)
-            sub = new[target_rows]  # [b, tokens, channel] (a view: target_rows is a slice)
+            sub = new[target_rows]  # [batch, token, channel] (a view: target_rows is a slice)
             sub[:, idx] = src[:, idx]
         return new
 
@@ -291,7 +291,7 @@ class ablate(_Intervention):
     """Project a direction out of a site's activation: ``x ← x − (x·d̂) d̂`` at chosen steps and tokens.
 
     ``direction`` is a vector ``[channel]`` or a ``Direction`` (its ``site``, ``steps`` and
-    ``tokens`` are used unless given); a token-wise ``[tokens, channel]`` direction projects each
+    ``tokens`` are used unless given); a token-wise ``[token, channel]`` direction projects each
     token row out of its own token. The causal test of a probe's direction: if the model reads the
     attribute along ``d``, removing ``d`` changes the image.
 
@@ -342,7 +342,7 @@ class ablate(_Intervention):
                 f"The token-wise direction has {u.shape[0]} rows but site {self.site!r} has {part.shape[1]} "
                 "(selected) tokens; use prompts with the token layout the direction came from, or pass tokens=..."
             )
-        coef = (part * u).sum(dim=-1, keepdim=True)  # [b, (tokens,) 1]
+        coef = (part * u).sum(dim=-1, keepdim=True)  # [batch, 1] or [batch, token, 1]
         part = (part - coef * u).to(value.dtype)
         if self.tokens is not None:
             sub[:, idx] = part

@@ -32,7 +32,7 @@ def _vector(value: Any) -> np.ndarray:
 def cosine_matrix(directions: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
     """Pairwise cosine similarity of directions (vectors, tensors or :class:`~latentlens.Direction`).
 
-    Returns ``(names, matrix [k, k])``. All directions must have the same width; a zero vector
+    Returns ``(names, matrix [direction, direction])``. All directions must have the same width; a zero vector
     gives NaN in its row and column.
     """
     if not directions:
@@ -43,7 +43,7 @@ def cosine_matrix(directions: Mapping[str, Any]) -> tuple[list[str], np.ndarray]
     if len(widths) != 1:
         detail = ", ".join(f"{n}: {len(v)}" for n, v in zip(names, vectors))
         raise ConfigError(f"cosine_matrix needs directions of one width; got {detail}. Compare directions of one site.")
-    V = np.stack(vectors)  # [k, d]
+    V = np.stack(vectors)  # [direction, channel]
     norms = np.linalg.norm(V, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         unit = V / norms[:, None]
@@ -53,9 +53,9 @@ def cosine_matrix(directions: Mapping[str, Any]) -> tuple[list[str], np.ndarray]
 
 
 def sde(
-    reconstruction: Any,  # [..., H, W, C] or [..., C, H, W]; x reconstructed under p_x
+    reconstruction: Any,  # [..., height, width, channel] or [..., channel, height, width]; x reconstructed under p_x
     flipped: Any,  # same shape; x reconstructed under p_flip from the same noise
-    mask: Any,  # bool [..., H, W]: the attribute's region M
+    mask: Any,  # bool [..., height, width]: the attribute's region M
     *,
     channels_last: bool | None = None,
 ) -> dict[str, float]:
@@ -75,7 +75,7 @@ def sde(
         raise ConfigError(f"The two reconstructions differ in shape: {a.shape} vs {b.shape}.")
     if channels_last is None:
         channels_last = a.shape[-1] in (1, 3, 4) and a.shape[-3] not in (1, 3, 4)
-    D = ((a - b) ** 2).sum(axis=-1 if channels_last else -3)  # [..., H, W]
+    D = ((a - b) ** 2).sum(axis=-1 if channels_last else -3)  # [..., height, width]
     if D.shape[-2:] != m.shape[-2:]:
         raise ConfigError(f"The mask has spatial shape {m.shape[-2:]} but the images have {D.shape[-2:]}.")
     m = np.broadcast_to(m, D.shape)

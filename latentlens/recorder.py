@@ -225,7 +225,7 @@ class Recorder:
             self.call_index = self._index_for_call(st)
 
     def _index_for_call(self, st: CallState) -> torch.Tensor | None:
-        """The text-token selection for this call's kept rows: ``[k]`` or ``[rows, k]``."""
+        """The text-token selection for this call's kept rows: ``[token]`` or ``[batch, token]``."""
         ti = self.text_index
         if ti is None:
             return None
@@ -337,7 +337,7 @@ class record:
             (running mean over the recorded steps; the step axis keeps length 1), ``"pool=N"`` (average
             pooling of the image axes of maps over N×N patches of the token grid).
         dtype: dtype of the stored tensors (on CPU).
-        heads: "mean" (head-averaged maps) or "all" (``[step, batch, head, q, k]``).
+        heads: "mean" (head-averaged maps) or "all" (``[step, batch, head, query, key]``).
         store: a :class:`latentlens.store.RunStore` (anything with ``add_recording(rec)``); written on
             successful exit, after which ``rec[name]`` reads lazily from the store and the
             in-memory copy is freed (``rec.sample_ids`` says which samples it became).

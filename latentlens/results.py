@@ -8,9 +8,9 @@ Layout read (every part optional; :attr:`AnalysisResults.missing` lists what is 
 
     RUN_DIR/analysis/
       probes.json            [{attribute, site, stream, block, step, accuracy, selectivity, ...}, ...]
-                             (or {"records": [...], "attributes": {attribute: [classes]}}; probes.jsonl also works)
-      embeddings/*.npz       one file per (site, step): arrays ``pca`` [n, k], optional ``umap`` [n, 2],
-                             ``sample`` [n] (sample ids); the JSON twin ``*.json`` names ``site`` and ``step``
+                             (or {"records": [...], "attributes": {attribute: [class]}}; probes.jsonl also works)
+      embeddings/*.npz       one file per (site, step): arrays ``pca`` [sample, component], optional ``umap`` [sample, 2],
+                             ``sample`` [sample] (sample ids); the JSON twin ``*.json`` names ``site`` and ``step``
       directions/NAME.json   + NAME.safetensors, written by :meth:`latentlens.Direction.save`
       patching/NAME/grid.json + images.npz, written by :meth:`latentlens.PatchGrid.save`
 

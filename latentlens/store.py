@@ -353,7 +353,7 @@ class StoredArray:
 
         arr = run["blocks.3.resid_out.img"]
         arr.dims            # ('sample', 'step', 'token', 'channel')
-        arr[:, 5].shape     # (n_samples, tokens, channels): one (site, step) across samples
+        arr[:, 5].shape     # (sample, token, channel): one (site, step) across samples
         arr.isel(step=5, sample=[0, 2])
     """
 
@@ -1001,7 +1001,7 @@ class RunStore:
             raise
 
     def _write_run(self, array: Any, data: np.ndarray, first: int) -> None:
-        """Write ``data`` ``[n, step, ...]`` at samples ``first..first+n-1``; whole chunks go straight to disk."""
+        """Write ``data`` ``[sample, step, ...]`` at samples ``first..first+n-1``; whole chunks go straight to disk."""
         n = data.shape[0]
         raw = _raw_chunk_dir(array, self.path / ARRAYS)
         spc = array.chunks[0]
@@ -1017,11 +1017,11 @@ class RunStore:
         meta = array.metadata
         dtype = np.dtype(array.dtype).newbyteorder("<")
         for chunk in range(lo_chunk, hi_chunk):
-            part = data[chunk * spc - first : (chunk + 1) * spc - first]  # [spc, step, ...]
+            part = data[chunk * spc - first : (chunk + 1) * spc - first]  # [sample, step, ...]
             for step in range(data.shape[1]):
                 path = raw / meta.encode_chunk_key((chunk, step) + (0,) * len(inner))
                 path.parent.mkdir(parents=True, exist_ok=True)
-                block = np.ascontiguousarray(part[:, step], dtype=dtype)  # [spc, ...] = one chunk [spc, 1, ...]
+                block = np.ascontiguousarray(part[:, step], dtype=dtype)  # [sample, ...] = one chunk [sample, 1, ...]
                 _write_chunk_file(path, block)
         if first < lo_chunk * spc:  # leading partial chunk
             array[first : lo_chunk * spc] = data[: lo_chunk * spc - first]
@@ -1194,7 +1194,7 @@ class RunStore:
                 if not wanted:
                     continue
                 try:
-                    block = array[chunk * spc : chunk * spc + spc]  # [spc, step, ...]
+                    block = array[chunk * spc : chunk * spc + spc]  # [sample, step, ...]
                 except Exception as error:
                     report.add(wanted, self._samples, name, f"a chunk cannot be decoded ({type(error).__name__})")
                     continue

@@ -66,7 +66,7 @@ def word_token_indices(target: Any, word: str, prompt: str) -> list[int]:
 
 
 def resolve_tokens(tokens: TokenSpec, target: Any, prompt: str | Sequence[str] | None = None) -> torch.Tensor | None:
-    """Token indices from ints or words: ``[k]`` shared by all rows, or ``[prompt, k]`` for a prompt list.
+    """Token indices from ints or words: ``[token]`` shared by all rows, or ``[prompt, token]`` for a prompt list.
 
     Example: ``resolve_tokens(["red", 0], pipe, "a small red circle")`` → ``tensor([0, 3])``.
     """
@@ -109,7 +109,7 @@ def resolve_tokens(tokens: TokenSpec, target: Any, prompt: str | Sequence[str] |
             f"tokens={tokens!r} select a different number of tokens in different prompts ({detail}); every "
             "row needs the same count — record prompts with the same tokenisation of these words together."
         )
-    return torch.tensor(rows, dtype=torch.long)  # [prompt, k]
+    return torch.tensor(rows, dtype=torch.long)  # [prompt, token]
 
 
 def changed_tokens(

@@ -11,6 +11,7 @@ import torch
 
 import latentlens
 from latentlens import shapes
+from latentlens.adapters import site_width
 from latentlens.analysis.spec import ProbeSample
 
 STEPS = 4
@@ -106,3 +107,25 @@ def test_analyze_without_validation_keeps_directions_unmeasured(run_dir):
     assert all(v is None for _, v in effects) and [n for n, _ in effects] == sorted(
         n for n, _ in effects
     )
+
+
+def test_validate_direction_outside_the_shapes_world_measures_the_pixel_effect(pipe):
+    """Labels the oracle cannot read: the score is the patching effect toward the value's mean image."""
+    from latentlens.analysis.validate import validate_direction
+
+    prompts = ["a red circle", "a blue square", "a green cross", "a yellow triangle"]
+    labels = {"mood": ["calm", "busy", "calm", "busy"]}
+    site = "blocks.2.resid_out.img"
+    width = site_width(pipe, site)
+    kwargs = dict(attribute="mood", to="busy", n=2, num_inference_steps=2)
+    zero = latentlens.Direction(torch.zeros(width), site=site)
+    still = validate_direction(pipe, zero, prompts, [0, 1, 2, 3], labels, alpha=1.0, **kwargs)
+    assert still["measure"] == "pixel_effect" and still["success"] is None
+    assert still["kept"] is None
+    # steering by nothing leaves every image as it was
+    assert still["score"] == still["effect"] == 0.0
+    push = latentlens.Direction(torch.full((width,), 3.0), site=site)
+    pushed = validate_direction(pipe, push, prompts, [0, 1, 2, 3], labels, **kwargs)
+    assert pushed["alphas_tried"] == [4.0] and pushed["alpha"] == 4.0
+    assert pushed["n"] == 2 and math.isfinite(pushed["score"])
+    assert pushed["score"] == pushed["effect"] != 0.0

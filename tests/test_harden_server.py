@@ -200,6 +200,7 @@ def _callback_payload(app) -> dict:
     }
 
 
+@pytest.mark.slow  # a load test: 1,200 requests (~4 s)
 def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
     """1,200 requests from 8 threads (pages, images, callbacks, unknown paths): no error, p95 reported."""
     import requests

@@ -51,6 +51,7 @@ def degraded_readings():
     return pairs, read_two_object_batch(images)
 
 
+@pytest.mark.slow  # renders and reads all 384 colour-pair classes (~3.5 s each under load)
 def test_every_combination_class_round_trips_clean():
     pairs = class_covering_pairs()
     assert len(pairs) == 384
@@ -66,6 +67,7 @@ def test_every_combination_class_round_trips_clean():
     assert not wrong, wrong[:3]
 
 
+@pytest.mark.slow  # renders and reads all 384 colour-pair classes (~3.5 s each under load)
 def test_oracle_is_at_least_99_percent_right_per_attribute_with_mild_noise_and_blur(
     degraded_readings,
 ):
@@ -79,6 +81,7 @@ def test_oracle_is_at_least_99_percent_right_per_attribute_with_mild_noise_and_b
     assert all(r.layout == p.layout for p, r in zip(pairs, readings))
 
 
+@pytest.mark.slow  # renders and reads all 384 colour-pair classes (~3.5 s each under load)
 def test_object_masks_match_the_rendered_masks(degraded_readings):
     pairs = class_covering_pairs()[:24]
     for pair in pairs:

@@ -127,7 +127,7 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
 
 
 def _grid(values: np.ndarray) -> np.ndarray:
-    """``[query]`` → ``[side, side]`` (row-major patches), or ``[1, query]`` if not square."""
+    """``[query]`` → ``[height, width]`` (row-major patches), or ``[1, query]`` if not square."""
     side = int(round(math.sqrt(values.shape[-1])))
     return values.reshape(side, side) if side * side == values.shape[-1] else values.reshape(1, -1)
 

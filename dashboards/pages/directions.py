@@ -180,7 +180,7 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
             "it was found on another model and does not fit this one."
         )
     vector = direction.vector.numpy()
-    if direction.token_rows is not None:  # token-wise [tokens, dim]: the features are token means
+    if direction.token_rows is not None:  # token-wise [token, channel]: the features are token means
         vector = vector.mean(axis=0)
     unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
     keep = np.isfinite(x).all(axis=1)

@@ -221,8 +221,8 @@ def _detail(feature: Any, site: Any, state: Any) -> tuple[Any, Any]:
     arrays = _result(run_id, site)["arrays"]
     run = open_run(config.index(), run_id)
     label, f1 = _label(arrays, feature)
-    top = arrays["top_samples"][feature]  # [T] sample ids
-    tokens = arrays["top_tokens"][feature].astype(np.float32)  # [T, tokens]
+    top = arrays["top_samples"][feature]  # [rank] sample ids
+    tokens = arrays["top_tokens"][feature].astype(np.float32)  # [rank, token]
     peak = float(tokens.max()) if tokens.size else 0.0
     position = {int(s): j for j, s in enumerate(arrays["sample"])}
     figures = []

@@ -165,7 +165,7 @@ def _cell_cached(path: str, stamp: float, run_id: str, site: str, step: int, met
                 f"`latentlens analyze` stores UMAP for the best cells."
             )
         if stored is not None and "umap" in stored:
-            coords = np.asarray(stored["umap"], dtype=np.float32)  # [n, 2]
+            coords = np.asarray(stored["umap"], dtype=np.float32)  # [sample, 2]
             samples = np.asarray(stored.get("sample", np.arange(len(coords))), dtype=np.int64)
             axis = ("UMAP 1", "UMAP 2")
         else:

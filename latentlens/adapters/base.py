@@ -380,7 +380,7 @@ def timestep_value(ts: Any) -> float:
 
 
 class PatchGridAdapter(Adapter):
-    """An adapter whose transformer takes latents ``[batch, C, H, W]`` cut into ``config.patch_size``
+    """An adapter whose transformer takes latents ``[batch, channel, height, width]`` cut into ``config.patch_size``
     patches and whose pipelines double the batch as ``[uncond, cond]`` for CFG (SD3, toy, PixArt)."""
 
     #: positional index of ``timestep`` in the transformer's ``forward``

@@ -183,7 +183,7 @@ class FluxAdapter(Adapter):
         if isinstance(img_ids, torch.Tensor) and img_ids.is_meta:  # a size plan: no values, the grid is attached
             state.grid = getattr(img_ids, "latentlens_grid", None)
         elif isinstance(img_ids, torch.Tensor):
-            ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # [tokens, 3]
+            ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # [token, 3]
             rows = int(ids[:, 1].max().item()) + 1
             cols = int(ids[:, 2].max().item()) + 1
             if rows * cols == x.shape[1]:
@@ -282,7 +282,9 @@ class FluxEditModel(VAEEditModel):
 
     def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
         b, c, h, w = z.shape
-        packed = self.pipe._pack_latents(z.to(self.dtype), b, c, h, w)  # [B, hw/4, 4C]
+        packed = self.pipe._pack_latents(
+            z.to(self.dtype), b, c, h, w
+        )  # [batch, token, channel]: 2×2 patches (h·w/4 tokens of 4·C channels)
         guidance = None
         if self.distilled:
             guidance = torch.full([b], self.guidance_scale, device=self.device, dtype=torch.float32)
@@ -300,7 +302,7 @@ class FluxEditModel(VAEEditModel):
             return_dict=False,
         )[0]
         vae_f = int(self.pipe.vae_scale_factor)
-        return self.pipe._unpack_latents(out, h * vae_f, w * vae_f, vae_f).float()  # [B, C, h, w]
+        return self.pipe._unpack_latents(out, h * vae_f, w * vae_f, vae_f).float()  # [batch, channel, height, width]
 
     @torch.no_grad()
     def velocity(self, z, sigma, cond, guidance_scale=None, hook=None):  # type: ignore[override]

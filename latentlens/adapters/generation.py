@@ -39,17 +39,17 @@ if TYPE_CHECKING:
 class TextEmbeds:
     """Per-token and pooled text embeddings of a batch of prompts, aligned position by position.
 
-    ``tokens`` ``[batch, tokens, dim]`` is what the transformer receives as ``encoder_hidden_states``
-    (SD3: CLIP-L|CLIP-G tokens then T5 tokens; Flux: T5; toy: MiniLM); ``pooled`` ``[batch, dim]`` is
+    ``tokens`` ``[batch, token, channel]`` is what the transformer receives as ``encoder_hidden_states``
+    (SD3: CLIP-L|CLIP-G tokens then T5 tokens; Flux: T5; toy: MiniLM); ``pooled`` ``[batch, channel]`` is
     ``pooled_projections`` (None where the model has none). ``extra`` holds per-architecture inputs
-    that do not depend on the prompt's meaning (Flux ``txt_ids``). ``mask`` ``[batch, tokens]`` is the
+    that do not depend on the prompt's meaning (Flux ``txt_ids``). ``mask`` ``[batch, token]`` is the
     text attention mask of models that take one (PixArt's T5 padding), else None.
     """
 
-    tokens: torch.Tensor  # [B, L, D]
-    pooled: torch.Tensor | None  # [B, P]
+    tokens: torch.Tensor  # [batch, token, channel]
+    pooled: torch.Tensor | None  # [batch, channel]
     extra: dict[str, Any] | None = None
-    mask: torch.Tensor | None = None  # [B, L]
+    mask: torch.Tensor | None = None  # [batch, token]
 
     @property
     def batch(self) -> int:
@@ -189,7 +189,7 @@ class EditModel:
 
     # ------------------------------------------------------------------ prediction
     def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
-        """One transformer call on ``z`` ``[B, C, h, w]`` at ``sigma`` ``[B]``; returns the velocity."""
+        """One transformer call on ``z`` ``[batch, channel, height, width]`` at ``sigma`` ``[batch]``; returns the velocity."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -201,7 +201,7 @@ class EditModel:
         guidance_scale: float | None = None,
         hook: Callable[[], Any] | None = None,
     ) -> torch.Tensor:
-        """Velocity ``[B, C, h, w]`` with classifier-free guidance as configured.
+        """Velocity ``[batch, channel, height, width]`` with classifier-free guidance as configured.
 
         ``hook``: a context-manager factory (e.g. ``lambda: latentlens.steer(...)``) active around the
         transformer call(s) for these rows only.
@@ -214,7 +214,7 @@ class EditModel:
         with ctx:
             if scale > 1.0 and self.uses_batch_cfg:
                 both = TextEmbeds.cat([self.uncond(batch), cond])
-                v = self._call(torch.cat([z, z]), torch.cat([sigma, sigma]), both)  # [2B, C, h, w]
+                v = self._call(torch.cat([z, z]), torch.cat([sigma, sigma]), both)  # [2*batch, channel, height, width]
                 v_u, v_c = v.chunk(2)
                 return v_u + scale * (v_c - v_u)
             return self._call(z, sigma, cond)
@@ -222,7 +222,7 @@ class EditModel:
     uses_batch_cfg = True
 
     def x0(self, z_t: torch.Tensor, sigma: torch.Tensor | float, cond: TextEmbeds, **kwargs: Any) -> torch.Tensor:
-        """The clean-latent prediction ``x̂₀ = z_σ − σ v`` ``[B, C, h, w]``."""
+        """The clean-latent prediction ``x̂₀ = z_σ − σ v`` ``[batch, channel, height, width]``."""
         sigma_b = self._sigma(sigma, z_t.shape[0]).view(-1, 1, 1, 1)
         return z_t - sigma_b * self.velocity(z_t, sigma, cond, **kwargs)
 
@@ -232,7 +232,7 @@ class EditModel:
 
     # ------------------------------------------------------------------ schedules and sampling
     def sigmas(self, num_inference_steps: int | None = None) -> torch.Tensor:
-        """The pipeline scheduler's σ schedule ``[n + 1]`` from ~1 down to 0 (a private copy of the scheduler)."""
+        """The pipeline scheduler's σ schedule ``[step+1]`` from ~1 down to 0 (a private copy of the scheduler)."""
         return self._scheduler(num_inference_steps).sigmas.float().cpu()
 
     def _scheduler(self, num_inference_steps: int | None = None) -> Any:
@@ -246,7 +246,7 @@ class EditModel:
         scheduler.set_timesteps(n)
 
     def noise(self, batch: int, seed: int | Sequence[int] | torch.Generator | None) -> torch.Tensor:
-        """Gaussian noise ``[batch, C, h, w]``; an int seed (or one seed per row) makes it reproducible."""
+        """Gaussian noise ``[batch, channel, height, width]``; an int seed (or one seed per row) makes it reproducible."""
         shape = (batch, *self.latent_shape())
         if isinstance(seed, torch.Generator):
             return torch.randn(shape, generator=seed).to(self.device, self.dtype)
@@ -288,17 +288,17 @@ class EditModel:
         return z
 
     def generate(self, cond: TextEmbeds, seed: Any = 0, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Generate latents ``[B, C, h, w]`` from noise (``seed`` or explicit ``noise``) under ``cond``."""
+        """Generate latents ``[batch, channel, height, width]`` from noise (``seed`` or explicit ``noise``) under ``cond``."""
         z = self.noise(cond.batch, seed) if noise is None else noise.to(self.device, self.dtype)
         return self.ode(z, cond, 1.0, 0.0)
 
     # ------------------------------------------------------------------ images
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` in [-1, 1] → latents ``[B, C, h, w]``."""
+        """Images ``[batch, 3, height, width]`` in [-1, 1] → latents ``[batch, channel, height, width]``."""
         raise NotImplementedError
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents → images ``[B, 3, H, W]`` in [-1, 1] (clamped)."""
+        """Latents → images ``[batch, 3, height, width]`` in [-1, 1] (clamped)."""
         raise NotImplementedError
 
 
@@ -361,26 +361,26 @@ class DDPMFlowMixin:
                 f"The scheduler's prediction_type={prediction!r} is not one of 'epsilon', 'v_prediction', 'sample'."
             )
         self.prediction_type = prediction
-        self._alphas = alphas.double().cpu()  # [T] ᾱ_t
+        self._alphas = alphas.double().cpu()  # [timestep] ᾱ_t
         a, b = self._alphas.sqrt(), (1 - self._alphas).sqrt()
-        self._sigma_table = (b / (a + b)).numpy()  # [T], increasing in t
+        self._sigma_table = (b / (a + b)).numpy()  # [timestep], increasing in t
 
     def _predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
-        """The denoiser's raw output ``[B, C', h, w]`` on ``x_t`` at fractional timesteps ``t`` ``[B]`` (float32)."""
+        """The denoiser's raw output ``[batch, channel, height, width]`` on ``x_t`` at fractional timesteps ``t`` ``[batch]`` (float32)."""
         raise NotImplementedError
 
     def _timestep(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """σ ``[B]`` → (fractional timestep, a, b) ``[B]`` each; σ beyond the schedule is clamped to its ends."""
+        """σ ``[batch]`` → (fractional timestep, a, b) ``[batch]`` each; σ beyond the schedule is clamped to its ends."""
         t = np.interp(sigma.double().cpu().numpy(), self._sigma_table, np.arange(len(self._sigma_table)))
         low = np.floor(t).astype(np.int64)
         high = np.minimum(low + 1, len(self._alphas) - 1)
         frac = torch.from_numpy(t - low)
-        alpha = self._alphas[low] * (1 - frac) + self._alphas[high] * frac  # [B]
+        alpha = self._alphas[low] * (1 - frac) + self._alphas[high] * frac  # [batch]
         return torch.from_numpy(t), alpha.sqrt(), (1 - alpha).sqrt()
 
     def _call(self, z: torch.Tensor, sigma: torch.Tensor, cond: TextEmbeds) -> torch.Tensor:
         t, a, b = (x.to(self.device, torch.float32).view(-1, 1, 1, 1) for x in self._timestep(sigma))
-        x_t = (a + b) * z.float()  # [B, C, h, w]
+        x_t = (a + b) * z.float()  # [batch, channel, height, width]
         out = self._predict(x_t, t.view(-1), cond).float()[:, : z.shape[1]]  # learned-σ models add [variance]
         if self.prediction_type == "epsilon":
             x0 = (x_t - b * out) / a

@@ -36,7 +36,7 @@ from latentlens.adapters.sd3 import IMAGE, MOD, pred_site
 def _mod_site(name: str, block: Any) -> SiteSpec:
     def get(state: CallState, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
         t = tensor_arg(args, kwargs, "timestep", 4)  # [batch, 6 * channel]
-        return block.scale_shift_table[None] + t.reshape(t.shape[0], 6, -1)  # [batch, 6, dim]
+        return block.scale_shift_table[None] + t.reshape(t.shape[0], 6, -1)  # [batch, 6, channel]
 
     return SiteSpec(name, block, "pre", get, None, MOD, None)
 

@@ -69,10 +69,10 @@ def pred_site(name: str, module: Any, dims: tuple[str, ...]) -> SiteSpec:
 
 
 def reshape_mod(k: int) -> Any:
-    """A transform reshaping a flat AdaLN output `[batch, k * channel]` to `[batch, k, channel]`."""
+    """A transform reshaping a flat AdaLN output `[batch, param * channel]` to `[batch, param, channel]`."""
 
     def transform(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], k, -1)  # [batch, k, dim]
+        return x.reshape(x.shape[0], k, -1)  # [batch, param, channel]
 
     return transform
 

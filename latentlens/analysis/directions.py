@@ -15,8 +15,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from latentlens.direction import Direction
 from latentlens.text import changed_tokens
 from latentlens.errors import ConfigError
 
+Labels: TypeAlias = Sequence[Any] | np.ndarray  # one label per sample
 
-def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
+
+def _labels_index(labels: Labels, value: Any, what: str) -> np.ndarray:
     array = np.asarray(labels)
     mask = array == value
     if not mask.any():
@@ -38,10 +40,10 @@ def _labels_index(labels: Sequence[Any], value: Any, what: str) -> np.ndarray:
 
 def _balanced_difference(
     X: np.ndarray,
-    labels: Sequence[Any],
+    labels: Labels,
     to: Any,
     from_: Any | None,
-    adjust_for: dict[str, Sequence[Any]],
+    adjust_for: Mapping[str, Labels],
     what: str,
 ) -> np.ndarray:
     """``to − from_`` effect of a least-squares fit ``X ≈ b + Σ one-hot(attribute)``: the other attributes held fixed."""
@@ -56,13 +58,13 @@ def _balanced_difference(
     levels = sorted(set(own))
     first = len(columns)
     columns += [(own == level).astype(np.float64) for level in levels[1:]]
-    design = np.column_stack(columns)  # [n, parameters]
+    design = np.column_stack(columns)  # [sample, param]
     if np.linalg.matrix_rank(design) < design.shape[1]:
         raise ConfigError(
             f"The {what} labels are confounded with adjust_for={sorted(adjust_for)} (the design matrix is "
             "rank-deficient); drop an attribute from adjust_for or record more varied samples."
         )
-    coef, *_ = np.linalg.lstsq(design, X.reshape(n, -1), rcond=None)  # [parameters, features]
+    coef, *_ = np.linalg.lstsq(design, X.reshape(n, -1), rcond=None)  # [param, channel]
 
     def effect(level: str) -> np.ndarray:  # that level's shift relative to the reference level
         return np.zeros(coef.shape[1]) if level == levels[0] else coef[first + levels.index(level) - 1]
@@ -75,8 +77,8 @@ def _balanced_difference(
 
 
 def class_mean_direction(
-    X: Any,  # [n, d] or [n, tokens, d]
-    labels: Sequence[Any],
+    X: Any,  # [sample, channel] or [sample, token, channel]
+    labels: Labels,
     to: Any,
     from_: Any | None = None,
     *,
@@ -84,7 +86,7 @@ def class_mean_direction(
     steps: Sequence[int] | None = None,
     tokens: Sequence[int] | None = None,
     attribute: str | None = None,
-    adjust_for: dict[str, Sequence[Any]] | None = None,
+    adjust_for: Mapping[str, Labels] | None = None,
     **provenance: Any,
 ) -> Direction:
     """``mean(X[labels == to]) - mean(X[labels == from_])`` (``from_=None``: minus the mean of the other classes).
@@ -92,7 +94,7 @@ def class_mean_direction(
     The vector keeps its natural scale (the distance between the class means), so ``alpha=1`` in
     ``steer`` moves an average ``from_`` sample onto the average ``to`` sample.
 
-    ``X`` of shape ``[n, tokens, d]`` gives a token-wise direction ``[tokens, d]`` (one difference per
+    ``X`` of shape ``[sample, token, channel]`` gives a token-wise direction ``[token, channel]`` (one difference per
     token position; use samples whose prompts share one token layout). ``adjust_for`` maps other
     attributes to their per-sample labels: the difference is then the ``to``/``from_`` effect of a
     least-squares fit on one-hot codes of all attributes, so a class imbalance in the other
@@ -117,7 +119,7 @@ def class_mean_direction(
     if adjust_for:
         vector = _balanced_difference(X, labels, to, from_, dict(adjust_for), what)
     else:
-        vector = X[to_mask].mean(0) - X[from_mask].mean(0)  # [d] or [tokens, d]
+        vector = X[to_mask].mean(0) - X[from_mask].mean(0)  # [channel] or [token, channel]
     record: dict[str, Any] = {
         "method": "class_mean",
         "attribute": attribute,
@@ -244,7 +246,7 @@ def text_direction(
                 )
             positions.append((src_pos, tgt_pos))
             diffs.append(embeds.tokens[1, tgt_pos].float().mean(0) - embeds.tokens[0, src_pos].float().mean(0))
-    vector = torch.stack(diffs).mean(0)  # [D]
+    vector = torch.stack(diffs).mean(0)  # [channel]
     record: dict[str, Any] = {
         "method": "text_pairs",
         "where": where,

@@ -8,7 +8,7 @@ whose first call in a process compiles for ~10-30 s on a laptop CPU. Without it,
 Example::
 
     from latentlens.analysis.embed import embed_2d
-    out = embed_2d(X, method="auto")     # {'coords': [n, 2], 'method': 'umap' | 'pca'}
+    out = embed_2d(X, method="auto")     # {'coords': [sample, 2], 'method': 'umap' | 'pca'}
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ def umap_available() -> bool:
 
 
 def embed_2d(X: Any, method: str = "auto", random_state: int = 0, n_neighbors: int = 15) -> dict[str, Any]:
-    """Embed ``X`` ``[n, d]`` in 2-D.
+    """Embed ``X`` ``[sample, channel]`` in 2-D.
 
     ``method``: ``"umap"`` (error if umap-learn is missing), ``"pca"``, or ``"auto"`` (UMAP when
-    available, else PCA). Returns ``{"coords": float32 [n, 2], "method": "umap" | "pca"}``.
+    available, else PCA). Returns ``{"coords": float32 [sample, 2], "method": "umap" | "pca"}``.
     """
     from latentlens.analysis.pca import PCA
 

@@ -6,9 +6,9 @@ then only latentlens' own files are swapped in, so a user's notes and hand-saved
 
 Layout::
 
-    analysis/probes.json                      {"records": [cell, ...], "attributes": {attribute: [classes]}, "settings": {...}}
+    analysis/probes.json                      {"records": [cell, ...], "attributes": {attribute: [class]}, "settings": {...}}
     analysis/pca.json                         per (site, step): explained_variance_ratio of the top components
-    analysis/embeddings/SITE@STEP.npz + .json pca [n, k], umap [n, 2], sample [n], label_<attribute> [n]
+    analysis/embeddings/SITE@STEP.npz + .json pca [sample, component], umap [sample, 2], sample [sample], label_<attribute> [sample]
     analysis/directions/<attribute>/<value>.json + .safetensors
     analysis/cosine.json                      cosine matrix of the value directions at one shared cell
     analysis/summary.json                     what `latentlens analyze --json` prints

@@ -162,7 +162,7 @@ def shapes_pairs(attribute: str, from_: str, to: str, n: int, seed: int = 0) -> 
 
 
 def _mean_ci(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and t-based 95 % interval of ``values`` ``[n]`` (NaN-free)."""
+    """Mean and t-based 95 % interval of ``values`` ``[pair]`` (NaN-free)."""
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     mean = float(values.mean()) if n else math.nan
@@ -189,7 +189,7 @@ class PatchGrid:
 
     Arrays: ``per_pair`` ``[site, column, pair]`` (effect of each pair), ``oracle`` ``[site, column, pair]``
     (1.0 where the oracle reads the source's value, NaN without an oracle). ``images`` holds uint8
-    ``base`` / ``source`` ``[pair, H, W, 3]`` and ``patched`` ``[site, column, kept_pair, H, W, 3]``.
+    ``base`` / ``source`` ``[pair, height, width, 3]`` and ``patched`` ``[site, column, pair, height, width, 3]``.
     """
 
     sites: list[str]
@@ -262,11 +262,11 @@ class PatchGrid:
         :meth:`latentlens.results.AnalysisResults.probe_grid` plus the ``"all"`` column."""
         from latentlens.analysis.probes import site_block, site_stream
 
-        rows = [
-            (site_block(s), s)
-            for s in self.sites
-            if site_stream(s) == stream and site_block(s) is not None and fnmatch.fnmatchcase(s, sites)
-        ]
+        rows: list[tuple[int, str]] = []
+        for s in self.sites:
+            block = site_block(s)
+            if site_stream(s) == stream and block is not None and fnmatch.fnmatchcase(s, sites):
+                rows.append((block, s))
         if not rows:
             raise ConfigError(
                 f"The grid has no block sites matching {sites!r} in stream {stream!r}; its sites: {', '.join(self.sites)}."
@@ -316,14 +316,14 @@ class PatchGrid:
             "sites": self.sites,
             "columns": self.columns,
             "pairs": [p.as_dict() for p in self.pairs],
-            "per_pair": np.where(np.isnan(self.per_pair), None, self.per_pair).tolist(),
-            "oracle": np.where(np.isnan(self.oracle), None, self.oracle).tolist(),
+            "per_pair": _nan_to_none(self.per_pair),
+            "oracle": _nan_to_none(self.oracle),
             "settings": self.settings,
             "cells": self.cells(),
         }
         (folder / GRID_FILE).write_text(json.dumps(doc, indent=1) + "\n")
         if self.images:
-            np.savez_compressed(folder / IMAGES_FILE, **self.images)
+            np.savez_compressed(folder / IMAGES_FILE, allow_pickle=True, **self.images)
         self.name = name
         return folder
 
@@ -358,7 +358,7 @@ class PatchGrid:
         return grid
 
     def cell_images(self, site: str, column: Column, pair: int = 0) -> dict[str, np.ndarray]:
-        """uint8 ``base`` / ``source`` / ``patched`` images ``[H, W, 3]`` of one pair of one cell."""
+        """uint8 ``base`` / ``source`` / ``patched`` images ``[height, width, 3]`` of one pair of one cell."""
         i, j = self._index(site, column)
         if "patched" not in self.images:
             raise StoreError(
@@ -378,7 +378,7 @@ class PatchGrid:
 
 
 def _distance(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, metric: str) -> np.ndarray:
-    """Per-image distance of float images ``[n, H, W, 3]`` (inside ``mask`` ``[n, H, W]`` when given)."""
+    """Per-image distance of float images ``[pair, height, width, 3]`` (inside ``mask`` ``[pair, height, width]`` when given)."""
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     if metric == "rms":
         diff = diff**2
@@ -397,9 +397,9 @@ def patch_effect(
     mask: np.ndarray | None = None,
     metric: Metric = "rms",
 ) -> np.ndarray:
-    """``(d(base, source) - d(patched, source)) / d(base, source)`` per image ``[n]``.
+    """``(d(base, source) - d(patched, source)) / d(base, source)`` per image ``[pair]``.
 
-    Images ``[n, H, W, 3]`` (any range); a pair whose base and source images are identical has
+    Images ``[pair, height, width, 3]`` (any range); a pair whose base and source images are identical has
     denominator 0: its effect is 0 when the patched image is identical too, else ``-inf``-like
     (divided by 1e-12), so a patch that breaks an unchanged image is never hidden.
     """
@@ -514,7 +514,7 @@ def generate_images(
     seeds: list[int],
     call_kwargs: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """float32 images ``[n, H, W, 3]`` in [0, 1], one CPU generator per prompt (seeded ``seeds[i]``).
+    """float32 images ``[batch, height, width, 3]`` in [0, 1], one CPU generator per prompt (seeded ``seeds[i]``).
 
     Example: ``generate_images(pipe, ["a red circle"], [0], {"num_inference_steps": 8})``.
     """
@@ -568,15 +568,44 @@ def _default_steps(pipe: Any) -> int:
 def _oracle_hits(images: np.ndarray, chunk: Sequence[PatchPair]) -> np.ndarray:
     """1.0 where the oracle reads the pair's ``source_value`` for its ``attribute``, NaN for pairs without one."""
     out = np.full(len(chunk), np.nan)
-    judged = [k for k, p in enumerate(chunk) if p.attribute and p.source_value]
+    judged = [(k, p.attribute, p.source_value) for k, p in enumerate(chunk) if p.attribute and p.source_value]
     if not judged:
         return out
     from latentlens import shapes
 
-    read = shapes.read_batch(_to_uint8(images[judged]))
-    for k, r in zip(judged, read):
-        out[k] = float(getattr(r, chunk[k].attribute) == chunk[k].source_value)
+    read = shapes.read_batch(_to_uint8(images[[k for k, _, _ in judged]]))
+    for (k, attribute, value), r in zip(judged, read):
+        out[k] = float(getattr(r, attribute) == value)
     return out
+
+
+def _nan_to_none(values: np.ndarray) -> list[Any]:
+    """``values.tolist()`` with NaN as ``None`` (JSON ``null``)."""
+    out = values.astype(object)
+    out[np.isnan(values)] = None
+    return out.tolist()
+
+
+@dataclass
+class _CellBuffers:
+    """What a grid run fills per (site, column): ``per_pair`` and ``oracle`` ``[site, column, pair]`` (NaN until
+    measured) and the kept uint8 images ``patched`` ``[site, column, pair, height, width, 3]``."""
+
+    columns: list[Column]
+    per_pair: np.ndarray
+    oracle: np.ndarray
+    patched: np.ndarray
+
+    @classmethod
+    def empty(
+        cls, n_sites: int, columns: list[Column], n: int, keep: int, image_shape: tuple[int, ...]
+    ) -> _CellBuffers:
+        return cls(
+            columns,
+            np.full((n_sites, len(columns), n), np.nan),
+            np.full((n_sites, len(columns), n), np.nan),
+            np.zeros((n_sites, len(columns), keep, *image_shape), dtype=np.uint8),
+        )
 
 
 def _check_mask(mask: Any, n: int) -> np.ndarray | None:
@@ -612,8 +641,8 @@ def patch_grid(
         pairs: :class:`PatchPair` list (:func:`load_pairs`, :func:`shapes_pairs`).
         sites: patchable site names or globs. steps: step indices and/or ``"all"`` (default: every step
             of the run and ``"all"``). tokens: words whose text tokens alone are patched (text sites only).
-        metric: image distance, ``"rms"`` or ``"mae"`` over pixels in [0, 1] (inside ``mask`` [H, W] or
-            [n_pairs, H, W] when given).
+        metric: image distance, ``"rms"`` or ``"mae"`` over pixels in [0, 1] (inside ``mask`` [height, width] or
+            [pair, height, width] when given).
         cfg: CFG rows patched ("both": the whole call, the usual activation patching).
         keep_images: patched images kept per cell for the first pairs (the dashboard shows them).
         progress: optional ``callable(done_cells, total_cells)``.
@@ -646,8 +675,9 @@ def patch_grid(
         columns = _columns(steps, int(num_inference_steps or _default_steps(pipe)))
 
     n = len(pairs)
-    per_pair = oracle = patched_kept = None
-    base_all, source_all = [], []
+    cells: _CellBuffers | None = None  # allocated from the first chunk (step count, image shape)
+    base_all: list[tuple[list[int], np.ndarray]] = []
+    source_all: list[tuple[list[int], np.ndarray]] = []
     keep = max(0, min(int(keep_images), n))
     # chunks of pairs that share one token set (patch takes one set of token positions per call)
     order: dict[Any, list[int]] = {}
@@ -661,14 +691,13 @@ def patch_grid(
         with record(pipe, sites=site_list, cfg=cfg) as donor:  # the source run, once per pair
             x_src = generate_images(pipe, [p.source for p in chunk], seeds, call_kwargs)
         x_base = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
-        if per_pair is None:
-            columns = columns or _columns(steps, len(donor.steps))
-            per_pair = np.full((len(site_list), len(columns), n), np.nan)
-            oracle = np.full((len(site_list), len(columns), n), np.nan)
-            patched_kept = np.zeros((len(site_list), len(columns), keep, *x_base.shape[1:]), dtype=np.uint8)
+        if cells is None:
+            cells = _CellBuffers.empty(
+                len(site_list), columns or _columns(steps, len(donor.steps)), n, keep, x_base.shape[1:]
+            )
         m = None if masks is None else masks[idx]
         for i, site in enumerate(site_list):
-            for j, column in enumerate(columns):
+            for j, column in enumerate(cells.columns):
                 step_sel = None if column == "all" else [int(column)]
                 with patch(
                     pipe,
@@ -679,18 +708,19 @@ def patch_grid(
                     tokens=list(pos) if pos else None,
                 ):
                     x_p = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
-                per_pair[i, j, idx] = patch_effect(x_base, x_src, x_p, m, metric)
-                oracle[i, j, idx] = _oracle_hits(x_p, chunk)
+                cells.per_pair[i, j, idx] = patch_effect(x_base, x_src, x_p, m, metric)
+                cells.oracle[i, j, idx] = _oracle_hits(x_p, chunk)
                 for slot, k in enumerate(idx):
                     if k < keep:
-                        patched_kept[i, j, k] = _to_uint8(x_p[slot])
+                        cells.patched[i, j, k] = _to_uint8(x_p[slot])
                 done += len(idx)
                 if progress is not None:
-                    progress(done, n * len(site_list) * len(columns))
+                    progress(done, n * len(site_list) * len(cells.columns))
         del donor
         base_all.append((idx, _to_uint8(x_base)))
         source_all.append((idx, _to_uint8(x_src)))
-    images = _gather_images(base_all, source_all, n, keep, patched_kept)
+    assert cells is not None  # _check_pairs refused an empty pair list, so the loop ran
+    images = _gather_images(base_all, source_all, n, keep, cells.patched)
     settings = {
         "num_inference_steps": num_inference_steps,
         "tokens": words,
@@ -700,9 +730,9 @@ def patch_grid(
     }
     return PatchGrid(
         site_list,
-        list(columns),
-        per_pair,
-        oracle,
+        list(cells.columns),
+        cells.per_pair,
+        cells.oracle,
         pairs,
         metric,
         "patch",
@@ -711,7 +741,13 @@ def patch_grid(
     )
 
 
-def _gather_images(base_all: list, source_all: list, n: int, keep: int, patched: np.ndarray) -> dict[str, np.ndarray]:
+def _gather_images(
+    base_all: list[tuple[list[int], np.ndarray]],
+    source_all: list[tuple[list[int], np.ndarray]],
+    n: int,
+    keep: int,
+    patched: np.ndarray,
+) -> dict[str, np.ndarray]:
     shape = base_all[0][1].shape[1:]
     base = np.zeros((n, *shape), dtype=np.uint8)
     source = np.zeros((n, *shape), dtype=np.uint8)
@@ -760,19 +796,18 @@ def ablate_direction(
         call_kwargs["num_inference_steps"] = int(num_inference_steps)
     columns: list[Column] = _columns(steps, num_inference_steps or _default_steps(pipe))
     n, keep = len(pairs), max(0, min(int(keep_images), len(pairs)))
-    per_pair = np.full((1, len(columns), n), np.nan)
-    oracle = np.full((1, len(columns), n), np.nan)
+    cells: _CellBuffers | None = None  # allocated from the first batch (image shape)
     changed = np.full((len(columns), n), np.nan)
-    patched_kept = None
-    base_all, source_all = [], []
+    base_all: list[tuple[list[int], np.ndarray]] = []
+    source_all: list[tuple[list[int], np.ndarray]] = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
         chunk = [pairs[k] for k in idx]
         seeds = [p.seed for p in chunk]
         x_src = generate_images(pipe, [p.source for p in chunk], seeds, call_kwargs)
         x_base = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
-        if patched_kept is None:
-            patched_kept = np.zeros((1, len(columns), keep, *x_base.shape[1:]), dtype=np.uint8)
+        if cells is None:
+            cells = _CellBuffers.empty(1, columns, n, keep, x_base.shape[1:])
         m = None if masks is None else masks[idx]
         for j, column in enumerate(columns):
             with ablate(
@@ -782,8 +817,8 @@ def ablate_direction(
                 cfg=cfg,
             ):
                 x_a = generate_images(pipe, [p.base for p in chunk], seeds, call_kwargs)
-            per_pair[0, j, idx] = patch_effect(x_base, x_src, x_a, m, metric)
-            oracle[0, j, idx] = _oracle_hits(x_a, chunk)
+            cells.per_pair[0, j, idx] = patch_effect(x_base, x_src, x_a, m, metric)
+            cells.oracle[0, j, idx] = _oracle_hits(x_a, chunk)
             flipped_back = _oracle_hits(
                 x_a,
                 [PatchPair(p.base, p.source, p.seed, p.attribute, None, p.base_value) for p in chunk],
@@ -791,10 +826,11 @@ def ablate_direction(
             changed[j, idx] = 1.0 - flipped_back
             for slot, k in enumerate(idx):
                 if k < keep:
-                    patched_kept[0, j, k] = _to_uint8(x_a[slot])
+                    cells.patched[0, j, k] = _to_uint8(x_a[slot])
         base_all.append((idx, _to_uint8(x_base)))
         source_all.append((idx, _to_uint8(x_src)))
-    images = _gather_images(base_all, source_all, n, keep, patched_kept)
+    assert cells is not None  # _check_pairs refused an empty pair list, so the loop ran
+    images = _gather_images(base_all, source_all, n, keep, cells.patched)
     settings = {
         "num_inference_steps": num_inference_steps,
         "cfg": cfg,
@@ -808,8 +844,8 @@ def ablate_direction(
     return PatchGrid(
         [direction.site],
         columns,
-        per_pair,
-        oracle,
+        cells.per_pair,
+        cells.oracle,
         pairs,
         metric,
         "ablation",

@@ -12,10 +12,10 @@ float32 batch products to ~1e-5 relative (see tests/test_analysis_pca.py).
 Example::
 
     pca = StreamingPCA(n_components=16)
-    for batch in batches:                 # each [rows, dim]
+    for batch in batches:                 # each [row, channel]
         pca.partial_fit(batch)
-    pca.explained_variance_ratio_[:3], pca.components_.shape   # (16, dim)
-    Z = pca.transform(batch)              # [rows, 16]
+    pca.explained_variance_ratio_[:3], pca.components_.shape   # (16, channel)
+    Z = pca.transform(batch)              # [row, 16]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _sign_flip(components: np.ndarray) -> np.ndarray:
 
 class _PCABase(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
-        """Project onto the components: ``[n, dim]`` → ``[n, n_components]``."""
+        """Project onto the components: ``[row, channel]`` → ``[row, component]``."""
         check_is_fitted(self, "components_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return (X - self.mean_) @ self.components_.T
@@ -61,7 +61,7 @@ class _PCABase(TransformerMixin, BaseEstimator):
         k = self._resolve_k(d, n)
         eigvals, eigvecs = np.linalg.eigh(cov)  # ascending
         eigvals = np.clip(eigvals[::-1], 0.0, None)
-        eigvecs = eigvecs[:, ::-1].T  # [d, d], rows = components
+        eigvecs = eigvecs[:, ::-1].T  # [channel, channel], rows = components
         total = float(eigvals.sum())
         return {
             "mean_": mean,
@@ -89,7 +89,7 @@ class _PCABase(TransformerMixin, BaseEstimator):
 class PCA(_PCABase):
     """Dense PCA by the SVD of the centred data (float64), same fitted attributes as scikit-learn's.
 
-    Fitted: ``components_`` ``[k, dim]`` (sign: largest entry positive), ``explained_variance_``,
+    Fitted: ``components_`` ``[component, channel]`` (sign: largest entry positive), ``explained_variance_``,
     ``explained_variance_ratio_``, ``singular_values_``, ``mean_``, ``n_components_``, ``n_samples_seen_``.
 
     Example: ``PCA(n_components=2).fit_transform(X)``.
@@ -107,7 +107,7 @@ class PCA(_PCABase):
         variances = s**2 / (n - 1)
         total = float(variances.sum())
         self.mean_ = mean
-        self.components_ = _sign_flip(vt[:k])  # [k, d]
+        self.components_ = _sign_flip(vt[:k])  # [component, channel]
         self.explained_variance_ = variances[:k]
         self.explained_variance_ratio_ = variances[:k] / total if total > 0 else np.zeros(k)
         self.singular_values_ = s[:k]
@@ -149,7 +149,7 @@ class StreamingPCA(_PCABase):
     n_features_in_: int  # fitted state (set by the first partial_fit)
 
     def partial_fit(self, X: Any, y: Any = None) -> StreamingPCA:
-        """Add a batch ``[rows, dim]`` (numpy array or torch tensor) to the running moments."""
+        """Add a batch ``[row, channel]`` (numpy array or torch tensor) to the running moments."""
         first = not hasattr(self, "n_seen_")
         if isinstance(X, torch.Tensor):
             if X.ndim != 2:
@@ -170,14 +170,14 @@ class StreamingPCA(_PCABase):
             return self
         if first:
             # Shift by the first batch's mean: moments of (x - shift) keep full precision.
-            self.shift_ = _as_tensor(X[: min(rows, 4096)], torch.float64).mean(0)  # [d]
+            self.shift_ = _as_tensor(X[: min(rows, 4096)], torch.float64).mean(0)  # [channel]
             self.n_seen_ = 0
             self.sum_ = torch.zeros(d, dtype=torch.float64)
             self.scatter_ = torch.zeros(d, d, dtype=torch.float64)
         shift = self.shift_.to(dtype)
         step = max(1, int(self.batch_size))
         for start in range(0, rows, step):
-            chunk = _as_tensor(X[start : start + step], dtype) - shift  # [b, d]
+            chunk = _as_tensor(X[start : start + step], dtype) - shift  # [row, channel]
             self.sum_ += chunk.sum(0, dtype=torch.float64)
             self.scatter_ += (chunk.T @ chunk).to(torch.float64)
         self.n_seen_ += rows
@@ -213,7 +213,7 @@ class StreamingPCA(_PCABase):
         n = self.n_seen_
         if n < 2:
             raise ValueError(f"StreamingPCA needs at least 2 rows, got n_samples={n}.")
-        mean_shifted = self.sum_ / n  # [d]
+        mean_shifted = self.sum_ / n  # [channel]
         cov = (self.scatter_ - n * torch.outer(mean_shifted, mean_shifted)) / (n - 1)
         cov = 0.5 * (cov + cov.T)
         return self._finish(cov.numpy(), (mean_shifted + self.shift_).numpy(), n)

@@ -3,7 +3,7 @@
 :class:`LinearProbe` is a single scikit-learn-compatible classifier (checked with
 ``parametrize_with_checks``). :class:`LinearProbeGrid` fits every cell of a
 (site × step) grid and every attribute at once: the cells' feature matrices are
-stacked into one ``[cells, samples, features]`` tensor and the softmax heads of
+stacked into one ``[cell, sample, channel]`` tensor and the softmax heads of
 all attributes (and their control tasks) share one L-BFGS solve of the summed,
 separable objective, so the grid costs a handful of batched matrix products per
 iteration instead of thousands of small fits.
@@ -23,8 +23,8 @@ be solved only by memorising types, not by reading the attribute.
 Example::
 
     grid = LinearProbeGrid(C=1.0, random_state=0).fit(
-        {("blocks.0.resid_out.img", 3): X0, ("blocks.1.resid_out.img", 3): X1},   # [n, d] each
-        {"color": color_labels, "size": size_labels},                            # [n] each
+        {("blocks.0.resid_out.img", 3): X0, ("blocks.1.resid_out.img", 3): X1},   # [sample, channel] each
+        {"color": color_labels, "size": size_labels},                            # [sample] each
     )
     grid.best("color", stream="img")      # {'site': ..., 'step': 3, 'accuracy': 0.99, ...}
     grid.grid("color", "img")             # (blocks, steps, accuracy [block, step])
@@ -82,8 +82,8 @@ def site_stream(site: str) -> str:
 
 # --------------------------------------------------------------------------- solver
 def fit_softmax_batched(
-    X: torch.Tensor,  # [cells, n, d], already standardised
-    targets: Sequence[torch.Tensor],  # each [n] int64 class indices (shared by every cell)
+    X: torch.Tensor,  # [cell, sample, channel], already standardised
+    targets: Sequence[torch.Tensor],  # each [sample] int64 class indices (shared by every cell)
     n_classes: Sequence[int],
     C: float = 1.0,
     max_iter: int = 200,
@@ -93,20 +93,20 @@ def fit_softmax_batched(
 
     Returns ``W`` ``[cells, d, sum(n_classes)]``, ``b`` ``[cells, sum(n_classes)]`` and the iteration count.
     Head ``h`` owns columns ``offsets[h] : offsets[h] + n_classes[h]``. Loss and gradient are computed
-    in closed form on a padded ``[cells, n, heads, max_classes]`` logit tensor (no autograd), so one
+    in closed form on a padded ``[cell, sample, attribute, class]`` logit tensor (no autograd), so one
     evaluation is two batched matrix products.
     """
     cells, n, d = X.shape
     heads = len(n_classes)
     kmax = int(max(n_classes))
     dtype = X.dtype
-    Xb = torch.cat([X, torch.ones(cells, n, 1, dtype=dtype)], dim=-1)  # [cells, n, d + 1]
-    XbT = Xb.transpose(1, 2).contiguous()  # [cells, d + 1, n]
+    Xb = torch.cat([X, torch.ones(cells, n, 1, dtype=dtype)], dim=-1)  # [cell, sample, channel+1]
+    XbT = Xb.transpose(1, 2).contiguous()  # [cell, channel+1, sample]
     # Padded classes get a large negative logit offset, hence probability 0 and zero gradient.
     pad = torch.zeros(heads, kmax, dtype=dtype)
     for h, k in enumerate(n_classes):
         pad[h, k:] = -1e4
-    onehot = torch.zeros(n, heads, kmax, dtype=dtype)  # [n, heads, kmax]
+    onehot = torch.zeros(n, heads, kmax, dtype=dtype)  # [sample, attribute, class]
     for h, t in enumerate(targets):
         onehot[torch.arange(n), h, t] = 1.0
     params = torch.zeros(cells, d + 1, heads * kmax, dtype=dtype)  # last row = intercept
@@ -127,16 +127,16 @@ def fit_softmax_batched(
 
     def closure() -> torch.Tensor:
         with torch.no_grad():
-            logits = torch.bmm(Xb, params).view(cells, n, heads, kmax) + pad  # [cells, n, heads, kmax]
+            logits = torch.bmm(Xb, params).view(cells, n, heads, kmax) + pad  # [cell, sample, attribute, class]
             # log-softmax by hand: torch.log_softmax is slow over a short last dim.
             z = logits - logits.amax(dim=-1, keepdim=True)
             e = z.exp()
-            total = e.sum(dim=-1, keepdim=True)  # [cells, n, heads, 1]
+            total = e.sum(dim=-1, keepdim=True)  # [cell, sample, attribute, 1]
             nll = total.log().sum() - (z * onehot).sum()
             weights = params * penalty_mask
             loss = nll / n + 0.5 * ridge * weights.pow(2).sum()
-            residual = (e / total - onehot).view(cells, n, heads * kmax)  # [cells, n, heads * kmax]
-            grad = torch.bmm(XbT, residual) / n + ridge * weights  # [cells, d + 1, heads * kmax]
+            residual = (e / total - onehot).view(cells, n, heads * kmax)  # [cell, sample, attribute*class]
+            grad = torch.bmm(XbT, residual) / n + ridge * weights  # [cell, channel+1, attribute*class]
             for h, k in enumerate(n_classes):
                 grad[:, :, h * kmax + k : (h + 1) * kmax] = 0.0
         params.grad = grad
@@ -153,8 +153,8 @@ def fit_softmax_batched(
 
 def _standardise(X: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Z-score every cell's features with the training rows' mean and std (constant features → std 1)."""
-    Xt = X[:, train]  # [cells, n_train, d]
-    mean = Xt.mean(dim=1, keepdim=True)  # [cells, 1, d]
+    Xt = X[:, train]  # [cell, sample, channel]
+    mean = Xt.mean(dim=1, keepdim=True)  # [cell, 1, channel]
     std = Xt.std(dim=1, keepdim=True, unbiased=False)
     std = torch.where(std > 1e-8 * (1 + mean.abs()), std, torch.ones_like(std))
     return (X - mean) / std, mean, std
@@ -169,7 +169,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         max_iter, tol: L-BFGS iteration cap and gradient tolerance.
         standardize: z-score features before fitting (the returned ``coef_`` is in the original units).
 
-    Fitted: ``classes_``, ``coef_`` ``[n_classes, n_features]``, ``intercept_`` ``[n_classes]``,
+    Fitted: ``classes_``, ``coef_`` ``[class, channel]``, ``intercept_`` ``[class]``,
     ``n_features_in_``, ``n_iter_``. Unlike scikit-learn, binary problems keep two rows
     (the softmax form); ``coef_[1] - coef_[0]`` is the binary direction.
 
@@ -193,7 +193,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             raise ValueError(f"LinearProbe needs at least 2 classes in y, got 1 class: {self.classes_[0]!r}.")
         if not (isinstance(self.C, (int, float)) and self.C > 0):
             raise ValueError(f"C must be a positive number, got {self.C!r}.")
-        Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).unsqueeze(0)  # [1, n, d]
+        Xt = torch.from_numpy(np.array(X, dtype=np.float64, copy=True)).unsqueeze(0)  # [1, sample, channel]
         n, d = X.shape
         if self.standardize:
             Xs, mean, std = _standardise(Xt, torch.ones(n, dtype=torch.bool))
@@ -207,17 +207,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             tol=self.tol,
         )
-        W = W[0] / std[0, 0].unsqueeze(1)  # [d, k] in original units
-        b = b[0] - (mean[0, 0] @ W)  # [k]
+        W = W[0] / std[0, 0].unsqueeze(1)  # [channel, class] in original units
+        b = b[0] - (mean[0, 0] @ W)  # [class]
         b = b - b.mean()  # softmax is invariant to a shift; centre for comparability
-        self.coef_ = W.T.numpy().copy()  # [k, d]
-        self.intercept_ = b.numpy().copy()  # [k]
+        self.coef_ = W.T.numpy().copy()  # [class, channel]
+        self.intercept_ = b.numpy().copy()  # [class]
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        scores = X @ self.coef_.T + self.intercept_  # [n, k]
+        scores = X @ self.coef_.T + self.intercept_  # [sample, class]
         return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -268,7 +268,7 @@ def control_labels(y: np.ndarray, types: Sequence[Hashable], n_classes: int, rng
 
 
 def grouped_split(n: int, test_size: float, groups: Sequence[Hashable] | None, seed: int) -> np.ndarray:
-    """Boolean ``[n]`` test mask; whole groups go to one side."""
+    """Boolean ``[sample]`` test mask; whole groups go to one side."""
     rng = np.random.Generator(np.random.PCG64(seed))
     if groups is None:
         groups = range(n)
@@ -299,7 +299,7 @@ class LinearProbeGrid(BaseEstimator):
 
     Fitted state: ``cells_`` (list of (site, step)), ``attributes_`` (attribute -> class names),
     ``results_`` (list of :class:`ProbeCell`), ``coef_`` ((site, step) -> attribute ->
-    ``[n_classes, n_features]`` in original units), ``intercept_``, ``test_mask_``,
+    ``[class, channel]`` in original units), ``intercept_``, ``test_mask_``,
     ``nan_cells_`` (list of dicts with site, step and NaN count), ``n_iter_``.
     """
 
@@ -334,10 +334,10 @@ class LinearProbeGrid(BaseEstimator):
         """Fit every cell.
 
         Args:
-            features: (site, step) -> ``[n_samples, n_features]`` array or tensor.
-            labels: attribute -> ``[n_samples]`` class labels (strings or ints).
-            groups: optional ``[n_samples]`` group ids kept on one side of the split (e.g. prompts).
-            types: optional ``[n_samples]`` type ids for the control task (default: the tuple of
+            features: (site, step) -> ``[sample, channel]`` array or tensor.
+            labels: attribute -> ``[sample]`` class labels (strings or ints).
+            groups: optional ``[sample]`` group ids kept on one side of the split (e.g. prompts).
+            types: optional ``[sample]`` type ids for the control task (default: the tuple of
                 all attribute labels of the sample).
         """
         if not features:
@@ -421,10 +421,10 @@ class LinearProbeGrid(BaseEstimator):
         heads_y = [torch.from_numpy(y[train]) for y in targets] + [torch.from_numpy(c[train]) for c in controls]
         heads_k = n_classes + (n_classes if self.control else [])
         offsets = np.concatenate([[0], np.cumsum(heads_k)]).astype(int)
-        fitted: dict[Cell, list[np.ndarray]] = {}  # cell -> predicted class per head, [n] each
+        fitted: dict[Cell, list[np.ndarray]] = {}  # cell -> predicted class per head, [sample] each
         train_t = torch.from_numpy(train)
         for width, group in by_width.items():
-            X = torch.stack([finite[c].to(self.dtype) for c in group])  # [cells, n, d]
+            X = torch.stack([finite[c].to(self.dtype) for c in group])  # [cell, sample, channel]
             Xs, mean, std = _standardise(X, train_t)
             basis = None
             components = self.max_features
@@ -436,24 +436,24 @@ class LinearProbeGrid(BaseEstimator):
             if components is not None and width > components:
                 # Top principal components of the standardised training rows, per cell.
                 _, _, V = torch.linalg.svd(Xs[:, train_t], full_matrices=False)  # V: [cells, min(n,d), d]
-                basis = V[:, :components].transpose(1, 2)  # [cells, d, k]
-                Xs = torch.bmm(Xs, basis)  # [cells, n, k]
+                basis = V[:, :components].transpose(1, 2)  # [cell, channel, component]
+                Xs = torch.bmm(Xs, basis)  # [cell, sample, component]
                 Xs, mean2, std2 = _standardise(Xs, train_t)
             W, b, n_iter = fit_softmax_batched(
                 Xs[:, train_t].contiguous(), heads_y, heads_k, C=float(self.C), max_iter=self.max_iter, tol=self.tol
             )
             self.n_iter_ = max(self.n_iter_, n_iter)
-            logits = torch.bmm(Xs, W) + b.unsqueeze(1)  # [cells, n, total]
+            logits = torch.bmm(Xs, W) + b.unsqueeze(1)  # [cell, sample, class]
             # Weights back in the original feature units. With z1 = (x - m) / s, z2 = z1 @ B and
             # z3 = (z2 - m2) / s2: logits = x @ Wo + b - m @ Wo - m2 @ (W / s2), Wo = (B @ (W / s2)) / s.
             bo = b
             Wz = W
             if basis is not None:
-                Wz = W / std2.transpose(1, 2)  # [cells, k, total]
+                Wz = W / std2.transpose(1, 2)  # [cell, component, class]
                 bo = bo - torch.bmm(mean2, Wz).squeeze(1)
-                Wz = torch.bmm(basis, Wz)  # [cells, d, total]
-            Wo = Wz / std.transpose(1, 2)  # [cells, d, total]
-            bo = bo - torch.bmm(mean, Wo).squeeze(1)  # [cells, total]
+                Wz = torch.bmm(basis, Wz)  # [cell, channel, class]
+            Wo = Wz / std.transpose(1, 2)  # [cell, channel, class]
+            bo = bo - torch.bmm(mean, Wo).squeeze(1)  # [cell, class]
             for i, cell in enumerate(group):
                 fitted[cell] = [
                     logits[i, :, offsets[h] : offsets[h] + k].argmax(-1).numpy() for h, k in enumerate(heads_k)
@@ -462,7 +462,7 @@ class LinearProbeGrid(BaseEstimator):
                 self.intercept_[cell] = {}
                 for h, (a, k) in enumerate(zip(self.attributes_, n_classes)):
                     cols = slice(offsets[h], offsets[h] + k)
-                    self.coef_[cell][a] = Wo[i, :, cols].T.numpy().astype(np.float64)  # [k, d]
+                    self.coef_[cell][a] = Wo[i, :, cols].T.numpy().astype(np.float64)  # [class, channel]
                     intercept = bo[i, cols].numpy().astype(np.float64)
                     self.intercept_[cell][a] = intercept - intercept.mean()
 
@@ -560,7 +560,7 @@ class LinearProbeGrid(BaseEstimator):
         return blocks, steps, table
 
     def direction(self, attribute: str, site: str, step: int, to: str, from_: str | None = None) -> np.ndarray:
-        """The probe's weight direction toward class ``to`` (minus ``from_`` when given), ``[n_features]``."""
+        """The probe's weight direction toward class ``to`` (minus ``from_`` when given), ``[channel]``."""
         check_is_fitted(self, "coef_")
         self._check_attribute(attribute)
         if (site, step) not in self.coef_:

@@ -8,9 +8,9 @@ solve and writes ``RUN_DIR/analysis/`` in the layout :mod:`latentlens.results`
 reads::
 
     analysis/
-      probes.json            {"records": [cell, ...], "attributes": {attribute: [classes]}, "settings": {...}}
+      probes.json            {"records": [cell, ...], "attributes": {attribute: [class]}, "settings": {...}}
       pca.json               per (site, step): explained_variance_ratio of the top components
-      embeddings/SITE@STEP.npz + .json   pca [n, 10], umap [n, 2] (best cells), sample [n], label_<attribute> [n]
+      embeddings/SITE@STEP.npz + .json   pca [sample, 10], umap [sample, 2] (best cells), sample [sample], label_<attribute> [sample]
       directions/<attribute>/<value>.json + .safetensors   class-mean directions (value vs. the rest) at the
                              best image-stream cell (and text-stream cell, under directions/txt/)
       cosine.json            cosine matrix of the value directions at one shared cell
@@ -94,7 +94,7 @@ def select_sites(available: Sequence[str], wanted: Sequence[str] | str | None) -
 
 
 def token_features(x: np.ndarray, how: str = "mean") -> np.ndarray:
-    """``[n, tokens, channel]`` (or ``[n, channel]``) → ``[n, features]`` float32.
+    """``[sample, token, channel]`` (or ``[sample, channel]``) → ``[sample, channel]`` float32.
 
     ``"mean"``: the mean over tokens. ``"mean+grid"``: the mean followed by the means of the four
     quadrants of a square token grid (image tokens), 5 × channel features.
@@ -102,7 +102,7 @@ def token_features(x: np.ndarray, how: str = "mean") -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 2:
         return x
-    mean = x.mean(axis=1)  # [n, c]
+    mean = x.mean(axis=1)  # [sample, channel]
     if how == "mean":
         return mean
     n, t, c = x.shape
@@ -122,7 +122,7 @@ def cell_features(
     how: str = "mean",
     max_read_bytes: int | None = MAX_READ_BYTES,
 ) -> np.ndarray:
-    """``[n_samples, features]`` of one (site, step), read in blocks of whole chunks of samples.
+    """``[sample, channel]`` of one (site, step), read in blocks of whole chunks of samples.
 
     Never more than ``max_read_bytes`` of raw activations (``[block, token, channel]``) are in
     memory at once (``None``: the whole cell in one read), so a run far larger than memory is
@@ -145,7 +145,7 @@ def cell_features(
             raw = array[int(ids[0]) : int(ids[0]) + len(ids), step_index]  # [block, (token,) channel]
         else:
             raw = array[ids.tolist(), step_index]
-        part = token_features(raw, how)  # [block, features]
+        part = token_features(raw, how)  # [sample, channel]
         del raw
         if out is None:
             out = np.empty((n, part.shape[1]), dtype=np.float32)
@@ -164,7 +164,7 @@ def load_features(
     quiet: bool = True,
     max_read_bytes: int | None = MAX_READ_BYTES,
 ) -> tuple[dict[tuple[str, int], np.ndarray], dict[str, list[int]]]:
-    """``{(site, step): [n_samples, features]}`` for every chosen site and recorded step.
+    """``{(site, step): [sample, channel]}`` for every chosen site and recorded step.
 
     Raw activations are streamed (see :func:`cell_features`); only the features stay in memory.
     """

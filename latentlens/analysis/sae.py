@@ -8,7 +8,7 @@ chunk by chunk, so a run larger than memory trains with ``partial_fit``.
 Model (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"), on rows standardised
 as ``u = (x - mean_) / scale_`` (``scale_`` one scalar: the RMS of the centred rows per channel)::
 
-    pre = (u - b_pre) @ W_enc + b_enc                 # [rows, n_features]
+    pre = (u - b_pre) @ W_enc + b_enc                 # [row, feature]
     z   = ReLU(TopK_k(pre))                           # at most k non-zero activations per row
     û   = z @ W_dec + b_pre                           # decoder rows W_dec[i] have unit norm
     loss = mean((u - û)^2) + aux_coef * L_aux
@@ -31,9 +31,9 @@ updates as one ``fit(concatenation, epochs=1)`` — equal to ~1e-6 (tests/test_a
 
 Example::
 
-    sae = SparseAutoencoder(n_features=256, k=8, random_state=0).fit(X)   # X [rows, dim]
-    z = sae.transform(X)                 # [rows, 256], <= 8 non-zeros per row
-    X_hat = sae.inverse_transform(z)     # [rows, dim]
+    sae = SparseAutoencoder(n_features=256, k=8, random_state=0).fit(X)   # X [row, channel]
+    z = sae.transform(X)                 # [row, 256], <= 8 non-zeros per row
+    X_hat = sae.inverse_transform(z)     # [row, channel]
     sae.fvu(X), sae.dead_fraction(X)
     sae.save("runs/shapes/analysis/sae/blocks.3.resid_out.img/sae", provenance={"run": "runs/shapes"})
     d = sae.feature_direction(17, site="blocks.3.resid_out.img")   # a latentlens.Direction
@@ -75,7 +75,7 @@ def _device(name: str) -> torch.device:
 
 
 def _topk_relu(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values [rows, k], indices [rows, k])`` of the k largest pre-activations, ReLU'd."""
+    """``(values [row, rank], indices [row, rank])`` of the k largest pre-activations, ReLU'd."""
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return values.clamp_min(0.0), indices
 
@@ -97,10 +97,10 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (a GPU when torch sees one).
         random_state: seeds the initialisation and the shuffling.
 
-    Fitted: ``W_enc_`` ``[dim, n_features]``, ``b_enc_`` ``[n_features]``, ``W_dec_``
-    ``[n_features, dim]`` (unit rows, standardised units), ``b_pre_`` ``[dim]``, ``mean_`` ``[dim]``,
+    Fitted: ``W_enc_`` ``[channel, feature]``, ``b_enc_`` ``[feature]``, ``W_dec_``
+    ``[feature, channel]`` (unit rows, standardised units), ``b_pre_`` ``[channel]``, ``mean_`` ``[channel]``,
     ``scale_`` (float), ``n_features_in_``, ``n_steps_``, ``n_rows_seen_``, ``rows_since_fired_``
-    ``[n_features]``, ``aux_steps_`` (Adam steps on which the auxiliary loss was active), ``fire_count_`` and ``activation_sum_`` ``[n_features]`` (training rows
+    ``[feature]``, ``aux_steps_`` (Adam steps on which the auxiliary loss was active), ``fire_count_`` and ``activation_sum_`` ``[feature]`` (training rows
     each feature fired on, and the sum of its activations there), ``loss_curve_``.
 
     Example::
@@ -168,7 +168,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         return min(k, int(self.n_features))
 
     def _rows(self, X: Any, reset: bool) -> np.ndarray:
-        """Validated ``[rows, dim]`` float32 (float64 input is kept for the output dtype only)."""
+        """Validated ``[row, channel]`` float32 (float64 input is kept for the output dtype only)."""
         if isinstance(X, torch.Tensor):
             X = X.detach().to("cpu", torch.float32).numpy()
         return validate_data(self, X, dtype=[np.float32, np.float64], reset=reset)
@@ -179,14 +179,14 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         dim = first.shape[1]
         generator = torch.Generator().manual_seed(int(self.random_state or 0))
         x = torch.from_numpy(np.asarray(first, dtype=np.float64))
-        mean = x.mean(0)  # [dim]
+        mean = x.mean(0)  # [channel]
         rms = float(((x - mean) ** 2).mean().sqrt())
         self.mean_ = mean.numpy().astype(np.float32)
         self.scale_ = rms if rms > 1e-12 else 1.0
         W_dec = torch.randn(int(self.n_features), dim, generator=generator, dtype=torch.float32)
-        W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [n_features, dim]
+        W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)  # [feature, channel]
         self.W_dec_ = W_dec.numpy()
-        self.W_enc_ = W_dec.T.contiguous().numpy()  # [dim, n_features]
+        self.W_enc_ = W_dec.T.contiguous().numpy()  # [channel, feature]
         self.b_enc_ = np.zeros(int(self.n_features), dtype=np.float32)
         self.b_pre_ = np.zeros(dim, dtype=np.float32)
         self.rows_since_fired_ = np.zeros(int(self.n_features), dtype=np.float64)
@@ -221,7 +221,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
 
     # --------------------------------------------------------------- fit
     def fit(self, X: Any, y: Any = None) -> SparseAutoencoder:
-        """Train from scratch for ``epochs`` passes over ``X`` ``[rows, dim]``; returns ``self``."""
+        """Train from scratch for ``epochs`` passes over ``X`` ``[row, channel]``; returns ``self``."""
         self.check_params()
         self._reset()
         X = self._rows(X, reset=True)
@@ -230,7 +230,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         return self
 
     def partial_fit(self, X: Any, y: Any = None) -> SparseAutoencoder:
-        """One pass over the rows ``X`` ``[rows, dim]`` (a chunk of a stream), continuing the training."""
+        """One pass over the rows ``X`` ``[row, channel]`` (a chunk of a stream), continuing the training."""
         self.check_params()
         first = not hasattr(self, "W_dec_")
         X = self._rows(X, reset=first)
@@ -264,16 +264,16 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         losses: list[float] = []
         aux_steps = 0
         for start in range(0, rows, step):
-            u = (data[order[start : start + step]].to(device) - mean) / scale  # [b, dim]
-            pre = (u - b_pre) @ W_enc + b_enc  # [b, n_features]
+            u = (data[order[start : start + step]].to(device) - mean) / scale  # [row, channel]
+            pre = (u - b_pre) @ W_enc + b_enc  # [row, feature]
             values, indices = _topk_relu(pre, k)
-            z = torch.zeros_like(pre).scatter(-1, indices, values)  # [b, n_features]
+            z = torch.zeros_like(pre).scatter(-1, indices, values)  # [row, feature]
             u_hat = z @ W_dec + b_pre
             loss = (u - u_hat).pow(2).mean()
-            fired = (z > 0).any(0)  # [n_features]
+            fired = (z > 0).any(0)  # [feature]
             dead = rows_since >= float(self.dead_after)
             if aux_k > 0 and self.aux_coef > 0 and bool(dead.any()):
-                residual = (u - u_hat).detach()  # [b, dim]
+                residual = (u - u_hat).detach()  # [row, channel]
                 masked = pre.masked_fill(~dead, float("-inf"))
                 n_dead = int(dead.sum())
                 aux_values, aux_indices = _topk_relu(masked, min(aux_k, n_dead))
@@ -313,10 +313,10 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         W_enc = torch.from_numpy(self.W_enc_).to(device)
         pre = (u - torch.from_numpy(self.b_pre_).to(device)) @ W_enc + torch.from_numpy(self.b_enc_).to(device)
         values, indices = _topk_relu(pre, int(self.k))
-        return torch.zeros_like(pre).scatter(-1, indices, values)  # [rows, n_features]
+        return torch.zeros_like(pre).scatter(-1, indices, values)  # [row, feature]
 
     def transform(self, X: Any) -> np.ndarray:
-        """Feature activations ``[rows, n_features]`` (at most ``k`` non-zero per row), in standardised units."""
+        """Feature activations ``[row, feature]`` (at most ``k`` non-zero per row), in standardised units."""
         check_is_fitted(self, "W_dec_")
         X = self._rows(X, reset=False)
         with torch.no_grad():
@@ -324,12 +324,12 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         return z.cpu().numpy().astype(X.dtype, copy=False)
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
-        """Reconstruct rows ``[rows, dim]`` (original units) from activations ``[rows, n_features]``."""
+        """Reconstruct rows ``[row, channel]`` (original units) from activations ``[row, feature]``."""
         check_is_fitted(self, "W_dec_")
         Z = np.asarray(Z)
         if Z.ndim != 2 or Z.shape[1] != int(self.n_features):
             raise ValueError(f"Z must be [rows, {self.n_features}] feature activations, got shape {Z.shape}.")
-        u = Z.astype(np.float32) @ self.W_dec_ + self.b_pre_  # [rows, dim]
+        u = Z.astype(np.float32) @ self.W_dec_ + self.b_pre_  # [row, channel]
         out = u * float(self.scale_) + self.mean_
         return out.astype(Z.dtype if Z.dtype in (np.float32, np.float64) else np.float32, copy=False)
 
@@ -338,7 +338,7 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
         return self.inverse_transform(self.transform(X))
 
     def reconstruction_error(self, X: Any) -> np.ndarray:
-        """Per-row relative error ``|x - x̂|² / |x - mean_|²`` ``[rows]`` (how out of distribution a row is for the SAE)."""
+        """Per-row relative error ``|x - x̂|² / |x - mean_|²`` ``[row]`` (how out of distribution a row is for the SAE)."""
         X = self._rows(X, reset=False).astype(np.float64)
         err = ((X - self.reconstruct(X)) ** 2).sum(1)
         return err / np.maximum(((X - self.mean_) ** 2).sum(1), 1e-12)
@@ -358,18 +358,18 @@ class SparseAutoencoder(TransformerMixin, BaseEstimator):
     # -------------------------------------------------------- directions
     @property
     def mean_activation_(self) -> np.ndarray:
-        """Mean activation of each feature over the training rows it fired on ``[n_features]`` (0 if never)."""
+        """Mean activation of each feature over the training rows it fired on ``[feature]`` (0 if never)."""
         check_is_fitted(self, "W_dec_")
         return np.where(self.fire_count_ > 0, self.activation_sum_ / np.maximum(self.fire_count_, 1), 0.0)
 
     @property
     def frequency_(self) -> np.ndarray:
-        """Fraction of training rows each feature fired on ``[n_features]``."""
+        """Fraction of training rows each feature fired on ``[feature]``."""
         check_is_fitted(self, "W_dec_")
         return self.fire_count_ / max(float(self.n_rows_seen_), 1.0)
 
     def feature_vector(self, feature: int, scale: DirectionScale = "mean_activation") -> np.ndarray:
-        """Feature ``feature``'s decoder row in the original units ``[dim]``.
+        """Feature ``feature``'s decoder row in the original units ``[channel]``.
 
         ``scale``: ``"mean_activation"`` (what the feature adds when it fires with its mean training
         activation), ``"decoder"`` (activation 1) or ``"unit"`` (norm 1).
@@ -581,7 +581,7 @@ def iter_site_rows(
     shuffle_blocks: bool = False,
     seed: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Stream token-level rows of one site: yields ``(rows [n * tokens, channel] float32, sample ids [n], step)``.
+    """Stream token-level rows of one site: yields ``(rows [row, channel] float32 (one row per sample and token), sample ids [sample], step)``.
 
     Reads ``block_samples`` samples (default: the store's samples per chunk) at one recorded step per
     block straight from the chunk files, so memory stays at one block whatever the run's size.
@@ -614,7 +614,7 @@ def iter_site_rows(
         keep = wanted[(wanted >= a) & (wanted < b)]
         if len(keep) == 0:
             continue
-        data = np.asarray(array[a:b, pos])[keep - a]  # [n, tokens, channel] or [n, channel]
+        data = np.asarray(array[a:b, pos])[keep - a]  # [sample, token, channel] or [sample, channel]
         if data.ndim == 2:
             data = data[:, None, :]
         yield data.reshape(-1, data.shape[-1]).astype(np.float32, copy=False), keep, step

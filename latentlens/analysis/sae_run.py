@@ -7,10 +7,10 @@ value with its best single feature. It writes ``RUN_DIR/analysis/sae/<site>/``::
 
     sae.safetensors + sae.json     the SAE (weights; config, provenance, metrics)
     summary.json                   what `latentlens sae --json` prints
-    features.npz                   sample [n], sample_max [n, F], frequency [F], top_samples [F, T],
-                                   top_tokens [F, T, tokens] (per-token activation of the top samples);
-                                   with labels also values [V] ("color=red"...), best_value [F] (index
-                                   into values) and best_f1 [F] (held-out F1 of that value)
+    features.npz                   sample [sample], sample_max [sample, feature], frequency [feature], top_samples [feature, rank],
+                                   top_tokens [feature, rank, token] (per-token activation of the top samples);
+                                   with labels also values [value] ("color=red"...), best_value [feature] (index
+                                   into values) and best_f1 [feature] (held-out F1 of that value)
 
 and the best-aligned features as directions ``RUN_DIR/analysis/directions/sae/<site>/fNNNN``.
 
@@ -70,7 +70,7 @@ def site_folder(run_dir: str | Path, site: str) -> Path:
 
 
 def run_labels(run: Any, samples: Sequence[int]) -> dict[str, np.ndarray]:
-    """attribute -> ``[n]`` label strings, for the labels every one of ``samples`` has (from the manifest)."""
+    """attribute -> ``[sample]`` label strings, for the labels every one of ``samples`` has (from the manifest)."""
     rows = run.manifest.get("labels") or []
     journal = run.samples
     picked = []
@@ -87,7 +87,7 @@ def run_labels(run: Any, samples: Sequence[int]) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ masks
 def ground_truth_masks(run: Any, site: str, labels: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str | None]:
-    """``(object [n, tokens] bool, None)`` rendered from shapes-world labels, or ``(None, why not)``."""
+    """``(object [sample, token] bool, None)`` rendered from shapes-world labels, or ``(None, why not)``."""
     from latentlens import shapes
 
     if not site.endswith(".img"):
@@ -117,7 +117,7 @@ def ground_truth_masks(run: Any, site: str, labels: dict[str, np.ndarray]) -> tu
         key = tuple(str(labels[a][i]) for a in shapes.ATTRIBUTES)
         if key not in cache:
             scene = shapes.render(shapes.Attributes(**dict(zip(shapes.ATTRIBUTES, key))), canvas=canvas)
-            cover = scene.mask.reshape(side, patch, side, patch).mean(axis=(1, 3))  # [side, side]
+            cover = scene.mask.reshape(side, patch, side, patch).mean(axis=(1, 3))  # [height, width]
             cache[key] = (cover >= 0.5).reshape(-1)  # row-major patch order
         masks[i] = cache[key]
     return masks, None
@@ -127,24 +127,24 @@ def ground_truth_masks(run: Any, site: str, labels: dict[str, np.ndarray]) -> tu
 def best_thresholds(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every (feature, value): the threshold on ``scores`` maximising F1 and that F1.
 
-    ``scores`` ``[n, F]`` sample scores, ``targets`` ``[n, V]`` bool. A sample is predicted positive
+    ``scores`` ``[sample, feature]`` sample scores, ``targets`` ``[sample, value]`` bool. A sample is predicted positive
     when its score is at least the threshold (always > 0: a feature that does not fire predicts nothing).
-    Returns ``thresholds [F, V]`` and ``f1 [F, V]``.
+    Returns ``thresholds [feature, value]`` and ``f1 [feature, value]``.
     """
     n, n_feat = scores.shape
-    order = np.argsort(-scores, axis=0, kind="stable")  # [n, F]
-    sorted_scores = np.take_along_axis(scores, order, axis=0)  # [n, F] descending
+    order = np.argsort(-scores, axis=0, kind="stable")  # [sample, feature]
+    sorted_scores = np.take_along_axis(scores, order, axis=0)  # [sample, feature] descending
     # a cut is valid only after the last of a run of tied scores, and only at scores > 0
     valid = np.ones((n, n_feat), dtype=bool)
     valid[:-1] = sorted_scores[:-1] != sorted_scores[1:]
     valid &= sorted_scores > 0
-    predicted = np.arange(1, n + 1, dtype=np.float64)[:, None]  # [n, 1]
+    predicted = np.arange(1, n + 1, dtype=np.float64)[:, None]  # [sample, 1]
     thresholds = np.zeros((n_feat, targets.shape[1]), dtype=np.float64)
     best_f1 = np.zeros((n_feat, targets.shape[1]), dtype=np.float64)
-    for v in range(targets.shape[1]):  # one value at a time: [n, F] temporaries only
-        tp = np.cumsum(targets[:, v][order], axis=0, dtype=np.float64)  # [n, F]
+    for v in range(targets.shape[1]):  # one value at a time: [sample, feature] temporaries only
+        tp = np.cumsum(targets[:, v][order], axis=0, dtype=np.float64)  # [sample, feature]
         f1 = np.where(valid, 2.0 * tp / (predicted + float(targets[:, v].sum())), -1.0)
-        best = f1.argmax(0)  # [F]
+        best = f1.argmax(0)  # [feature]
         thresholds[:, v] = sorted_scores[best, np.arange(n_feat)]
         best_f1[:, v] = np.maximum(f1[best, np.arange(n_feat)], 0.0)
     return thresholds, best_f1
@@ -264,12 +264,12 @@ def train_run_sae(
     n_rows = l0_sum = 0
     fired = np.zeros(n_features, dtype=bool)
     position = {int(s): j for j, s in enumerate(samples)}
-    sample_max = np.zeros((len(samples), n_features), dtype=np.float32)  # [n, F]
+    sample_max = np.zeros((len(samples), n_features), dtype=np.float32)  # [sample, feature]
     is_test = np.zeros(len(samples), dtype=bool)
     is_test[[position[int(s)] for s in test_ids]] = True
     for rows, block_ids, _ in iter_site_rows(run, site, steps=step_list, samples=samples):
-        z = sae.transform(rows)  # [b * tokens, F]
-        per = z.reshape(len(block_ids), -1, n_features).max(axis=1)  # [b, F]
+        z = sae.transform(rows)  # [sample*token, feature]
+        per = z.reshape(len(block_ids), -1, n_features).max(axis=1)  # [sample, feature]
         where = np.asarray([position[int(s)] for s in block_ids])
         sample_max[where] = np.maximum(sample_max[where], per)
         held_out = np.repeat(is_test[where], len(rows) // len(block_ids))
@@ -306,8 +306,8 @@ def train_run_sae(
     per_feature: dict[str, np.ndarray] = {}  # every feature's best-aligned value (for the dashboard)
     if labels:
         values = [(a, v) for a in sorted(labels) for v in sorted(set(labels[a]))]
-        targets = np.stack([labels[a] == v for a, v in values], axis=1)  # [n, V]
-        thresholds, train_f1 = best_thresholds(sample_max[~is_test], targets[~is_test])  # [F, V]
+        targets = np.stack([labels[a] == v for a, v in values], axis=1)  # [sample, value]
+        thresholds, train_f1 = best_thresholds(sample_max[~is_test], targets[~is_test])  # [feature, value]
         masks, note = ground_truth_masks(run, site, labels)
         summary["iou_note"] = note
         for j, (attribute, value) in enumerate(values):
@@ -327,7 +327,7 @@ def train_run_sae(
             }
         if masks is not None:
             _token_iou(run, site, step_list, samples, sae, best_features, labels, masks, position, is_test)
-        best_value = train_f1.argmax(axis=1)  # [F]
+        best_value = train_f1.argmax(axis=1)  # [feature]
         held_f1 = np.asarray(
             [
                 _f1(sample_max[is_test, f] >= max(float(thresholds[f, j]), 1e-30), targets[is_test, j])[0]
@@ -392,7 +392,7 @@ def _token_activations(
     features: Sequence[int],
     position: dict[int, int],
 ) -> np.ndarray:
-    """``[n, tokens, len(features)]``: each feature's activation per token, max over ``steps``."""
+    """``[sample, token, feature]`` (the given ``features``): each feature's activation per token, max over ``steps``."""
     tokens = int(run[site].shape[2]) if run[site].ndim == 4 else 1
     out = np.zeros((len(samples), tokens, len(features)), dtype=np.float32)
     cols = np.asarray(features, dtype=np.int64)
@@ -423,10 +423,10 @@ def _token_iou(
 ) -> None:
     """Fill ``iou`` (held-out samples) and ``token_threshold`` (chosen on the training samples) of every record."""
     features = sorted({r["feature"] for r in best.values()})
-    acts = _token_activations(run, site, steps, samples, sae, features, position)  # [n, tokens, B]
+    acts = _token_activations(run, site, steps, samples, sae, features, position)  # [sample, token, feature]
     for record in best.values():
-        a = acts[:, :, features.index(record["feature"])]  # [n, tokens]
-        has_value = (labels[record["attribute"]] == record["value"])[:, None]  # [n, 1]
+        a = acts[:, :, features.index(record["feature"])]  # [sample, token]
+        has_value = (labels[record["attribute"]] == record["value"])[:, None]  # [sample, 1]
         truth = (masks if record["attribute"] != "background" else ~masks) & has_value
         positive = a[~is_test][a[~is_test] > 0]
         if positive.size == 0:
@@ -459,12 +459,14 @@ def _write(
     metrics = {key: summary[key] for key in ("fvu", "dead_fraction", "l0", "alignment_summary")}
     sae.save(folder / "sae", provenance=provenance, metrics=metrics)
     # top-activating samples per feature, with their per-token activations (what /features draws)
-    top = np.argsort(-sample_max, axis=0, kind="stable")[:TOP_SAMPLES].T  # [F, T] positions
-    top_ids = np.asarray(samples, dtype=np.int64)[top]  # [F, T] sample ids
+    top = np.argsort(-sample_max, axis=0, kind="stable")[:TOP_SAMPLES].T  # [feature, rank] positions
+    top_ids = np.asarray(samples, dtype=np.int64)[top]  # [feature, rank] sample ids
     tokens = np.zeros((sae.n_features, top.shape[1], int(run[site].shape[2]) if run[site].ndim == 4 else 1), np.float16)
     needed = sorted({int(s) for s in top_ids.reshape(-1)})
     sub_position = {s: j for j, s in enumerate(needed)}
-    acts = _token_activations(run, site, steps, needed, sae, list(range(sae.n_features)), sub_position)  # [m, tok, F]
+    acts = _token_activations(
+        run, site, steps, needed, sae, list(range(sae.n_features)), sub_position
+    )  # [sample, token, feature]
     for f in range(sae.n_features):
         for t, s in enumerate(top_ids[f]):
             tokens[f, t] = acts[sub_position[int(s)], :, f]
@@ -475,6 +477,7 @@ def _write(
         frequency=sae.frequency_.astype(np.float32),
         top_samples=top_ids,
         top_tokens=tokens,
+        allow_pickle=True,  # numpy's default; named, so **per_feature (array names) cannot be read as it
         **per_feature,
     )
     # the best-aligned features as directions (the editor and /directions read analysis/directions/)

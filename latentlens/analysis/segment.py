@@ -50,8 +50,8 @@ DEFAULT_POOLING = {"blocks": "later half", "steps": "all"}
 class Segmentation:
     """Masks and the maps they come from.
 
-    ``maps``: ``[step, block, concept, rows, cols]`` normalised over the concepts; ``pooled``:
-    ``[concept, rows, cols]``; ``token_masks``/``masks``: per concept, bool at the token grid / at the
+    ``maps``: ``[step, block, concept, height, width]`` normalised over the concepts; ``pooled``:
+    ``[concept, height, width]``; ``token_masks``/``masks``: per concept, bool at the token grid / at the
     image's resolution; ``image``: uint8 ``[height, width, 3]``.
     """
 
@@ -108,7 +108,7 @@ def otsu_threshold(values: torch.Tensor) -> float:
 def masks_from_pooled(
     pooled: torch.Tensor, size: tuple[int, int] | None = None, rule: MaskRule = DEFAULT_RULE
 ) -> np.ndarray:
-    """bool ``[concept, rows, cols]`` (or, with ``size=(H, W)``, after bilinear upsampling, ``[concept, H, W]``).
+    """bool ``[concept, height, width]`` (or, with ``size=(H, W)``, after bilinear upsampling, ``[concept, height, width]``).
 
     ``rule``: ``"otsu"`` (default) — each concept's mask is where its map exceeds the Otsu threshold of
     that map at the token grid; ``"argmax"`` — each place goes to the concept whose map is largest
@@ -151,7 +151,7 @@ def record_maps(
 ) -> tuple[np.ndarray, torch.Tensor, list[int]]:
     """Generate ``prompts`` and record the maps of ``method``.
 
-    Returns images uint8 ``[batch, H, W, 3]``, maps ``[step, block, batch, image_token, concept]``
+    Returns images uint8 ``[batch, height, width, 3]``, maps ``[step, block, batch, image_token, concept]``
     normalised over the concepts, and the block numbers. ``concepts``: one list for every prompt (the
     concept method needs the same concepts for all prompts in one call).
     """
@@ -231,7 +231,7 @@ def segment(
     image = images[0]
     h, w = image.shape[:2]
     rows, cols = grid_of(maps.shape[-2], h, w)
-    grid_maps = maps[:, :, 0].transpose(-1, -2).unflatten(-1, (rows, cols))  # [step, block, concept, rows, cols]
+    grid_maps = maps[:, :, 0].transpose(-1, -2).unflatten(-1, (rows, cols))  # [step, block, concept, height, width]
     use_steps = _selection(steps, list(range(grid_maps.shape[0])), "steps")
     use_blocks = _selection(blocks, block_ids, "blocks", block_ids[len(block_ids) // 2 :])
     pooled = pool(grid_maps, block_ids, use_steps, use_blocks)

@@ -146,7 +146,7 @@ class ProbeSpec:
         }
 
     def labels(self, attribute: str) -> np.ndarray:
-        """Class indices (into ``attributes[attribute]``) of every sample, ``[n_samples]`` int64."""
+        """Class indices (into ``attributes[attribute]``) of every sample, ``[sample]`` int64."""
         if attribute not in self.attributes:
             raise ConfigError(
                 f"Spec {self.name!r} has no attribute {attribute!r}; it has: {', '.join(self.attributes)}."

@@ -51,7 +51,7 @@ def steering_check(
     Prompts are canonical captions of training combinations with ``attribute == source`` (seeded
     choice). Returns the fraction the oracle reads as ``target`` (``success``), the fraction whose
     ``keep`` attributes are still as asked (``kept``, per attribute), the same two numbers without
-    steering (``baseline``), and the images (``images`` uint8 ``[n, H, W, 3]``). ``cfg`` picks the
+    steering (``baseline``), and the images (``images`` uint8 ``[sample, height, width, 3]``). ``cfg`` picks the
     rows of the CFG-doubled batch that are steered (``"cond"``, ``"uncond"`` or ``"both"``, as in ``steer``).
     """
     from latentlens import shapes

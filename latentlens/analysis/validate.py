@@ -44,7 +44,7 @@ def is_shapes_world(labels: Mapping[str, Sequence[Any]]) -> bool:
 
 
 def canonical_mask(prompts: Sequence[str], labels: Mapping[str, Sequence[Any]]) -> np.ndarray:
-    """``[n]`` bool: the sample's prompt is the canonical caption of its labels (one token layout)."""
+    """``[sample]`` bool: the sample's prompt is the canonical caption of its labels (one token layout)."""
     from latentlens import shapes
 
     out = []
@@ -55,7 +55,7 @@ def canonical_mask(prompts: Sequence[str], labels: Mapping[str, Sequence[Any]]) 
 
 
 def edit_directions(
-    X: np.ndarray,  # [n, tokens, channel] at ``site``, one token layout
+    X: np.ndarray,  # [sample, token, channel] at ``site``, one token layout
     labels: Mapping[str, Sequence[Any]],
     site: str,
     **provenance: Any,
@@ -68,10 +68,10 @@ def edit_directions(
     if X.ndim != 3:
         raise ConfigError(f"edit_directions needs token-wise activations [n, tokens, channel]; got shape {X.shape}.")
     out: dict[str, Any] = {}
-    for attribute, values in labels.items():
-        values = np.asarray([str(v) for v in values])
+    for attribute, raw in labels.items():
+        values = np.asarray([str(v) for v in raw])
         others = {a: np.asarray([str(v) for v in labels[a]]) for a in labels if a != attribute}
-        levels = 1 + sum(len(set(values)) - 1 for values in [values, *others.values()])
+        levels = 1 + sum(len(set(column)) - 1 for column in [values, *others.values()])
         adjust = others if len(values) > 2 * levels else None
         for value in sorted(set(values)):
             if (values == value).sum() < 1 or (values != value).sum() < 1:
@@ -155,20 +155,20 @@ def validate_direction(
         "alphas_tried": alphas,
         "samples": f"run samples whose {attribute} is not {to}{layout}",
     }
-    shapes_world = is_shapes_world(labels)
-    reference = base = None
-    if not shapes_world:
+    # outside the shapes world: (the unsteered images, the mean image of samples that have ``to``)
+    pixel: tuple[np.ndarray, np.ndarray] | None = None
+    if not is_shapes_world(labels):
         targets = np.flatnonzero(values == str(to))
         reference = run(
             np.sort(rng.choice(targets, size=min(n, len(targets)), replace=False)),
             False,
         ).mean(axis=0)
-        base = run(chosen, False)
-    best: dict[str, Any] | None = None
+        pixel = (run(chosen, False), reference)
+    reports: list[dict[str, Any]] = []
     for a in alphas:
         steered = run(chosen, True, a)
         report = {**common, "alpha": float(a)}
-        if shapes_world:
+        if pixel is None:
             from latentlens import shapes
 
             read = shapes.read_batch((np.clip(steered, 0, 1) * 255).round().astype(np.uint8))
@@ -185,6 +185,7 @@ def validate_direction(
                 score=success * min(kept.values()),
             )
         else:
+            base, reference = pixel
             effect = patch_effect(base, np.broadcast_to(reference, base.shape), steered)
             report.update(
                 measure="pixel_effect",
@@ -193,9 +194,8 @@ def validate_direction(
                 score=float(np.mean(effect)),
                 effect=float(np.mean(effect)),
             )
-        if best is None or report["score"] > best["score"]:
-            best = report
-    return best
+        reports.append(report)
+    return max(reports, key=lambda r: r["score"])  # the first of the best (alphas is never empty)
 
 
 def rank_key(meta: dict[str, Any]) -> tuple[int, float]:

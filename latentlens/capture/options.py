@@ -75,7 +75,7 @@ class Reduce:
 
 
 def pool_map(m: torch.Tensor, grid: tuple[int, int], k: int, pool_q: bool, pool_k: bool) -> torch.Tensor:
-    """Average-pool the image axes of a map ``[..., q, k]`` over ``k × k`` patches of the token grid."""
+    """Average-pool the image axes of a map ``[..., query, key]`` over ``k × k`` patches of the token grid."""
     h, w = grid
     if h % k or w % k:
         raise ConfigError(f"reduce pool={k} does not divide the image token grid {h}×{w}; pick a divisor.")

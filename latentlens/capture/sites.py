@@ -22,7 +22,7 @@ def select_site(
 ) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The kept part of a site's value ``x`` (first axis batch) and its axis names.
 
-    ``rows`` are the batch rows of the kept CFG branch; ``text_index`` (``[k]`` or ``[batch, k]``)
+    ``rows`` are the batch rows of the kept CFG branch; ``text_index`` (``[token]`` or ``[batch, token]``)
     selects text tokens of text-stream sites; ``reduce.mean_img_tokens`` averages image tokens.
     """
     x = x.detach()[rows]

@@ -1,6 +1,6 @@
 """Baseline editors run in the same harness as EMS: prompt swap, SDEdit and FlowEdit.
 
-All work on latents ``[B, C, h, w]`` through :class:`~latentlens.editor.model.EditModel`, batched.
+All work on latents ``[batch, channel, height, width]`` through :class:`~latentlens.editor.model.EditModel`, batched.
 
 - **prompt swap**: regenerate from the source's own initial noise under the target prompt
   (only for generated sources: the noise must be known).
@@ -36,7 +36,7 @@ BASELINES = ("prompt_swap", "sdedit", "flowedit")
 
 @torch.no_grad()
 def prompt_swap(model: EditModel, noise: torch.Tensor | None, target: TextEmbeds) -> torch.Tensor:
-    """Regenerate from the source's initial ``noise`` ``[B, C, h, w]`` under ``target``."""
+    """Regenerate from the source's initial ``noise`` ``[batch, channel, height, width]`` under ``target``."""
     if noise is None:
         raise ConfigError(
             "Prompt swap regenerates from the source's initial noise, which is only known for generated "
@@ -73,7 +73,7 @@ def flowedit(
     num_inference_steps: int | None = None,
     n_min: int = 0,
 ) -> torch.Tensor:
-    """FlowEdit from ``z_src`` ``[B, C, h, w]`` (module docstring); σ_max sets how much may change.
+    """FlowEdit from ``z_src`` ``[batch, channel, height, width]`` (module docstring); σ_max sets how much may change.
 
     ``n_min``: the last ``n_min`` steps denoise normally under the target prompt (0 = the whole path is
     FlowEdit's, the paper's default).

@@ -249,7 +249,7 @@ def run_benchmark(
         prompts = [canonical_caption(c.attributes) for c in chunk]
         noise = model.noise(b, [c.seed for c in chunk])
         z_src = model.generate(model.encode(prompts), noise=noise)
-        src_img = to_uint8(model.decode(z_src))  # [b, H, W, 3]
+        src_img = to_uint8(model.decode(z_src))  # [batch, height, width, 3]
         read = read_batch(src_img)
         matching += sum(r == c.attributes for r, c in zip(read, chunk))
         sources = [canonical_caption(r) for r in read]  # Extract: the shapes captioner
@@ -346,13 +346,13 @@ def run_benchmark(
 
 
 def attribute_sde(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """SDE (``docs/design.md``) pooled over edits: ``parts`` = ``[(reconstruction uint8 [H, W, 3], flipped, M bool [H, W])]``.
+    """SDE (``docs/design.md``) pooled over edits: ``parts`` = ``[(reconstruction uint8 [height, width, 3], flipped, M bool [height, width])]``.
 
     Returns ``sde``, ``effectiveness`` and ``leakage`` from :func:`latentlens.analysis.metrics.sde` (pixels in [0, 1]).
     """
-    x = np.stack([p[0] for p in parts]).astype(np.float64) / 255.0  # [n, H, W, 3]
+    x = np.stack([p[0] for p in parts]).astype(np.float64) / 255.0  # [batch, height, width, 3]
     flip = np.stack([p[1] for p in parts]).astype(np.float64) / 255.0
-    region = np.stack([p[2] for p in parts])  # [n, H, W]
+    region = np.stack([p[2] for p in parts])  # [batch, height, width]
     out = sde(x, flip, region, channels_last=True)
     return {"sde": out["sde"], "effectiveness": out["effectiveness"], "leakage": out["leakage"]}
 

@@ -1,6 +1,6 @@
 """Extract: describers turn an image into its source description (EMS step 1).
 
-Every describer has one method, ``describe(image) -> str`` (image: PIL image or uint8 ``[H, W, 3]``).
+Every describer has one method, ``describe(image) -> str`` (image: PIL image or uint8 ``[height, width, 3]``).
 Failures are :class:`~latentlens.errors.DescriberError` — never a silent fallback to another describer.
 
 - :class:`TextDescriber` — the text the user gives.

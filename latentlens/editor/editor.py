@@ -65,13 +65,13 @@ DEFAULT_INVERSION_SIGMA = 1.0
 class EditResult:
     """One edit: images (PIL), latents, texts, parameters and timing.
 
-    ``mask`` is the attention mask actually used (bool ``[H, W]`` at image resolution) or None.
+    ``mask`` is the attention mask actually used (bool ``[height, width]`` at image resolution) or None.
     """
 
     image: PIL.Image.Image
     source_image: PIL.Image.Image
-    latent: torch.Tensor  # [1, C, h, w]
-    source_latent: torch.Tensor  # [1, C, h, w]
+    latent: torch.Tensor  # [1, channel, height, width]
+    source_latent: torch.Tensor  # [1, channel, height, width]
     source: str | None
     target: str | None
     mode: str
@@ -201,7 +201,7 @@ class EMSEditor:
             source: the source description; extracted with the describer when None.
             alpha, mode: override the editor's defaults for this edit (``degree``: deprecated name of ``alpha``).
             direction: a :class:`~latentlens.Direction` (or a path to one saved with ``Direction.save``).
-            latent: the source latent ``[1, C, h, w]`` (e.g. the generation's own) instead of encoding ``image``.
+            latent: the source latent ``[1, channel, height, width]`` (e.g. the generation's own) instead of encoding ``image``.
             steps: EMS iterations / regeneration steps at which an image-space direction is applied.
             **params: per-edit overrides of :class:`EMSParams` fields.
         """
@@ -226,7 +226,7 @@ class EMSEditor:
             if image is None:
                 raise ConfigError("Give an image (path, PIL image or array) or a source latent to edit.")
             pil = load_image(image, size=size)
-            z_src = model.encode_image(to_tensor(pil))  # [1, C, h, w]
+            z_src = model.encode_image(to_tensor(pil))  # [1, channel, height, width]
             source_pil = pil
         else:
             z_src = latent.to(model.device, model.dtype)
@@ -286,7 +286,7 @@ class EMSEditor:
         degree: float | None = None,
         **params: Any,
     ) -> torch.Tensor:
-        """Batched text edits of latents ``[B, C, h, w]`` (one source and one target per row) → ``[B, C, h, w]``."""
+        """Batched text edits of latents ``[batch, channel, height, width]`` (one source and one target per row) → ``[batch, channel, height, width]``."""
         if len(sources) != z_src.shape[0] or len(targets) != z_src.shape[0]:
             raise ConfigError(f"Give one source and one target per latent ({z_src.shape[0]}).")
         if any(not str(t).strip() for t in targets):

@@ -79,7 +79,7 @@ def center_crop_resize(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Ima
 
 
 def load_image(source: Any, size: tuple[int, int] | None = None) -> PIL.Image.Image:
-    """Load a path / PIL image / uint8 array ``[H, W, 3]`` as RGB, cropped and resized to ``size`` (H, W)."""
+    """Load a path / PIL image / uint8 array ``[height, width, 3]`` as RGB, cropped and resized to ``size`` (H, W)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -121,19 +121,19 @@ def load_image(source: Any, size: tuple[int, int] | None = None) -> PIL.Image.Im
 
 
 def to_tensor(image: PIL.Image.Image | np.ndarray) -> torch.Tensor:
-    """RGB image → float ``[1, 3, H, W]`` in [-1, 1]."""
-    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # [H, W, 3]
+    """RGB image → float ``[1, 3, height, width]`` in [-1, 1]."""
+    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # [height, width, 3]
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float ``[B, 3, H, W]`` in [-1, 1] → uint8 ``[B, H, W, 3]`` (rounded)."""
+    """Float ``[batch, 3, height, width]`` in [-1, 1] → uint8 ``[batch, height, width, 3]`` (rounded)."""
     arr = ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return arr.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
-    """Float ``[B, 3, H, W]`` in [-1, 1] → a list of RGB PIL images."""
+    """Float ``[batch, 3, height, width]`` in [-1, 1] → a list of RGB PIL images."""
     return [PIL.Image.fromarray(a, "RGB") for a in to_uint8(images)]
 
 

@@ -63,7 +63,7 @@ def encode_pair(
 
 
 def interpolate(e_s: TextEmbeds, e_t: TextEmbeds, alpha: float | torch.Tensor) -> TextEmbeds:
-    """``E_s + α (E_t − E_s)`` for tokens and pooled; ``alpha`` a float or a per-row tensor ``[B]``.
+    """``E_s + α (E_t − E_s)`` for tokens and pooled; ``alpha`` a float or a per-row tensor ``[batch]``.
 
     α = 0 returns ``E_s``'s values exactly and α = 1 returns ``E_t``'s exactly.
     """
@@ -96,7 +96,7 @@ def apply_text_direction(e_s: TextEmbeds, direction: Any, alpha: float) -> TextE
             f"Direction site {site!r} is not a text-space site ({', '.join(TEXT_SITES)}); image-space directions "
             "are applied with latentlens.steer during sampling (EMSEditor does this for you)."
         )
-    vector = direction.vector.to(e_s.tokens.device, e_s.tokens.dtype)  # [D], or [tokens, D] (token-wise)
+    vector = direction.vector.to(e_s.tokens.device, e_s.tokens.dtype)  # [channel], or [token, channel] (token-wise)
     if site == "text.pooled":
         if vector.ndim != 1:
             raise ConfigError("A text.pooled direction must be one vector [D], not a token-wise [tokens, D] one.")

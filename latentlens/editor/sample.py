@@ -141,14 +141,14 @@ class EMSParams:
 def project(z: torch.Tensor, z_src: torch.Tensor, rho: float | None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``z_src + M ⊙ d`` with ``d = z − z_src`` scaled down so ``‖M ⊙ d‖₂ ≤ ρ·√n`` per image.
 
-    Args: ``z``, ``z_src`` ``[B, C, h, w]``; ``mask`` ``[B, 1, h, w]`` (0/1) or None.
+    Args: ``z``, ``z_src`` ``[batch, channel, height, width]``; ``mask`` ``[batch, 1, height, width]`` (0/1) or None.
     """
-    d = z - z_src  # [B, C, h, w]
+    d = z - z_src  # [batch, channel, height, width]
     if mask is not None:
         d = d * mask
     if rho is not None:
         n = d[0].numel()
-        norm = d.flatten(1).norm(dim=1)  # [B]
+        norm = d.flatten(1).norm(dim=1)  # [batch]
         limit = float(rho) * math.sqrt(n)
         scale = torch.where(norm > limit, limit / norm.clamp(min=1e-12), torch.ones_like(norm))
         d = d * scale.view(-1, 1, 1, 1)
@@ -174,7 +174,7 @@ def diff_mask(
     seed: int = 0,
     hook: Callable[[], Any] | None = None,
 ) -> torch.Tensor:
-    """A 0/1 mask ``[B, 1, h, w]`` of where the model's predictions under ``target`` and ``source`` differ.
+    """A 0/1 mask ``[batch, 1, height, width]`` of where the model's predictions under ``target`` and ``source`` differ.
 
     DiffEdit-style (Couairon et al. 2022), in clean-latent form: for ``samples`` noise draws ``ε``,
     ``z_σ = (1−σ) z_src + σ ε`` and ``D += |x̂₀(z_σ; target) − x̂₀(z_σ; source)|`` summed over
@@ -186,7 +186,7 @@ def diff_mask(
     b = z_src.shape[0]
     target, source = target.expand(b), source.expand(b)
     gen = torch.Generator().manual_seed(int(seed) + 7919)
-    score = torch.zeros(b, 1, *z_src.shape[2:], device=z_src.device)  # [B, 1, h, w]
+    score = torch.zeros(b, 1, *z_src.shape[2:], device=z_src.device)  # [batch, 1, height, width]
     sig = model._sigma(sigma, b)
     for _ in range(int(samples)):
         eps = torch.randn(z_src.shape, generator=gen).to(z_src.device, z_src.dtype)
@@ -199,7 +199,7 @@ def diff_mask(
             x_s = model.x0(z_t, sig, source).float()
         score += (x_t - x_s).abs().sum(1, keepdim=True)
     score = F.avg_pool2d(score, 3, stride=1, padding=1, count_include_pad=False)
-    peak = score.flatten(1).max(1).values.view(-1, 1, 1, 1)  # [B, 1, 1, 1]
+    peak = score.flatten(1).max(1).values.view(-1, 1, 1, 1)  # [batch, 1, 1, 1]
     mask = ((score >= threshold * peak) & (peak > 0)).float()
     return _dilate(mask, int(dilate)).to(z_src.dtype)
 
@@ -211,7 +211,7 @@ def _token_grid(n_img: int, h: int, w: int) -> tuple[int, int]:
 
 
 def _resample_queries(m: torch.Tensor, grid: tuple[int, int], h: int, w: int) -> torch.Tensor:
-    """A map ``[B, I, T]`` on its own token grid, resampled (nearest) to ``grid``; unchanged when it is on it.
+    """A map ``[batch, image_token, text_token]`` on its own token grid, resampled (nearest) to ``grid``; unchanged when it is on it.
 
     Blocks of a UNet attend at several resolutions; a DiT's blocks all share one grid.
     """
@@ -219,9 +219,9 @@ def _resample_queries(m: torch.Tensor, grid: tuple[int, int], h: int, w: int) ->
     if own == grid:
         return m
     b, _, t = m.shape
-    x = m.transpose(1, 2).reshape(b * t, 1, *own)  # [B*T, 1, rows, cols]
+    x = m.transpose(1, 2).reshape(b * t, 1, *own)  # [batch*text_token, 1, height, width]
     x = F.interpolate(x, size=grid, mode="nearest")
-    return x.reshape(b, t, grid[0] * grid[1]).transpose(1, 2)  # [B, I, T]
+    return x.reshape(b, t, grid[0] * grid[1]).transpose(1, 2)  # [batch, image_token, text_token]
 
 
 @torch.no_grad()
@@ -234,7 +234,7 @@ def attention_mask(
     sigma: float = 0.6,
     seed: int = 0,
 ) -> torch.Tensor:
-    """A 0/1 mask ``[B, 1, h, w]`` of where the image attends to the edited words.
+    """A 0/1 mask ``[batch, 1, height, width]`` of where the image attends to the edited words.
 
     One transformer call (no CFG) per condition in ``conds`` on ``z_src`` noised to ``sigma``; the
     image→text attention maps of every block (``blocks.*.attn.img2txt``, head mean, recorded exactly
@@ -256,16 +256,20 @@ def attention_mask(
     for cond, tokens in zip(conds, token_sets):
         with record(model.pipe, attention="blocks.*.attn.img2txt", cfg="both") as rec:
             model._call(z_t, model._sigma(sigma, b), cond.expand(b))
-        per_block = [rec[name][0].float() for name in rec.names if name.endswith("attn.img2txt")]  # [B, I_k, T]
+        per_block = [
+            rec[name][0].float() for name in rec.names if name.endswith("attn.img2txt")
+        ]  # [batch, image_token, text_token]
         n_img = max(m.shape[1] for m in per_block)
         gh, gw = _token_grid(n_img, h, w)
-        mean = torch.stack([_resample_queries(m, (gh, gw), h, w) for m in per_block]).mean(0)  # [B, I, T]
+        mean = torch.stack([_resample_queries(m, (gh, gw), h, w) for m in per_block]).mean(
+            0
+        )  # [batch, image_token, text_token]
         for i in range(b):
             idx = [t for t in tokens[i] if t < mean.shape[2]]
             if not idx:
                 continue
             any_tokens[i] = True
-            m = mean[i][:, idx].sum(-1)  # [I]
+            m = mean[i][:, idx].sum(-1)  # [image_token]
             m = m / m.max().clamp(min=1e-12)
             grid = (m >= threshold).float().view(1, 1, gh, gw)
             grid = F.max_pool2d(grid, 3, stride=1, padding=1)
@@ -285,10 +289,10 @@ def dds_update(
     hook: Callable[[int], Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Run the constrained delta-denoising update (module docstring); returns ``z`` ``[B, C, h, w]``.
+    """Run the constrained delta-denoising update (module docstring); returns ``z`` ``[batch, channel, height, width]``.
 
     ``source=None`` runs the image-only ablation (plain score distillation toward ``target``).
-    ``mask`` ``[B, 1, h, w]``: the region M (None = everywhere). ``hook(k)``: a context manager (or
+    ``mask`` ``[batch, 1, height, width]``: the region M (None = everywhere). ``hook(k)``: a context manager (or
     None) active only around the target branch's predictions at iteration ``k``
     (``latentlens.steer(...)`` for image-space directions); the two branches then run as separate
     transformer calls, otherwise as one batched call. ``hook(iterations)`` is used for the clean-up.
@@ -318,18 +322,18 @@ def dds_update(
             s_k = hi - k * (hi - lo) / n_it
             s_next = hi - (k + 1) * (hi - lo) / n_it if k + 1 < n_it else 0.0
             eta = eta * (s_k - s_next) / s_k if s_k > 0 else eta
-            sigma = torch.full((b,), s_k, device=z.device)  # [B]
+            sigma = torch.full((b,), s_k, device=z.device)  # [batch]
         else:
-            u = torch.rand(b, generator=gen)  # [B]
+            u = torch.rand(b, generator=gen)  # [batch]
             if params.schedule == "descending":
                 u = (n_it - 1 - k + u) / n_it  # k-th bin from the top
-            sigma = (lo + (hi - lo) * u).to(z.device)  # [B]
-        eps = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)  # [B, C, h, w]
+            sigma = (lo + (hi - lo) * u).to(z.device)  # [batch]
+        eps = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)  # [batch, channel, height, width]
         s4 = sigma.view(-1, 1, 1, 1)
         z_t = (1 - s4) * z + s4 * eps
         if source is None:
             x_tgt = model.x0(z_t, sigma, target, hook=None if hook is None else (lambda k=k: hook(k)))
-            g = x_tgt - z  # [B, C, h, w]  plain SDS pull toward the target's prediction
+            g = x_tgt - z  # [batch, channel, height, width]  plain SDS pull toward the target's prediction
         else:
             zs_t = (1 - s4) * z_src + s4 * eps
             if hook is None:
@@ -338,7 +342,7 @@ def dds_update(
             else:
                 x_tgt = model.x0(z_t, sigma, target, hook=lambda k=k: hook(k))
                 x_src = model.x0(zs_t, sigma, source)
-            g = (x_tgt - x_src) - (z - z_src)  # [B, C, h, w]
+            g = (x_tgt - x_src) - (z - z_src)  # [batch, channel, height, width]
         if mask is not None:
             g = g * mask
         z = project(z + eta * g, z_src, params.rho, mask)

@@ -203,7 +203,7 @@ def word_token_indices(caption: Caption, tokenizer: Any) -> dict[str, list[int]]
             f"Tokenizer {type(tokenizer).__name__} cannot return character offsets; "
             "load a fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True))."
         ) from exc
-    offsets = [tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]]  # [tokens, 2]
+    offsets = [tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]]  # [token, 2]
     result: dict[str, list[int]] = {}
     for attribute, (start, end) in caption.spans.items():
         indices = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]

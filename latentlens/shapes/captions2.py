@@ -219,7 +219,7 @@ def two_object_token_indices(
         raise ConfigError(
             f"Tokenizer {type(tokenizer).__name__} cannot return character offsets; load a fast tokenizer."
         ) from exc
-    offsets = [tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]]  # [tokens, 2]
+    offsets = [tuple(int(v) for v in pair) for pair in encoding["offset_mapping"]]  # [token, 2]
 
     def cover(span: tuple[int, int], what: str) -> list[int]:
         start, end = span

@@ -66,7 +66,7 @@ class Reading:
     """Everything the oracle measured on one image (``read_attributes`` returns ``.attributes``)."""
 
     attributes: Attributes
-    mask: np.ndarray  # bool [H, W], the object's pixels
+    mask: np.ndarray  # bool [height, width], the object's pixels
     center: tuple[float, float]  # (x, y) bounding-box centre, fractions of the side
     extent: float  # the shape's extent, fraction of the side
     background_rgb: tuple[float, float, float]  # measured, before naming
@@ -84,7 +84,7 @@ def as_image(image: np.ndarray) -> np.ndarray:
     height, width = array.shape[:2]
     if height != width or height < MIN_SIDE:
         raise ConfigError(f"The oracle needs a square image of at least {MIN_SIDE} px, got {height}x{width}.")
-    out = array.astype(np.float64)  # [H, W, 3]
+    out = array.astype(np.float64)  # [height, width, 3]
     if array.dtype.kind == "f" and out.size and np.nanmax(out) <= 1.0:
         out = out * 255.0  # float images in [0, 1], as diffusers' output_type="np" gives
     return np.nan_to_num(out)
@@ -105,13 +105,13 @@ def _largest_component(binary: np.ndarray) -> np.ndarray:
 def _fit_color(pixels: np.ndarray, background: np.ndarray) -> str:
     """The palette colour whose segment (background -> colour) the object's pixels lie closest to.
 
-    ``pixels`` [n, 3] are differences from the measured ``background``; blurred edges are
+    ``pixels`` [pixel, 3] are differences from the measured ``background``; blurred edges are
     mixtures that lie on that segment, so they support the right colour instead of diluting it.
     """
     scores = []
     for rgb in _COLOR_TABLE:
         direction = rgb - background  # [3]
-        t = np.clip(pixels @ direction / max(float(direction @ direction), 1.0), 0.0, 1.0)  # [n]
+        t = np.clip(pixels @ direction / max(float(direction @ direction), 1.0), 0.0, 1.0)  # [pixel]
         scores.append(float(((pixels - t[:, None] * direction) ** 2).sum(-1).mean()))
     return _COLOR_NAMES[int(np.argmin(scores))]
 
@@ -131,7 +131,7 @@ def _fit_shape(
     for _ in range(2):  # second pass: re-render with the extent implied by the fitted gain
         extent = float(np.sqrt(area / (gain * FILL_RATIO[shape])))  # px
         cy = centroid[1] - extent / 6.0 if shape == "triangle" else centroid[1]
-        template = coverage_window(shape, (centroid[0], cy), extent, window, _TEMPLATE_SUPERSAMPLE)  # [rows, cols]
+        template = coverage_window(shape, (centroid[0], cy), extent, window, _TEMPLATE_SUPERSAMPLE)  # [height, width]
         for sigma in _BLURS:
             model = ndimage.gaussian_filter(template, sigma, mode="constant") if sigma else template
             g = float((coverage * model).sum() / max(float((model * model).sum()), 1e-9))
@@ -144,17 +144,17 @@ def _fit_shape(
 
 def inspect_image(image: np.ndarray) -> Reading:
     """Read one image and return the attributes with the measurements behind them."""
-    img = as_image(image)  # [H, W, 3] float, 0-255
+    img = as_image(image)  # [height, width, 3] float, 0-255
     side = img.shape[0]
     b = max(1, side // 32)
     border = np.concatenate(
         [img[:b].reshape(-1, 3), img[-b:].reshape(-1, 3), img[:, :b].reshape(-1, 3), img[:, -b:].reshape(-1, 3)]
-    )  # [border_pixels, 3]
+    )  # [pixel, 3]
     bg = np.median(border, axis=0)  # [3]
     background = _nearest(_BG_TABLE, _BG_NAMES, bg)
 
-    diff = img - bg  # [H, W, 3]
-    dist = ndimage.gaussian_filter(np.linalg.norm(diff, axis=-1), 0.6)  # [H, W]
+    diff = img - bg  # [height, width, 3]
+    dist = ndimage.gaussian_filter(np.linalg.norm(diff, axis=-1), 0.6)  # [height, width]
     peak = float(np.percentile(dist, 99.5))
     threshold = max(0.5 * peak, _MIN_CONTRAST)
     blob = dist > threshold
@@ -168,14 +168,14 @@ def inspect_image(image: np.ndarray) -> Reading:
     # Coverage along the background -> palette colour line; a generated image's slightly
     # different contrast is absorbed by the gain fitted below.
     direction = np.asarray(COLOR_RGB[color], dtype=np.float64) - bg  # [3]
-    coverage = (diff @ direction) / max(float(direction @ direction), 1.0)  # [H, W], 0 = bg, 1 = object
+    coverage = (diff @ direction) / max(float(direction @ direction), 1.0)  # [height, width], 0 = bg, 1 = object
 
     mask = _largest_component(coverage >= _MASK_THRESHOLD)
     if not mask.any():
         mask = blob
     mask = ndimage.binary_fill_holes(mask)
     region = ndimage.binary_dilation(mask, iterations=2)  # includes anti-aliased / blurred edges
-    weights = np.where(region, np.clip(coverage, 0.0, 1.5), 0.0)  # [H, W]
+    weights = np.where(region, np.clip(coverage, 0.0, 1.5), 0.0)  # [height, width]
     area = max(float(coverage[region].sum()), 1.0)  # px^2; the raw sum keeps noise unbiased
     total = max(float(weights.sum()), 1e-9)
     rows, cols = np.indices(mask.shape)
@@ -187,7 +187,7 @@ def inspect_image(image: np.ndarray) -> Reading:
     row0, col0 = max(0, int(region_rows.min()) - margin), max(0, int(region_cols.min()) - margin)
     row1, col1 = min(side, int(region_rows.max()) + 1 + margin), min(side, int(region_cols.max()) + 1 + margin)
     window = (row0, col0, row1 - row0, col1 - col0)
-    crop = coverage[row0:row1, col0:col1]  # [rows, cols]
+    crop = coverage[row0:row1, col0:col1]  # [height, width]
     errors: dict[str, float] = {}
     hypotheses: dict[str, tuple[float, float, float]] = {}
     for shape in SHAPES:
@@ -210,19 +210,19 @@ def inspect_image(image: np.ndarray) -> Reading:
 
 
 def read_attributes(image: np.ndarray) -> Attributes:
-    """The attributes of the single object in ``image`` (uint8 [H, W, 3], any square size)."""
+    """The attributes of the single object in ``image`` (uint8 [height, width, 3], any square size)."""
     return inspect_image(image).attributes
 
 
 def read_batch(images: np.ndarray) -> list[Attributes]:
-    """``read_attributes`` for each image of a uint8 [N, H, W, 3] batch (or a list of images)."""
+    """``read_attributes`` for each image of a uint8 [batch, height, width, 3] batch (or a list of images)."""
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise ConfigError(f"read_batch() needs images shaped [N, H, W, 3], got shape {images.shape}.")
     return [read_attributes(image) for image in images]
 
 
 def object_mask(image: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the pixels the oracle assigns to the object (coverage >= 0.5, largest blob)."""
+    """bool [height, width]: the pixels the oracle assigns to the object (coverage >= 0.5, largest blob)."""
     return inspect_image(image).mask
 
 

@@ -51,7 +51,7 @@ class TwoObjectReading:
     layout: str
     objects: tuple[Attributes, Attributes]
     readings: tuple[Reading, Reading]  # the one-object oracle's measurements, per half
-    masks: np.ndarray  # bool [2, H, W], each object's pixels as read
+    masks: np.ndarray  # bool [2, height, width], each object's pixels as read
 
     @property
     def first(self) -> Attributes:
@@ -64,7 +64,7 @@ class TwoObjectReading:
 
 def detect_layout(image: np.ndarray) -> str:
     """``"horizontal"`` when the foreground spreads along x (left/right objects), else ``"vertical"``."""
-    img = as_image(image)  # [H, W, 3] float 0-255
+    img = as_image(image)  # [height, width, 3] float 0-255
     side = img.shape[0]
     b = max(1, side // 32)
     border = np.concatenate(
@@ -76,8 +76,8 @@ def detect_layout(image: np.ndarray) -> str:
         ]
     )
     bg = np.median(border, axis=0)  # [3]
-    dist = np.linalg.norm(img - bg, axis=-1)  # [H, W]
-    weights = np.clip(dist - 0.25 * float(dist.max()), 0.0, None)  # [H, W], background noise suppressed
+    dist = np.linalg.norm(img - bg, axis=-1)  # [height, width]
+    weights = np.clip(dist - 0.25 * float(dist.max()), 0.0, None)  # [height, width], background noise suppressed
     total = float(weights.sum())
     if total <= 0:
         return "horizontal"
@@ -89,11 +89,11 @@ def detect_layout(image: np.ndarray) -> str:
 
 
 def read_two_objects(image: np.ndarray, layout: str | None = None) -> TwoObjectReading:
-    """Read both objects of a two-object image (uint8 [H, W, 3] or floats in [0, 1], any square size).
+    """Read both objects of a two-object image (uint8 [height, width, 3] or floats in [0, 1], any square size).
 
     ``layout`` ("horizontal" or "vertical") is detected from the image when ``None``.
     """
-    img = as_image(image)  # [H, W, 3] float 0-255
+    img = as_image(image)  # [height, width, 3] float 0-255
     if layout is None:
         layout = detect_layout(img)
     elif layout not in LAYOUT_POSITIONS:
@@ -120,7 +120,7 @@ def read_two_objects(image: np.ndarray, layout: str | None = None) -> TwoObjectR
             part[half:, :] = bg if index == 0 else part[half:, :]
             part[:half, :] = bg if index == 1 else part[:half, :]
         readings.append(inspect_image(part))
-    masks = np.stack([r.mask for r in readings])  # [2, H, W]
+    masks = np.stack([r.mask for r in readings])  # [2, height, width]
     return TwoObjectReading(
         layout=layout,
         objects=(readings[0].attributes, readings[1].attributes),
@@ -133,7 +133,7 @@ def read_two_object_batch(
     images: Sequence[np.ndarray] | np.ndarray,
     layouts: Sequence[str | None] | None = None,
 ) -> list[TwoObjectReading]:
-    """``read_two_objects`` for each image of a [N, H, W, 3] batch (``layouts``: one per image, or detect)."""
+    """``read_two_objects`` for each image of a [batch, height, width, 3] batch (``layouts``: one per image, or detect)."""
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise ConfigError(f"read_two_object_batch() needs images shaped [N, H, W, 3], got shape {images.shape}.")
     layouts = [None] * len(images) if layouts is None else list(layouts)

@@ -38,8 +38,8 @@ class Scene:
     """A rendered image with its ground truth."""
 
     attributes: Attributes
-    image: np.ndarray  # uint8 [H, W, 3]
-    mask: np.ndarray  # bool [H, W], the object's pixels (coverage >= 0.5)
+    image: np.ndarray  # uint8 [height, width, 3]
+    mask: np.ndarray  # bool [height, width], the object's pixels (coverage >= 0.5)
     center: tuple[float, float]  # (x, y) fractions of the side, jitter included
 
 
@@ -58,7 +58,7 @@ def shape_coverage(
     canvas: int,
     supersample: int = SUPERSAMPLE,
 ) -> np.ndarray:
-    """Fraction of each pixel covered by ``shape``; float64 [canvas, canvas] in [0, 1].
+    """Fraction of each pixel covered by ``shape``; float64 [height, width] in [0, 1].
 
     ``center`` is the bounding-box centre (x, y) and ``extent`` the shape's width/height,
     both as fractions of the canvas side. Example::
@@ -81,13 +81,13 @@ def coverage_window(
     supersample: int = SUPERSAMPLE,
 ) -> np.ndarray:
     """Like ``shape_coverage`` but in pixel units, for the pixels of ``window`` = (row0, col0, rows, cols)
-    only; float64 [rows, cols]. Lets the oracle fit hypotheses on a crop."""
+    only; float64 [height, width]. Lets the oracle fit hypotheses on a crop."""
     row0, col0, n_rows, n_cols = window
-    ys = (np.arange(n_rows * supersample, dtype=np.float64) + 0.5) / supersample + row0  # [rows * ss]
-    xs = (np.arange(n_cols * supersample, dtype=np.float64) + 0.5) / supersample + col0  # [cols * ss]
+    ys = (np.arange(n_rows * supersample, dtype=np.float64) + 0.5) / supersample + row0  # [height], supersampled
+    xs = (np.arange(n_cols * supersample, dtype=np.float64) + 0.5) / supersample + col0  # [width], supersampled
     half = extent_px / 2.0
-    dx = xs[None, :] - center_px[0]  # [1, cols * ss]  (x runs along columns)
-    dy = ys[:, None] - center_px[1]  # [rows * ss, 1]  (y runs along rows, downwards)
+    dx = xs[None, :] - center_px[0]  # [1, width]  (x runs along columns)
+    dy = ys[:, None] - center_px[1]  # [height, 1]  (y runs along rows, downwards)
     if shape == "circle":
         inside = dx * dx + dy * dy <= half * half
     elif shape == "square":
@@ -101,7 +101,7 @@ def coverage_window(
     else:
         raise ConfigError(f"Unknown shape {shape!r}; use one of: {', '.join(SHAPES)}.")
     inside = np.broadcast_to(inside, (n_rows * supersample, n_cols * supersample)).astype(np.float64)
-    return inside.reshape(n_rows, supersample, n_cols, supersample).mean(axis=(1, 3))  # [rows, cols]
+    return inside.reshape(n_rows, supersample, n_cols, supersample).mean(axis=(1, 3))  # [height, width]
 
 
 def render(attributes: Attributes, canvas: int = 32, rng: np.random.Generator | None = None) -> Scene:
@@ -119,10 +119,10 @@ def render(attributes: Attributes, canvas: int = 32, rng: np.random.Generator | 
     if rng is not None:
         jx, jy = rng.uniform(-JITTER, JITTER, size=2)
         cx, cy = cx + float(jx), cy + float(jy)
-    coverage = shape_coverage(attributes.shape, (cx, cy), SIZE_EXTENT[attributes.size], canvas)  # [H, W]
+    coverage = shape_coverage(attributes.shape, (cx, cy), SIZE_EXTENT[attributes.size], canvas)  # [height, width]
     background = np.asarray(BACKGROUND_RGB[attributes.background], dtype=np.float64)  # [3]
     color = np.asarray(COLOR_RGB[attributes.color], dtype=np.float64)  # [3]
-    image = background + coverage[..., None] * (color - background)  # [H, W, 3]
+    image = background + coverage[..., None] * (color - background)  # [height, width, 3]
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return Scene(attributes=attributes, image=image, mask=coverage >= 0.5, center=(cx, cy))
 
@@ -135,7 +135,7 @@ def degrade(image: np.ndarray, rng: np.random.Generator, noise: float = 8.0, blu
     """
     from scipy import ndimage
 
-    out = np.asarray(image, dtype=np.float64)  # [H, W, 3]
+    out = np.asarray(image, dtype=np.float64)  # [height, width, 3]
     if blur > 0:
         out = ndimage.gaussian_filter(out, sigma=(blur, blur, 0))
     if noise > 0:

@@ -32,8 +32,8 @@ class TwoObjectScene:
     """A rendered two-object image with its ground truth, per object (0 = first, 1 = second)."""
 
     attributes: TwoObjectAttributes
-    image: np.ndarray  # uint8 [H, W, 3]
-    masks: np.ndarray  # bool [2, H, W], each object's pixels (coverage >= 0.5)
+    image: np.ndarray  # uint8 [height, width, 3]
+    masks: np.ndarray  # bool [2, height, width], each object's pixels (coverage >= 0.5)
     centers: tuple[tuple[float, float], tuple[float, float]]  # (x, y) fractions of the side, jitter included
 
 
@@ -52,7 +52,7 @@ def render_two(
     image = np.broadcast_to(
         np.asarray(BACKGROUND_RGB[attributes.background], dtype=np.float64),
         (canvas, canvas, 3),
-    ).copy()  # [H, W, 3]
+    ).copy()  # [height, width, 3]
     masks = np.zeros((2, canvas, canvas), dtype=bool)
     centers = []
     for index, obj in enumerate(attributes.objects):
@@ -60,9 +60,9 @@ def render_two(
         if rng is not None:
             jx, jy = rng.uniform(-JITTER, JITTER, size=2)
             cx, cy = cx + float(jx), cy + float(jy)
-        coverage = shape_coverage(obj.shape, (cx, cy), SIZE_EXTENT[obj.size], canvas)  # [H, W]
+        coverage = shape_coverage(obj.shape, (cx, cy), SIZE_EXTENT[obj.size], canvas)  # [height, width]
         color = np.asarray(COLOR_RGB[obj.color], dtype=np.float64)  # [3]
-        image = image + coverage[..., None] * (color - image)  # [H, W, 3], painted over what is there
+        image = image + coverage[..., None] * (color - image)  # [height, width, 3], painted over what is there
         masks[index] = coverage >= 0.5
         centers.append((cx, cy))
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)

@@ -44,7 +44,7 @@ from latentlens.shapes.world import (
 )
 
 Layout = Literal["horizontal", "vertical"]
-LAYOUTS: tuple[str, ...] = ("horizontal", "vertical")
+LAYOUTS: tuple[Layout, ...] = ("horizontal", "vertical")
 # The positions of the (first, second) object of each layout: first = left or top.
 LAYOUT_POSITIONS: dict[str, tuple[str, str]] = {
     "horizontal": ("left", "right"),
@@ -109,7 +109,7 @@ class TwoObjectAttributes:
         )
 
     @property
-    def layout(self) -> str:
+    def layout(self) -> Layout:
         return "horizontal" if self.first.position == "left" else "vertical"
 
     @property

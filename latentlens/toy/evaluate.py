@@ -28,7 +28,7 @@ def generate_images(
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """Generate one image per (prompt, seed), one generator per image; returns uint8 ``[N, H, W, 3]``."""
+    """Generate one image per (prompt, seed), one generator per image; returns uint8 ``[batch, height, width, 3]``."""
     chunks: list[np.ndarray] = []
     for start in range(0, len(prompts), batch_size):
         batch_prompts = list(prompts[start : start + batch_size])
@@ -39,7 +39,7 @@ def generate_images(
             guidance_scale=guidance_scale,
             generator=generators,
             output_type="np",
-        ).images  # [b, H, W, 3] floats in [0, 1]
+        ).images  # [batch, height, width, 3] floats in [0, 1]
         chunks.append(np.round(np.asarray(images) * 255).clip(0, 255).astype(np.uint8))
     if not chunks:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)

@@ -173,7 +173,7 @@ class ToyPipeline(DiffusionPipeline):
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         max_sequence_length: int = MAX_TEXT_TOKENS,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """Return ``(prompt_embeds [B, L, 384], negative_prompt_embeds, pooled [B, 384], negative_pooled)``.
+        """Return ``(prompt_embeds [batch, token, channel], negative_prompt_embeds, pooled [batch, channel], negative_pooled)``.
 
         ``negative_prompt`` defaults to the empty prompt, the unconditional prompt of training.
         The negative pair is ``None`` when ``do_classifier_free_guidance`` is false.
@@ -187,8 +187,10 @@ class ToyPipeline(DiffusionPipeline):
                 "prompt_embeds were given without pooled_prompt_embeds; pass both (see ToyPipeline.encode_prompt)."
             )
         batch_size = prompt_embeds.shape[0]
-        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)  # [B*n, L, D]
-        pooled_prompt_embeds = pooled_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)  # [B*n, D]
+        prompt_embeds = prompt_embeds.repeat_interleave(
+            num_images_per_prompt, dim=0
+        )  # [batch, token, channel], num_images_per_prompt rows per prompt
+        pooled_prompt_embeds = pooled_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)  # [batch, channel]
 
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt = negative_prompt if negative_prompt is not None else UNCONDITIONAL_PROMPT
@@ -221,7 +223,7 @@ class ToyPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Initial noise ``[B, 3, H, W]``; a list of generators gives one independent stream per image."""
+        """Initial noise ``[batch, 3, height, width]``; a list of generators gives one independent stream per image."""
         if latents is not None:
             return latents.to(device=device, dtype=dtype)
         shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
@@ -257,8 +259,8 @@ class ToyPipeline(DiffusionPipeline):
     ) -> ToyPipelineOutput | tuple[Any]:
         """Generate images from ``prompt`` (or from precomputed embeddings).
 
-        ``output_type``: ``"pil"`` (list of PIL images), ``"np"`` (float ``[B, H, W, 3]`` in [0, 1]),
-        ``"pt"`` (float ``[B, 3, H, W]`` in [0, 1]) or ``"latent"`` (the raw ``[B, 3, H, W]`` sample in [-1, 1]).
+        ``output_type``: ``"pil"`` (list of PIL images), ``"np"`` (float ``[batch, height, width, 3]`` in [0, 1]),
+        ``"pt"`` (float ``[batch, 3, height, width]`` in [0, 1]) or ``"latent"`` (the raw ``[batch, 3, height, width]`` sample in [-1, 1]).
         """
         height = height or self.default_sample_size * self.vae_scale_factor
         width = width or self.default_sample_size * self.vae_scale_factor
@@ -296,8 +298,10 @@ class ToyPipeline(DiffusionPipeline):
         )
         if self.do_classifier_free_guidance:
             # SD3 convention: the batch is [uncond, cond].
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)  # [2B, L, D]
-            pooled_prompt_embeds = torch.cat([negative_pooled_prompt_embeds, pooled_prompt_embeds], dim=0)  # [2B, D]
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)  # [2*batch, token, channel]
+            pooled_prompt_embeds = torch.cat(
+                [negative_pooled_prompt_embeds, pooled_prompt_embeds], dim=0
+            )  # [2*batch, channel]
 
         num_channels_latents = self.transformer.config.in_channels
         latents = self.prepare_latents(
@@ -309,7 +313,7 @@ class ToyPipeline(DiffusionPipeline):
             device,
             generator,
             latents,
-        )  # [B, 3, H, W]
+        )  # [batch, 3, height, width]
 
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, sigmas=sigmas)
         self._num_timesteps = len(timesteps)

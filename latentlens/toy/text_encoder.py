@@ -32,11 +32,11 @@ V2_TEXT_POSITION_SCALE = 0.3  # per-dimension amplitude: the code's norm (~4.2) 
 
 
 def text_position_code(length: int, dim: int = TEXT_DIM) -> torch.Tensor:
-    """The fixed sinusoidal code of token indices ``0..length-1``: ``[length, dim]``, entries in [-1, 1].
+    """The fixed sinusoidal code of token indices ``0..length-1``: ``[token, channel]``, entries in [-1, 1].
 
     Example: ``text_position_code(24).shape  # (24, 384)``
     """
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # [L, 1]
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # [token, 1]
     frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-torch.log(torch.tensor(100.0)) / dim))
     code = torch.zeros(length, dim)
     code[:, 0::2] = torch.sin(position * frequency)
@@ -45,14 +45,14 @@ def text_position_code(length: int, dim: int = TEXT_DIM) -> torch.Tensor:
 
 
 def add_text_positions(tokens: torch.Tensor, scale: float) -> torch.Tensor:
-    """``tokens [B, L, D]`` plus ``scale`` times the position code on every real (non-zero) token.
+    """``tokens [batch, token, channel]`` plus ``scale`` times the position code on every real (non-zero) token.
 
     Padding rows stay zero, so this gives the same result on cached MiniLM states as
     :func:`encode_texts` with ``position_scale=scale``.
     """
     if scale == 0.0:
         return tokens
-    real = (tokens != 0).any(dim=-1, keepdim=True).to(tokens.dtype)  # [B, L, 1]
+    real = (tokens != 0).any(dim=-1, keepdim=True).to(tokens.dtype)  # [batch, token, 1]
     code = text_position_code(tokens.shape[1], tokens.shape[2]).to(device=tokens.device, dtype=tokens.dtype)
     return tokens + scale * code * real
 
@@ -92,7 +92,7 @@ def encode_texts(
     batch_size: int = 256,
     position_scale: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode ``texts`` into ``(tokens [B, max_length, 384], pooled [B, 384])``, float32 on the model's device.
+    """Encode ``texts`` into ``(tokens [batch, token, channel], pooled [batch, channel])``, float32 on the model's device.
 
     Padded positions hold zeros; ``pooled`` is the mean over real tokens (``[CLS]`` and ``[SEP]`` included),
     the pooling that sentence-transformers uses for this model. ``position_scale > 0`` adds the token-index
@@ -108,9 +108,9 @@ def encode_texts(
             device
         )
         hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
-        hidden = hidden * mask  # [B, L, 384], zeros at padding
-        pooled = hidden.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [B, 384]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [batch, token, 1]
+        hidden = hidden * mask  # [batch, token, channel], zeros at padding
+        pooled = hidden.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [batch, channel]
         all_tokens.append(add_text_positions(hidden.float(), position_scale))
         all_pooled.append(pooled.float())
     if not all_tokens:

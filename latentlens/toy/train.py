@@ -172,7 +172,7 @@ class CaptionBank:
                 raise ConfigError(f"Caption template {template} does not exist (0..{len(TEMPLATES) - 1}).")
         texts = [make_caption(a, template=t).text for a in self.combinations for t in self.templates]
         tokens, pooled = encode_texts(texts + [""], tokenizer, text_encoder)
-        self.tokens = tokens  # [n_combinations * n_templates + 1, L, 384]
+        self.tokens = tokens  # [prompt, token, channel], n_combinations * n_templates + 1 prompts
         self.pooled = pooled  # [n_combinations * n_templates + 1, 384]
         self.empty_index = len(texts)
 
@@ -232,8 +232,8 @@ class TwoObjectCaptionBank:
             self.rows.append(tuple(range(len(texts), len(texts) + len(valid))))
             texts.extend(make_two_object_caption(pair, template=t).text for t in valid)
         tokens, pooled = encode_texts(texts, tokenizer, text_encoder)
-        self.tokens = tokens.half()  # [n_captions, L, 384], fp16 to keep ~50k captions in memory
-        self.pooled = pooled.half()  # [n_captions, 384]
+        self.tokens = tokens.half()  # [prompt, token, channel], fp16 to keep ~50k captions in memory
+        self.pooled = pooled.half()  # [prompt, channel]
 
 
 def _load_or_build_bank2(path: Path, config: TrainConfig, tokenizer: Any, text_encoder: Any) -> TwoObjectCaptionBank:
@@ -282,9 +282,9 @@ class _Batcher:
         drop = self.rng.random(n) < self.config.caption_dropout
         images = np.stack(
             [render(self.bank.combinations[c], canvas=self.config.canvas, rng=self.rng).image for c in combos]
-        )  # uint8 [B, H, W, 3]
+        )  # uint8 [batch, height, width, 3]
         rows = [self.bank.empty_index if d else self.bank.index(int(c), int(s)) for c, s, d in zip(combos, slots, drop)]
-        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W] in [-1, 1]
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [batch, 3, height, width] in [-1, 1]
         index = torch.as_tensor(rows)
         return x0, self.bank.tokens[index], self.bank.pooled[index]
 
@@ -309,8 +309,12 @@ class _Batcher:
                 source, index = self.bank, (self.bank.empty_index if dropped else self.bank.index(c, slot))
             tokens.append(source.tokens[index].float())
             pooled.append(source.pooled[index].float())
-        x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W]
-        return x0, torch.stack(tokens), torch.stack(pooled)  # [B, 3, H, W], [B, L, 384], [B, 384]
+        x0 = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [batch, 3, height, width]
+        return (
+            x0,
+            torch.stack(tokens),
+            torch.stack(pooled),
+        )  # [batch, 3, height, width], [batch, token, channel], [batch, channel]
 
 
 def flow_matching_loss(
@@ -324,10 +328,10 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """SD3's rectified-flow loss on one batch: MSE between predicted and true velocity ``ε − x0``."""
     batch = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator)  # [B, 3, H, W]
-    sigma = torch.sigmoid(torch.randn(batch, generator=generator) * logit_std + logit_mean)  # [B]
+    noise = torch.randn(x0.shape, generator=generator)  # [batch, 3, height, width]
+    sigma = torch.sigmoid(torch.randn(batch, generator=generator) * logit_std + logit_mean)  # [batch]
     s = sigma.view(batch, 1, 1, 1)
-    x_t = (1.0 - s) * x0 + s * noise  # [B, 3, H, W]
+    x_t = (1.0 - s) * x0 + s * noise  # [batch, 3, height, width]
     pred = transformer(
         hidden_states=x_t,
         encoder_hidden_states=tokens,
@@ -541,7 +545,7 @@ def train_toy(
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x0, tokens, pooled = batcher.next()
-                    tokens = add_text_positions(tokens, config.text_position_scale)  # [B, L, 384]
+                    tokens = add_text_positions(tokens, config.text_position_scale)  # [batch, token, channel]
                     loss = flow_matching_loss(
                         transformer, x0, tokens, pooled, generator, config.logit_mean, config.logit_std
                     )
