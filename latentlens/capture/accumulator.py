@@ -79,7 +79,7 @@ class Accumulator:
 
     def _put_cuda(self, name: str, x: torch.Tensor, state: CallState, order: int) -> None:
         """The GPU path: device-side screen, then a non-blocking copy into pinned memory (or a device sum)."""
-        source = x.detach().to(self.dtype)  # [B, ...] on the device; the same tensor when the dtype matches
+        source = x.detach().to(self.dtype)  # [batch, ...] on the device; the same tensor when the dtype matches
         if name not in self._warned and source.is_floating_point():
             self._screens.append((name, state.step, state.timestep, torch.isfinite(source.sum())))
         if self.mean_steps:

@@ -110,7 +110,7 @@ def _new_value(read: Any, case: EditCase) -> str:
 
 
 def dilate_mask(mask: np.ndarray) -> np.ndarray:
-    """``mask`` (bool [H, W]) grown by one pixel in the four directions (the anti-aliased rim of an object)."""
+    """``mask`` (bool [height, width]) grown by one pixel in the four directions (the anti-aliased rim of an object)."""
     out = mask.copy()
     out[1:] |= mask[:-1]
     out[:-1] |= mask[1:]
@@ -139,8 +139,8 @@ class EditBatch:
     """One batch of sources, edited by any benchmark method toward any target (shared by both benchmarks)."""
 
     editor: EMSEditor
-    z_src: torch.Tensor  # [B, C, H, W], the generated sources
-    noise: torch.Tensor  # [B, C, H, W], the noise they were generated from
+    z_src: torch.Tensor  # [batch, channel, height, width], the generated sources
+    noise: torch.Tensor  # [batch, channel, height, width], the noise they were generated from
     sources: list[str]  # the sources' descriptions (Extract)
     e_src: Any  # encode_pair's source embedding
     seeds: list[int]  # one per source

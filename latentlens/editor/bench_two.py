@@ -161,9 +161,9 @@ def judge_two_object_edit(
     k = case.target_object
     before, after = source_read.objects[k], edited_read.objects[k]
     rest = [a for a in ("shape", "color", "size", "position", "background") if a != case.attribute]
-    edited_region = dilate_mask(source_read.masks[k]) | dilate_mask(edited_read.masks[k])  # [H, W]
-    other_region = dilate_mask(source_read.masks[1 - k])  # [H, W]
-    diff = ((edited_image.astype(np.float64) - source_image.astype(np.float64)) / 255.0) ** 2  # [H, W, 3]
+    edited_region = dilate_mask(source_read.masks[k]) | dilate_mask(edited_read.masks[k])  # [height, width]
+    other_region = dilate_mask(source_read.masks[1 - k])  # [height, width]
+    diff = ((edited_image.astype(np.float64) - source_image.astype(np.float64)) / 255.0) ** 2  # [height, width, 3]
     outside = ~edited_region
     return {
         "success": getattr(after, case.attribute) == new_value,
@@ -211,7 +211,7 @@ def run_two_object_benchmark(
         prompts = [canonical_two_object_caption(c.scene) for c in chunk]
         noise = model.noise(len(chunk), [c.seed for c in chunk])
         z_src = model.generate(model.encode(prompts), noise=noise)
-        src_img = to_uint8(model.decode(z_src))  # [b, H, W, 3]
+        src_img = to_uint8(model.decode(z_src))  # [batch, height, width, 3]
         layouts = [c.scene.layout for c in chunk]
         read = read_two_object_batch(src_img, layouts)
         matching += sum(r.objects == c.scene.objects for r, c in zip(read, chunk))
