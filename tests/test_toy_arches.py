@@ -133,3 +133,52 @@ def test_install_writes_the_architecture_folder_and_refuses_strangers(tmp_path, 
     with pytest.raises(StoreError, match="notes.txt"):
         install_checkpoint(checkpoint)
     assert (tmp_path / "weights-pixart" / "notes.txt").read_text() == "mine"
+
+
+PROMPT = "a small red circle on the left on a gray background"
+
+
+def test_missing_weights_are_a_clear_error_naming_the_folder_and_the_command(tmp_path, monkeypatch, capsys):
+    from latentlens.cli import main
+    from latentlens.toy import architectures
+
+    monkeypatch.setattr(architectures, "_TOY_DIR", tmp_path)
+    with pytest.raises(StoreError) as info:
+        latentlens.load_pipeline("toy-pixart")
+    message = str(info.value)
+    assert str(tmp_path / "weights-pixart") in message
+    assert "`latentlens train-toy --arch pixart --world v2 --out runs/train-toy-pixart --install`" in message
+    code = main(["generate", "--model", "toy-unet", "--prompt", PROMPT, "--seed", "0", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "weights-unet" in err and "--arch unet" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("arch", ["pixart", "unet"])
+def test_installed_toy_models_load_by_name_record_and_edit(arch, tmp_path, monkeypatch, capsys):
+    from latentlens.adapters import adapter_for, offline_tokenizer
+    from latentlens.cli import main
+    from latentlens.editor import EMSEditor
+    from latentlens.editor.model import EditModel
+    from latentlens.toy import architectures
+    from latentlens.toy.pipeline import tiny_toy_pipeline
+
+    monkeypatch.setattr(architectures, "_TOY_DIR", tmp_path)
+    tiny_toy_pipeline(arch=arch, seed=2).save_pretrained(tmp_path / f"weights-{arch}")
+    pipe = latentlens.load_pipeline(f"toy-{arch}")
+    adapter = adapter_for(pipe)
+    assert type(adapter).__name__ == {"pixart": "ToyPixArtAdapter", "unet": "ToyUNetAdapter"}[arch]
+    assert [(s.offset, s.length) for s in adapter.text_segments()] == [(0, 24)]
+    assert offline_tokenizer(f"toy-{arch}") is not None
+    model = EditModel.wrap(pipe, num_inference_steps=3)
+    assert model.kind == f"toy-{arch}" and model.shapes_world
+    assert (model.encode([PROMPT]).mask is not None) == (arch == "pixart")
+    # the editor's flow sampler is the pipeline's own sampler
+    z = model.generate(model.encode([PROMPT]), seed=3)
+    ref = pipe(PROMPT, num_inference_steps=3, guidance_scale=model.guidance_scale, latents=model.noise(1, 3),
+               output_type="latent").images  # fmt: skip
+    torch.testing.assert_close(z, ref, rtol=1e-4, atol=1e-5)
+    edited = EMSEditor(pipe, num_inference_steps=3).edit_latents(z, [PROMPT], [PROMPT.replace("red", "blue")])
+    assert edited.shape == z.shape and torch.isfinite(edited).all()
+    assert main(["sites", "--model", f"toy-{arch}", "--json", "--match", "blocks.0.*"]) == 0
+    assert "blocks.0.attn.img2txt" in capsys.readouterr().out
