@@ -192,9 +192,10 @@ def run_benchmark(
         raise ConfigError(f"Unknown benchmark method(s) {unknown}; choose from {', '.join(METHODS)}.")
     editor = EMSEditor(pipe, **(editor_kwargs or {}))
     model: EditModel = editor.model
-    if model.kind != "toy":
+    if not model.shapes_world:
         raise ConfigError(
-            "The shapes-world edit benchmark needs the toy model (--model toy), trained on the shapes world."
+            "The shapes-world edit benchmark needs a toy model trained on the shapes world "
+            "(--model toy, toy-pixart or toy-unet)."
         )
     settings_b = {k: dict(v) for k, v in BASELINE_DEFAULTS.items()}
     for k, v in (baseline_kwargs or {}).items():
@@ -264,9 +265,9 @@ def run_benchmark(
                 if sde:
                     rec_img = recons[m][i]
                     sde_region = _dilate(object_mask(rec_img)) | _dilate(object_mask(out))
-                    sde_parts[m].setdefault(c.attribute, []).append(
-                        (rec_img, out, ~sde_region if c.attribute == "background" else sde_region)
-                    )
+                    region_m = ~sde_region if c.attribute == "background" else sde_region
+                    sde_parts[m].setdefault(c.attribute, []).append((rec_img, out, region_m))
+                    rec.update(sde_sums(rec_img, out, region_m))
                 records.append(rec)
         say(f"edit-bench: {min(start + b, n)}/{n} edits done")
 
@@ -318,6 +319,23 @@ def run_benchmark(
     return result
 
 
+def sde_sums(reconstruction: np.ndarray, flipped: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """One edit's share of the pooled SDE: ``D`` summed inside / outside ``region`` and the pixel counts.
+
+    Pooling edits = summing these (``effectiveness = Σ inside / Σ inside pixels``, likewise leakage), so
+    a study can resample edits for an interval. ``reconstruction``, ``flipped``: uint8 ``[H, W, 3]``;
+    ``region``: bool ``[H, W]``.
+    """
+    d = ((reconstruction.astype(np.float64) - flipped.astype(np.float64)) / 255.0) ** 2  # [H, W, 3]
+    d = d.sum(axis=-1)  # [H, W]
+    return {
+        "sde_inside_sum": float(d[region].sum()),
+        "sde_inside_pixels": int(region.sum()),
+        "sde_outside_sum": float(d[~region].sum()),
+        "sde_outside_pixels": int((~region).sum()),
+    }
+
+
 def attribute_sde(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
     """SDE (``docs/design.md``) pooled over edits: ``parts`` = ``[(reconstruction uint8 [H, W, 3], flipped, M bool [H, W])]``.
 
@@ -340,4 +358,5 @@ __all__ = [
     "make_cases",
     "psnr",
     "run_benchmark",
+    "sde_sums",
 ]
