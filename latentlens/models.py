@@ -18,16 +18,31 @@ from typing import Any
 
 from latentlens.errors import ConfigError, StoreError, UnknownNameError
 
-TOY_NAMES = ("toy",)
+
+def _toy_model_names() -> tuple[str, ...]:
+    from latentlens.toy.architectures import BY_MODEL_NAME
+
+    return tuple(BY_MODEL_NAME)
+
+
+#: the bundled toy models' names: 'toy' (MM-DiT), 'toy-pixart', 'toy-unet'
+TOY_NAMES = _toy_model_names()
+
+
+def _toy_pipeline_classes() -> tuple[str, ...]:
+    from latentlens.toy.architectures import BY_PIPELINE_CLASS
+
+    return tuple(BY_PIPELINE_CLASS)
 
 
 def is_toy_model(name_or_path: str | Path) -> bool:
-    """Whether ``name_or_path`` names the toy model: ``"toy"`` or a folder holding a saved ``ToyPipeline``."""
+    """Whether ``name_or_path`` names a toy model: ``"toy"`` or a folder holding a saved toy pipeline
+    (``ToyPipeline``, ``ToyPixArtPipeline``, ``ToyUNetPipeline``)."""
     if str(name_or_path) in TOY_NAMES:
         return True
     index = Path(str(name_or_path)).expanduser() / "model_index.json"
     try:
-        return json.loads(index.read_text()).get("_class_name") == "ToyPipeline"
+        return json.loads(index.read_text()).get("_class_name") in _toy_pipeline_classes()
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -102,11 +117,13 @@ def load_pipeline(
     allow_download: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """Load a pipeline: ``"toy"`` (the bundled model), a local diffusers folder, or a hub id.
+    """Load a pipeline: ``"toy"`` (the bundled MM-DiT), ``"toy-pixart"``, ``"toy-unet"``, a local diffusers
+    folder, or a hub id.
 
     A hub id is loaded from the local Hugging Face cache only (``local_files_only=True``) unless
     ``allow_download=True``. Missing or corrupt weights raise :class:`~latentlens.errors.StoreError`
-    naming the file and how to restore it.
+    naming the file and how to restore it; ``toy-pixart`` / ``toy-unet`` before their weights are
+    installed name the ``latentlens train-toy --arch ... --install`` command that creates them.
 
     Example::
 
@@ -115,26 +132,37 @@ def load_pipeline(
     """
 
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
-        raise ConfigError(f"Model name {name_or_path!r} is not valid; use 'toy', a folder path or a hub id.")
+        raise ConfigError(
+            f"Model name {name_or_path!r} is not valid; use {', '.join(map(repr, TOY_NAMES))}, a folder path or a hub id."
+        )
     name = str(name_or_path)
     if name in TOY_NAMES:
-        pipe = _load_toy_folder(_toy_weights_dir(), _RESTORE_HINT, torch_dtype, **kwargs)
+        from latentlens.toy.architectures import BY_MODEL_NAME
+
+        toy = BY_MODEL_NAME[name]
+        if toy.arch == "mmdit":
+            pipe = _load_toy_folder(_toy_weights_dir(), _RESTORE_HINT, torch_dtype, **kwargs)
+        else:
+            toy.require_installed()
+            hint = f"Reinstall them with `{toy.install_command()}`."
+            pipe = _load_toy_folder(toy.weights_dir, hint, torch_dtype, bundled=True, **kwargs)
     else:
         path = Path(name).expanduser()
         if path.is_dir():
             hint = f"Check the folder {path} (it must be a saved diffusers pipeline)."
             index = _check_pipeline_folder(path, hint)
-            if index.get("_class_name") == "ToyPipeline":
+            if index.get("_class_name") in _toy_pipeline_classes():
                 pipe = _load_toy_folder(path, hint, torch_dtype, **kwargs)
             else:
                 pipe = _from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True, **kwargs)
         elif path.exists():
-            raise ConfigError(f"Model {name!r} is a file; give 'toy', a pipeline folder or a hub id.")
+            raise ConfigError(f"Model {name!r} is a file; give a toy model name, a pipeline folder or a hub id.")
         elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
             pipe = _from_pretrained(name, torch_dtype=torch_dtype, local_files_only=not allow_download, **kwargs)
         else:
             raise UnknownNameError(
-                f"Model {name!r} is neither 'toy', an existing pipeline folder, nor a hub id like 'owner/name'."
+                f"Model {name!r} is neither a toy model ({', '.join(TOY_NAMES)}), an existing pipeline folder, nor a "
+                "hub id like 'owner/name'."
             )
     if device is not None:
         pipe.to(device)
@@ -144,17 +172,20 @@ def load_pipeline(
     return pipe
 
 
-def _load_toy_folder(folder: Path, hint: str, torch_dtype: Any, **kwargs: Any) -> Any:
+def _load_toy_folder(folder: Path, hint: str, torch_dtype: Any, *, bundled: bool = False, **kwargs: Any) -> Any:
+    """A saved toy pipeline folder (any toy architecture; the class is read from its ``model_index.json``)."""
     import torch
 
-    from latentlens.toy.pipeline import ToyPipeline
+    from latentlens.toy.architectures import BY_PIPELINE_CLASS
+    from latentlens.toy.pipeline import PIPELINE_CLASSES
 
-    _check_pipeline_folder(folder, hint)
+    index = _check_pipeline_folder(folder, hint)
     from latentlens.weights import verify_checksums
 
-    verify_checksums(folder, hint, required=folder.resolve() == _toy_weights_dir().resolve())
+    verify_checksums(folder, hint, required=bundled or folder.resolve() == _toy_weights_dir().resolve())
+    arch = BY_PIPELINE_CLASS.get(str(index.get("_class_name")), BY_PIPELINE_CLASS["ToyPipeline"]).arch
     try:
-        pipe = ToyPipeline.from_pretrained(str(folder), dtype=torch_dtype or torch.float32, **kwargs)
+        pipe = PIPELINE_CLASSES[arch].from_pretrained(str(folder), dtype=torch_dtype or torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError) as error:
         raise StoreError(f"The toy pipeline in {folder} cannot be loaded ({error}). {hint}") from error
     pipe.set_progress_bar_config(disable=True)

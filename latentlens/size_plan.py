@@ -121,9 +121,12 @@ def _config_folder(model: str) -> Path:
     from latentlens.models import TOY_NAMES
 
     if model in TOY_NAMES:
-        from latentlens.toy import WEIGHTS_DIR
+        from latentlens.toy.architectures import BY_MODEL_NAME
 
-        return Path(WEIGHTS_DIR)
+        toy = BY_MODEL_NAME[model]
+        if toy.arch != "mmdit":
+            toy.require_installed()
+        return toy.weights_dir
     path = Path(model).expanduser()
     if path.is_dir():
         return path

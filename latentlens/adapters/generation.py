@@ -103,6 +103,9 @@ class EditModel:
     """
 
     kind = "base"
+    #: True for models trained on the shapes world (the toy models): the shapes captioner and the edit
+    #: benchmark apply
+    shapes_world: ClassVar[bool] = False
     #: the adapter class of this architecture (its text segments are the editor's tokenizers)
     adapter_class: ClassVar[type[Adapter] | None] = None
     default_guidance = 4.0

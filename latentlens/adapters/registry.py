@@ -24,12 +24,14 @@ from latentlens.adapters.flux import FluxAdapter
 from latentlens.adapters.generation import EditModel
 from latentlens.adapters.pixart import PixArtAdapter
 from latentlens.adapters.sd3 import SD3Adapter
-from latentlens.adapters.toy import ToyAdapter
+from latentlens.adapters.toy import ToyAdapter, ToyPixArtAdapter, ToyUNetAdapter
 from latentlens.adapters.unet import UNetAdapter
 from latentlens.errors import ConfigError
 
 #: every adapter, most specific first (one line per architecture file)
-ADAPTERS: tuple[type[Adapter], ...] = (ToyAdapter, SD3Adapter, FluxAdapter, PixArtAdapter, UNetAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    ToyAdapter, ToyPixArtAdapter, ToyUNetAdapter, SD3Adapter, FluxAdapter, PixArtAdapter, UNetAdapter,
+)  # fmt: skip
 
 
 class UnsupportedModelError(ConfigError):
@@ -109,7 +111,8 @@ def offline_tokenizer(model_id: str, pipeline_class: str = "") -> Any:
     ``model.pipeline_class``); nothing is downloaded.
     """
     for adapter_cls in ADAPTERS:
-        if adapter_cls.pipeline_classes and pipeline_class not in adapter_cls.pipeline_classes and model_id != "toy":
+        named = model_id in getattr(adapter_cls, "model_names", ())  # the bundled toy models' names
+        if adapter_cls.pipeline_classes and pipeline_class not in adapter_cls.pipeline_classes and not named:
             continue
         try:
             tokenizer = adapter_cls.offline_tokenizer(model_id, pipeline_class)

@@ -17,6 +17,13 @@ import sys
 from typing import Any
 
 
+#: the ``--model`` help shared by every command
+MODEL_HELP = (
+    "'toy' (default: the bundled MM-DiT), 'toy-pixart', 'toy-unet' (the other toy architectures, once "
+    "trained), a pipeline folder, or a cached hub id."
+)
+
+
 class DeprecatedAlias(argparse.Action):
     """Store the value under the new option's ``dest`` and say which spelling replaces this one."""
 
@@ -60,4 +67,4 @@ def add_denoising_steps(parser: argparse.ArgumentParser | Any, dest: str = "step
     )
 
 
-__all__ = ["DeprecatedAlias", "add_denoising_steps"]
+__all__ = ["MODEL_HELP", "DeprecatedAlias", "add_denoising_steps"]

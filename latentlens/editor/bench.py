@@ -127,6 +127,16 @@ def baseline_settings(baseline_kwargs: dict[str, dict[str, Any]] | None) -> dict
     return settings
 
 
+def shapes_world_model(editor: EMSEditor) -> EditModel:
+    """The editor's model, refused unless it is a toy model trained on the shapes world (the oracle judges it)."""
+    if not editor.model.shapes_world:
+        raise ConfigError(
+            "The shapes-world edit benchmark needs a toy model trained on the shapes world "
+            "(--model toy, toy-pixart or toy-unet)."
+        )
+    return editor.model
+
+
 def check_methods(methods: Sequence[str]) -> None:
     """Refuse method names outside :data:`METHODS` with a message that lists the valid ones."""
     unknown = [m for m in methods if m not in METHODS]
@@ -230,11 +240,7 @@ def run_benchmark(
 
     check_methods(methods)
     editor = EMSEditor(pipe, **(editor_kwargs or {}))
-    model: EditModel = editor.model
-    if model.kind != "toy":
-        raise ConfigError(
-            "The shapes-world edit benchmark needs the toy model (--model toy), trained on the shapes world."
-        )
+    model = shapes_world_model(editor)
     settings_b = baseline_settings(baseline_kwargs)
     cases = make_cases(n, seed, only_attribute)
     say = progress or (lambda msg: None)
@@ -291,9 +297,9 @@ def run_benchmark(
                 if sde:
                     rec_img = recons[m][i]
                     sde_region = dilate_mask(object_mask(rec_img)) | dilate_mask(object_mask(out))
-                    sde_parts[m].setdefault(c.attribute, []).append(
-                        (rec_img, out, ~sde_region if c.attribute == "background" else sde_region)
-                    )
+                    region_m = ~sde_region if c.attribute == "background" else sde_region
+                    sde_parts[m].setdefault(c.attribute, []).append((rec_img, out, region_m))
+                    rec.update(sde_sums(rec_img, out, region_m))
                 records.append(rec)
         say(f"edit-bench: {min(start + b, n)}/{n} edits done")
 
@@ -345,6 +351,23 @@ def run_benchmark(
     return result
 
 
+def sde_sums(reconstruction: np.ndarray, flipped: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """One edit's share of the pooled SDE: ``D`` summed inside / outside ``region`` and the pixel counts.
+
+    Pooling edits = summing these (``effectiveness = Σ inside / Σ inside pixels``, likewise leakage), so
+    a study can resample edits for an interval. ``reconstruction``, ``flipped``: uint8 ``[height, width, 3]``;
+    ``region``: bool ``[height, width]``.
+    """
+    d = ((reconstruction.astype(np.float64) - flipped.astype(np.float64)) / 255.0) ** 2  # [height, width, 3]
+    d = d.sum(axis=-1)  # [height, width]
+    return {
+        "sde_inside_sum": float(d[region].sum()),
+        "sde_inside_pixels": int(region.sum()),
+        "sde_outside_sum": float(d[~region].sum()),
+        "sde_outside_pixels": int((~region).sum()),
+    }
+
+
 def attribute_sde(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
     """SDE (``docs/design.md``) pooled over edits: ``parts`` = ``[(reconstruction uint8 [height, width, 3], flipped, M bool [height, width])]``.
 
@@ -367,4 +390,5 @@ __all__ = [
     "make_cases",
     "psnr",
     "run_benchmark",
+    "sde_sums",
 ]

@@ -39,7 +39,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from latentlens.editor.bench import METHOD_LABELS, METHODS, EditBatch, baseline_settings, check_methods, dilate_mask
+from latentlens.editor.bench import (
+    METHOD_LABELS,
+    METHODS,
+    EditBatch,
+    baseline_settings,
+    check_methods,
+    dilate_mask,
+    shapes_world_model,
+)
 from latentlens.editor.editor import EMSEditor
 from latentlens.editor.images import to_uint8
 from latentlens.editor.manipulate import encode_pair
@@ -195,11 +203,7 @@ def run_two_object_benchmark(
 
     check_methods(methods)
     editor = EMSEditor(pipe, **(editor_kwargs or {}))
-    model = editor.model
-    if model.kind != "toy":
-        raise ConfigError(
-            "The shapes-world edit benchmark needs the toy model (--model toy), trained on the shapes world."
-        )
+    model = shapes_world_model(editor)
     settings_b = baseline_settings(baseline_kwargs)
     cases = make_two_object_cases(n, seed)
     say = progress or (lambda msg: None)

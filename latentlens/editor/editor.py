@@ -173,7 +173,7 @@ class EMSEditor:
             raise ConfigError(f"inversion_sigma must be in (0, 1], got {inversion_sigma}.")
         self.inversion_sigma = float(inversion_sigma)
         if describer is None:
-            self.describer: Describer | None = ShapesDescriber() if self.model.kind == "toy" else None
+            self.describer: Describer | None = ShapesDescriber() if self.model.shapes_world else None
         else:
             self.describer = make_describer(describer)
 

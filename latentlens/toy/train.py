@@ -1,4 +1,4 @@
-"""Train the toy MM-DiT on the shapes world with rectified flow, exactly as SD3 trains.
+"""Train a toy model (MM-DiT, PixArt or UNet) on the shapes world with rectified flow, exactly as SD3 trains.
 
 Recipe: images scaled to [-1, 1]; ``σ`` drawn logit-normal (``σ = sigmoid(n)``, ``n ~ N(0, 1)``);
 ``x_t = (1 − σ)·x0 + σ·ε``; the transformer, called with ``timestep = σ·1000``, regresses the
@@ -7,7 +7,13 @@ velocity ``v = ε − x0`` (plain MSE). Every batch is freshly rendered from
 combinations are never seen. 10% of captions are dropped to the empty prompt, which makes
 classifier-free guidance possible. The text encoder is frozen, so every caption's embedding is
 computed once up front. AdamW with warmup and cosine decay, an EMA of the weights (the EMA is what
-is exported), fp32, 2 CPU threads.
+is exported), fp32, 2 CPU threads (or one GPU: ``device="cuda"``; data and noise are still drawn on
+the CPU, so a run's data does not depend on the device).
+
+``arch`` picks the denoiser (:mod:`latentlens.toy.architectures`): ``"mmdit"`` (the bundled ``toy``),
+``"pixart"`` (``toy-pixart``) or ``"unet"`` (``toy-unet``); all three see the same data, text
+states, objective and budget (steps × batch), with sizes chosen for a comparable parameter count
+(:meth:`TrainConfig.for_world` applies them).
 
 Training is seeded and resumable: a checkpoint (model, EMA, optimizer, every RNG, step) is written
 to the output folder every few minutes and at the end; running the same command again continues
@@ -18,6 +24,7 @@ Example::
     from latentlens.toy.train import TrainConfig, train_toy
     result = train_toy(TrainConfig(steps=8000, batch_size=32, seed=0), "/tmp/toy_train")
     result["pipeline_dir"]   # '/tmp/toy_train/pipeline' (EMA weights, loadable with ToyPipeline.from_pretrained)
+    train_toy(TrainConfig.for_world("v2", arch="unet", device="cuda"), "/tmp/toy_unet_train")
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import numpy as np
 import torch
 
 from latentlens.errors import ConfigError, StoreError
+from latentlens.toy.architectures import architecture, build_denoiser, predict, text_mask
 from latentlens.toy.text_encoder import V2_TEXT_POSITION_SCALE, add_text_positions
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -46,7 +54,7 @@ PIPELINE_DIR_NAME = "pipeline"
 TEXT_CACHE_NAME = "caption_embeddings.pt"
 
 # Fields that may change between a run and its resumption (they do not change the trajectory so far).
-_RESUMABLE_FIELDS = ("steps", "checkpoint_every_s", "num_threads", "log_every")
+_RESUMABLE_FIELDS = ("steps", "checkpoint_every_s", "num_threads", "log_every", "device")
 TEXT_CACHE_2_NAME = "caption_embeddings_2.pt"
 
 WorldVersion = Literal["v1", "v2"]
@@ -59,12 +67,17 @@ class TrainConfig:
     steps: int = 8000
     batch_size: int = 32
     seed: int = 0
-    # model
+    # model: the architecture (latentlens.toy.architectures.ARCHITECTURES) and its sizes
+    arch: str = "mmdit"
     patch_size: int = 4
     num_layers: int = 6
     num_attention_heads: int = 4
     attention_head_dim: int = 32
     canvas: int = 32
+    # arch="unet" only (num_layers, num_attention_heads and patch_size are the DiTs'; attention_head_dim is
+    # the UNet's head width): channels per resolution level and resnet + attention layers per level
+    unet_block_out_channels: tuple[int, ...] = (32, 64, 128)
+    unet_layers_per_block: int = 1
     # optimisation
     learning_rate: float = 5e-4
     warmup_steps: int = 300
@@ -87,9 +100,14 @@ class TrainConfig:
     checkpoint_every_s: float = 240.0
     num_threads: int = 2
     log_every: int = 10
+    device: str = "cpu"  # where the model trains ("cpu", "cuda", "cuda:1"); resumable on another device
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "num_layers", "num_attention_heads", "attention_head_dim"):
+        architecture(self.arch)
+        self.unet_block_out_channels = tuple(int(c) for c in self.unet_block_out_channels)
+        for name in (
+            "steps", "batch_size", "num_layers", "num_attention_heads", "attention_head_dim", "unet_layers_per_block",
+        ):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"Training setting {name}={value!r} must be a positive integer.")
@@ -111,14 +129,18 @@ class TrainConfig:
             raise ConfigError(f"two_object_limit={self.two_object_limit!r} must be a positive integer or None.")
 
     @classmethod
-    def for_world(cls, world: WorldVersion, **overrides: Any) -> TrainConfig:
-        """The documented recipe of the toy model for shapes world ``"v1"`` or ``"v2"`` (one and two objects).
+    def for_world(cls, world: WorldVersion, arch: str = "mmdit", **overrides: Any) -> TrainConfig:
+        """The documented recipe of the toy model for shapes world ``"v1"`` or ``"v2"`` (one and two objects),
+        with the planned sizes of architecture ``arch`` (``overrides`` win over both).
 
-        Example: ``TrainConfig.for_world("v2", steps=100)``.
+        Example: ``TrainConfig.for_world("v2", steps=100)``, ``TrainConfig.for_world("v2", arch="pixart")``.
         """
         if world not in WORLD_PRESETS:
             raise ConfigError(f"Unknown shapes world {world!r}; use one of: {', '.join(WORLD_PRESETS)}.")
-        return cls(**{**WORLD_PRESETS[world], **overrides})
+        sizes = dict(architecture(arch).sizes)
+        if arch == "mmdit":
+            sizes = {}  # the MM-DiT's sizes are the world's (v1: 6 blocks, v2: 8)
+        return cls(**{**WORLD_PRESETS[world], "arch": arch, **sizes, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -126,7 +148,27 @@ class TrainConfig:
         data["two_object_templates"] = (
             list(self.two_object_templates) if self.two_object_templates is not None else None
         )
+        data["unet_block_out_channels"] = list(self.unet_block_out_channels)
         return data
+
+    def build_denoiser(self) -> torch.nn.Module:
+        """A fresh denoiser of this config's architecture and sizes (random weights from torch's global RNG)."""
+        if self.arch == "unet":
+            return build_denoiser(
+                "unet",
+                sample_size=self.canvas,
+                block_out_channels=self.unet_block_out_channels,
+                layers_per_block=self.unet_layers_per_block,
+                attention_head_dim=self.attention_head_dim,
+            )
+        return build_denoiser(
+            self.arch,
+            sample_size=self.canvas,
+            patch_size=self.patch_size,
+            num_layers=self.num_layers,
+            num_attention_heads=self.num_attention_heads,
+            attention_head_dim=self.attention_head_dim,
+        )
 
 
 # Two-object caption templates that name the first (left or top) object first, the canonical one included.
@@ -325,21 +367,34 @@ def flow_matching_loss(
     generator: torch.Generator,
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    arch: str = "mmdit",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """SD3's rectified-flow loss on one batch: MSE between predicted and true velocity ``ε − x0``."""
+    """SD3's rectified-flow loss on one batch: MSE between predicted and true velocity ``ε − x0``.
+
+    ``transformer`` is the denoiser of ``arch`` (called by :func:`latentlens.toy.architectures.predict`);
+    noise and σ are drawn from the CPU ``generator`` and moved to ``x0``'s device.
+    """
     batch = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator)  # [batch, 3, height, width]
-    sigma = torch.sigmoid(torch.randn(batch, generator=generator) * logit_std + logit_mean)  # [batch]
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # [batch, 3, height, width]
+    sigma = torch.sigmoid(torch.randn(batch, generator=generator) * logit_std + logit_mean).to(x0.device)  # [batch]
     s = sigma.view(batch, 1, 1, 1)
     x_t = (1.0 - s) * x0 + s * noise  # [batch, 3, height, width]
-    pred = transformer(
-        hidden_states=x_t,
-        encoder_hidden_states=tokens,
-        pooled_projections=pooled,
-        timestep=sigma * 1000.0,
-        return_dict=False,
-    )[0]
+    pred = predict(arch, transformer, x_t, sigma * 1000.0, tokens, pooled, mask)
     return torch.nn.functional.mse_loss(pred, noise - x0)
+
+
+def _check_device(name: str) -> torch.device:
+    """``name`` as a torch device, refused (with the fix) when this machine does not have it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"Training device {name!r} is not a torch device ({error}); use 'cpu' or 'cuda'.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Training device {name!r} was asked for, but torch sees no CUDA GPU here; use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"Training device {name!r} is not supported; use 'cpu' or 'cuda'.")
+    return device
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -370,27 +425,26 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def build_pipeline_from_state(
     transformer_state: dict[str, torch.Tensor], config: TrainConfig, text: tuple[Any, Any] | None = None
 ):
-    """A :class:`ToyPipeline` whose transformer holds ``transformer_state`` (e.g. the EMA weights)."""
-    from latentlens.toy.pipeline import ToyPipeline, build_scheduler, build_transformer
+    """The toy pipeline of ``config.arch`` whose denoiser holds ``transformer_state`` (e.g. the EMA weights)."""
+    from latentlens.toy.pipeline import PIPELINE_CLASSES, build_scheduler
     from latentlens.toy.text_encoder import load_text_encoder
 
-    transformer = build_transformer(
-        sample_size=config.canvas,
-        patch_size=config.patch_size,
-        num_layers=config.num_layers,
-        num_attention_heads=config.num_attention_heads,
-        attention_head_dim=config.attention_head_dim,
-    )
-    transformer.load_state_dict(transformer_state)
-    transformer.eval()
+    denoiser = config.build_denoiser()
+    denoiser.load_state_dict({k: v.detach().cpu() for k, v in transformer_state.items()})
+    denoiser.eval()
     tokenizer, text_encoder = text if text is not None else load_text_encoder()
-    return ToyPipeline(
-        transformer=transformer,
-        scheduler=build_scheduler(),
+    return PIPELINE_CLASSES[config.arch](
+        denoiser,
+        build_scheduler(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         text_position_scale=config.text_position_scale,
     )
+
+
+def _saved_config(state: dict[str, Any]) -> TrainConfig:
+    saved = {k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**saved)
 
 
 def export_checkpoint(checkpoint: str | Path, dest: str | Path, dtype: torch.dtype = torch.float32) -> Path:
@@ -399,12 +453,60 @@ def export_checkpoint(checkpoint: str | Path, dest: str | Path, dtype: torch.dty
     Example: ``export_checkpoint("/work/toy_train/checkpoint.pt", "latentlens/toy/weights", torch.float16)``.
     """
     state = torch.load(Path(checkpoint), map_location="cpu", weights_only=False)
-    config = TrainConfig(**{**state["config"], "templates": state["config"].get("templates")})
-    pipe = build_pipeline_from_state(state["ema"], config)
-    pipe.transformer.to(dtype)
+    pipe = build_pipeline_from_state(state["ema"], _saved_config(state))
+    pipe.denoiser.to(dtype)
     pipe.save_pretrained(dest)
     _write_training_record(Path(dest), state)
     return Path(dest)
+
+
+#: what an install replaces in a weights folder (everything else there, e.g. MODEL_CARD.md, is kept)
+_INSTALLED = ("model_index.json", "scheduler", "transformer", "unet", "SHA256SUMS", "training.json")
+
+
+def install_checkpoint(checkpoint: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Export a checkpoint's EMA weights as the bundled weights of its architecture (``--install``).
+
+    The folder (``ARCHITECTURES[arch].weights_dir``, e.g. ``latentlens/toy/weights-pixart``) is created, or
+    its pipeline files are replaced when it already holds a toy pipeline of the same class; anything
+    else there is refused, never deleted. ``SHA256SUMS`` and ``training.json`` are written with it.
+    """
+    import shutil
+
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=False)
+    config = _saved_config(state)
+    arch = architecture(config.arch)
+    dest = arch.weights_dir
+    index = dest / "model_index.json"
+    if dest.exists():
+        try:
+            found = json.loads(index.read_text()).get("_class_name") if index.exists() else None
+        except (OSError, ValueError):
+            found = "an unreadable model_index.json"
+        strangers = [p.name for p in dest.iterdir() if p.name not in _INSTALLED and p.name != "MODEL_CARD.md"]
+        if (found is not None and found != arch.pipeline_class) or (found is None and strangers):
+            raise StoreError(
+                f"{dest} holds {found or 'files latentlens did not install (' + ', '.join(sorted(strangers)) + ')'}, "
+                f"not a {arch.pipeline_class}; move it away before installing the {arch.model_name} weights there."
+            )
+    staging = dest.with_name(dest.name + ".installing")
+    if staging.exists():
+        shutil.rmtree(staging)
+    pipe = build_pipeline_from_state(state["ema"], config)
+    pipe.denoiser.to(dtype)
+    pipe.save_pretrained(staging)
+    _write_training_record(staging, state)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in _INSTALLED:
+        old = dest / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+        if (staging / name).exists():
+            os.replace(staging / name, old)
+    staging.rmdir()
+    return dest
 
 
 TRAINING_RECORD_NAME = "training.json"
@@ -438,7 +540,6 @@ def train_toy(
     from tqdm.auto import tqdm
 
     from latentlens.toy.text_encoder import load_text_encoder
-    from latentlens.toy.pipeline import build_transformer
 
     out = Path(out_dir)
     _check_out_dir(out)
@@ -452,14 +553,9 @@ def train_toy(
     setup_start = time.time()
     try:
         tokenizer, text_encoder = load_text_encoder()
+        device = _check_device(config.device)
         torch.manual_seed(config.seed)
-        transformer = build_transformer(
-            sample_size=config.canvas,
-            patch_size=config.patch_size,
-            num_layers=config.num_layers,
-            num_attention_heads=config.num_attention_heads,
-            attention_head_dim=config.attention_head_dim,
-        )
+        transformer = config.build_denoiser().to(device)  # the denoiser of config.arch (the name is historic)
         transformer.train()
         ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
         optimizer = torch.optim.AdamW(
@@ -486,7 +582,7 @@ def train_toy(
                     "use the same settings to continue it, or another --out to start a new run."
                 )
             transformer.load_state_dict(state["model"])
-            ema = state["ema"]
+            ema = {k: v.to(device) for k, v in state["ema"].items()}
             optimizer.load_state_dict(state["optimizer"])
             rng.bit_generator.state = state["numpy_rng"]
             generator.set_state(state["torch_rng"])
@@ -545,10 +641,15 @@ def train_toy(
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     x0, tokens, pooled = batcher.next()
+                    mask = text_mask(tokens) if config.arch == "pixart" else None  # [batch, token]
                     tokens = add_text_positions(tokens, config.text_position_scale)  # [batch, token, channel]
+                    if device.type != "cpu":
+                        x0, tokens, pooled = x0.to(device), tokens.to(device), pooled.to(device)
+                        mask = None if mask is None else mask.to(device)
                     loss = flow_matching_loss(
-                        transformer, x0, tokens, pooled, generator, config.logit_mean, config.logit_std
-                    )
+                        transformer, x0, tokens, pooled, generator, config.logit_mean, config.logit_std,
+                        arch=config.arch, mask=mask,
+                    )  # fmt: skip
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(transformer.parameters(), config.grad_clip)
@@ -602,6 +703,8 @@ def train_toy(
         elapsed = elapsed_before + (time.time() - start)
         return {
             "out": str(out),
+            "arch": config.arch,
+            "parameters": sum(p.numel() for p in transformer.parameters()),
             "checkpoint": str(checkpoint_path),
             "pipeline_dir": str(pipeline_dir),
             "loss_log": str(out / LOSS_LOG_NAME),

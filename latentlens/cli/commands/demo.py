@@ -34,6 +34,8 @@ STATE_FILE = "demo.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from latentlens.cli.options import MODEL_HELP
+
     parser.add_argument(
         "--out", default="runs/demo", metavar="DIR", help="where the demo's run is kept (default runs/demo)."
     )
@@ -44,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"record the first N prompts of the shapes spec (default {DEFAULT_LIMIT}; keeps the demo to minutes).",
     )
-    parser.add_argument("--model", default="toy", help="the pipeline (default: the bundled toy model).")
+    parser.add_argument("--model", default="toy", help=MODEL_HELP)
     parser.add_argument(
         "--spec", default=None, metavar="SPEC.yaml", help="probe spec (default: the shipped probes/shapes.yaml)."
     )

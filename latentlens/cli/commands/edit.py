@@ -30,7 +30,9 @@ _BATCH_KEYS = {"image", "target", "source", "alpha", "degree", "direction", "mod
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder, or a cached hub id.")
+    from latentlens.cli.options import MODEL_HELP
+
+    parser.add_argument("--model", default="toy", help=MODEL_HELP)
     parser.add_argument("--image", help="The image to edit (PNG/JPEG; centre-cropped and resized to the model's size).")
     parser.add_argument("--target", help="What the edited image should show.")
     parser.add_argument("--source", help="What the image shows now (default: the describer's description).")

@@ -21,9 +21,11 @@ HELP = "Run the shapes-world edit benchmark (oracle success, preservation, PSNR,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from latentlens.cli.options import MODEL_HELP
+
     from latentlens.editor.bench import METHODS
 
-    parser.add_argument("--model", default="toy", help="'toy' (default) or a folder with a toy pipeline.")
+    parser.add_argument("--model", default="toy", help=MODEL_HELP)
     parser.add_argument(
         "--n",
         type=int,

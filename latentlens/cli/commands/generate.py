@@ -26,7 +26,9 @@ _BATCH = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder, or a cached hub id.")
+    from latentlens.cli.options import MODEL_HELP
+
+    parser.add_argument("--model", default="toy", help=MODEL_HELP)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", nargs="+", metavar="TEXT", help="One or more prompts.")
     source.add_argument("--prompts", metavar="FILE", help="A text file with one prompt per line (blank lines skipped).")

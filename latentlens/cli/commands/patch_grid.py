@@ -35,10 +35,12 @@ def _column(text: str) -> int | str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from latentlens.cli.options import MODEL_HELP
+
     parser.add_argument(
         "--model",
         default="toy",
-        help="'toy' (default), a pipeline folder, or a cached hub id.",
+        help=MODEL_HELP,
     )
     parser.add_argument(
         "--pairs",

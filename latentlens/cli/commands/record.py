@@ -40,9 +40,11 @@ _DTYPES = ("float32", "float16", "bfloat16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from latentlens.cli.options import MODEL_HELP
+
     parser.add_argument(
         "--model",
-        help="'toy', a local diffusers pipeline folder, or a cached hub id (default: the probe spec's model).",
+        help=MODEL_HELP + " Default: the probe spec's model.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(

@@ -25,7 +25,9 @@ HELP = "Generate an image and a binary mask per concept word from attention maps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="toy", help="'toy' (default), a pipeline folder, or a cached hub id.")
+    from latentlens.cli.options import MODEL_HELP
+
+    parser.add_argument("--model", default="toy", help=MODEL_HELP)
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="The prompt to generate.")
     parser.add_argument("--concepts", required=True, help="Comma-separated concept words, e.g. circle,background.")
     parser.add_argument("--seed", type=int, default=0, help="Generator seed (default 0).")

@@ -17,10 +17,12 @@ HELP = "List the site names a model can record (what --sites and --attention acc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from latentlens.cli.options import MODEL_HELP
+
     parser.add_argument(
         "--model",
         default="toy",
-        help="'toy' (default), a pipeline folder, or a cached hub id.",
+        help=MODEL_HELP,
     )
     parser.add_argument("--match", metavar="GLOB", default=None, help="only names matching this glob.")
     parser.add_argument("--json", action="store_true", help="print a JSON list.")

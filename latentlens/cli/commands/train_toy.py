@@ -1,10 +1,11 @@
-"""``latentlens train-toy``: train the bundled toy MM-DiT on the shapes world (seeded, resumable).
+"""``latentlens train-toy``: train a toy model (MM-DiT, PixArt or UNet) on the shapes world (seeded, resumable).
 
 Example::
 
     $ latentlens train-toy --out /work/toy_train --steps 8000 --seed 0 --threads 1
     $ latentlens train-toy --out /work/toy_train --steps 8000 --seed 0 --threads 1   # resumes
     $ latentlens train-toy --world v2 --out /work/toy2_train --seed 0 --threads 1    # one + two objects
+    $ latentlens train-toy --arch pixart --world v2 --out runs/train-toy-pixart --device cuda --install
 """
 
 from __future__ import annotations
@@ -14,16 +15,35 @@ import sys
 
 NAME = "train-toy"
 HELP = (
-    "Train the toy MM-DiT on the shapes world (rectified flow, seeded, resumable; v1 about 1 h, "
-    "v2 about 2 h on one CPU core)."
+    "Train a toy model on the shapes world (--arch mmdit: the bundled toy MM-DiT, pixart, unet; rectified flow, "
+    "seeded, resumable; v2 takes hours on one CPU core, minutes on a GPU)."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from latentlens.toy.train import TrainConfig
 
+    from latentlens.toy.architectures import ARCHITECTURES
+
     defaults = TrainConfig()
     parser.add_argument("--out", required=True, help="Folder for checkpoint, loss log and the trained pipeline.")
+    parser.add_argument(
+        "--arch",
+        choices=list(ARCHITECTURES),
+        default="mmdit",
+        help="Denoiser: mmdit (SD3Transformer2DModel, the bundled 'toy'), pixart (PixArtTransformer2DModel, "
+        "'toy-pixart') or unet (UNet2DConditionModel, 'toy-unet'); sizes as planned in docs/toy_models.md. "
+        "Default mmdit.",
+    )
+    parser.add_argument(
+        "--device", default=None, help="Where to train: cpu (default) or cuda; a run may resume on another device."
+    )
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="After training, install the EMA weights (fp16, with SHA256SUMS) as the bundled weights of --arch "
+        "(latentlens/toy/weights, weights-pixart or weights-unet), so --model toy|toy-pixart|toy-unet loads them.",
+    )
     parser.add_argument(
         "--world",
         choices=("v1", "v2"),
@@ -59,9 +79,16 @@ def run(args: argparse.Namespace) -> int:
     from latentlens.cli import print_json
     from latentlens.toy.train import TrainConfig, train_toy
 
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "num_threads": args.threads}
-    config = TrainConfig.for_world(args.world, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "num_threads": args.threads, "device": args.device}
+    config = TrainConfig.for_world(
+        args.world, arch=args.arch, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None}
+    )
     result = train_toy(config, args.out, resume=args.resume, progress=True)
+    if args.install:
+        from latentlens.toy.train import install_checkpoint
+
+        result["installed"] = str(install_checkpoint(result["checkpoint"]))
+        print(f"Installed the EMA weights in {result['installed']}.", file=sys.stderr)
     if args.json:
         print_json(result)
     else:

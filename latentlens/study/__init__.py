@@ -1,0 +1,164 @@
+"""``latentlens study``: the paper's three claims measured on several shapes-world models, with verdicts.
+
+:func:`run_study` loads every model first (a missing or untrained model is an error before any
+work), then for each records and probes it, runs the edit benchmark with EMS both / text only /
+image only (and prompt swap) and two-object prompt edits, on the same prompts and seeds
+(:mod:`latentlens.study.measure`). It writes ``OUT/findings.json`` (``models`` → ``{name: {claim1,
+claim2, claim3}}`` and ``verdicts``), ``OUT/findings.md`` with tables and ``OUT/figures/*.png``.
+Verdicts follow from the numbers by the rules in :mod:`latentlens.study.verdicts`.
+
+Example::
+
+    from latentlens.study import run_study
+    findings = run_study(["toy", "toy-pixart", "toy-unet"], "runs/study", n=200)
+    findings["verdicts"]["claim3"]["verdict"]     # 'holds', 'fails' or 'mixed'
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from latentlens.errors import ConfigError, StoreError
+
+MARKER = ".latentlens-study"
+FINDINGS_JSON = "findings.json"
+
+
+def resolve_models(models: Sequence[str]) -> dict[str, str]:
+    """``{display name: model}`` for toy names and toy pipeline folders; every mistake is refused here.
+
+    A toy model whose weights are not installed raises :class:`StoreError` naming the command that
+    creates them; a folder that is not a shapes-world (toy) pipeline is refused, since the oracle
+    judges the study.
+    """
+    from latentlens.models import TOY_NAMES, is_toy_model
+    from latentlens.toy.architectures import BY_MODEL_NAME
+
+    if not models:
+        raise ConfigError("The study needs at least one model, e.g. --models toy,toy-pixart,toy-unet.")
+    out: dict[str, str] = {}
+    for model in models:
+        model = str(model).strip()
+        if model in TOY_NAMES:
+            toy = BY_MODEL_NAME[model]
+            if toy.arch != "mmdit":
+                toy.require_installed()
+            name = model
+        else:
+            path = Path(model).expanduser()
+            if not path.is_dir():
+                raise ConfigError(
+                    f"Study model {model!r} is neither a toy model ({', '.join(TOY_NAMES)}) nor a pipeline folder."
+                )
+            if not is_toy_model(path):
+                raise ConfigError(
+                    f"{path} is not a toy pipeline; the study judges images with the shapes-world oracle, so every "
+                    "model must be trained on the shapes world (toy, toy-pixart, toy-unet or a folder they saved)."
+                )
+            name = path.resolve().name
+        if name in out:
+            raise ConfigError(f"Study model {name!r} is listed twice; list each model once.")
+        out[name] = model
+    return out
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"The study folder {out} is a file; give --out a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise StoreError(
+            f"The study folder {out} holds files latentlens study did not write; give an empty or new folder."
+        )
+
+
+def run_study(
+    models: Sequence[str],
+    out_dir: str | Path,
+    *,
+    n: int = 200,
+    probe_samples: int | None = None,
+    two_object_pairs: int | None = None,
+    num_inference_steps: int | None = None,
+    pipelines: dict[str, Any] | None = None,
+    command: str = "",
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Measure every model, decide the verdicts, write the findings; returns the ``findings.json`` document.
+
+    ``n``: edits per model (the benchmark cycles through the five attributes); ``probe_samples``:
+    recorded prompts for the probes (default ``max(2 n, 50)``); ``two_object_pairs``: two-object prompt
+    edits per object attribute (default ``max(n // 3, 2)``); ``pipelines``: already loaded pipelines
+    by display name (skips loading).
+    """
+    from latentlens.models import load_pipeline
+    from latentlens.shapes import ATTRIBUTES
+    from latentlens.study.measure import measure_model
+    from latentlens.study.report import write_report
+    from latentlens.study.verdicts import decide
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 5:
+        raise ConfigError(f"--n {n!r} is too small: the edit benchmark needs at least 5 edits (one per attribute).")
+    if num_inference_steps is not None and num_inference_steps < 2:
+        raise ConfigError(f"num_inference_steps must be at least 2, got {num_inference_steps}.")
+    out = Path(out_dir)
+    _check_out(out)
+    named = resolve_models(models)
+    loaded = dict(pipelines or {})
+    for name, model in named.items():  # every model loads before any work
+        if name not in loaded:
+            loaded[name] = load_pipeline(model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by latentlens study\n")
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    for name in named:
+        folder = out / "models" / name
+        if folder.exists():
+            shutil.rmtree(folder)  # a previous study's recording (the folder carries our marker)
+        if not quiet:
+            print(f"study: measuring {name}", flush=True)
+        results[name] = measure_model(
+            loaded[name], folder, n=n, probe_samples=probe_samples, two_object_pairs=two_object_pairs,
+            num_inference_steps=num_inference_steps, quiet=quiet,
+        )  # fmt: skip
+    first = next(iter(results.values()))
+    findings: dict[str, Any] = {
+        "models": results,
+        "verdicts": decide(results),
+        "attributes": list(ATTRIBUTES),
+        "n": n,
+        "probe_samples": first["claim1"]["samples"],
+        "command": command or f"latentlens study --models {','.join(named.values())} --out {out} --n {n}",
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
+        + f", Python {platform.python_version()}",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / FINDINGS_JSON).write_text(json.dumps(_clean(findings), indent=2, allow_nan=False) + "\n")
+    findings = json.loads((out / FINDINGS_JSON).read_text())  # the report reads exactly what was written
+    write_report(findings, out)
+    return findings
+
+
+def _clean(value: Any) -> Any:
+    """JSON-ready: NaN and ±inf become null (a number that could not be measured)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+__all__ = ["FINDINGS_JSON", "resolve_models", "run_study"]
