@@ -261,7 +261,12 @@ def test_attention_concept_box_maps_typed_words_for_the_selected_block_and_step(
     (saved,) = Path(config.setting("result_dir")).glob("concepts-*.npz")
     with np.load(saved) as data:
         weights, output, image = data["weights"], data["output"], data["image"]
-    assert weights.shape == output.shape == (toy_run.STEPS, TOY_BLOCKS, 64, 3)  # [step, block, token, concept]
+    import json
+
+    config_ = json.loads((root / "shapes" / "manifest.json").read_text())["model"]["transformer_config"]
+    blocks, patch = config_["num_layers"], config_["patch_size"]  # whichever toy weights are installed
+    rows, cols = image.shape[0] // patch, image.shape[1] // patch
+    assert weights.shape == output.shape == (toy_run.STEPS, blocks, rows * cols, 3)  # [step, block, token, concept]
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(output.sum(-1), 1.0, atol=1e-5)
     # the sample was generated again from its prompt and seed: the run's own image
@@ -270,8 +275,8 @@ def test_attention_concept_box_maps_typed_words_for_the_selected_block_and_step(
     recorded = np.asarray(Image.open(root / "shapes" / "images" / "0000.png").convert("RGB"))
     assert np.abs(recorded.astype(int) - image.astype(int)).max() <= 2
     # the "square" map points at the square: more weight on its patches than elsewhere (later blocks, all steps)
-    inside = object_mask(image).reshape(8, 4, 8, 4).mean(axis=(1, 3)).reshape(64) >= 0.5
-    square = weights[:, TOY_BLOCKS // 2 :, :, 0].mean(axis=(0, 1))
+    inside = object_mask(image).reshape(rows, patch, cols, patch).mean(axis=(1, 3)).reshape(-1) >= 0.5
+    square = weights[:, blocks // 2 :, :, 0].mean(axis=(0, 1))
     assert inside.any() and square[inside].mean() > square[~inside].mean()
     # the block/step controls and the aggregates apply to the concept maps too
     dash_duo.find_element("#attention-aggregate input[value='blocks']").click()
