@@ -117,7 +117,8 @@ def test_a_direction_that_cannot_edit_stops_after_one_chunk(pipe, run_dir):
     assert upper_bound(3, 4) > GOAL and upper_bound(14, 16) > GOAL > upper_bound(11, 16)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     labels = {a: [lab[a] for lab in manifest["labels"]] for a in shapes.ATTRIBUTES}
-    nothing = latentlens.Direction(torch.zeros(128), site="blocks.5.resid_out.img", provenance={})
+    width = latentlens.open_run(run_dir)["blocks.5.resid_out.img"].shape[-1]  # whichever toy weights are installed
+    nothing = latentlens.Direction(torch.zeros(width), site="blocks.5.resid_out.img", provenance={})
     args = (pipe, nothing, manifest["prompts"], manifest["seeds"], labels)
     kw = {"attribute": "color", "to": "blue", "n": 12, "num_inference_steps": STEPS}
     stopped = validate_direction(*args, **kw)
