@@ -54,6 +54,12 @@ ATT_FIGURE = "attention-figure"
 ATT_STRIP = "attention-strip"
 ATT_MESSAGE = "attention-message"
 ATT_PROMPT = "attention-prompt"
+ATT_CONCEPTS = "attention-concepts"
+ATT_CONCEPT_RUN = "attention-concept-run"
+ATT_CONCEPT_KIND = "attention-concept-kind"
+ATT_CONCEPT_STORE = "attention-concept-store"
+ATT_CONCEPT_STRIP = "attention-concept-strip"
+ATT_CONCEPT_STATUS = "attention-concept-status"
 
 # /directions
 DIR_TABLE = "directions-table"

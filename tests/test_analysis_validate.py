@@ -76,7 +76,9 @@ def test_analyze_saves_edit_directions_with_their_measured_effect(pipe, run_dir)
     assert (
         report["measure"] == "oracle" and report["n"] == 3 and report["cfg"] == "cond"
     )
-    assert report["alphas_tried"] == [1.0, 2.0] and report["alpha"] in (1.0, 2.0)
+    # alpha 2 is tried only when alpha 1 misses the goal
+    assert report["alphas_tried"] in ([1.0], [1.0, 2.0]) and report["alpha"] in report["alphas_tried"]
+    assert report["n_planned"] == 3 and report["steered_images"] >= report["n"]
     assert set(report["kept"]) == {"shape", "size", "position", "background"}
     assert report["score"] == pytest.approx(
         report["success"] * min(report["kept"].values())
@@ -129,3 +131,21 @@ def test_validate_direction_outside_the_shapes_world_measures_the_pixel_effect(p
     assert pushed["alphas_tried"] == [4.0] and pushed["alpha"] == 4.0
     assert pushed["n"] == 2 and math.isfinite(pushed["score"])
     assert pushed["score"] == pushed["effect"] != 0.0
+
+
+def test_a_direction_that_cannot_edit_stops_after_one_chunk(pipe, run_dir):
+    from latentlens.analysis.validate import CHUNK, GOAL, upper_bound, validate_direction
+
+    assert upper_bound(0, CHUNK) < GOAL <= upper_bound(CHUNK, CHUNK)  # no hit in a chunk rules the goal out
+    assert upper_bound(3, 4) > GOAL and upper_bound(14, 16) > GOAL > upper_bound(11, 16)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    labels = {a: [lab[a] for lab in manifest["labels"]] for a in shapes.ATTRIBUTES}
+    width = latentlens.open_run(run_dir)["blocks.5.resid_out.img"].shape[-1]  # whichever toy weights are installed
+    nothing = latentlens.Direction(torch.zeros(width), site="blocks.5.resid_out.img", provenance={})
+    args = (pipe, nothing, manifest["prompts"], manifest["seeds"], labels)
+    kw = {"attribute": "color", "to": "blue", "n": 12, "num_inference_steps": STEPS}
+    stopped = validate_direction(*args, **kw)
+    assert stopped["success"] == 0.0 and stopped["stopped_early"] is True
+    assert stopped["n"] == CHUNK and stopped["n_planned"] == 12 and stopped["steered_images"] == CHUNK
+    full = validate_direction(*args, **kw, early_stop=False)
+    assert full["success"] == 0.0 and full["stopped_early"] is False and full["n"] == 12

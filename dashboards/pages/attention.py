@@ -1,4 +1,9 @@
-"""``/attention``: image→text attention per token over the generated image; block/step sliders, means."""
+"""``/attention``: image→text attention per token over the generated image; block/step sliders, means.
+
+The concept box maps words that need not be in the prompt (ConceptAttention): the sample is generated
+again with :func:`latentlens.record` ``concepts=`` (a background job, see ``dashboards.concept_maps``)
+and each concept's map is shown for the selected block and step (or their means).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from typing import Any
 
 import dash
 import numpy as np
+from pathlib import Path
+
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
@@ -85,6 +92,50 @@ def layout(**_query: Any) -> html.Div:
             dcc.Graph(id=ids.ATT_FIGURE, figure=empty_figure(), config={"displayModeBar": False}),
             html.H4("all tokens"),
             html.Div(id=ids.ATT_STRIP, className="ll-thumbs"),
+            html.H4("concepts"),
+            html.P(
+                "Type words that need not be in the prompt; the sample is generated again and each word's "
+                "concept map (ConceptAttention: softmax over the typed concepts per image patch) is shown for "
+                "the block and step above.",
+                className="ll-muted",
+            ),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Label("concept words"),
+                            dcc.Input(
+                                id=ids.ATT_CONCEPTS,
+                                type="text",
+                                placeholder="circle, square, background",
+                                maxLength=400,
+                                debounce=True,
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Div(
+                        [
+                            html.Label("map"),
+                            dcc.RadioItems(
+                                id=ids.ATT_CONCEPT_KIND,
+                                inline=True,
+                                value="weights",
+                                options=[
+                                    {"label": "attention weights", "value": "weights"},
+                                    {"label": "output space", "value": "output"},
+                                ],
+                            ),
+                        ],
+                        className="ll-control",
+                    ),
+                    html.Button("map concepts", id=ids.ATT_CONCEPT_RUN, n_clicks=0),
+                ],
+                className="ll-controls",
+            ),
+            dcc.Store(id=ids.ATT_CONCEPT_STORE),
+            html.Div(id=ids.ATT_CONCEPT_STATUS),
+            html.Div(id=ids.ATT_CONCEPT_STRIP, className="ll-thumbs"),
         ]
     )
 
@@ -132,12 +183,14 @@ def _grid(values: np.ndarray) -> np.ndarray:
     return values.reshape(side, side) if side * side == values.shape[-1] else values.reshape(1, -1)
 
 
-def _overlay_png(image: np.ndarray | None, heat: np.ndarray, size: int = 96) -> str:
-    """A data URI: the heat map (normalised, 'inferno'-like ramp) blended over the image."""
+def _overlay_png(
+    image: np.ndarray | None, heat: np.ndarray, size: int = 96, scale: tuple[float, float] | None = None
+) -> str:
+    """A data URI: the heat map ('inferno'-like ramp; normalised to its range, or to ``scale``) over the image."""
     from PIL import Image
 
-    h = heat - np.nanmin(heat)
-    h = h / max(float(np.nanmax(h)), 1e-12)
+    lo, hi = (float(np.nanmin(heat)), float(np.nanmax(heat))) if scale is None else scale
+    h = np.clip((heat - lo) / max(hi - lo, 1e-12), 0, 1)
     ramp = np.stack([np.clip(1.5 * h, 0, 1), np.clip(1.5 * h - 0.5, 0, 1), np.clip(0.6 - h, 0, 1) * h * 2], -1)
     heat_img = Image.fromarray((ramp * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
     if image is not None:
@@ -246,3 +299,117 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     ]
     options = [{"label": labels[k], "value": k} for k in range(n_keys)]
     return figure, strip, options, token, html.Span([html.B("prompt: "), prompt]), None
+
+
+@callback(
+    Output(ids.ATT_CONCEPT_STORE, "data"),
+    Input(ids.ATT_CONCEPT_RUN, "n_clicks"),
+    Input(ids.ATT_CONCEPTS, "n_submit"),
+    State(ids.ATT_CONCEPTS, "value"),
+    State(ids.ATT_SAMPLE, "value"),
+    State(ids.STATE, "data"),
+    background=True,
+    running=[(Output(ids.ATT_CONCEPT_RUN, "disabled"), True, False)],
+    prevent_initial_call=True,
+)
+def _map_concepts(_clicks: Any, _submit: Any, text: Any, sample: Any, state: Any) -> dict[str, Any]:
+    """Generate the sample again with the typed concepts recorded, in a background process; returns JSON only."""
+    import time
+
+    from latentlens.errors import LatentlensError
+
+    from dashboards.concept_maps import compute_concept_maps, parse_concepts, save_concept_maps
+    from dashboards.limits import MAX_EDIT_JOBS, JobSlots, bounded_int
+
+    started = time.perf_counter()
+    try:
+        run_id = state_get(state, "run")
+        if not run_id:
+            return {"error": "Choose a run in the picker at the top.", "kind": "info"}
+        concepts = parse_concepts(text)  # the server checks the words itself: a client can post anything
+        sample = bounded_int(sample or 0, "sample", 0, 10**9)
+        with JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS).take() as slot:
+            if slot is None:
+                return {
+                    "error": f"The server is busy: {MAX_EDIT_JOBS} jobs are running. Try again soon.",
+                    "kind": "warning",
+                }
+            maps = compute_concept_maps(config.index(), run_id, sample, concepts)
+            maps_id = save_concept_maps(maps)
+        return {
+            "id": maps_id,
+            "run": run_id,
+            "sample": sample,
+            "concepts": maps.concepts,
+            "blocks": maps.blocks,
+            "steps": int(maps.weights.shape[0]),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    except LatentlensError as error:
+        return {"error": str(error), "kind": "error"}
+    except Exception as error:
+        import logging
+        import traceback
+
+        logging.getLogger("latentlens.dashboard").error("concept maps failed:\n%s", traceback.format_exc())
+        return {"error": f"Mapping the concepts failed ({type(error).__name__}: {error}).", "kind": "error"}
+
+
+@callback(
+    Output(ids.ATT_CONCEPT_STRIP, "children"),
+    Output(ids.ATT_CONCEPT_STATUS, "children"),
+    Input(ids.ATT_CONCEPT_STORE, "data"),
+    Input(ids.ATT_CONCEPT_KIND, "value"),
+    Input(ids.ATT_BLOCK, "value"),
+    Input(ids.ATT_STEP, "value"),
+    Input(ids.ATT_AGGREGATE, "value"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
+@guarded(2, 1)
+def _concept_strip(data: Any, kind: Any, block_pos: Any, step: Any, aggregate: Any, state: Any) -> tuple[Any, ...]:
+    from dashboards.concept_maps import load_concept_maps
+
+    if not data:
+        return None, None
+    if "error" in data:
+        return None, message(str(data["error"]), str(data.get("kind", "error")))
+    run_id = state_get(state, "run")
+    if data.get("run") != run_id:
+        return None, message("Those concept maps belong to another run; map the concepts again.", "info")
+    maps = load_concept_maps(data.get("id"))
+    aggregate = aggregate or []
+    arr = maps.output if kind == "output" else maps.weights  # [step, block, token, concept]
+    if "blocks" in aggregate:
+        arr, where_block = arr.mean(axis=1), "mean over blocks"
+    else:
+        sites = list(attention_sites(open_run(config.index(), run_id)))
+        block = sites[min(int(block_pos or 0), len(sites) - 1)] if sites else maps.blocks[0]
+        if block not in maps.blocks:
+            return None, message(f"Block {block} has no concept map (joint blocks: {maps.blocks}).", "warning")
+        arr, where_block = arr[:, maps.blocks.index(block)], f"block {block}"
+    if "steps" in aggregate:
+        arr, where_step = arr.mean(axis=0), f"mean over all {arr.shape[0]} steps"
+    else:
+        s = min(max(int(step or 0), 0), arr.shape[0] - 1)  # the slider holds a denoising step; every step is mapped
+        arr, where_step = arr[s], f"step {s}"
+    strip = [
+        html.Figure(
+            [
+                html.Img(
+                    src=_overlay_png(maps.image, _grid(arr[:, c]), size=128, scale=(0.0, 1.0)),
+                    className="ll-att-thumb",
+                ),
+                html.Figcaption(f"{concept} · {float(arr[:, c].mean()):.0%} of the weight"),
+            ],
+            className="ll-att-cell ll-concept-cell",
+        )
+        for c, concept in enumerate(maps.concepts)
+    ]
+    what = "output space" if kind == "output" else "attention weights"
+    status = message(
+        f"sample {data.get('sample')} generated again · {what} · {where_block}, {where_step} · "
+        f"{data.get('seconds', 0):.1f} s",
+        "info",
+    )
+    return strip, status

@@ -197,15 +197,16 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
 
 
 def _direction_label(name: str, validation: Any) -> str:
-    """``edit/color/blue — edits 100 %, others kept 95 % (α 1)``; unvalidated names as they are."""
+    """``edit/color/blue — edits 100 %, others kept 95 % (α 1, n 16)``; unvalidated names as they are."""
     if not validation:
         return name
+    where = f"α {validation.get('alpha', 1):g}" + (f", n {validation['n']}" if "n" in validation else "")
     if validation.get("success") is not None and validation.get("kept"):
         return (
             f"{name} — edits {100 * validation['success']:.0f} %, others kept "
-            f"{100 * min(validation['kept'].values()):.0f} % (α {validation.get('alpha', 1):g})"
+            f"{100 * min(validation['kept'].values()):.0f} % ({where})"
         )
-    return f"{name} — effect {validation.get('score', 0):.2f} (α {validation.get('alpha', 1):g})"
+    return f"{name} — effect {validation.get('score', 0):.2f} ({where})"
 
 
 @callback(

@@ -222,6 +222,7 @@ def analyze_run(
     max_read_bytes: int | None = MAX_READ_BYTES,
     validate: int = 0,
     pipeline: Any = None,
+    validate_early_stop: bool = True,
 ) -> dict[str, Any]:
     """Analyse ``run_dir`` and (``write=True``) store the results in ``run_dir/analysis/``.
 
@@ -235,8 +236,11 @@ def analyze_run(
         max_read_bytes: raw activations read at once (``None``: a whole (site, step) at once). The
             run is streamed block by block and only its features (``[sample, channel]`` per cell,
             5x that for ``"mean+grid"``) are held, so runs larger than memory can be analysed.
-        validate: steer that many of the run's samples with every saved direction and store the measured
-            effect with it (``provenance["validation"]``; 0 = skip); uses ``pipeline`` or the run's model.
+        validate: steer up to that many of the run's samples with every saved direction and store the
+            measured effect with it (``provenance["validation"]``; 0 = skip); uses ``pipeline`` or the run's model.
+        validate_early_stop: in the shapes world, stop a direction's check once it provably misses the
+            edit goal and try a token-wise direction's larger alpha only when the smaller misses it
+            (:func:`latentlens.analysis.validate.validate_direction`); each report states the samples it used.
 
     Besides the class means at the best probe cells, shapes-world runs that recorded a text site of
     block 0 get token-wise edit directions ``edit/<attribute>/<value>`` (:mod:`latentlens.analysis.validate`).
@@ -412,7 +416,10 @@ def analyze_run(
         if validate > 0:
             t0 = time.perf_counter()
             try:
-                summary["direction_effects"] = _validate(run, samples, labels, directions, validate, pipeline, quiet)
+                summary["direction_effects"] = _validate(
+                    run, samples, labels, directions, validate, pipeline, quiet, validate_early_stop
+                )
+                summary["validation"] = _validation_totals(summary["direction_effects"], validate, validate_early_stop)
             except LatentlensError as error:  # no model to steer: the directions are saved unvalidated
                 summary["validation_note"] = f"Directions were not validated: {error}"
                 _log(f"analyze: warning: {summary['validation_note']}", quiet)
@@ -477,6 +484,7 @@ def _validate(
     n: int,
     pipeline: Any,
     quiet: bool,
+    early_stop: bool = True,
 ) -> list[dict[str, Any]]:
     """Steer with every direction; store the report in its provenance; the reports, best score first."""
     from latentlens.analysis.validate import validate_direction
@@ -509,12 +517,38 @@ def _validate(
         if attribute not in labels or to is None:
             continue
         report = validate_direction(
-            pipeline, direction, p, s, labels, attribute=attribute, to=str(to), n=n, num_inference_steps=steps, seed=k
+            pipeline,
+            direction,
+            p,
+            s,
+            labels,
+            attribute=attribute,
+            to=str(to),
+            n=n,
+            num_inference_steps=steps,
+            seed=k,
+            early_stop=early_stop,
         )
         direction.provenance["validation"] = report
         reports.append({"name": name, **report})
-        _log(f"analyze: validated {name}: score {report['score']:.2f} ({k + 1}/{len(directions)})", quiet)
+        _log(
+            f"analyze: validated {name}: score {report['score']:.2f} on {report['n']} samples"
+            + (" (stopped early)" if report.get("stopped_early") else "")
+            + f" ({k + 1}/{len(directions)})",
+            quiet,
+        )
     return sorted(reports, key=lambda r: -float(r["score"]))
+
+
+def _validation_totals(reports: list[dict[str, Any]], n: int, early_stop: bool) -> dict[str, Any]:
+    """What the validation cost: directions, planned samples, steered generations, early stops."""
+    return {
+        "directions": len(reports),
+        "n_planned": n,
+        "early_stop": early_stop,
+        "stopped_early": sum(bool(r.get("stopped_early")) for r in reports),
+        "steered_images": sum(int(r.get("steered_images", r["n"])) for r in reports),
+    }
 
 
 def _cosine_summary(feats, labels, grid, features, cosine_matrix, class_mean_direction) -> dict[str, Any] | None:

@@ -10,7 +10,12 @@ direction by steering real prompts of the run with it:
 
 * shapes world (labels the oracle reads): ``success`` = fraction of samples whose attribute was
   another value and that the oracle now reads as the direction's value, ``kept`` = fraction whose
-  other attributes are still the prompt's; ``score = success × min(kept)``.
+  other attributes are still the prompt's; ``score = success × min(kept)``. The check stops early
+  (``early_stop``, the default): samples are steered :data:`CHUNK` at a time, and a direction stops
+  as soon as the one-sided 95 % Clopper–Pearson upper bound of its success or of one kept fraction
+  is below the goal :data:`GOAL` (it cannot edit the run's samples with ≥ 90 % success and ≥ 90 %
+  kept); the larger alpha of a token-wise direction is tried only when the smaller one misses the
+  goal. The report states the samples actually steered (``n``), ``n_planned`` and ``stopped_early``.
 * elsewhere: the patching effect measure toward the value's mean image,
   ``(d(x, x̄_to) − d(x_steered, x̄_to)) / d(x, x̄_to)``, averaged over samples (``score``).
 
@@ -34,6 +39,27 @@ EDIT_SITES = ("blocks.0.resid_in.txt", "text.tokens", "blocks.0.resid_out.txt")
 EDIT_ALPHA = 1.0  # token-wise class means keep their natural scale: alpha 1 moves a sample onto the class mean
 MEAN_ALPHA = 4.0  # token-mean class means need a push (benchmarks/bench_steering.py)
 CFG = "cond"  # the directions come from captions: steer only the conditional half of a CFG batch
+GOAL = 0.9  # issue 15's goal for an edit: success and every kept attribute at least 0.9
+CHUNK = 4  # samples steered between two early-stopping checks
+CONFIDENCE = 0.95  # of the one-sided upper bound the early stop compares with GOAL
+
+
+def upper_bound(k: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper–Pearson upper confidence bound of a proportion of ``k`` hits in ``n`` trials.
+
+    Example: ``upper_bound(0, 4)`` → 0.527 (no hit in 4 cannot support a 90 % rate).
+    """
+    if n <= 0 or k >= n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(confidence, k + 1, n - k))
+
+
+def meets_goal(report: Mapping[str, Any], goal: float = GOAL) -> bool:
+    """Whether an oracle report edits with success and every kept fraction at least ``goal``."""
+    kept = report.get("kept") or {}
+    return report.get("success") is not None and report["success"] >= goal and min(kept.values(), default=1.0) >= goal
 
 
 def is_shapes_world(labels: Mapping[str, Sequence[Any]]) -> bool:
@@ -105,13 +131,16 @@ def validate_direction(
     num_inference_steps: int | None = None,
     batch_size: int = 16,
     seed: int = 0,
+    early_stop: bool = True,
 ) -> dict[str, Any]:
-    """Steer ``n`` of the run's samples whose ``attribute`` is not ``to`` along ``direction`` and measure the edit.
+    """Steer up to ``n`` of the run's samples whose ``attribute`` is not ``to`` along ``direction`` and measure the edit.
 
-    Returns ``{"measure": "oracle" | "pixel_effect", "score", "success", "kept", "n", "alpha", "cfg", ...}``
-    (see the module docstring). ``alpha`` None tries 1 and 2 for token-wise directions (4 otherwise) and
-    reports the best. A token-wise direction is checked on samples with its token layout (canonical captions
-    in the shapes world): it adds one row per token position, so it only fits prompts laid out like that.
+    Returns ``{"measure": "oracle" | "pixel_effect", "score", "success", "kept", "n", "n_planned",
+    "stopped_early", "alpha", "alphas_tried", "steered_images", "cfg", ...}`` (see the module docstring). ``alpha`` None tries
+    1 and 2 for token-wise directions (4 otherwise) and reports the best (with ``early_stop``, 2 only if 1
+    misses the goal). A token-wise direction is checked on samples with its token layout (canonical
+    captions in the shapes world): it adds one row per token position, so it only fits prompts laid out
+    like that. ``early_stop=False`` steers all ``n`` samples at every alpha.
     """
     from latentlens.analysis.patching import generate_images, patch_effect
     from latentlens.interventions import steer
@@ -131,7 +160,8 @@ def validate_direction(
     pool = np.flatnonzero(eligible)
     if len(pool) == 0:
         raise ConfigError(f"No sample has {attribute} other than {to!r}{layout}; there is nothing to edit toward it.")
-    chosen = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+    # in random order: an early stop after the first chunks judges a random subset, whatever the run's order
+    chosen = rng.choice(pool, size=min(n, len(pool)), replace=False)
     kwargs = {} if num_inference_steps is None else {"num_inference_steps": int(num_inference_steps)}
 
     def run(idx: np.ndarray, steered: bool, alpha: float = 0.0) -> np.ndarray:
@@ -147,55 +177,101 @@ def validate_direction(
         return np.concatenate(images)
 
     common: dict[str, Any] = {
-        "n": len(chosen),
+        "n_planned": len(chosen),
         "cfg": cfg,
         "attribute": attribute,
         "to": str(to),
         "num_inference_steps": num_inference_steps,
-        "alphas_tried": alphas,
         "samples": f"run samples whose {attribute} is not {to}{layout}",
     }
     # outside the shapes world: (the unsteered images, the mean image of samples that have ``to``)
+    shapes_world = is_shapes_world(labels)
     pixel: tuple[np.ndarray, np.ndarray] | None = None
-    if not is_shapes_world(labels):
+    if not shapes_world:
         targets = np.flatnonzero(values == str(to))
         reference = run(
             np.sort(rng.choice(targets, size=min(n, len(targets)), replace=False)),
             False,
         ).mean(axis=0)
         pixel = (run(chosen, False), reference)
-    reports: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    tried: list[float] = []
+    steered_images = 0
     for a in alphas:
-        steered = run(chosen, True, a)
-        report = {**common, "alpha": float(a)}
-        if pixel is None:
-            from latentlens import shapes
-
-            read = shapes.read_batch((np.clip(steered, 0, 1) * 255).round().astype(np.uint8))
-            success = float(np.mean([getattr(r, attribute) == str(to) for r in read]))
-            kept = {
-                k: float(np.mean([getattr(r, k) == str(labels[k][i]) for r, i in zip(read, chosen)]))
-                for k in shapes.ATTRIBUTES
-                if k != attribute
+        tried.append(float(a))
+        if shapes_world:
+            report = {
+                **common,
+                "alpha": float(a),
+                **_oracle_check(run, chosen, labels, attribute, str(to), a, early_stop),
             }
-            report.update(
-                measure="oracle",
-                success=success,
-                kept=kept,
-                score=success * min(kept.values()),
-            )
         else:
+            assert pixel is not None  # set above whenever the labels are not the shapes world's
             base, reference = pixel
+            steered = run(chosen, True, a)
             effect = patch_effect(base, np.broadcast_to(reference, base.shape), steered)
-            report.update(
-                measure="pixel_effect",
-                success=None,
-                kept=None,
-                score=float(np.mean(effect)),
-                effect=float(np.mean(effect)),
-            )
-        reports.append(report)
-    return max(reports, key=lambda r: r["score"])  # the first of the best (alphas is never empty)
+            report = {
+                **common,
+                "alpha": float(a),
+                "n": len(chosen),
+                "stopped_early": False,
+                "measure": "pixel_effect",
+                "success": None,
+                "kept": None,
+                "score": float(np.mean(effect)),
+                "effect": float(np.mean(effect)),
+            }
+        steered_images += int(report["n"])
+        if best is None or report["score"] > best["score"]:
+            best = report
+        if early_stop and shapes_world and meets_goal(report):
+            break  # the goal is met: a larger alpha is not needed
+    assert best is not None
+    best["alphas_tried"] = tried
+    best["steered_images"] = steered_images  # over every alpha tried
+    return best
+
+
+def _oracle_check(
+    run: Any,
+    chosen: np.ndarray,
+    labels: Mapping[str, Sequence[Any]],
+    attribute: str,
+    to: str,
+    alpha: float,
+    early_stop: bool,
+) -> dict[str, Any]:
+    """Steer ``chosen`` (``CHUNK`` at a time with ``early_stop``) and read the images with the oracle."""
+    from latentlens import shapes
+
+    others = [k for k in shapes.ATTRIBUTES if k != attribute]
+    success: list[bool] = []
+    kept: dict[str, list[bool]] = {k: [] for k in others}
+    step = CHUNK if early_stop else len(chosen)
+    stopped = False
+    for start in range(0, len(chosen), step):
+        part = chosen[start : start + step]
+        steered = run(part, True, alpha)
+        read = shapes.read_batch((np.clip(steered, 0, 1) * 255).round().astype(np.uint8))
+        success += [getattr(r, attribute) == to for r in read]
+        for k in others:
+            kept[k] += [getattr(r, k) == str(labels[k][i]) for r, i in zip(read, part)]
+        done = len(success)
+        if early_stop and done < len(chosen):
+            bounds = [upper_bound(sum(success), done)] + [upper_bound(sum(v), done) for v in kept.values()]
+            if min(bounds) < GOAL:
+                stopped = True
+                break
+    rate = float(np.mean(success))
+    kept_rate = {k: float(np.mean(v)) for k, v in kept.items()}
+    return {
+        "n": len(success),
+        "stopped_early": stopped,
+        "measure": "oracle",
+        "success": rate,
+        "kept": kept_rate,
+        "score": rate * min(kept_rate.values()),
+    }
 
 
 def rank_key(meta: dict[str, Any]) -> tuple[int, float]:
@@ -206,9 +282,13 @@ def rank_key(meta: dict[str, Any]) -> tuple[int, float]:
 
 
 __all__ = [
+    "CHUNK",
+    "GOAL",
     "canonical_mask",
     "edit_directions",
     "is_shapes_world",
+    "meets_goal",
     "rank_key",
+    "upper_bound",
     "validate_direction",
 ]

@@ -239,3 +239,56 @@ def test_causal_page_shows_patching_beside_probes_and_a_cell_opens_its_images(da
     time.sleep(0.3)
     _no_console_errors(dash_duo, "/causal")
     save_screenshot(dash_duo.driver, "dashboard-causal")
+
+
+def test_attention_concept_box_maps_typed_words_for_the_selected_block_and_step(dash_duo, app, root):
+    from dashboards import config
+
+    from latentlens.shapes.oracle import object_mask
+
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/attention")
+    dash_duo.wait_for_element("#attention-strip img", timeout=20)
+    # sample 0 is "black background, small blue square on the right"; "circle" is not in its prompt
+    box = dash_duo.find_element("#attention-concepts")
+    box.send_keys("square, circle, background")
+    dash_duo.find_element("#attention-concept-run").click()
+    dash_duo.wait_for_element("#attention-concept-strip img", timeout=90)
+    captions = [c.text for c in dash_duo.driver.find_elements("css selector", "#attention-concept-strip figcaption")]
+    assert [c.split(" · ")[0] for c in captions] == ["square", "circle", "background"]
+    dash_duo.wait_for_contains_text("#attention-concept-status", "attention weights · block 0, step 7", timeout=10)
+    # the maps the page shows: every joint block at every step, a distribution over the typed concepts
+    (saved,) = Path(config.setting("result_dir")).glob("concepts-*.npz")
+    with np.load(saved) as data:
+        weights, output, image = data["weights"], data["output"], data["image"]
+    import json
+
+    config_ = json.loads((root / "shapes" / "manifest.json").read_text())["model"]["transformer_config"]
+    blocks, patch = config_["num_layers"], config_["patch_size"]  # whichever toy weights are installed
+    rows, cols = image.shape[0] // patch, image.shape[1] // patch
+    assert weights.shape == output.shape == (toy_run.STEPS, blocks, rows * cols, 3)  # [step, block, token, concept]
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(output.sum(-1), 1.0, atol=1e-5)
+    # the sample was generated again from its prompt and seed: the run's own image
+    from PIL import Image
+
+    recorded = np.asarray(Image.open(root / "shapes" / "images" / "0000.png").convert("RGB"))
+    assert np.abs(recorded.astype(int) - image.astype(int)).max() <= 2
+    # the "square" map points at the square: more weight on its patches than elsewhere (later blocks, all steps)
+    inside = object_mask(image).reshape(rows, patch, cols, patch).mean(axis=(1, 3)).reshape(-1) >= 0.5
+    square = weights[:, blocks // 2 :, :, 0].mean(axis=(0, 1))
+    assert inside.any() and square[inside].mean() > square[~inside].mean()
+    # the block/step controls and the aggregates apply to the concept maps too
+    dash_duo.find_element("#attention-aggregate input[value='blocks']").click()
+    dash_duo.wait_for_contains_text("#attention-concept-status", "mean over blocks, step 7", timeout=20)
+    dash_duo.find_element("#attention-concept-kind input[value='output']").click()
+    dash_duo.wait_for_contains_text("#attention-concept-status", "output space · mean over blocks", timeout=20)
+    time.sleep(0.3)
+    _no_console_errors(dash_duo, "/attention (concepts)")
+    dash_duo.driver.execute_script("document.getElementById('attention-concept-strip').scrollIntoView(false)")
+    save_screenshot(dash_duo.driver, "dashboard-attention-concepts")
+    # bad input is a message, not a job
+    box.clear()
+    box.send_keys(", ".join(f"w{k}" for k in range(9)))
+    dash_duo.find_element("#attention-concept-run").click()
+    dash_duo.wait_for_contains_text("#attention-concept-status", "at most 8 are mapped at once", timeout=30)

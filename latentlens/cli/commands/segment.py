@@ -2,9 +2,11 @@
 
 Writes ``OUT/image.png`` and ``OUT/masks/{concept}.png`` (white = the concept), both at the image's
 resolution. Default pooling: the mean over the later half of the joint blocks and every denoising
-step (``--blocks`` / ``--steps`` choose others; ``--blocks all``: every block); default rule ``otsu``: a concept's mask is where its
-pooled map (weights normalised over the concepts) exceeds that map's Otsu threshold
-(``--rule argmax``: each pixel goes to the concept with the largest map).
+step (``--blocks`` / ``--steps`` choose others; ``--blocks all``: every block). Default rule
+``refine``: each concept's Otsu mask of its pooled map seeds a 2-means clustering of the image tokens'
+features at ``--feature-block`` (default: the block a third of the way through) at the last step, cut
+at half coverage; ``--rule half``/``otsu``/``argmax`` use the maps alone (see
+``latentlens.analysis.segment``).
 
 Example::
 
@@ -46,9 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", default=None, help="Recorded steps to pool, e.g. 0,1,2 (default: all).")
     parser.add_argument(
         "--rule",
-        choices=("otsu", "argmax"),
-        default="otsu",
-        help="otsu (default): each concept's map above its Otsu threshold; argmax: the largest map wins.",
+        choices=("refine", "half", "otsu", "argmax"),
+        default="refine",
+        help="refine (default): Otsu masks refined by clustering the image tokens' features, cut at half "
+        "coverage; half: each map above the midpoint of its median and maximum; otsu: each map above its "
+        "Otsu threshold; argmax: the largest map wins.",
+    )
+    parser.add_argument(
+        "--feature-block",
+        type=int,
+        default=None,
+        help="--rule refine: the block whose image-stream features are clustered (default: a third of the way).",
     )
     parser.add_argument("--num-steps", type=int, default=None, help="Denoising steps (default: the model's).")
     parser.add_argument("--out", required=True, help="Output folder (created if missing).")
@@ -81,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names) or any(n == ".png" for n in names):
         raise ConfigError(f"--concepts {args.concepts!r} give clashing or empty mask file names; use plain words.")
     blocks, steps = _ints(args.blocks, "--blocks"), _ints(args.steps, "--steps")
+    if args.feature_block is not None and args.rule != "refine":
+        raise ConfigError(f"--feature-block is used only by --rule refine, not --rule {args.rule}.")
     if args.num_steps is not None and args.num_steps < 1:
         raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}.")
     out = Path(args.out)
@@ -96,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         steps=steps,
         num_inference_steps=args.num_steps,
         rule=args.rule,
+        feature_block=args.feature_block,
     )
     Image.fromarray(result.image).save(out / "image.png")
     (out / "masks").mkdir(exist_ok=True)
@@ -113,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 "blocks": result.blocks,
                 "steps": result.steps,
                 "rule": args.rule,
+                "feature_block": result.feature_block,
                 "size": list(result.image.shape[:2]),
                 "area": {c: float(result.masks[c].mean()) for c in concepts},
             }
