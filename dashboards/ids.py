@@ -59,6 +59,7 @@ ATT_PROMPT = "attention-prompt"
 DIR_TABLE = "directions-table"
 DIR_SELECT = "directions-select"
 DIR_COSINE = "directions-cosine"
+DIR_COSINE_SITE = "directions-cosine-site"  # which (site, stream[, token-wise]) group the cosine matrix compares
 DIR_HIST = "directions-hist"
 DIR_SEND = "directions-send"
 DIR_MESSAGE = "directions-message"

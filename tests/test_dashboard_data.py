@@ -191,6 +191,50 @@ def test_direction_that_does_not_fit_gets_a_clear_message(app, root):
     clear_caches()
 
 
+def test_cosine_matrix_compares_directions_of_one_site_stream_and_shape(app, root):
+    """Never one matrix of everything: a group per site (its stream) and shape, each computed by
+    ``latentlens.cosine_matrix``; a misfit width or token-wise rows get groups of their own."""
+    import torch
+
+    from latentlens import Direction, cosine_matrix
+    from dashboards.app import page_module
+    from dashboards.data import clear_caches, directions as loaded_directions
+    from dashboards import config
+
+    folder = root / "good" / "analysis" / "directions"
+    blue = page_module("directions").results(config.index(), "good").load_direction("color/blue")
+    Direction(torch.ones(7), site=blue.site, steps=[2], provenance={"method": "test"}).save(folder / "misfit")
+    Direction(blue.vector.repeat(3, 1), site=blue.site, steps=blue.steps, provenance={}).save(folder / "rows")
+    clear_caches()
+    try:
+        page = page_module("directions")
+        loaded, problems = loaded_directions(config.index(), "good")
+        assert not problems
+        groups = page.cosine_groups(loaded)
+        assert groups[f"{blue.site} · token-wise ×3"] == ["rows"]
+        assert groups[f"{blue.site} · width 7"] == ["misfit"]
+        wide = groups[f"{blue.site} · width {blue.dim}"]
+        assert "color/blue" in wide and all(loaded[n].site == blue.site for n in wide)
+        options = page._list({"run": "good"})[3]
+        assert [o["value"] for o in options] == list(groups)
+        assert all(" stream · " in o["label"] for o in options)  # every group names its stream
+        for key, names in groups.items():
+            figure, note = page._cosine(key, {"run": "good"})
+            assert figure["data"][0]["x"] == names and key in figure["layout"]["title"]["text"]
+            expected = cosine_matrix({n: loaded[n] for n in names})[1]
+            np.testing.assert_allclose(np.array(figure["data"][0]["z"], dtype=float), expected, atol=1e-3)
+            assert figure["layout"]["yaxis"]["tickvals"] == names  # every row labelled
+            assert figure["layout"]["height"] >= page.ROW_PX * len(names)
+        assert page._follow("rows", {"run": "good"}) == f"{blue.site} · token-wise ×3"
+        _, note = page._cosine("blocks.9.nowhere", {"run": "good"})
+        assert "no direction group 'blocks.9.nowhere'" in _text(note)
+    finally:
+        for name in ("misfit", "rows"):
+            for suffix in (".json", ".safetensors"):
+                (folder / (name + suffix)).unlink()
+        clear_caches()
+
+
 def test_attention_page_reads_maps_and_aggregates(app):
     from dashboards.app import page_module
 

@@ -1,0 +1,124 @@
+"""Controls a user reads and drives, in real headless Chromium on the toy run (``toy_run.py``):
+the cosine matrix per site and stream with every label readable, the attention page's step box,
+and long jobs that disable their control while they run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from dashboards import ids
+from tests.browser import toy_run
+from tests.browser.conftest import save_screenshot
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+@pytest.fixture()
+def app(toy_root: Path):
+    from dashboards.app import create_app
+    from dashboards.data import clear_caches
+
+    clear_caches()
+    return create_app(toy_root, edit_steps=toy_run.STEPS, cache_dir=toy_root.parent / "cache")
+
+
+def _no_console_errors(dash_duo, where: str) -> None:
+    logs = [entry for entry in dash_duo.get_logs() if "favicon" not in entry.get("message", "")]
+    assert logs == [], f"console errors on {where}: {logs}"
+
+
+def _wait_until(check, what: str, timeout: float = 20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# The matrix as drawn: its rows, the tick labels plotly kept, their boxes and the plot's box.
+MATRIX = """
+const gd = document.querySelector('#directions-cosine .js-plotly-plot');
+if (!(gd && gd._fullData && gd._fullData.length && gd._fullData[0].type === 'heatmap')) return null;
+const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+const ticks = axis => Array.from(gd.querySelectorAll('.' + axis + 'tick text'))
+    .filter(t => t.getAttribute('visibility') !== 'hidden' && t.textContent);
+return {names: Array.from(gd._fullData[0].y), title: gd._fullLayout.title.text,
+        y: ticks('y').map(t => t.textContent), x: ticks('x').map(t => t.textContent),
+        ybox: ticks('y').map(box), xbox: ticks('x').map(box), page: box(gd)};
+"""
+
+
+def _readable(drawn: dict) -> None:
+    """Every row and column is labelled, no two labels overlap and none is cut off."""
+    assert drawn["y"] == drawn["names"] and drawn["x"] == drawn["names"], drawn
+    left, top, right, bottom = drawn["page"]
+    for boxes in (drawn["ybox"], drawn["xbox"]):
+        for x0, y0, x1, y1 in boxes:
+            assert left - 0.5 <= x0 and x1 <= right + 0.5 and top - 0.5 <= y0 and y1 <= bottom + 0.5, (boxes, drawn["page"])
+    rows = sorted(drawn["ybox"], key=lambda b: b[1])
+    for above, below in zip(rows, rows[1:]):
+        assert above[3] <= below[1] + 0.5, f"y labels overlap: {above} {below}"
+    columns = sorted(drawn["xbox"], key=lambda b: b[0])  # rotated labels: their anchors step right
+    for first, second in zip(columns, columns[1:]):
+        assert second[2] - first[2] >= 10, f"x labels crowd each other: {first} {second}"
+
+
+def test_cosine_matrix_compares_one_site_and_stream_and_labels_every_row(dash_duo, app, toy_root):
+    import latentlens
+
+    res = latentlens.load_results(toy_root / "shapes")
+    by_group: dict[str, list[str]] = {}
+    for name in res.direction_names:
+        d = res.load_direction(name)
+        key = d.site if d.token_rows is None else f"{d.site} · token-wise ×{d.token_rows}"
+        by_group.setdefault(key, []).append(name)
+    assert len(by_group) > 2  # the toy run's directions live at several sites and both streams
+
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/directions")
+    dash_duo.wait_for_element("#directions-cosine .heatmaplayer", timeout=30)
+    # opens at the group of the chosen (first) direction
+    first = res.direction_names[0]
+    group = next(k for k, names in by_group.items() if first in names)
+    drawn = _wait_until(lambda: dash_duo.driver.execute_script(MATRIX), "the cosine matrix")
+    assert drawn["names"] == by_group[group] and group in drawn["title"], drawn
+    _readable(drawn)
+
+    # the largest group: every label still readable
+    biggest = max(by_group, key=lambda k: len(by_group[k]))
+    assert len(by_group[biggest]) >= 12
+    label = _choose(dash_duo, f"#{ids.DIR_COSINE_SITE}", biggest)
+    drawn = _wait_until(
+        lambda: (d := dash_duo.driver.execute_script(MATRIX)) and d["names"] == by_group[biggest] and d,
+        f"the matrix of {biggest}",
+    )
+    stream = "text stream" if biggest.split(" ")[0].endswith(".txt") else "image stream"
+    assert biggest in drawn["title"] and stream in drawn["title"] and stream in label
+    _readable(drawn)
+    diagonal = dash_duo.driver.execute_script(
+        "const z = document.querySelector('#directions-cosine .js-plotly-plot')._fullData[0].z;"
+        "return z.map((row, i) => row[i]);"
+    )
+    assert all(abs(v - 1) < 1e-3 for v in diagonal)
+    _no_console_errors(dash_duo, "/directions cosine")
+    dash_duo.driver.execute_script("document.querySelector('#directions-cosine').scrollIntoView();")
+    save_screenshot(dash_duo.driver, "dashboard-directions-cosine", docs=False)
+
+
+def _choose(dash_duo, selector: str, search: str) -> str:
+    """Open a dcc.Dropdown, type ``search`` in its search box and click the first option left; its label."""
+    dash_duo.find_element(selector).click()
+    box = dash_duo.wait_for_element(".dash-dropdown-search", timeout=10)
+    box.send_keys(search)
+    option = _wait_until(
+        lambda: next((o for o in dash_duo.find_elements(".dash-dropdown-option") if search in o.text), None),
+        f"an option with {search!r}",
+    )
+    label = option.text
+    option.click()
+    return label
