@@ -49,6 +49,7 @@ ATT_SAMPLE = "attention-sample"
 ATT_TOKEN = "attention-token"
 ATT_BLOCK = "attention-block"
 ATT_STEP = "attention-step"
+ATT_STEP_BOX = "attention-step-box"  # number box beside the step slider (kept in sync with it)
 ATT_AGGREGATE = "attention-aggregate"
 ATT_FIGURE = "attention-figure"
 ATT_STRIP = "attention-strip"

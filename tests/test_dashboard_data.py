@@ -254,6 +254,37 @@ def test_attention_page_reads_maps_and_aggregates(app):
     assert "has no attention maps" in _text(none[-1]) and "--attention" in _text(none[-1])
 
 
+def test_attention_step_box_is_bounded_to_the_recorded_steps_and_kept_in_sync(app):
+    """The step's number box: its bounds are the recorded steps, a typed step moves the slider (to the
+    nearest recorded step), the slider fills the box; posted through the server like a browser would."""
+    from dashboards.app import page_module
+    from tests.dash_requests import post_callback
+
+    controls = page_module("attention")._controls({"run": "good"}, {})
+    step_min, step_max, step_marks, step_value = controls[3:7]
+    box_min, box_max, box_value = controls[9:12]
+    assert (box_min, box_max, box_value) == (step_min, step_max, step_value)
+    steps = sorted(step_marks)
+    state = {"app-state.data": {"run": "good"}}
+
+    def typed(value):
+        return post_callback(app, "attention-step.value", {"attention-step-box.value": value, "attention-step.value": steps[0]},
+                             state=state, changed=["attention-step-box.value"])
+
+    status, body = typed(steps[-1])
+    assert status == 200 and body["response"]["attention-step"]["value"] == steps[-1]
+    assert "attention-step-box" not in body["response"]  # already the box's value
+    # (a step between recorded ones goes to the nearest: tests/browser/test_controls_browser.py, sparse steps)
+    for bad, says in ((steps[-1] + 1, f"between {steps[0]} and {steps[-1]}"), (-3, "between"), (1.5, "whole number"),
+                      ("7; drop", "whole number"), (None, "Type a denoising step")):
+        status, body = typed(bad)
+        assert status == 200 and set(body["response"]) == {"attention-message"}, (bad, body)  # nothing moves
+        assert says in str(body["response"]["attention-message"]), (bad, body)
+    status, body = post_callback(app, "attention-step.value", {"attention-step-box.value": 0, "attention-step.value": steps[1]},
+                                 state=state, changed=["attention-step.value"])
+    assert body["response"] == {"attention-step-box": {"value": steps[1]}}  # the slider fills the box
+
+
 def test_results_reader_reads_what_analysis_wrote(root):
     from latentlens.errors import StoreError
     from latentlens.results import load_results

@@ -1,4 +1,5 @@
-"""``/attention``: image→text attention per token over the generated image; block/step sliders, means."""
+"""``/attention``: image→text attention per token over the generated image; block/step sliders (the step
+also as a number box), means."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dashboards.data import (
     recorded_steps,
     token_labels,
 )
+from dashboards.limits import bounded_int
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
@@ -74,7 +76,26 @@ def layout(**_query: Any) -> html.Div:
                         className="ll-control ll-wide",
                     ),
                     html.Div(
-                        [html.Label("step"), dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=None, value=0)],
+                        [
+                            html.Label("step", htmlFor=ids.ATT_STEP_BOX),
+                            html.Div(
+                                [
+                                    html.Div(dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=None, value=0)),
+                                    dcc.Input(
+                                        id=ids.ATT_STEP_BOX,
+                                        type="number",
+                                        min=0,
+                                        max=1,
+                                        step=1,
+                                        value=0,
+                                        debounce=True,
+                                        className="ll-number",
+                                    ),
+                                ],
+                                className="ll-slider-box",
+                                title="a recorded denoising step (others go to the nearest recorded one)",
+                            ),
+                        ],
                         className="ll-control ll-wide",
                     ),
                 ],
@@ -99,15 +120,18 @@ def layout(**_query: Any) -> html.Div:
     Output(ids.ATT_STEP, "value"),
     Output(ids.ATT_SAMPLE, "value"),
     Output(ids.ATT_SAMPLE, "max"),
+    Output(ids.ATT_STEP_BOX, "min"),
+    Output(ids.ATT_STEP_BOX, "max"),
+    Output(ids.ATT_STEP_BOX, "value"),
     Output(ids.ATT_MESSAGE, "children"),
     Input(ids.STATE, "data"),
     State(ids.SAMPLE, "data"),
 )
-@guarded(10, 9)
+@guarded(13, 12)
 def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     run_id = state_get(state, "run")
     if not run_id:
-        return 1, {}, 0, 0, 1, {}, 0, 0, 0, message("Choose a run in the picker at the top.", "info")
+        return 1, {}, 0, 0, 1, {}, 0, 0, 0, 0, 1, 0, message("Choose a run in the picker at the top.", "info")
     run = open_run(config.index(), run_id)
     sites = attention_sites(run)
     if not sites:
@@ -123,7 +147,60 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     marks = {i: str(b) for i, b in enumerate(blocks)}
     steps = recorded_steps(run, n_steps)  # the slider's values are denoising steps (only the recorded ones)
     step_marks = {s: str(s) for s in steps}
-    return len(blocks) - 1, marks, 0, steps[0], steps[-1], step_marks, steps[-1], sample, first.shape[0] - 1, None
+    last = first.shape[0] - 1
+    return (
+        len(blocks) - 1,
+        marks,
+        0,
+        steps[0],
+        steps[-1],
+        step_marks,
+        steps[-1],
+        sample,
+        last,
+        steps[0],
+        steps[-1],
+        steps[-1],
+        None,
+    )
+
+
+@callback(
+    Output(ids.ATT_STEP, "value", allow_duplicate=True),
+    Output(ids.ATT_STEP_BOX, "value", allow_duplicate=True),
+    Output(ids.ATT_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.ATT_STEP, "value"),
+    Input(ids.ATT_STEP_BOX, "value"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
+@guarded(3, 2)
+def _sync_step(slider: Any, box: Any, state: Any) -> tuple[Any, Any, Any]:
+    """The step slider and its number box show one step: a typed step moves the slider (to the
+    nearest recorded step, which the box then shows), a moved slider fills the box."""
+    if dash.ctx.triggered_id != ids.ATT_STEP_BOX:
+        return no_update, slider, no_update
+    run_id = state_get(state, "run")
+    if not run_id:
+        raise dash.exceptions.PreventUpdate
+    steps = _recorded(run_id)
+    if box is None or box == "":  # the browser sends no number for an empty box or one outside min..max
+        raise DashboardError(
+            f"Type a denoising step between {steps[0]} and {steps[-1]}; the recorded ones are "
+            f"{', '.join(map(str, steps))}."
+        )
+    typed = bounded_int(box, "The step", steps[0], steps[-1])
+    nearest = min(steps, key=lambda s: (abs(s - typed), s))
+    return nearest, nearest if nearest != typed else no_update, None
+
+
+def _recorded(run_id: str) -> list[int]:
+    """The recorded denoising steps of the run's attention maps."""
+    run = open_run(config.index(), run_id)
+    sites = attention_sites(run)
+    if not sites:
+        raise DashboardError(f"The run {run_id!r} has no attention maps.")
+    return recorded_steps(run, run[next(iter(sites.values()))].shape[1])
 
 
 def _grid(values: np.ndarray) -> np.ndarray:

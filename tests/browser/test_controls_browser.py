@@ -59,7 +59,10 @@ def _readable(drawn: dict) -> None:
     left, top, right, bottom = drawn["page"]
     for boxes in (drawn["ybox"], drawn["xbox"]):
         for x0, y0, x1, y1 in boxes:
-            assert left - 0.5 <= x0 and x1 <= right + 0.5 and top - 0.5 <= y0 and y1 <= bottom + 0.5, (boxes, drawn["page"])
+            assert left - 0.5 <= x0 and x1 <= right + 0.5 and top - 0.5 <= y0 and y1 <= bottom + 0.5, (
+                boxes,
+                drawn["page"],
+            )
     rows = sorted(drawn["ybox"], key=lambda b: b[1])
     for above, below in zip(rows, rows[1:]):
         assert above[3] <= below[1] + 0.5, f"y labels overlap: {above} {below}"
@@ -122,3 +125,78 @@ def _choose(dash_duo, selector: str, search: str) -> str:
     label = option.text
     option.click()
     return label
+
+
+def _step_state(dash_duo) -> dict:
+    return dash_duo.driver.execute_script(
+        """
+        const box = document.querySelector('#attention-step-box');
+        const handle = document.querySelector('#attention-step [role="slider"]');
+        const title = document.querySelector('#attention-figure .gtitle');
+        return {box: box && box.value, min: box && box.min, max: box && box.max,
+                slider: handle && handle.getAttribute('aria-valuenow'), title: title && title.textContent};
+        """
+    )
+
+
+def _type_step(dash_duo, value: str) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    box = dash_duo.find_element(f"#{ids.ATT_STEP_BOX}")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.BACKSPACE)
+    box.send_keys(value + "\n")
+
+
+def test_attention_step_box_is_bounded_to_the_recorded_steps_and_follows_the_slider(dash_duo, app):
+    first, last = toy_run.RECORDED[0], toy_run.RECORDED[-1]
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/attention")
+    dash_duo.wait_for_element("#attention-strip img", timeout=30)
+    state = _wait_until(lambda: (s := _step_state(dash_duo)) and s["title"] and s, "the attention figure")
+    assert (state["min"], state["max"], state["box"], state["slider"]) == (str(first), str(last), str(last), str(last))
+    assert f"step {last}" in state["title"]
+
+    # a recorded step typed in the box moves the slider and the figure
+    _type_step(dash_duo, str(toy_run.RECORDED[1]))
+    state = _wait_until(
+        lambda: (
+            (s := _step_state(dash_duo))
+            and s["slider"] == str(toy_run.RECORDED[1])
+            and s["title"]
+            and f"step {toy_run.RECORDED[1]}" in s["title"]
+            and s
+        ),
+        "the slider to follow the box",
+    )
+    assert state["box"] == str(toy_run.RECORDED[1])
+    # a step that was not recorded goes to the nearest recorded one, and the box says so
+    between = toy_run.RECORDED[2] - 1  # 4: nearer to 5 than to 2
+    _type_step(dash_duo, str(between))
+    _wait_until(
+        lambda: (
+            (s := _step_state(dash_duo))
+            and s["slider"] == s["box"] == str(toy_run.RECORDED[2])
+            and f"step {toy_run.RECORDED[2]}" in (s["title"] or "")
+        ),
+        "the nearest recorded step",
+    )
+    # outside the recorded range: a message, nothing moves
+    _type_step(dash_duo, str(last + 50))
+    dash_duo.wait_for_contains_text(f"#{ids.ATT_MESSAGE}", f"between {first} and {last}", timeout=20)
+    assert _step_state(dash_duo)["slider"] == str(toy_run.RECORDED[2])
+    # the slider fills the box: press Home on the slider handle (its first step)
+    from selenium.webdriver.common.keys import Keys
+
+    dash_duo.find_element('#attention-step [role="slider"]').send_keys(Keys.HOME)
+    _wait_until(
+        lambda: (
+            (s := _step_state(dash_duo))
+            and s["slider"] == s["box"] == str(first)
+            and f"step {first}" in (s["title"] or "")
+        ),
+        "the box to follow the slider",
+    )
+    assert dash_duo.find_element(f"#{ids.ATT_MESSAGE}").text == ""  # the figure redrawn clears the message
+    _no_console_errors(dash_duo, "/attention step box")
+    save_screenshot(dash_duo.driver, "dashboard-attention-step-box", docs=False)
