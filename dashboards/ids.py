@@ -79,6 +79,7 @@ ED_SWEEP = "editor-sweep"
 ED_STEPS = "editor-steps"
 ED_RUN = "editor-run"
 ED_CANCEL = "editor-cancel"
+ED_BUSY_POLL = "editor-busy-poll"  # dcc.Interval, on only while the server is at its job cap
 ED_PROGRESS = "editor-progress"
 ED_STATUS = "editor-status"
 ED_RESULT = "editor-result"

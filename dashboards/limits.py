@@ -11,6 +11,7 @@ Example::
     steps = bounded_int(value, "steps", 1, 100)   # DashboardError outside 1..100
     with JobSlots(folder, 2).take() as slot:      # None when every slot is busy
         ...
+    JobSlots(folder, 2).free()                    # 0 while both are taken
 """
 
 from __future__ import annotations
@@ -99,6 +100,25 @@ class JobSlots:
                 os.close(fd)
             return
         yield None
+
+    def free(self) -> int:
+        """How many slots are free now (taken and released at once; a hint, not a reservation)."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        free = 0
+        for slot in range(self.count):
+            fd = os.open(self.folder / f"slot-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                free += 1
+            finally:
+                os.close(fd)
+        return free
 
 
 __all__ = [

@@ -93,6 +93,36 @@ def test_editor_jobs_are_capped_with_a_busy_answer(app):
         assert again == 0  # released when the jobs ended
 
 
+def test_a_busy_answer_keeps_the_run_button_disabled_until_a_slot_is_free(app):
+    """The busy state is a disabled control, not only a message: posted through the server."""
+    from dashboards import config
+    from dashboards.limits import MAX_EDIT_JOBS, JobSlots
+    from dashboards.pages.editor import BUSY_LABEL, RUN_LABEL
+    from tests.dash_requests import post_callback
+
+    slots = JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS)
+    assert slots.free() == MAX_EDIT_JOBS
+
+    def busy(result=None, ticks=None, changed="editor-result-store.data"):
+        return post_callback(app, "editor-run.disabled", {"editor-result-store.data": result,
+                                                          "editor-busy-poll.n_intervals": ticks}, changed=[changed])
+
+    with slots.take() as first, slots.take() as second:
+        assert slots.free() == 0
+        answer = _edit(app)
+        status, body = busy(answer)
+        assert status == 200 and body["response"]["editor-run"] == {"disabled": True, "children": BUSY_LABEL}
+        assert body["response"]["editor-busy-poll"] == {"disabled": False}  # the page starts asking
+        status, _ = busy(answer, 3, "editor-busy-poll.n_intervals")
+        assert status == 204  # still busy: nothing changes
+    assert slots.free() == MAX_EDIT_JOBS
+    status, body = busy(answer, 4, "editor-busy-poll.n_intervals")
+    assert body["response"]["editor-run"] == {"disabled": False, "children": RUN_LABEL}
+    assert body["response"]["editor-busy-poll"] == {"disabled": True} and "slot is free" in str(body["response"])
+    status, _ = busy({"before": "ab" * 8, "after": []})  # a finished edit: the running state already re-enabled it
+    assert status == 204
+
+
 def test_unknown_pages_return_404_and_big_requests_413(app):
     client = app.server.test_client()
     assert client.get("/probes").status_code == 200

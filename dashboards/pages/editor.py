@@ -15,6 +15,10 @@ from dashboards.ui import error_message, guarded, message, state_get
 dash.register_page(__name__, path="/editor", name="Editor", title="latentlens · editor", order=5)
 
 SWEEP_POINTS = 5
+RUN_LABEL = "run"
+RUNNING_LABEL = "running…"  # the run button while its edit runs (disabled)
+BUSY_LABEL = "busy…"  # the run button while the server runs as many edits as it allows (disabled)
+BUSY_POLL_MS = 1000  # how often a busy page asks whether a slot is free again
 
 
 def layout(**_query: Any) -> html.Div:
@@ -145,7 +149,7 @@ def layout(**_query: Any) -> html.Div:
                         ],
                         className="ll-control",
                     ),
-                    html.Button("run", id=ids.ED_RUN, n_clicks=0, className="ll-button"),
+                    html.Button(RUN_LABEL, id=ids.ED_RUN, n_clicks=0, className="ll-button"),
                     html.Button(
                         "cancel", id=ids.ED_CANCEL, n_clicks=0, className="ll-button ll-secondary", disabled=True
                     ),
@@ -159,6 +163,7 @@ def layout(**_query: Any) -> html.Div:
                 ],
                 className="ll-progress",
             ),
+            dcc.Interval(id=ids.ED_BUSY_POLL, interval=BUSY_POLL_MS, disabled=True),
             dcc.Store(id=ids.ED_UPLOAD_STORE, data=None),
             dcc.Store(id=ids.ED_RESULT_STORE, data=None),
             html.Div(id=ids.ED_MESSAGE),
@@ -341,6 +346,33 @@ def _show(result: Any) -> tuple[Any, Any]:
 
 
 @callback(
+    Output(ids.ED_RUN, "disabled", allow_duplicate=True),
+    Output(ids.ED_RUN, "children", allow_duplicate=True),
+    Output(ids.ED_BUSY_POLL, "disabled"),
+    Output(ids.ED_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.ED_RESULT_STORE, "data"),
+    Input(ids.ED_BUSY_POLL, "n_intervals"),
+    prevent_initial_call=True,
+)
+def _busy(result: Any, _ticks: Any) -> tuple[Any, Any, Any, Any]:
+    """The server at its job cap: the run button stays disabled (labelled busy) and the page asks
+    every second whether a slot is free again; then the button comes back."""
+    from dashboards.limits import MAX_EDIT_JOBS, JobSlots
+
+    if dash.ctx.triggered_id == ids.ED_RESULT_STORE:
+        if not (isinstance(result, dict) and result.get("busy")):
+            raise dash.exceptions.PreventUpdate
+        return True, BUSY_LABEL, False, no_update
+    if JobSlots(_slots_folder(), MAX_EDIT_JOBS).free() == 0:
+        raise dash.exceptions.PreventUpdate
+    return False, RUN_LABEL, True, message("An edit slot is free again: run your edit.", "info")
+
+
+def _slots_folder() -> Path:
+    return Path(config.setting("upload_dir")).parent / "job-slots"
+
+
+@callback(
     Output(ids.ED_RESULT_STORE, "data"),
     Input(ids.ED_RUN, "n_clicks"),
     State(ids.STATE, "data"),
@@ -354,8 +386,9 @@ def _show(result: Any) -> tuple[Any, Any]:
     State(ids.ED_SWEEP, "value"),
     State(ids.ED_STEPS, "value"),
     background=True,
-    running=[
+    running=[  # the control that started the edit is disabled until it ends (done, failed or cancelled)
         (Output(ids.ED_RUN, "disabled"), True, False),
+        (Output(ids.ED_RUN, "children"), RUNNING_LABEL, RUN_LABEL),
         (Output(ids.ED_CANCEL, "disabled"), False, True),
     ],
     progress=[Output(ids.ED_PROGRESS, "value"), Output(ids.ED_PROGRESS, "max"), Output(ids.ED_STATUS, "children")],
@@ -425,10 +458,11 @@ def _run(
         def progress(done: int, total: int, text: str) -> None:
             set_progress([str(done), str(max(total, 1)), text])
 
-        with JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS).take() as slot:
+        with JobSlots(_slots_folder(), MAX_EDIT_JOBS).take() as slot:
             if slot is None:
                 return {
-                    "error": f"The editor is busy: {MAX_EDIT_JOBS} edits are running. Try again when one has finished.",
+                    "error": f"The editor is busy: {MAX_EDIT_JOBS} edits are running. The run button comes back "
+                    "when one has finished.",
                     "kind": "warning",
                     "busy": True,
                 }

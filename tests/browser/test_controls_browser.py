@@ -200,3 +200,71 @@ def test_attention_step_box_is_bounded_to_the_recorded_steps_and_follows_the_sli
     assert dash_duo.find_element(f"#{ids.ATT_MESSAGE}").text == ""  # the figure redrawn clears the message
     _no_console_errors(dash_duo, "/attention step box")
     save_screenshot(dash_duo.driver, "dashboard-attention-step-box", docs=False)
+
+
+# Every value the run button's `disabled` attribute and label take, in order (a job may end before a poll sees it).
+WATCH_RUN = """
+const button = document.querySelector('#editor-run');
+window.llRunHistory = [[button.disabled, button.textContent]];
+new MutationObserver(() => {
+    const last = window.llRunHistory[window.llRunHistory.length - 1];
+    const now = [button.disabled, button.textContent];
+    if (now[0] !== last[0] || now[1] !== last[1]) window.llRunHistory.push(now);
+}).observe(button, {attributes: true, childList: true, characterData: true, subtree: true});
+"""
+
+
+def _run_history(dash_duo) -> list:
+    return dash_duo.driver.execute_script("return window.llRunHistory;")
+
+
+def test_a_running_edit_disables_its_run_button_until_it_ends_also_on_error(dash_duo, app):
+    from dashboards.pages.editor import RUN_LABEL, RUNNING_LABEL
+
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/editor")
+    dash_duo.wait_for_element("#editor-source-image", timeout=30)
+    dash_duo.wait_for_contains_text(f"#{ids.ED_DIRECTION}", "/", timeout=20)  # a direction is chosen
+    dash_duo.driver.execute_script(WATCH_RUN)
+    dash_duo.find_element(f"#{ids.ED_RUN}").click()
+    _wait_until(lambda: [True, RUNNING_LABEL] in _run_history(dash_duo), "the run button to be disabled while it runs")
+    assert dash_duo.find_element(f"#{ids.ED_CANCEL}").is_enabled() or dash_duo.find_elements("#editor-after-0")
+    dash_duo.wait_for_element("#editor-after-0", timeout=120)
+    _wait_until(lambda: dash_duo.find_element(f"#{ids.ED_RUN}").is_enabled(), "the run button to come back")
+    history = _run_history(dash_duo)
+    assert history[0] == [False, RUN_LABEL] and [True, RUNNING_LABEL] in history and history[-1] == [False, RUN_LABEL]
+    assert not dash_duo.find_element(f"#{ids.ED_CANCEL}").is_enabled()
+
+    # an edit that fails (an upload source without an upload): disabled while it runs, back after the error
+    dash_duo.find_element("#editor-source-kind input[value='upload']").click()
+    dash_duo.driver.execute_script(WATCH_RUN)
+    dash_duo.find_element(f"#{ids.ED_RUN}").click()
+    dash_duo.wait_for_contains_text(f"#{ids.ED_MESSAGE}", "Upload an image first", timeout=60)
+    _wait_until(lambda: dash_duo.find_element(f"#{ids.ED_RUN}").is_enabled(), "the run button after the error")
+    history = _run_history(dash_duo)
+    assert [True, RUNNING_LABEL] in history and history[-1] == [False, RUN_LABEL], history
+    _no_console_errors(dash_duo, "/editor running state")
+
+
+def test_a_server_at_its_job_cap_disables_the_run_button_until_a_slot_is_free(dash_duo, app):
+    from dashboards import config
+    from dashboards.limits import MAX_EDIT_JOBS, JobSlots
+    from dashboards.pages.editor import BUSY_LABEL, RUN_LABEL
+
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/editor")
+    dash_duo.wait_for_element("#editor-source-image", timeout=30)
+    dash_duo.wait_for_contains_text(f"#{ids.ED_DIRECTION}", "/", timeout=20)
+    slots = JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS)
+    with slots.take() as first, slots.take() as second:  # two edits of other users hold the slots
+        assert first is not None and second is not None
+        dash_duo.find_element(f"#{ids.ED_RUN}").click()
+        dash_duo.wait_for_contains_text(f"#{ids.ED_MESSAGE}", "The editor is busy", timeout=60)
+        button = dash_duo.find_element(f"#{ids.ED_RUN}")
+        _wait_until(lambda: not button.is_enabled() and button.text == BUSY_LABEL, "the busy state")
+        time.sleep(2.5)  # several polls later: still busy, still disabled
+        assert not button.is_enabled() and button.text == BUSY_LABEL
+        save_screenshot(dash_duo.driver, "dashboard-editor-busy", docs=False)
+    _wait_until(lambda: button.is_enabled() and button.text == RUN_LABEL, "the run button once a slot is free", 15)
+    dash_duo.wait_for_contains_text(f"#{ids.ED_MESSAGE}", "slot is free", timeout=10)
+    _no_console_errors(dash_duo, "/editor busy state")
