@@ -14,8 +14,11 @@ from typing import Any
 
 
 def callback_key(app: Any, first_output: str) -> str:
-    """The callback-map key of the callback whose first output is ``first_output`` (``id.property``)."""
+    """The callback-map key of the callback whose first output is ``first_output`` (``id.property``;
+    a callback-map key itself is returned as it is)."""
     for _attempt in range(2):
+        if first_output in app.callback_map:
+            return first_output
         for key in app.callback_map:
             if key.strip(".").split("...")[0].split("@")[0] == first_output:
                 return key
@@ -31,14 +34,17 @@ def post_callback(
     state: dict[str, Any] | None = None,
     changed: list[str] | None = None,
 ) -> tuple[int, Any]:
-    """``(HTTP status, JSON body)`` of one callback request. Inputs and states not given are ``None``;
+    """``(HTTP status, JSON body)`` of one callback request (``first_output``: see :func:`callback_key`).
+    Inputs and states not given are ``None``;
     ``changed`` (default: every given input) are the triggering ``id.property`` names."""
     key = callback_key(app, first_output)
     spec = app.callback_map[key]
-    outputs = []
+    outputs: Any = []
     for part in key.strip(".").split("..."):
         component, prop = part.rsplit(".", 1)
         outputs.append({"id": component, "property": prop})
+    if not key.startswith(".."):  # a single-output callback
+        outputs = outputs[0]
 
     def values(items: list[dict[str, Any]], given: dict[str, Any]) -> list[dict[str, Any]]:
         return [{**item, "value": given.get(f"{item['id']}.{item['property']}")} for item in items]

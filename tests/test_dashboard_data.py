@@ -227,7 +227,7 @@ def test_cosine_matrix_compares_directions_of_one_site_stream_and_shape(app, roo
             assert figure["layout"]["height"] >= page.ROW_PX * len(names)
         assert page._follow("rows", {"run": "good"}) == f"{blue.site} · token-wise ×3"
         _, note = page._cosine("blocks.9.nowhere", {"run": "good"})
-        assert "no direction group 'blocks.9.nowhere'" in _text(note)
+        assert "The direction group 'blocks.9.nowhere' is not one of" in _text(note)
     finally:
         for name in ("misfit", "rows"):
             for suffix in (".json", ".safetensors"):

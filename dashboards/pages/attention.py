@@ -23,7 +23,7 @@ from dashboards.data import (
     recorded_steps,
     token_labels,
 )
-from dashboards.limits import bounded_int
+from dashboards.limits import bounded_choice, bounded_int, shown
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
@@ -178,12 +178,14 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
 def _sync_step(slider: Any, box: Any, state: Any) -> tuple[Any, Any, Any]:
     """The step slider and its number box show one step: a typed step moves the slider (to the
     nearest recorded step, which the box then shows), a moved slider fills the box."""
-    if dash.ctx.triggered_id != ids.ATT_STEP_BOX:
-        return no_update, slider, no_update
     run_id = state_get(state, "run")
     if not run_id:
         raise dash.exceptions.PreventUpdate
     steps = _recorded(run_id)
+    if dash.ctx.triggered_id != ids.ATT_STEP_BOX:
+        if slider is None:
+            raise dash.exceptions.PreventUpdate
+        return no_update, bounded_choice(slider, "The step slider", steps), no_update
     if box is None or box == "":  # the browser sends no number for an empty box or one outside min..max
         raise DashboardError(
             f"Type a denoising step between {steps[0]} and {steps[-1]}; the recorded ones are "
@@ -192,6 +194,18 @@ def _sync_step(slider: Any, box: Any, state: Any) -> tuple[Any, Any, Any]:
     typed = bounded_int(box, "The step", steps[0], steps[-1])
     nearest = min(steps, key=lambda s: (abs(s - typed), s))
     return nearest, nearest if nearest != typed else no_update, None
+
+
+AGGREGATES = ("blocks", "steps")
+
+
+def _aggregate(value: Any) -> list[str]:
+    """The checked means (a subset of :data:`AGGREGATES`)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in AGGREGATES for v in value):
+        raise DashboardError(f"aggregate {shown(value)} is not a list of {', '.join(AGGREGATES)}.")
+    return value
 
 
 def _recorded(run_id: str) -> list[int]:
@@ -251,13 +265,15 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     if not sites:
         raise dash.exceptions.PreventUpdate
     blocks = list(sites)
-    sample = int(sample)
-    aggregate = aggregate or []
-    chosen = blocks if "blocks" in aggregate else [blocks[min(int(block_pos or 0), len(blocks) - 1)]]
+    first = run[sites[blocks[0]]]  # [sample, step, query, key]
+    sample = bounded_int(sample, "The sample", 0, first.shape[0] - 1)
+    aggregate = _aggregate(aggregate)
+    block_pos = bounded_int(block_pos or 0, "The block slider", 0, len(blocks) - 1)
+    steps = recorded_steps(run, first.shape[1])
+    step = bounded_int(step or 0, "The step", 0, max(steps[-1], 0))
+    chosen = blocks if "blocks" in aggregate else [blocks[block_pos]]
     maps = np.stack([attention_map(index, run_id, sites[b], sample) for b in chosen])  # [block, step, query, key]
-    n_steps_axis = maps.shape[1]
-    steps = recorded_steps(run, n_steps_axis)
-    position = int(np.argmin([abs(s - int(step or 0)) for s in steps]))  # the slider holds a denoising step
+    position = int(np.argmin([abs(s - step) for s in steps]))  # the slider holds a denoising step
     maps = maps.mean(axis=1) if "steps" in aggregate else maps[:, position]
     att = maps.mean(axis=0)  # [query, key]
     n_keys = att.shape[-1]

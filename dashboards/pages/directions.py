@@ -11,9 +11,12 @@ import dash
 import numpy as np
 from dash import Input, Output, State, callback, dcc, html, no_update
 
+from latentlens.errors import LatentlensError
+
 from dashboards import config, ids
 from dashboards.data import DashboardError, directions, features, manifest_labels, open_run, recorded_steps, results
-from dashboards.ui import empty_figure, guarded, label_colours, message, state_get, typed_array
+from dashboards.limits import bounded_choice, clean_state
+from dashboards.ui import empty_figure, guarded, label_colours, log, message, state_get, typed_array
 
 dash.register_page(__name__, path="/directions", name="Directions", title="latentlens · directions", order=4)
 
@@ -110,7 +113,7 @@ def _list(state: Any) -> tuple[Any, ...]:
     table = html.Table([html.Thead(header), html.Tbody(rows)], className="ll-table")
     keys = list(loaded)
     chosen = state_get(state, "direction")
-    chosen = chosen if chosen in loaded else (keys[0] if keys else None)
+    chosen = chosen if isinstance(chosen, str) and chosen in loaded else (keys[0] if keys else None)
     groups = cosine_groups(loaded)
     options = [{"label": group_label(key, loaded[names[0]], len(names)), "value": key} for key, names in groups.items()]
     note = (
@@ -166,7 +169,10 @@ def _follow(name: Any, state: Any) -> Any:
     run_id = state_get(state, "run")
     if not run_id or not isinstance(name, str):
         raise dash.exceptions.PreventUpdate
-    loaded, _ = directions(config.index(), run_id)
+    try:
+        loaded, _ = directions(config.index(), run_id)
+    except LatentlensError:  # the list callback says what is wrong with the run
+        raise dash.exceptions.PreventUpdate from None
     if name not in loaded:
         raise dash.exceptions.PreventUpdate
     return group_of(loaded, name)
@@ -191,10 +197,7 @@ def _cosine(group: Any, state: Any) -> tuple[Any, Any]:
         return empty_figure(), no_update
     loaded, _ = directions(config.index(), run_id)
     groups = cosine_groups(loaded)
-    if group not in groups:
-        raise DashboardError(
-            f"There is no direction group {str(group)[:80]!r} in this run; choose one of: {', '.join(groups)}."
-        )
+    group = bounded_choice(group, "The direction group", list(groups))
     names, matrix = cosine_matrix({name: loaded[name] for name in groups[group]})  # [k, k]
     example = loaded[names[0]]
     stream = _STREAMS.get(example.stream, "")
@@ -250,7 +253,9 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
     if not run_id or not name:
         return empty_figure(), "", no_update
     index = config.index()
-    direction = results(index, run_id).load_direction(name)
+    res = results(index, run_id)
+    name = bounded_choice(name, "The direction", res.direction_names)
+    direction = res.load_direction(name)
     provenance = json.dumps(
         {
             "site": direction.site,
@@ -330,8 +335,13 @@ def _histogram(name: Any, state: Any) -> tuple[Any, Any, Any]:
     prevent_initial_call=True,
 )
 def _send(n_clicks: Any, name: Any, state: Any) -> tuple[Any, Any]:
-    if not n_clicks or not name:
+    if not n_clicks or not name or not isinstance(state, dict):
         raise dash.exceptions.PreventUpdate
-    state = dict(state or {})
+    try:
+        bounded_choice(name, "The direction", results(config.index(), state_get(state, "run")).direction_names)
+    except LatentlensError as error:  # not a direction of the run: the editor is not opened with it
+        log.warning("ignored 'send to editor': %s", error)
+        raise dash.exceptions.PreventUpdate from None
+    state = clean_state(state)
     state["direction"] = name
     return state, "/editor"

@@ -243,11 +243,11 @@ def _applicable(kind: Any, mode: Any) -> tuple[Any, ...]:
 def _preview(kind: Any, sample: Any, upload: Any, state: Any) -> Any:
     """The source image and its prompt, shown before any edit."""
     from dashboards.data import image_file
-    from dashboards.limits import bounded_int
+    from dashboards.limits import bounded_int, image_id
     from dashboards.ui import image_src
 
     if kind == "upload":
-        upload_id = (upload or {}).get("upload") if isinstance(upload, dict) else None
+        upload_id = image_id(upload.get("upload")) if isinstance(upload, dict) else None
         if not upload_id:
             return html.P("Upload a PNG or JPEG to edit it.", className="ll-muted")
         return html.Figure(
@@ -286,14 +286,15 @@ def _preview(kind: Any, sample: Any, upload: Any, state: Any) -> Any:
 def _upload(contents: Any, filename: Any) -> tuple[Any, Any, Any]:
     from dashboards.editing import save_upload
 
+    name = str(filename)[:120] if filename else None  # a file name is only ever shown
     try:
-        upload_id, size = save_upload(contents, filename)
+        upload_id, size = save_upload(contents, name)
     except Exception as error:
         return None, error_message(error), no_update
     return (
         {"upload": upload_id},
         html.Span(
-            [html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {filename} ({size[0]}×{size[1]})"]
+            [html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {name} ({size[0]}×{size[1]})"]
         ),
         "upload",
     )
@@ -338,11 +339,21 @@ def _strip(result: dict[str, Any]) -> html.Div:
     prevent_initial_call=True,
 )
 def _show(result: Any) -> tuple[Any, Any]:
+    from dashboards.limits import image_id, shown
+
     if not isinstance(result, dict):
         raise dash.exceptions.PreventUpdate
     if result.get("error"):
-        return None, message(result["error"], result.get("kind", "error"))
-    return _strip(result), None
+        kind = result.get("kind")
+        return None, message(str(result["error"])[:2000], kind if kind in ("error", "warning", "info") else "error")
+    try:
+        ids_ok = image_id(result["before"]) and all(image_id(i) for i in result["after"])
+        strip = _strip(result) if ids_ok else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        strip = None
+    if strip is None:  # only a forged store gets here: the job writes whole results
+        return None, message(f"The edit result {shown(result)} is incomplete; run the edit again.", "error")
+    return strip, None
 
 
 @callback(
