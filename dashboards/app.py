@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from dashboards import config, ids
 from dashboards.data import DashboardError, RunIndex
 
 PAGES_FOLDER = Path(__file__).parent / "pages"
-_UPLOAD_ID = re.compile(r"^[0-9a-f]{16,64}$")
 
 NAV_ITEMS = (
     ("Runs", "/"),
@@ -80,14 +78,14 @@ def _register_shell_callbacks(app: Dash) -> None:
         State(ids.STATE, "data"),
     )
     def _runs(_pathname: str, state: Any) -> tuple[Any, Any, Any]:
-        from dashboards.ui import error_message, message
+        from dashboards.ui import error_message, message, state_get
 
         try:
             run_ids = config.index().run_ids()
         except Exception as error:
             return [], None, error_message(error)
         options = [{"label": r if r != "." else config.index().root.name, "value": r} for r in run_ids]
-        current = (state or {}).get("run")
+        current = state_get(state, "run")
         if current not in run_ids:
             current = run_ids[0] if run_ids else None
         note = (
@@ -106,8 +104,13 @@ def _register_shell_callbacks(app: Dash) -> None:
         State(ids.STATE, "data"),
     )
     def _pick_run(run_id: Any, state: Any) -> Any:
-        state = dict(state or {})
-        if run_id is None or state.get("run") == run_id:
+        from dashboards.limits import clean_state
+        from dashboards.ui import state_get
+
+        state = clean_state(state)
+        if run_id is not None and (not isinstance(run_id, str) or run_id not in config.index().run_ids()):
+            raise dash.exceptions.PreventUpdate  # not a run of the picker: the state keeps its run
+        if run_id is None or state_get(state, "run") == run_id:
             if state.get("run") == run_id:
                 raise dash.exceptions.PreventUpdate
             return state
@@ -119,6 +122,8 @@ def _register_routes(app: Dash) -> None:
     from flask import abort, request, send_file
 
     from latentlens.safepath import is_inside
+
+    from dashboards.limits import image_id
 
     server = app.server
 
@@ -143,10 +148,10 @@ def _register_routes(app: Dash) -> None:
     def _result_image(result_id: str) -> Any:
         return _served_png(config.result_dir(), result_id)
 
-    def _served_png(folder: Path, image_id: str) -> Any:
-        if not _UPLOAD_ID.match(image_id):  # hex ids only: no path can be formed
+    def _served_png(folder: Path, name: str) -> Any:
+        if image_id(name) is None:  # hex ids only: no path can be formed
             abort(404)
-        path = folder / f"{image_id}.png"
+        path = folder / f"{name}.png"
         if not path.is_file():
             abort(404)
         if not is_inside(path, folder):  # resolved (symlinks followed) inside its folder, or nothing

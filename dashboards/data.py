@@ -217,6 +217,26 @@ def results(index: RunIndex, run_id: str) -> AnalysisResults:
     return _results_cached(str(path), stamp(path))
 
 
+@functools.lru_cache(maxsize=8)
+def _directions_cached(path: str, stamp: float) -> tuple[dict[str, Any], dict[str, str]]:
+    res = _results_cached(path, stamp)
+    loaded: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for name in res.direction_names:
+        try:
+            loaded[name] = res.load_direction(name)
+        except Exception as error:  # one damaged direction is named, the others still shown
+            problems[name] = str(error)
+    return loaded, problems
+
+
+def directions(index: RunIndex, run_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``({name: Direction}, {name: why it cannot be read})`` of the run's saved directions (cached)."""
+    path = index.path(run_id)
+    _open(path)
+    return _directions_cached(str(path), stamp(path))
+
+
 _PER_RUN: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
@@ -379,7 +399,7 @@ def image_file(index: RunIndex, run_id: str, sample: int) -> Path | None:
 
 def clear_caches() -> None:
     """Forget every cached read (tests, or after a run was rewritten in place)."""
-    for fn in (_open_cached, _results_cached, _features_cached, _pca_cached, _folder_size_cached):
+    for fn in (_open_cached, _results_cached, _directions_cached, _features_cached, _pca_cached, _folder_size_cached):
         fn.cache_clear()
 
 

@@ -174,8 +174,9 @@ def _call_default(cls: Any, name: str, fallback: Any) -> Any:
 
 
 def pipeline_defaults(model: str) -> dict[str, Any]:
-    """The pipeline's own call defaults (``num_inference_steps``, ``guidance_scale``), from its class alone."""
-    _, index, _ = meta_transformer(_config_folder(str(model)))
+    """The pipeline's own call defaults (``num_inference_steps``, ``guidance_scale``), from its class alone
+    (its ``model_index.json`` names it; no transformer is built)."""
+    index = _read_json(_config_folder(str(model)) / "model_index.json")
     cls = _pipeline_class(str(index.get("_class_name")))
     return {
         "num_inference_steps": int(_call_default(cls, "num_inference_steps", 28)),

@@ -191,6 +191,50 @@ def test_direction_that_does_not_fit_gets_a_clear_message(app, root):
     clear_caches()
 
 
+def test_cosine_matrix_compares_directions_of_one_site_stream_and_shape(app, root):
+    """Never one matrix of everything: a group per site (its stream) and shape, each computed by
+    ``latentlens.cosine_matrix``; a misfit width or token-wise rows get groups of their own."""
+    import torch
+
+    from latentlens import Direction, cosine_matrix
+    from dashboards.app import page_module
+    from dashboards.data import clear_caches, directions as loaded_directions
+    from dashboards import config
+
+    folder = root / "good" / "analysis" / "directions"
+    blue = page_module("directions").results(config.index(), "good").load_direction("color/blue")
+    Direction(torch.ones(7), site=blue.site, steps=[2], provenance={"method": "test"}).save(folder / "misfit")
+    Direction(blue.vector.repeat(3, 1), site=blue.site, steps=blue.steps, provenance={}).save(folder / "rows")
+    clear_caches()
+    try:
+        page = page_module("directions")
+        loaded, problems = loaded_directions(config.index(), "good")
+        assert not problems
+        groups = page.cosine_groups(loaded)
+        assert groups[f"{blue.site} · token-wise ×3"] == ["rows"]
+        assert groups[f"{blue.site} · width 7"] == ["misfit"]
+        wide = groups[f"{blue.site} · width {blue.dim}"]
+        assert "color/blue" in wide and all(loaded[n].site == blue.site for n in wide)
+        options = page._list({"run": "good"})[3]
+        assert [o["value"] for o in options] == list(groups)
+        assert all(" stream · " in o["label"] for o in options)  # every group names its stream
+        for key, names in groups.items():
+            figure, note = page._cosine(key, {"run": "good"})
+            assert figure["data"][0]["x"] == names and key in figure["layout"]["title"]["text"]
+            expected = cosine_matrix({n: loaded[n] for n in names})[1]
+            np.testing.assert_allclose(np.array(figure["data"][0]["z"], dtype=float), expected, atol=1e-3)
+            assert figure["layout"]["yaxis"]["tickvals"] == names  # every row labelled
+            assert figure["layout"]["height"] >= page.ROW_PX * len(names)
+        assert page._follow("rows", {"run": "good"}) == f"{blue.site} · token-wise ×3"
+        _, note = page._cosine("blocks.9.nowhere", {"run": "good"})
+        assert "The direction group 'blocks.9.nowhere' is not one of" in _text(note)
+    finally:
+        for name in ("misfit", "rows"):
+            for suffix in (".json", ".safetensors"):
+                (folder / (name + suffix)).unlink()
+        clear_caches()
+
+
 def test_attention_page_reads_maps_and_aggregates(app):
     from dashboards.app import page_module
 
@@ -208,6 +252,37 @@ def test_attention_page_reads_maps_and_aggregates(app):
     assert np.array(figure["data"][0]["z"]).shape == (4, 4)  # 16 image tokens on a 4×4 grid
     none = attention._controls({"run": "nested/raw"}, {})
     assert "has no attention maps" in _text(none[-1]) and "--attention" in _text(none[-1])
+
+
+def test_attention_step_box_is_bounded_to_the_recorded_steps_and_kept_in_sync(app):
+    """The step's number box: its bounds are the recorded steps, a typed step moves the slider (to the
+    nearest recorded step), the slider fills the box; posted through the server like a browser would."""
+    from dashboards.app import page_module
+    from tests.dash_requests import post_callback
+
+    controls = page_module("attention")._controls({"run": "good"}, {})
+    step_min, step_max, step_marks, step_value = controls[3:7]
+    box_min, box_max, box_value = controls[9:12]
+    assert (box_min, box_max, box_value) == (step_min, step_max, step_value)
+    steps = sorted(step_marks)
+    state = {"app-state.data": {"run": "good"}}
+
+    def typed(value):
+        return post_callback(app, "attention-step.value", {"attention-step-box.value": value, "attention-step.value": steps[0]},
+                             state=state, changed=["attention-step-box.value"])
+
+    status, body = typed(steps[-1])
+    assert status == 200 and body["response"]["attention-step"]["value"] == steps[-1]
+    assert "attention-step-box" not in body["response"]  # already the box's value
+    # (a step between recorded ones goes to the nearest: tests/browser/test_controls_browser.py, sparse steps)
+    for bad, says in ((steps[-1] + 1, f"between {steps[0]} and {steps[-1]}"), (-3, "between"), (1.5, "whole number"),
+                      ("7; drop", "whole number"), (None, "Type a denoising step")):
+        status, body = typed(bad)
+        assert status == 200 and set(body["response"]) == {"attention-message"}, (bad, body)  # nothing moves
+        assert says in str(body["response"]["attention-message"]), (bad, body)
+    status, body = post_callback(app, "attention-step.value", {"attention-step-box.value": 0, "attention-step.value": steps[1]},
+                                 state=state, changed=["attention-step.value"])
+    assert body["response"] == {"attention-step-box": {"value": steps[1]}}  # the slider fills the box
 
 
 def test_results_reader_reads_what_analysis_wrote(root):

@@ -1,4 +1,5 @@
-"""The dashboard server enforces its own limits; a bounded loopback load test (mixed pages and callbacks)."""
+"""The dashboard server enforces its own limits; it is served by a production WSGI server (waitress);
+a bounded loopback load test (mixed pages and callbacks) through that server."""
 
 from __future__ import annotations
 
@@ -93,6 +94,36 @@ def test_editor_jobs_are_capped_with_a_busy_answer(app):
         assert again == 0  # released when the jobs ended
 
 
+def test_a_busy_answer_keeps_the_run_button_disabled_until_a_slot_is_free(app):
+    """The busy state is a disabled control, not only a message: posted through the server."""
+    from dashboards import config
+    from dashboards.limits import MAX_EDIT_JOBS, JobSlots
+    from dashboards.pages.editor import BUSY_LABEL, RUN_LABEL
+    from tests.dash_requests import post_callback
+
+    slots = JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS)
+    assert slots.free() == MAX_EDIT_JOBS
+
+    def busy(result=None, ticks=None, changed="editor-result-store.data"):
+        return post_callback(app, "editor-run.disabled", {"editor-result-store.data": result,
+                                                          "editor-busy-poll.n_intervals": ticks}, changed=[changed])
+
+    with slots.take() as first, slots.take() as second:
+        assert slots.free() == 0
+        answer = _edit(app)
+        status, body = busy(answer)
+        assert status == 200 and body["response"]["editor-run"] == {"disabled": True, "children": BUSY_LABEL}
+        assert body["response"]["editor-busy-poll"] == {"disabled": False}  # the page starts asking
+        status, _ = busy(answer, 3, "editor-busy-poll.n_intervals")
+        assert status == 204  # still busy: nothing changes
+    assert slots.free() == MAX_EDIT_JOBS
+    status, body = busy(answer, 4, "editor-busy-poll.n_intervals")
+    assert body["response"]["editor-run"] == {"disabled": False, "children": RUN_LABEL}
+    assert body["response"]["editor-busy-poll"] == {"disabled": True} and "slot is free" in str(body["response"])
+    status, _ = busy({"before": "ab" * 8, "after": []})  # a finished edit: the running state already re-enabled it
+    assert status == 204
+
+
 def test_unknown_pages_return_404_and_big_requests_413(app):
     client = app.server.test_client()
     assert client.get("/probes").status_code == 200
@@ -158,15 +189,15 @@ def test_served_dashboard_prints_no_banner_and_removes_its_temp_folder(root, tmp
         import requests
 
         deadline = time.time() + 60
+        served = None
         while time.time() < deadline:
             try:
-                if (
-                    requests.get(f"http://127.0.0.1:{port}/", timeout=2).status_code
-                    == 200
-                ):
+                served = requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+                if served.status_code == 200:
                     break
             except requests.ConnectionError:
                 time.sleep(0.3)
+        assert served is not None and served.headers["Server"] == "waitress"  # the production server
         assert [
             p.name for p in tmp.iterdir() if p.name.startswith("latentlens-dashboard-")
         ]
@@ -176,11 +207,44 @@ def test_served_dashboard_prints_no_banner_and_removes_its_temp_folder(root, tmp
     assert (
         "Serving Flask app" not in err
         and "development server" not in err
+        and "Serving on" not in err
         and "open http" in err
     )
     assert not [
         p for p in tmp.iterdir() if p.name.startswith("latentlens-dashboard-")
     ], "temp folder left behind"
+
+
+def _production_server(app):
+    """The server `latentlens dashboard` runs (waitress), on a free loopback port, serving in a thread."""
+    from latentlens.cli.commands.dashboard import make_server
+
+    server = make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=server.run, daemon=True).start()
+    return server, server.effective_port
+
+
+def test_the_dashboard_is_served_by_the_production_server(app):
+    """waitress answers pages, images and callbacks, and enforces the request-size cap itself."""
+    import requests
+
+    server, port = _production_server(app)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        page = requests.get(base + "/probes", timeout=30)
+        assert page.status_code == 200 and page.headers["Server"] == "waitress"
+        assert "Werkzeug" not in page.headers.get("Server", "")
+        image = requests.get(base + "/lens/image/3.png?run=good", timeout=30)
+        assert image.status_code == 200 and image.headers["Content-Type"] == "image/png"
+        answer = requests.post(base + "/_dash-update-component", data=json.dumps(_callback_payload(app)),
+                               headers={"Content-Type": "application/json"}, timeout=30)
+        assert answer.status_code == 200 and "good" in answer.text
+        assert requests.get(base + "/nope", timeout=30).status_code == 404
+        big = requests.post(base + "/_dash-update-component", data=b"x" * (2 * 2**20),
+                            headers={"Content-Type": "application/json"}, timeout=30)
+        assert big.status_code == 413
+    finally:
+        server.close()
 
 
 def _callback_payload(app) -> dict:
@@ -204,12 +268,8 @@ def _callback_payload(app) -> dict:
 def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
     """1,200 requests from 8 threads (pages, images, callbacks, unknown paths): no error, p95 reported."""
     import requests
-    from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    port = server.server_port
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, port = _production_server(app)
     payload = json.dumps(_callback_payload(app))
     base = f"http://127.0.0.1:{port}"
     plan = [
@@ -252,7 +312,7 @@ def test_loopback_load_mixed_pages_and_callbacks(app, capsys):
     for t in threads:
         t.join(timeout=60)
     wall = time.perf_counter() - started
-    server.shutdown()
+    server.close()
     times.sort()
     p50, p95 = times[len(times) // 2], times[int(len(times) * 0.95)]
     with capsys.disabled():

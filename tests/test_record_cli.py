@@ -99,6 +99,59 @@ def test_bad_arguments_exit_2_with_a_clear_message(model_dir, prompts_file, tmp_
     assert not (tmp_path / "run").exists(), "nothing is written when the arguments are wrong"
 
 
+def _spec(tmp_path, record: str):
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: colors
+        attributes:
+          color: [red, blue]
+        templates: ["a {color} circle"]
+        seeds: [3, 4]
+        min_samples_per_class: 2
+        record: %s
+    """) % record)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "record", "message"),
+    [
+        (["--steps", "9"], None, "--steps 9 is outside 0..1 (the run has 2 denoising steps)"),
+        (["--steps", "0:7"], None, "--steps range 0:7 reaches step 7, outside 0..1"),
+        ([], "{steps: [0, 99]}", "spec.yaml: record.steps 99 is outside 0..1"),
+        ([], "{steps: '1:x'}", "spec.yaml: record.steps '1:x': '1:x' is not a step index or range"),
+        ([], "{steps: {a: 1}}", "spec.yaml: record.steps {'a': 1} is not understood"),
+        (["--steps", "1"], "{steps: [0, 99]}", None),  # --steps wins over the spec's: this one is valid
+        (["--height", "0"], None, "--height must be a positive integer, got 0"),
+        (["--guidance", "nan"], None, "--guidance must be a finite number, got nan"),
+        (["--reduce", "pool=x"], None, "--reduce: reduce='pool=x' is not understood"),
+        ([], "{batch_size: 0}", "spec.yaml: record.batch_size must be a positive integer, got 0"),
+        ([], "{cfg: sideways}", "spec.yaml: record.cfg: cfg='sideways' is not one of"),
+    ],
+)
+def test_bad_steps_and_options_fail_before_the_model_loads(model_dir, prompts_file, tmp_path, capsys, monkeypatch,
+                                                           extra, record, message):
+    """Checked from the arguments and the configs alone: the model is never loaded (a load fails this test)."""
+    from latentlens.cli.commands import record as command
+
+    loaded = []
+    monkeypatch.setattr(command, "_load_model", lambda model: loaded.append(model) or pytest.fail("the model loaded"))
+    source = ["--probe", str(_spec(tmp_path, record))] if record else ["--prompts", str(prompts_file)]
+    args = ["record", "--model", str(model_dir), *source, "--out", str(tmp_path / "run"), "--num-inference-steps", "2",
+            "--quiet", *extra]
+    if message is None:  # the valid combination gets as far as loading the model
+        with pytest.raises(pytest.fail.Exception, match="the model loaded"):
+            main(args)
+        assert loaded == [str(model_dir)]
+        return
+    started = time.perf_counter()
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert time.perf_counter() - started < 5 and not loaded
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_steps_in_a_real_subprocess_print_no_traceback(model_dir, prompts_file, tmp_path):
     done = subprocess.run([sys.executable, "-m", "latentlens", *_args(model_dir, prompts_file, tmp_path / "r", "--steps", "1:x")],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -1,4 +1,5 @@
-"""``/attention``: image→text attention per token over the generated image; block/step sliders, means.
+"""``/attention``: image→text attention per token over the generated image; block/step sliders (the step
+also as a number box), means.
 
 The concept box maps words that need not be in the prompt (ConceptAttention): the sample is generated
 again with :func:`latentlens.record` ``concepts=`` (a background job, see ``dashboards.concept_maps``)
@@ -29,6 +30,7 @@ from dashboards.data import (
     recorded_steps,
     token_labels,
 )
+from dashboards.limits import bounded_choice, bounded_int, shown
 from dashboards.ui import empty_figure, guarded, image_src, message, state_get
 
 dash.register_page(__name__, path="/attention", name="Attention", title="latentlens · attention", order=3)
@@ -81,7 +83,26 @@ def layout(**_query: Any) -> html.Div:
                         className="ll-control ll-wide",
                     ),
                     html.Div(
-                        [html.Label("step"), dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=None, value=0)],
+                        [
+                            html.Label("step", htmlFor=ids.ATT_STEP_BOX),
+                            html.Div(
+                                [
+                                    html.Div(dcc.Slider(id=ids.ATT_STEP, min=0, max=1, step=None, value=0)),
+                                    dcc.Input(
+                                        id=ids.ATT_STEP_BOX,
+                                        type="number",
+                                        min=0,
+                                        max=1,
+                                        step=1,
+                                        value=0,
+                                        debounce=True,
+                                        className="ll-number",
+                                    ),
+                                ],
+                                className="ll-slider-box",
+                                title="a recorded denoising step (others go to the nearest recorded one)",
+                            ),
+                        ],
                         className="ll-control ll-wide",
                     ),
                 ],
@@ -150,15 +171,18 @@ def layout(**_query: Any) -> html.Div:
     Output(ids.ATT_STEP, "value"),
     Output(ids.ATT_SAMPLE, "value"),
     Output(ids.ATT_SAMPLE, "max"),
+    Output(ids.ATT_STEP_BOX, "min"),
+    Output(ids.ATT_STEP_BOX, "max"),
+    Output(ids.ATT_STEP_BOX, "value"),
     Output(ids.ATT_MESSAGE, "children"),
     Input(ids.STATE, "data"),
     State(ids.SAMPLE, "data"),
 )
-@guarded(10, 9)
+@guarded(13, 12)
 def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     run_id = state_get(state, "run")
     if not run_id:
-        return 1, {}, 0, 0, 1, {}, 0, 0, 0, message("Choose a run in the picker at the top.", "info")
+        return 1, {}, 0, 0, 1, {}, 0, 0, 0, 0, 1, 0, message("Choose a run in the picker at the top.", "info")
     run = open_run(config.index(), run_id)
     sites = attention_sites(run)
     if not sites:
@@ -174,7 +198,74 @@ def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
     marks = {i: str(b) for i, b in enumerate(blocks)}
     steps = recorded_steps(run, n_steps)  # the slider's values are denoising steps (only the recorded ones)
     step_marks = {s: str(s) for s in steps}
-    return len(blocks) - 1, marks, 0, steps[0], steps[-1], step_marks, steps[-1], sample, first.shape[0] - 1, None
+    last = first.shape[0] - 1
+    return (
+        len(blocks) - 1,
+        marks,
+        0,
+        steps[0],
+        steps[-1],
+        step_marks,
+        steps[-1],
+        sample,
+        last,
+        steps[0],
+        steps[-1],
+        steps[-1],
+        None,
+    )
+
+
+@callback(
+    Output(ids.ATT_STEP, "value", allow_duplicate=True),
+    Output(ids.ATT_STEP_BOX, "value", allow_duplicate=True),
+    Output(ids.ATT_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.ATT_STEP, "value"),
+    Input(ids.ATT_STEP_BOX, "value"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
+@guarded(3, 2)
+def _sync_step(slider: Any, box: Any, state: Any) -> tuple[Any, Any, Any]:
+    """The step slider and its number box show one step: a typed step moves the slider (to the
+    nearest recorded step, which the box then shows), a moved slider fills the box."""
+    run_id = state_get(state, "run")
+    if not run_id:
+        raise dash.exceptions.PreventUpdate
+    steps = _recorded(run_id)
+    if dash.ctx.triggered_id != ids.ATT_STEP_BOX:
+        if slider is None:
+            raise dash.exceptions.PreventUpdate
+        return no_update, bounded_choice(slider, "The step slider", steps), no_update
+    if box is None or box == "":  # the browser sends no number for an empty box or one outside min..max
+        raise DashboardError(
+            f"Type a denoising step between {steps[0]} and {steps[-1]}; the recorded ones are "
+            f"{', '.join(map(str, steps))}."
+        )
+    typed = bounded_int(box, "The step", steps[0], steps[-1])
+    nearest = min(steps, key=lambda s: (abs(s - typed), s))
+    return nearest, nearest if nearest != typed else no_update, None
+
+
+AGGREGATES = ("blocks", "steps")
+
+
+def _aggregate(value: Any) -> list[str]:
+    """The checked means (a subset of :data:`AGGREGATES`)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v in AGGREGATES for v in value):
+        raise DashboardError(f"aggregate {shown(value)} is not a list of {', '.join(AGGREGATES)}.")
+    return value
+
+
+def _recorded(run_id: str) -> list[int]:
+    """The recorded denoising steps of the run's attention maps."""
+    run = open_run(config.index(), run_id)
+    sites = attention_sites(run)
+    if not sites:
+        raise DashboardError(f"The run {run_id!r} has no attention maps.")
+    return recorded_steps(run, run[next(iter(sites.values()))].shape[1])
 
 
 def _grid(values: np.ndarray) -> np.ndarray:
@@ -227,13 +318,15 @@ def _figure(sample: Any, token: Any, block_pos: Any, step: Any, aggregate: Any, 
     if not sites:
         raise dash.exceptions.PreventUpdate
     blocks = list(sites)
-    sample = int(sample)
-    aggregate = aggregate or []
-    chosen = blocks if "blocks" in aggregate else [blocks[min(int(block_pos or 0), len(blocks) - 1)]]
+    first = run[sites[blocks[0]]]  # [sample, step, query, key]
+    sample = bounded_int(sample, "The sample", 0, first.shape[0] - 1)
+    aggregate = _aggregate(aggregate)
+    block_pos = bounded_int(block_pos or 0, "The block slider", 0, len(blocks) - 1)
+    steps = recorded_steps(run, first.shape[1])
+    step = bounded_int(step or 0, "The step", 0, max(steps[-1], 0))
+    chosen = blocks if "blocks" in aggregate else [blocks[block_pos]]
     maps = np.stack([attention_map(index, run_id, sites[b], sample) for b in chosen])  # [block, step, query, key]
-    n_steps_axis = maps.shape[1]
-    steps = recorded_steps(run, n_steps_axis)
-    position = int(np.argmin([abs(s - int(step or 0)) for s in steps]))  # the slider holds a denoising step
+    position = int(np.argmin([abs(s - step) for s in steps]))  # the slider holds a denoising step
     maps = maps.mean(axis=1) if "steps" in aggregate else maps[:, position]
     att = maps.mean(axis=0)  # [query, key]
     n_keys = att.shape[-1]

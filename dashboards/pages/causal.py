@@ -16,10 +16,13 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboards import config, ids
 from dashboards.data import results
+from dashboards.limits import bounded_choice, plot_points
 from dashboards.ui import empty_figure, guarded, message, state_get
 from latentlens.errors import LatentlensError
 
 dash.register_page(__name__, path="/causal", name="Causal", title="latentlens · causal", order=2)
+
+VALUES = ("effect", "oracle_flip")  # what a patching cell shows
 
 
 def layout(**_query: Any) -> html.Div:
@@ -207,8 +210,9 @@ def _grids(name: Any, stream: Any, value: Any, state: Any) -> tuple[Any, Any, An
     if not run_id or not name or not stream:
         return empty_figure(), empty_figure(), no_update
     res = results(config.index(), run_id)
-    grid = res.load_patch_grid(name)
-    value = value if value in ("effect", "oracle_flip") else "effect"
+    grid = res.load_patch_grid(bounded_choice(name, "The patching grid", res.patch_grid_names))
+    stream = bounded_choice(stream, "The stream", grid.streams)
+    value = bounded_choice(value or "effect", "The value", VALUES)
     blocks, columns, table, sites = grid.table(stream, value)
     if value == "oracle_flip" and np.isnan(table).all():
         return (
@@ -274,13 +278,16 @@ def _grids(name: Any, stream: Any, value: Any, state: Any) -> tuple[Any, Any, An
 def _cell_images(click: Any, name: Any, state: Any) -> Any:
     from dashboards.editing import png_data_uri
 
-    points = (click or {}).get("points") or []
+    points = plot_points(click, "The click")
     if not points or not points[0].get("customdata") or not name:
         raise dash.exceptions.PreventUpdate
     point = points[0]
-    site, column = str(point["customdata"]), point["x"]
-    column = "all" if column == "all" else int(column)
-    grid = results(config.index(), state_get(state, "run")).load_patch_grid(name)
+    res = results(config.index(), state_get(state, "run"))
+    grid = res.load_patch_grid(bounded_choice(name, "The patching grid", res.patch_grid_names))
+    site = bounded_choice(point["customdata"], "The cell's site", grid.sites)
+    column = point.get("x")
+    column = int(column) if isinstance(column, str) and column.isdigit() and len(column) < 10 else column
+    column = bounded_choice(column, "The cell's column", grid.columns)
     if "patched" not in grid.images or grid.images["patched"].shape[2] == 0:
         return message("This grid was saved without images (--keep-images 0).", "info")
     cell = grid.cell(site, column)

@@ -15,6 +15,10 @@ from dashboards.ui import error_message, guarded, message, state_get
 dash.register_page(__name__, path="/editor", name="Editor", title="latentlens · editor", order=5)
 
 SWEEP_POINTS = 5
+RUN_LABEL = "run"
+RUNNING_LABEL = "running…"  # the run button while its edit runs (disabled)
+BUSY_LABEL = "busy…"  # the run button while the server runs as many edits as it allows (disabled)
+BUSY_POLL_MS = 1000  # how often a busy page asks whether a slot is free again
 
 
 def layout(**_query: Any) -> html.Div:
@@ -145,7 +149,7 @@ def layout(**_query: Any) -> html.Div:
                         ],
                         className="ll-control",
                     ),
-                    html.Button("run", id=ids.ED_RUN, n_clicks=0, className="ll-button"),
+                    html.Button(RUN_LABEL, id=ids.ED_RUN, n_clicks=0, className="ll-button"),
                     html.Button(
                         "cancel", id=ids.ED_CANCEL, n_clicks=0, className="ll-button ll-secondary", disabled=True
                     ),
@@ -159,6 +163,7 @@ def layout(**_query: Any) -> html.Div:
                 ],
                 className="ll-progress",
             ),
+            dcc.Interval(id=ids.ED_BUSY_POLL, interval=BUSY_POLL_MS, disabled=True),
             dcc.Store(id=ids.ED_UPLOAD_STORE, data=None),
             dcc.Store(id=ids.ED_RESULT_STORE, data=None),
             html.Div(id=ids.ED_MESSAGE),
@@ -239,11 +244,11 @@ def _applicable(kind: Any, mode: Any) -> tuple[Any, ...]:
 def _preview(kind: Any, sample: Any, upload: Any, state: Any) -> Any:
     """The source image and its prompt, shown before any edit."""
     from dashboards.data import image_file
-    from dashboards.limits import bounded_int
+    from dashboards.limits import bounded_int, image_id
     from dashboards.ui import image_src
 
     if kind == "upload":
-        upload_id = (upload or {}).get("upload") if isinstance(upload, dict) else None
+        upload_id = image_id(upload.get("upload")) if isinstance(upload, dict) else None
         if not upload_id:
             return html.P("Upload a PNG or JPEG to edit it.", className="ll-muted")
         return html.Figure(
@@ -282,14 +287,15 @@ def _preview(kind: Any, sample: Any, upload: Any, state: Any) -> Any:
 def _upload(contents: Any, filename: Any) -> tuple[Any, Any, Any]:
     from dashboards.editing import save_upload
 
+    name = str(filename)[:120] if filename else None  # a file name is only ever shown
     try:
-        upload_id, size = save_upload(contents, filename)
+        upload_id, size = save_upload(contents, name)
     except Exception as error:
         return None, error_message(error), no_update
     return (
         {"upload": upload_id},
         html.Span(
-            [html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {filename} ({size[0]}×{size[1]})"]
+            [html.Img(src=f"/lens/upload/{upload_id}.png", className="ll-thumb"), f" {name} ({size[0]}×{size[1]})"]
         ),
         "upload",
     )
@@ -334,11 +340,48 @@ def _strip(result: dict[str, Any]) -> html.Div:
     prevent_initial_call=True,
 )
 def _show(result: Any) -> tuple[Any, Any]:
+    from dashboards.limits import image_id, shown
+
     if not isinstance(result, dict):
         raise dash.exceptions.PreventUpdate
     if result.get("error"):
-        return None, message(result["error"], result.get("kind", "error"))
-    return _strip(result), None
+        kind = result.get("kind")
+        return None, message(str(result["error"])[:2000], kind if kind in ("error", "warning", "info") else "error")
+    try:
+        ids_ok = image_id(result["before"]) and all(image_id(i) for i in result["after"])
+        strip = _strip(result) if ids_ok else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        strip = None
+    if strip is None:  # only a forged store gets here: the job writes whole results
+        return None, message(f"The edit result {shown(result)} is incomplete; run the edit again.", "error")
+    return strip, None
+
+
+@callback(
+    Output(ids.ED_RUN, "disabled", allow_duplicate=True),
+    Output(ids.ED_RUN, "children", allow_duplicate=True),
+    Output(ids.ED_BUSY_POLL, "disabled"),
+    Output(ids.ED_MESSAGE, "children", allow_duplicate=True),
+    Input(ids.ED_RESULT_STORE, "data"),
+    Input(ids.ED_BUSY_POLL, "n_intervals"),
+    prevent_initial_call=True,
+)
+def _busy(result: Any, _ticks: Any) -> tuple[Any, Any, Any, Any]:
+    """The server at its job cap: the run button stays disabled (labelled busy) and the page asks
+    every second whether a slot is free again; then the button comes back."""
+    from dashboards.limits import MAX_EDIT_JOBS, JobSlots
+
+    if dash.ctx.triggered_id == ids.ED_RESULT_STORE:
+        if not (isinstance(result, dict) and result.get("busy")):
+            raise dash.exceptions.PreventUpdate
+        return True, BUSY_LABEL, False, no_update
+    if JobSlots(_slots_folder(), MAX_EDIT_JOBS).free() == 0:
+        raise dash.exceptions.PreventUpdate
+    return False, RUN_LABEL, True, message("An edit slot is free again: run your edit.", "info")
+
+
+def _slots_folder() -> Path:
+    return Path(config.setting("upload_dir")).parent / "job-slots"
 
 
 @callback(
@@ -355,8 +398,9 @@ def _show(result: Any) -> tuple[Any, Any]:
     State(ids.ED_SWEEP, "value"),
     State(ids.ED_STEPS, "value"),
     background=True,
-    running=[
+    running=[  # the control that started the edit is disabled until it ends (done, failed or cancelled)
         (Output(ids.ED_RUN, "disabled"), True, False),
+        (Output(ids.ED_RUN, "children"), RUNNING_LABEL, RUN_LABEL),
         (Output(ids.ED_CANCEL, "disabled"), False, True),
     ],
     progress=[Output(ids.ED_PROGRESS, "value"), Output(ids.ED_PROGRESS, "max"), Output(ids.ED_STATUS, "children")],
@@ -426,10 +470,11 @@ def _run(
         def progress(done: int, total: int, text: str) -> None:
             set_progress([str(done), str(max(total, 1)), text])
 
-        with JobSlots(Path(config.setting("upload_dir")).parent / "job-slots", MAX_EDIT_JOBS).take() as slot:
+        with JobSlots(_slots_folder(), MAX_EDIT_JOBS).take() as slot:
             if slot is None:
                 return {
-                    "error": f"The editor is busy: {MAX_EDIT_JOBS} edits are running. Try again when one has finished.",
+                    "error": f"The editor is busy: {MAX_EDIT_JOBS} edits are running. The run button comes back "
+                    "when one has finished.",
                     "kind": "warning",
                     "busy": True,
                 }

@@ -21,6 +21,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from dashboards import config, ids
 from dashboards.data import clear_caches, open_run, token_labels
+from dashboards.limits import bounded_choice, bounded_int, clean_state
 from dashboards.ui import guarded, image_src, message, state_get
 from latentlens.analysis.sae_run import (
     DIRECTIONS_FOLDER,
@@ -32,6 +33,7 @@ from latentlens.analysis.sae_run import (
 dash.register_page(__name__, path="/features", name="Features", title="latentlens · features", order=6)
 
 TABLE_ROWS = 25
+SORTS = ("frequency", "alignment")
 
 
 def layout(**_query: Any) -> html.Div:
@@ -87,8 +89,10 @@ def _load(path: str, site: str, stamp: float) -> dict[str, Any]:
     return load_sae_result(path, site)
 
 
-def _result(run_id: str, site: str) -> dict[str, Any]:
+def _result(run_id: str, site: Any) -> dict[str, Any]:
+    """The SAE results at ``site``: one of the run's trained sites, checked before any path is formed."""
     path = config.index().path(run_id)
+    site = bounded_choice(site, "The SAE site", sae_sites(path))
     summary = site_folder(path, site) / "summary.json"
     stamp = summary.stat().st_mtime if summary.is_file() else 0.0
     return _load(str(path), site, stamp)
@@ -150,7 +154,7 @@ def _features(site: Any, sort: Any, state: Any) -> tuple[Any, ...]:
         return [], None, None, None, None
     loaded = _result(run_id, site)
     arrays, summary = loaded["arrays"], loaded["summary"]
-    order = _order(arrays, str(sort))
+    order = _order(arrays, bounded_choice(sort or "frequency", "sort by", SORTS))
     options, rows = [], []
     for rank, f in enumerate(order):
         label, f1 = _label(arrays, int(f))
@@ -216,9 +220,10 @@ def _token_view(run: Any, run_id: str, site: str, sample: int, values: np.ndarra
 @guarded(2, 1)
 def _detail(feature: Any, site: Any, state: Any) -> tuple[Any, Any]:
     run_id = state_get(state, "run")
-    if not run_id or not site or not isinstance(feature, int):
+    if not run_id or not site or feature is None:
         return None, None
     arrays = _result(run_id, site)["arrays"]
+    feature = bounded_int(feature, "The feature", 0, len(arrays["frequency"]) - 1)
     run = open_run(config.index(), run_id)
     label, f1 = _label(arrays, feature)
     top = arrays["top_samples"][feature]  # [rank] sample ids
@@ -267,19 +272,21 @@ def _detail(feature: Any, site: Any, state: Any) -> tuple[Any, Any]:
 def _send(n_clicks: Any, feature: Any, site: Any, state: Any) -> tuple[Any, Any, Any]:
     import latentlens
 
-    if not n_clicks or not isinstance(feature, int) or not site:
+    if not n_clicks or feature is None or not site:
         raise dash.exceptions.PreventUpdate
     run_id = state_get(state, "run")
     path = config.index().path(run_id)
+    arrays = _result(run_id, site)["arrays"]  # checks the site before it names a file
+    feature = bounded_int(feature, "The feature", 0, len(arrays["frequency"]) - 1)
     name = f"{DIRECTIONS_FOLDER}/{site}/f{feature:04d}"
     target = Path(path) / "analysis" / "directions" / name
     if not target.with_suffix(".json").is_file():  # not one of the best-aligned features: export it now
         sae = latentlens.SparseAutoencoder.load(site_folder(path, site) / "sae")
         steps = (sae.provenance_ or {}).get("steps")
-        label, f1 = _label(_result(run_id, site)["arrays"], feature)
+        label, f1 = _label(arrays, feature)
         extra = {"attribute": label.split("=")[0], "to": label.split("=")[1], "f1": f1} if label else {}
         sae.feature_direction(feature, site=site, steps=steps, **extra).save(target)
         clear_caches()  # the editor's direction list is cached per analysis folder
-    state = dict(state or {})
+    state = clean_state(state)
     state["direction"] = name
     return state, "/editor", None

@@ -30,6 +30,7 @@ from dashboards.data import (
     results,
     run_manifest,
 )
+from dashboards.limits import bounded_choice, bounded_int, plot_points
 from dashboards.ui import empty_figure, guarded, image_src, label_colours, message, state_get, typed_array
 
 dash.register_page(__name__, path="/latents", name="Latents", title="latentlens · latents", order=2)
@@ -143,11 +144,23 @@ def _budget() -> int:
     return lod.DEFAULT_BUDGET if value is None else max(int(value), 0)
 
 
-def cell(run_id: str, site: str, step: int, method: str, colour: Any) -> Cell:
-    """The cached :class:`dashboards.lod.Cell` of the scatter; ``method`` "umap" falls back to PCA with a note."""
+METHODS = ("pca", "umap")
+
+
+def cell(run_id: str, site: Any, step: Any, method: Any, colour: Any) -> Cell:
+    """The cached :class:`dashboards.lod.Cell` of the scatter; ``method`` "umap" falls back to PCA with a note.
+
+    Every argument is checked first (a client can post anything): ``site`` one of the run's
+    activations, ``step`` one of its recorded steps, ``method`` and ``colour`` from the page's lists.
+    """
     index = config.index()
     path = index.path(run_id)
-    return _cell_cached(str(path), stamp(path), run_id, str(site), int(step), str(method), str(colour))
+    run = open_run(index, run_id)
+    site = bounded_choice(site, "The site", activation_sites(run))
+    step = bounded_choice(step, "The step", recorded_steps(run, run[site].shape[1]))
+    method = bounded_choice(method, "The method", METHODS)
+    colour = bounded_choice(colour, "colour by", [*sorted(manifest_labels(run)), "none"])
+    return _cell_cached(str(path), stamp(path), run_id, site, int(step), method, colour)
 
 
 @functools.lru_cache(maxsize=8)
@@ -306,7 +319,7 @@ def _scatter(site: Any, step: Any, method: Any, colour: Any, state: Any) -> tupl
     run_id = state_get(state, "run")
     if not run_id or not site or step is None:
         return empty_figure(), no_update, None
-    c = cell(run_id, site, int(step), str(method), colour or "none")
+    c = cell(run_id, site, step, method, colour or "none")
     note = message(c.note, "warning") if c.note else None
     return scatter_figure(c), note, {"key": c.key, **lod.FULL_VIEW}
 
@@ -348,7 +361,7 @@ def _zoom(
     budget = _budget()
     if not run_id or not site or step is None or budget <= 0:
         raise dash.exceptions.PreventUpdate
-    c = cell(run_id, site, int(step), str(method), colour or "none")
+    c = cell(run_id, site, step, method, colour or "none")
     if len(c.samples) <= budget:  # every point is drawn already; plotly zooms on its own
         raise dash.exceptions.PreventUpdate
     before = current if isinstance(current, dict) and current.get("key") == c.key else lod.FULL_VIEW
@@ -381,12 +394,18 @@ def _sample_card(run: Any, run_id: str, sample: int) -> html.Div:
 )
 @guarded(1, 0)
 def _hover(hover: Any, state: Any) -> Any:
-    points = (hover or {}).get("points") or []
+    points = plot_points(hover, "The hover event")
     run_id = state_get(state, "run")
     if not points or not run_id or points[0].get("customdata") is None:
         raise dash.exceptions.PreventUpdate
-    sample = int(points[0]["customdata"])
-    return _sample_card(open_run(config.index(), run_id), run_id, sample)
+    run = open_run(config.index(), run_id)
+    sample = bounded_int(points[0]["customdata"], "The hovered sample", 0, _samples(run) - 1)
+    return _sample_card(run, run_id, sample)
+
+
+def _samples(run: Any) -> int:
+    """How many samples the run has room for (finished or not)."""
+    return max(len(run_manifest(run).get("prompts") or []), 1)
 
 
 @callback(
@@ -406,8 +425,15 @@ def _select(selected: Any, click: Any, state: Any) -> tuple[Any, Any]:
         if trigger == ids.LAT_SCATTER and dash.ctx.triggered_prop_ids.get(f"{ids.LAT_SCATTER}.selectedData")
         else click
     )
-    points = (source or {}).get("points") or []
-    samples = [int(p["customdata"]) for p in points if p.get("customdata") is not None]
+    points = plot_points(source, "The selection")
+    samples = []
+    if points and run_id:
+        last = _samples(open_run(config.index(), run_id)) - 1
+        samples = [
+            bounded_int(p["customdata"], "A selected sample", 0, last)
+            for p in points
+            if p.get("customdata") is not None
+        ]
     if not samples or not run_id:
         return html.P(
             "Select points with the lasso or box tool (or click one) to list them here.", className="ll-muted"

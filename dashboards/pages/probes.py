@@ -13,9 +13,12 @@ from latentlens.errors import LatentlensError
 
 from dashboards import config, ids
 from dashboards.data import results
-from dashboards.ui import empty_figure, guarded, message, state_get
+from dashboards.limits import bounded_choice, clean_state, plot_points
+from dashboards.ui import empty_figure, guarded, log, message, state_get
 
 dash.register_page(__name__, path="/probes", name="Probes", title="latentlens · probes", order=1)
+
+METRICS = ("accuracy", "selectivity")
 
 
 def layout(**_query: Any) -> html.Div:
@@ -119,7 +122,10 @@ def _heatmap(attribute: Any, stream: Any, metric: Any, state: Any) -> tuple[Any,
     if not run_id or not attribute or not stream:
         return empty_figure(), None, no_update
     res = results(config.index(), run_id)
-    blocks, steps, table, sites = res.probe_grid(attribute, stream, metric or "accuracy")
+    attribute = bounded_choice(attribute, "The attribute", res.attributes)
+    stream = bounded_choice(stream, "The stream", res.streams)
+    metric = bounded_choice(metric or "accuracy", "The value", METRICS)
+    blocks, steps, table, sites = res.probe_grid(attribute, stream, metric)
     text = [[("" if math.isnan(v) else f"{v:.2f}") for v in row] for row in table]
     chance = None
     classes = res.classes.get(attribute)
@@ -173,10 +179,27 @@ def _heatmap(attribute: Any, stream: Any, metric: Any, state: Any) -> tuple[Any,
     prevent_initial_call=True,
 )
 def _open_cell(click: Any, attribute: Any, stream: Any, state: Any) -> tuple[Any, Any]:
-    points = (click or {}).get("points") or []
-    if not points or not points[0].get("customdata"):
-        raise dash.exceptions.PreventUpdate
-    point = points[0]
-    state = dict(state or {})
-    state.update(site=str(point["customdata"]), step=int(point["x"]), attribute=attribute, stream=stream)
+    """A click on a cell opens it in /latents; a click the grid did not draw is ignored (and logged)."""
+    try:
+        points = plot_points(click, "The click")
+        if not points or not points[0].get("customdata"):
+            raise dash.exceptions.PreventUpdate
+        point = points[0]
+        run_id = state_get(state, "run")
+        res = results(config.index(), run_id)
+        attribute = bounded_choice(attribute, "The attribute", res.attributes)
+        stream = bounded_choice(stream, "The stream", res.streams)
+        _, steps, _, sites = res.probe_grid(attribute, stream)
+        site = bounded_choice(point["customdata"], "The cell's site", sorted({s for row in sites for s in row if s}))
+        step = bounded_choice(_whole(point.get("x")), "The cell's step", steps)
+    except LatentlensError as error:
+        log.warning("ignored a probe-grid click: %s", error)
+        raise dash.exceptions.PreventUpdate from None
+    state = clean_state(state)
+    state.update(site=site, step=step, attribute=attribute, stream=stream)
     return state, "/latents"
+
+
+def _whole(value: Any) -> Any:
+    """A category axis sends its ticks as text: ``"5"`` → 5 (anything else is left for the check)."""
+    return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 10 else value

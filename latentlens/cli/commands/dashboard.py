@@ -1,7 +1,8 @@
 """``latentlens dashboard RUN_DIR_OR_ROOT``: serve the Dash dashboard over recorded runs.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise; only runs under the given
-folder can be opened from the browser.
+folder can be opened from the browser. Served by waitress, a production WSGI server
+(several request threads, its own request-size cap), not by Flask's development server.
 
 Example::
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from latentlens.errors import ConfigError, StoreError
 
@@ -68,6 +70,8 @@ def serve(
 
     app = create_app(root, cache_dir=cache_dir)
     warm_up()
+    quiet_server()
+    server = make_server(app, host, port)  # bound before the URL is printed
     from dashboards import config
 
     runs = config.index().run_ids()
@@ -83,8 +87,43 @@ def serve(
         import webbrowser
 
         threading.Timer(1.0, lambda: webbrowser.open(url)).start()
-    quiet_server()
-    app.run(host=host, port=port, debug=False)
+    try:
+        server.run()  # until Ctrl+C
+    finally:
+        server.close()
+
+
+#: request threads of the production server (the editor's jobs run in their own processes)
+SERVER_THREADS = 8
+
+
+def make_server(app: Any, host: str, port: int, *, threads: int = SERVER_THREADS) -> Any:
+    """A waitress server for the Dash ``app`` on ``host:port`` (port 0: any free port), bound but not yet
+    serving: call ``.run()`` (it returns on Ctrl+C) and ``.close()``; ``.effective_port`` is the port.
+
+    Example::
+
+        server = make_server(create_app("runs"), "127.0.0.1", 8050)
+        server.run()
+    """
+    from waitress import create_server
+
+    from dashboards import config
+
+    limit = int(config.SETTINGS["upload_max_bytes"]) * 4 // 3 + 256 * 1024  # as the app's own 413 limit
+    try:
+        return create_server(
+            app.server,
+            host=host,
+            port=port,
+            threads=threads,
+            max_request_body_size=limit,
+            clear_untrusted_proxy_headers=True,
+        )
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot serve on {host}:{port} ({error.strerror or error}); pass another --port (e.g. --port {port + 1})."
+        ) from None
 
 
 def port_free(host: str, port: int) -> None:
@@ -104,15 +143,11 @@ def port_free(host: str, port: int) -> None:
 
 
 def quiet_server() -> None:
-    """No Flask development-server banner and no per-request log lines (errors are still logged)."""
+    """No "Serving on …" line from waitress (latentlens prints the URL itself) and no per-request log
+    lines; warnings and errors are still logged."""
     import logging
 
-    try:
-        import flask.cli
-
-        flask.cli.show_server_banner = lambda *args, **kwargs: None
-    except (ImportError, AttributeError):  # pragma: no cover - the banner only
-        pass
+    logging.getLogger("waitress").setLevel(logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 

@@ -141,8 +141,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ parsing
 
 
-def parse_steps(text: str | None) -> list[Any] | None:
-    """Parse ``--steps``: ``None``/'all' → every step; else a list of ints and ``slice`` objects."""
+def parse_steps(text: str | None, flag: str = "--steps") -> list[Any] | None:
+    """Parse ``--steps``: ``None``/'all' → every step; else a list of ints and ``slice`` objects.
+
+    ``flag`` names where the text came from in the error (a probe spec's ``record.steps``).
+    """
     if text is None or text.strip().lower() in ("", "all"):
         return None
     parts: list[Any] = []
@@ -158,18 +161,33 @@ def parse_steps(text: str | None) -> list[Any] | None:
                 parts.append(int(part))
         except ValueError:
             raise ConfigError(
-                f"--steps {text!r}: {part!r} is not a step index or range; use e.g. '0,5,9', '0:10', '0:20:5' or 'all'."
+                f"{flag} {text!r}: {part!r} is not a step index or range; use e.g. '0,5,9', '0:10', '0:20:5' or 'all'."
             ) from None
     return parts
 
 
-def resolve_steps(parts: list[Any] | None, num_steps: int | None) -> list[int] | None:
+def spec_steps(value: Any, where: str) -> list[Any] | None:
+    """A probe spec's ``record.steps`` (``all``, ``'0:20:5'``, an int or a list of ints) as :func:`parse_steps`
+    gives it; a ConfigError naming ``where`` for anything else."""
+    if value is None or isinstance(value, str):
+        return parse_steps(value, flag=where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    raise ConfigError(
+        f"{where} {value!r} is not understood; give 'all', a list of step indices like [0, 5, 9] or a range "
+        "like '0:20:5'."
+    )
+
+
+def resolve_steps(parts: list[Any] | None, num_steps: int | None, flag: str = "--steps") -> list[int] | None:
     """Turn parsed ``--steps`` into sorted step indices in ``0..num_steps-1`` (an error names a bad one)."""
     if parts is None:
         return None
     if num_steps is None:
         if any(isinstance(p, slice) or p < 0 for p in parts):
-            raise ConfigError("--steps with ranges or negative indices needs --num-inference-steps.")
+            raise ConfigError(f"{flag} with ranges or negative indices needs --num-inference-steps.")
         return sorted(set(parts))
     out: set[int] = set()
     for part in parts:
@@ -178,18 +196,18 @@ def resolve_steps(parts: list[Any] | None, num_steps: int | None) -> list[int] |
             for bound in (start, stop):
                 if bound is not None and not -num_steps <= bound <= num_steps:
                     raise ConfigError(
-                        f"--steps range {_fmt(part)} reaches step {bound}, outside 0..{num_steps - 1} "
+                        f"{flag} range {_fmt(part)} reaches step {bound}, outside 0..{num_steps - 1} "
                         f"(the run has {num_steps} denoising steps); use steps below {num_steps} or raise "
                         "--num-inference-steps."
                     )
             chosen = range(num_steps)[part]
             if not chosen:
-                raise ConfigError(f"--steps range {_fmt(part)} selects no step of 0..{num_steps - 1}.")
+                raise ConfigError(f"{flag} range {_fmt(part)} selects no step of 0..{num_steps - 1}.")
             out.update(chosen)
         else:
             if not -num_steps <= part < num_steps:
                 raise ConfigError(
-                    f"--steps {part} is outside 0..{num_steps - 1} (the run has {num_steps} denoising steps); "
+                    f"{flag} {part} is outside 0..{num_steps - 1} (the run has {num_steps} denoising steps); "
                     f"use a step below {num_steps}, a negative index from the end, or raise --num-inference-steps."
                 )
             out.add(part % num_steps)
@@ -268,6 +286,58 @@ def _check_sites(pipe: Any, patterns: list[str] | None, flag: str) -> None:
             )
 
 
+_FLAGS = {
+    "batch_size": "--batch-size",
+    "num_inference_steps": "--num-inference-steps",
+    "height": "--height",
+    "width": "--width",
+    "guidance_scale": "--guidance",
+    "cfg": "--cfg",
+    "reduce": "--reduce",
+}
+
+
+def check_options(options: dict[str, Any], source: Any = _FLAGS.get) -> None:
+    """The recording options that need no model, checked before one loads: positive whole numbers,
+    a finite guidance scale, a CFG branch, the reductions. ``source(key)`` names where a value came from."""
+    import math
+
+    from latentlens.capture.options import Reduce, check_cfg
+
+    for key in ("batch_size", "num_inference_steps", "height", "width"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{source(key)} must be a positive integer, got {value!r}.")
+    scale = options.get("guidance_scale")
+    if scale is not None and (
+        isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+    ):
+        raise ConfigError(f"{source('guidance_scale')} must be a finite number, got {scale!r}.")
+    try:
+        if options.get("cfg") is not None:
+            check_cfg(options["cfg"])
+        Reduce(options.get("reduce"))
+    except ConfigError as error:
+        key = "cfg" if options.get("cfg") is not None and "cfg=" in str(error) else "reduce"
+        raise ConfigError(f"{source(key)}: {error}") from None
+
+
+def _num_steps_before_load(model: str, options: dict[str, Any]) -> int | None:
+    """The run's denoising steps without loading the model: the option, else the pipeline class's default
+    (None when the configs cannot tell; the steps are then checked once the model is loaded)."""
+    if options.get("num_inference_steps"):
+        return int(options["num_inference_steps"])
+    from latentlens.errors import LatentlensError
+    from latentlens.size_plan import pipeline_defaults
+
+    try:
+        return int(pipeline_defaults(model)["num_inference_steps"])
+    except LatentlensError:
+        raise
+    except Exception:
+        return None
+
+
 def _load_model(model: str) -> Any:
     from latentlens.models import load_pipeline
 
@@ -277,13 +347,11 @@ def _load_model(model: str) -> Any:
 _DRY_RUN_DONE = object()
 
 
-def _plan_before_load(
-    args: argparse.Namespace, model: str, prompts: Any, options: dict[str, Any], steps_parts: list[Any] | None
-) -> Any:
+def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, options: dict[str, Any]) -> Any:
     """The size plan (configs only): printed with --dry-run; a run that does not fit its disk is refused."""
     from latentlens.errors import LatentlensError, UnknownNameError
     from latentlens.runs import prompt_set
-    from latentlens.size_plan import config_transformer, pipeline_defaults, plan_record, reductions, refusal
+    from latentlens.size_plan import config_transformer, plan_record, reductions, refusal
 
     count = len(prompt_set(prompts, args.seed))
     if args.limit is not None:
@@ -297,11 +365,10 @@ def _plan_before_load(
             value = options.get(key)
             if value is not None:
                 _check_sites(config_transformer(model), [value] if isinstance(value, str) else list(value), f"--{key}")
-        num_steps = options.get("num_inference_steps") or pipeline_defaults(model)["num_inference_steps"]
         base = {
             "samples": count,
             "out": args.out,
-            "steps": resolve_steps(steps_parts, num_steps),
+            "steps": options.get("steps"),  # resolved by run() before the plan
             "save_images": not args.no_images,
             "batch_size": options.get("batch_size", 4),
             **{
@@ -357,13 +424,8 @@ def run(args: argparse.Namespace) -> int:
     from latentlens.runs import DEFAULT_SITES, RunInterruptedError, check_out_dir, record_prompts
 
     steps_parts = parse_steps(args.steps)
-    for flag, value in (
-        ("--limit", args.limit),
-        ("--batch-size", args.batch_size),
-        ("--num-inference-steps", args.num_inference_steps),
-    ):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be a positive integer, got {value}.")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive integer, got {args.limit}.")
     if (args.resume or args.repair) and args.overwrite:
         raise ConfigError("--resume/--repair and --overwrite exclude each other; pick one.")
     args.resume = args.resume or args.repair
@@ -410,6 +472,15 @@ def run(args: argparse.Namespace) -> int:
     if "sites" not in options and "attention" not in options:
         options["sites"] = DEFAULT_SITES
     options.setdefault("batch_size", 4)
+    steps_flag = "--steps"
+    spec_given = options.pop("steps", None) if args.probe else None
+    if steps_parts is None and spec_given is not None:  # --steps wins over the spec's record.steps
+        steps_flag = f"{args.probe}: record.steps"
+        steps_parts = spec_steps(spec_given, steps_flag)
+    check_options(options, lambda key: _FLAGS[key] if cli.get(key) is not None else f"{args.probe}: record.{key}")
+    num_steps = _num_steps_before_load(model, options)
+    if steps_parts is not None and num_steps is not None:  # checked here, before any model loads
+        options["steps"] = resolve_steps(steps_parts, num_steps, steps_flag)
     if isinstance(options.get("dtype"), str):
         import torch
 
@@ -421,7 +492,7 @@ def run(args: argparse.Namespace) -> int:
         from latentlens.distributed import connect
 
         connect(args.ray)
-    plan_steps = _plan_before_load(args, model, prompts, options, steps_parts)
+    plan_steps = _plan_before_load(args, model, prompts, options)
     if plan_steps is _DRY_RUN_DONE:
         return 0
 
@@ -430,9 +501,9 @@ def run(args: argparse.Namespace) -> int:
         pipe.set_progress_bar_config(disable=True)
     from latentlens.runs import default_num_inference_steps
 
-    num_steps = options.get("num_inference_steps") or default_num_inference_steps(pipe)
-    if steps_parts is not None:
-        options["steps"] = resolve_steps(steps_parts, num_steps)
+    if steps_parts is not None and "steps" not in options:  # the configs did not say how many steps
+        num_steps = options.get("num_inference_steps") or default_num_inference_steps(pipe)
+        options["steps"] = resolve_steps(steps_parts, num_steps, steps_flag)
     for key in ("sites", "attention"):
         value = options.get(key)
         if value is not None:
@@ -472,4 +543,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["NAME", "HELP", "add_arguments", "run", "parse_steps", "resolve_steps", "read_prompt_file"]
+__all__ = [
+    "NAME",
+    "HELP",
+    "add_arguments",
+    "run",
+    "parse_steps",
+    "spec_steps",
+    "resolve_steps",
+    "check_options",
+    "read_prompt_file",
+]
