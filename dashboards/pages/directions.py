@@ -126,7 +126,7 @@ def _list(state: Any) -> tuple[Any, ...]:
 
 def cosine_groups(loaded: dict[str, Any]) -> dict[str, list[str]]:
     """``{group: [direction names]}`` in site order: the cosines are taken among directions of one site
-    (which names its stream) and one shape, so token-wise ``[tokens, channel]`` directions form groups
+    (which names its stream) and one shape, so token-wise ``[token, channel]`` directions form groups
     of their own (``SITE · token-wise ×24``), and a site holding vectors of two widths gets one group
     per width (``SITE · width 7``)."""
     by_shape: dict[tuple[str, int | None, int], list[str]] = {}
@@ -198,7 +198,7 @@ def _cosine(group: Any, state: Any) -> tuple[Any, Any]:
     loaded, _ = directions(config.index(), run_id)
     groups = cosine_groups(loaded)
     group = bounded_choice(group, "The direction group", list(groups))
-    names, matrix = cosine_matrix({name: loaded[name] for name in groups[group]})  # [k, k]
+    names, matrix = cosine_matrix({name: loaded[name] for name in groups[group]})  # [direction, direction]
     example = loaded[names[0]]
     stream = _STREAMS.get(example.stream, "")
     longest = max(len(n) for n in names)
