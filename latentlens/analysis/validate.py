@@ -10,9 +10,7 @@ direction by steering real prompts of the run with it:
 
 * shapes world (labels the oracle reads): ``success`` = fraction of samples whose attribute was
   another value and that the oracle now reads as the direction's value, ``kept`` = fraction whose
-  other attributes read as on the same sample generated unsteered (what the edit changed;
-  ``kept_vs_prompt`` compares with the prompt instead, which also counts the model's own errors);
-  ``score = success × min(kept)``. The check stops early
+  other attributes are still the prompt's; ``score = success × min(kept)``. The check stops early
   (``early_stop``, the default): samples are steered :data:`CHUNK` at a time, and a direction stops
   as soon as the one-sided 95 % Clopper–Pearson upper bound of its success or of one kept fraction
   is below the goal :data:`GOAL` (it cannot edit the run's samples with ≥ 90 % success and ≥ 90 %
@@ -196,7 +194,6 @@ def validate_direction(
             False,
         ).mean(axis=0)
         pixel = (run(chosen, False), reference)
-    unsteered_reads: dict[int, Any] = {}  # sample -> the oracle's reading of its unsteered image (shared by alphas)
     best: dict[str, Any] | None = None
     tried: list[float] = []
     steered_images = 0
@@ -206,7 +203,7 @@ def validate_direction(
             report = {
                 **common,
                 "alpha": float(a),
-                **_oracle_check(run, chosen, labels, attribute, str(to), a, early_stop, unsteered_reads),
+                **_oracle_check(run, chosen, labels, attribute, str(to), a, early_stop),
             }
         else:
             assert pixel is not None  # set above whenever the labels are not the shapes world's
@@ -243,35 +240,22 @@ def _oracle_check(
     to: str,
     alpha: float,
     early_stop: bool,
-    unsteered_reads: dict[int, Any],
 ) -> dict[str, Any]:
-    """Steer ``chosen`` (``CHUNK`` at a time with ``early_stop``) and read the images with the oracle.
-
-    *Kept* compares each steered image with the same sample generated unsteered (what the edit changed);
-    ``kept_vs_prompt`` compares it with the prompt's labels, which also counts the model's own errors.
-    ``unsteered_reads`` caches the unsteered readings across alphas.
-    """
+    """Steer ``chosen`` (``CHUNK`` at a time with ``early_stop``) and read the images with the oracle."""
     from latentlens import shapes
-
-    def read(images: np.ndarray) -> list[Any]:
-        return shapes.read_batch((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
 
     others = [k for k in shapes.ATTRIBUTES if k != attribute]
     success: list[bool] = []
     kept: dict[str, list[bool]] = {k: [] for k in others}
-    kept_vs_prompt: dict[str, list[bool]] = {k: [] for k in others}
     step = CHUNK if early_stop else len(chosen)
     stopped = False
     for start in range(0, len(chosen), step):
         part = chosen[start : start + step]
-        missing = np.array([i for i in part if int(i) not in unsteered_reads], dtype=part.dtype)
-        if len(missing):
-            unsteered_reads.update(zip((int(i) for i in missing), read(run(missing, False))))
-        steered = read(run(part, True, alpha))
-        success += [getattr(r, attribute) == to for r in steered]
+        steered = run(part, True, alpha)
+        read = shapes.read_batch((np.clip(steered, 0, 1) * 255).round().astype(np.uint8))
+        success += [getattr(r, attribute) == to for r in read]
         for k in others:
-            kept[k] += [getattr(r, k) == getattr(unsteered_reads[int(i)], k) for r, i in zip(steered, part)]
-            kept_vs_prompt[k] += [getattr(r, k) == str(labels[k][i]) for r, i in zip(steered, part)]
+            kept[k] += [getattr(r, k) == str(labels[k][i]) for r, i in zip(read, part)]
         done = len(success)
         if early_stop and done < len(chosen):
             bounds = [upper_bound(sum(success), done)] + [upper_bound(sum(v), done) for v in kept.values()]
@@ -286,7 +270,6 @@ def _oracle_check(
         "measure": "oracle",
         "success": rate,
         "kept": kept_rate,
-        "kept_vs_prompt": {k: float(np.mean(v)) for k, v in kept_vs_prompt.items()},
         "score": rate * min(kept_rate.values()),
     }
 
