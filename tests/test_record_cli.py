@@ -99,6 +99,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(model_dir, prompts_file, tmp_
     assert not (tmp_path / "run").exists(), "nothing is written when the arguments are wrong"
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch and diffusers (~2 s); in-process bad-steps tests stay fast
 def test_bad_steps_in_a_real_subprocess_print_no_traceback(model_dir, prompts_file, tmp_path):
     done = subprocess.run([sys.executable, "-m", "latentlens", *_args(model_dir, prompts_file, tmp_path / "r", "--steps", "1:x")],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
