@@ -22,7 +22,9 @@ def _make_run(path, nan_at=None):
     prompts = [f"a {lab['size']} {lab['color']} thing {i}" for i, lab in enumerate(labels)]
     manifest = {"prompts": prompts, "seeds": list(range(N)), "labels": labels,
                 "recording": {"steps": [0, 5, 9]}}
-    store = RunStore.create(path, manifest)
+    # chunks of 16 samples, as a recording with batch size 16 writes them (one file per sample and step is ~10x
+    # the files, which cost more to write and delete than the analysis itself)
+    store = RunStore.create(path, manifest, samples_per_chunk=16)
     code = np.zeros((N, DIM))
     for i, lab in enumerate(labels):
         code[i, COLORS.index(lab["color"])] = 1.0

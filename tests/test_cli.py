@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from latentlens.cli import command_modules, build_parser, main
 
 
@@ -16,6 +18,7 @@ def test_help_lists_every_command_module(capsys):
         assert module.HELP, f"command {module.NAME} has no help text"
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch (~2 s); the in-process help tests stay fast
 def test_help_exits_zero():
     completed = subprocess.run(
         [sys.executable, "-m", "latentlens", "--help"], capture_output=True, text=True, check=False

@@ -41,8 +41,8 @@ class _Handler(BaseHTTPRequestHandler):
         mode = cls.behaviour
         if mode == "flaky" and cls.calls == 1:
             mode = "error500"
-        if mode == "slow":
-            time.sleep(1.0)
+        if mode == "slow":  # well past the client's 0.2 s timeout; the server waits for it at shutdown
+            time.sleep(0.6)
             mode = "ok"
         if mode in ("error500", "error400"):
             self.send_response(500 if mode == "error500" else 400)
@@ -65,7 +65,8 @@ def server():
     _Handler.requests = []
     _Handler.calls = 0
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # a short poll interval: shutdown() waits up to one interval (the default 0.5 s, at every teardown)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     httpd.shutdown()

@@ -26,6 +26,7 @@ def _make_run(path):
             "seeds": list(range(N)),
             "labels": labels,
         },
+        samples_per_chunk=16,  # a recording's batch-sized chunks, not one file per sample
     )
     x = rng.normal(size=(N, 2, 3, DIM)).astype(np.float32)
     for i in range(N):

@@ -152,6 +152,7 @@ def test_bad_steps_and_options_fail_before_the_model_loads(model_dir, prompts_fi
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch and diffusers (~2 s); in-process bad-steps tests stay fast
 def test_bad_steps_in_a_real_subprocess_print_no_traceback(model_dir, prompts_file, tmp_path):
     done = subprocess.run([sys.executable, "-m", "latentlens", *_args(model_dir, prompts_file, tmp_path / "r", "--steps", "1:x")],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

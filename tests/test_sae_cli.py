@@ -40,7 +40,7 @@ def _make_run(path, labelled=True):
                 "model": {"id": "synthetic", "transformer_config": {"sample_size": SIDE * PATCH, "patch_size": PATCH}}}
     if labelled:
         manifest["labels"] = labels
-    store = RunStore.create(path, manifest)
+    store = RunStore.create(path, manifest, samples_per_chunk=16)  # a recording's batch-sized chunks, not one file per sample
     dims = ("sample", "step", "token", "channel")
     store.write_samples(list(range(N)), {SITE: img, "blocks.1.resid_out.txt": txt}, dims={SITE: dims, "blocks.1.resid_out.txt": dims})
     store.mark_complete(list(range(N)))

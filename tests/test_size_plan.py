@@ -55,7 +55,8 @@ def _dry_run(capsys, args):
 
 @pytest.mark.parametrize("extra", [
     [],
-    ["--dtype", "bfloat16", "--reduce", "mean_img_tokens", "--steps", "0:20:6", "--batch-size", "2"],
+    ["--dtype", "bfloat16", "--reduce", "mean_img_tokens", "--num-inference-steps", "6", "--steps", "0:6:2",
+     "--batch-size", "2"],
 ])
 def test_dry_run_matches_what_the_toy_run_writes(tmp_path, capsys, extra):
     args = ["--model", "toy", "--prompts", str(_prompts(tmp_path)), "--out", str(tmp_path / "run"),
