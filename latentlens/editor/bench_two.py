@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable, Sequence
 
@@ -42,6 +42,7 @@ import numpy as np
 from latentlens.editor.bench import (
     METHOD_LABELS,
     METHODS,
+    BenchResult,
     EditBatch,
     baseline_settings,
     check_methods,
@@ -110,26 +111,8 @@ def target_scene(scene: Any, case: TwoObjectCase) -> tuple[Any, str]:
 
 
 @dataclass
-class TwoObjectBenchResult:
-    """Per-method summary and per-attribute cells; :meth:`table` renders the Markdown table."""
-
-    n: int
-    methods: list[str]
-    rows: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> summary
-    per_attribute: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    sources_matching_prompt: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
-    edits: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "methods": self.methods,
-            "summary": self.rows,
-            "per_attribute": self.per_attribute,
-            "sources_matching_prompt": self.sources_matching_prompt,
-            "settings": self.settings,
-        }
+class TwoObjectBenchResult(BenchResult):
+    """:class:`~latentlens.editor.bench.BenchResult` of the two-object protocol; :meth:`table` renders its columns."""
 
     def table(self) -> str:
         lines = [
