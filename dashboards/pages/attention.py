@@ -448,6 +448,9 @@ def _map_concepts(_clicks: Any, _submit: Any, text: Any, sample: Any, state: Any
         return {"error": f"Mapping the concepts failed ({type(error).__name__}: {error}).", "kind": "error"}
 
 
+MAX_MESSAGE_CHARS = 500  # a message read back from the client's store is cut here (never echoed whole)
+
+
 @callback(
     Output(ids.ATT_CONCEPT_STRIP, "children"),
     Output(ids.ATT_CONCEPT_STATUS, "children"),
@@ -465,8 +468,11 @@ def _concept_strip(data: Any, kind: Any, block_pos: Any, step: Any, aggregate: A
 
     if not data:
         return None, None
+    if not isinstance(data, dict):  # the store holds what _map_concepts returned; a client can post anything
+        return None, message("The concept maps' record is not understood; map the concepts again.", "warning")
     if "error" in data:
-        return None, message(str(data["error"]), str(data.get("kind", "error")))
+        kind = data.get("kind") if data.get("kind") in ("info", "warning", "error") else "error"
+        return None, message(str(data["error"])[:MAX_MESSAGE_CHARS], kind)
     run_id = state_get(state, "run")
     if data.get("run") != run_id:
         return None, message("Those concept maps belong to another run; map the concepts again.", "info")
