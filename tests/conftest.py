@@ -44,6 +44,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
 
 
+@pytest.fixture(scope="session")
+def saved_pipe(tmp_path_factory: pytest.TempPathFactory):
+    """``saved_pipe(kind)``: a folder holding ``tiny_pipes.get_pipe(kind).save_pretrained``, written once per session.
+
+    The folders are shared: tests read them (``--model DIR``, ``load_pipeline``) and copy them to change them.
+    """
+    from tiny_pipes import get_pipe
+
+    root = tmp_path_factory.mktemp("saved-pipes")
+
+    def folder(kind: str):
+        path = root / f"tiny-{kind}"
+        if not path.exists():
+            get_pipe(kind).save_pretrained(str(path))
+        return path
+
+    return folder
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # What collection imported lives for the whole session: keep it out of the collector's full passes.
     gc.freeze()

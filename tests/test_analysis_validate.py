@@ -19,7 +19,9 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def pipe():
-    return latentlens.load_pipeline("toy")
+    from tiny_pipes import get_pipe
+
+    return get_pipe("toy")  # the trained toy model, shared by the test files
 
 
 @pytest.fixture(scope="module")
