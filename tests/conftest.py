@@ -35,6 +35,23 @@ SLOW_TIERS = {
 }
 
 
+# Hypothesis examples per property test (tests/test_harden_properties.py): all of them in `make test`, a third in
+# the fast tier (`-m "not slow"`, where they were ~2 s). An explicit --hypothesis-profile wins.
+HYPOTHESIS_EXAMPLES = {"latentlens-full": 60, "latentlens-fast": 20}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        from hypothesis import settings
+    except ImportError:  # the property tests skip themselves
+        return
+    for name, examples in HYPOTHESIS_EXAMPLES.items():
+        settings.register_profile(name, max_examples=examples)
+    if config.getoption("hypothesis_profile", None) is None:
+        fast = (config.getoption("markexpr", "") or "").replace(" ", "") == "notslow"
+        settings.load_profile("latentlens-fast" if fast else "latentlens-full")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     files = {name: tier for tier, names in SLOW_TIERS.items() for name in names}
     for item in items:
@@ -42,6 +59,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier is not None:
             item.add_marker(pytest.mark.slow)
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def saved_pipe(tmp_path_factory: pytest.TempPathFactory):
+    """``saved_pipe(kind)``: a folder holding ``tiny_pipes.get_pipe(kind).save_pretrained``, written once per session.
+
+    The folders are shared: tests read them (``--model DIR``, ``load_pipeline``) and copy them to change them.
+    """
+    from tiny_pipes import get_pipe
+
+    root = tmp_path_factory.mktemp("saved-pipes")
+
+    def folder(kind: str):
+        path = root / f"tiny-{kind}"
+        if not path.exists():
+            get_pipe(kind).save_pretrained(str(path))
+        return path
+
+    return folder
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -26,7 +26,9 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def pipe():
-    return latentlens.load_pipeline("toy")
+    from tiny_pipes import get_pipe
+
+    return get_pipe("toy")  # the trained toy model, shared by the test files
 
 
 def _images(pipe, prompts, seeds):

@@ -49,7 +49,8 @@ def test_partial_fit_over_chunks_equals_fit_on_the_concatenation():
     np.testing.assert_allclose(streamed.transform(X[:50]), whole.transform(X[:50]), atol=1e-4)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# a second seed (not a lucky one) in the slow tier: each fit is ~0.9 s
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_recovers_a_known_sparse_dictionary(seed):
     X, atoms = _sparse_data(n=20_000, seed=seed)
     sae = SparseAutoencoder(n_features=64, k=3, epochs=6, lr=3e-3, random_state=seed).fit(X)

@@ -19,19 +19,20 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def pipe():
-    return latentlens.load_pipeline("toy")
+    from tiny_pipes import get_pipe
+
+    return get_pipe("toy")  # the trained toy model, shared by the test files
 
 
-@pytest.fixture(scope="module")
-def run_dir(pipe, tmp_path_factory):
-    """36 canonical-caption samples (six per colour) recorded at block 0's text input and block 5's image output."""
-    out = tmp_path_factory.mktemp("validate") / "run"
+def _record(pipe, out, per_color, steps):
+    """``per_color`` canonical-caption samples per colour recorded at block 0's text input and block 5's image output
+    (at the last of ``steps`` sampling steps)."""
     rng = np.random.default_rng(0)
     pool = shapes.training_combinations()
     combos = [pool[int(i)] for i in rng.permutation(len(pool))]
     chosen = []
     for color in shapes.COLORS:
-        chosen += [c for c in combos if c.color == color][:6]
+        chosen += [c for c in combos if c.color == color][:per_color]
     samples = [
         ProbeSample(
             shapes.canonical_caption(c),
@@ -46,13 +47,25 @@ def run_dir(pipe, tmp_path_factory):
         samples,
         out,
         sites=["blocks.0.resid_in.txt", "blocks.5.resid_out.img"],
-        steps=[STEPS - 1],
-        num_inference_steps=STEPS,
-        batch_size=36,
+        steps=[steps - 1],
+        num_inference_steps=steps,
+        batch_size=len(samples),
         model_id="toy",
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(pipe, tmp_path_factory):
+    """36 samples (six per colour) at 4 steps: enough for the directions to steer when validated."""
+    return _record(pipe, tmp_path_factory.mktemp("validate") / "run", per_color=6, steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def small_run_dir(pipe, tmp_path_factory):
+    """18 samples (three per colour) at 2 steps: directions to save, not to steer with (a third of run_dir's cost)."""
+    return _record(pipe, tmp_path_factory.mktemp("validate-small") / "run", per_color=3, steps=2)
 
 
 @pytest.mark.slow
@@ -100,7 +113,8 @@ def test_analyze_saves_edit_directions_with_their_measured_effect(pipe, run_dir)
     )  # token-mean class means are pushed harder
 
 
-def test_analyze_without_validation_keeps_directions_unmeasured(run_dir):
+def test_analyze_without_validation_keeps_directions_unmeasured(small_run_dir):
+    run_dir = small_run_dir
     summary = latentlens.analyze_run(run_dir, umap="none", quiet=True)
     assert (
         "direction_effects" not in summary and "edit/color/red" in summary["directions"]

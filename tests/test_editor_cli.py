@@ -18,10 +18,10 @@ TGT = "a small blue circle on the left on a gray background"
 @pytest.fixture(scope="module")
 def toy_folder(tmp_path_factory):
     from latentlens.toy.pipeline import ToyPipeline, build_scheduler, build_transformer
-    from latentlens.toy.text_encoder import load_text_encoder
+    from tiny_pipes import minilm
 
     torch.manual_seed(0)
-    tokenizer, encoder = load_text_encoder()
+    tokenizer, encoder = minilm()
     pipe = ToyPipeline(build_transformer(num_layers=1), build_scheduler(), encoder, tokenizer)
     folder = tmp_path_factory.mktemp("models") / "toy-random"
     pipe.save_pretrained(folder)

@@ -33,10 +33,10 @@ TGT = "a small blue circle on the left on a gray background"
 @pytest.fixture(scope="module")
 def toy_pipe():
     from latentlens.toy.pipeline import ToyPipeline, build_scheduler, build_transformer
-    from latentlens.toy.text_encoder import load_text_encoder
+    from tiny_pipes import minilm
 
     torch.manual_seed(0)
-    tokenizer, encoder = load_text_encoder()
+    tokenizer, encoder = minilm()
     pipe = ToyPipeline(build_transformer(num_layers=2), build_scheduler(), encoder, tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -49,23 +49,23 @@ def toy(toy_pipe):
 
 @pytest.fixture(scope="module")
 def sd3_pipe():
-    from latentlens.testing import tiny_sd3_pipeline
+    from tiny_pipes import get_pipe
 
-    return tiny_sd3_pipeline()
+    return get_pipe("sd3")
 
 
 @pytest.fixture(scope="module")
 def pixart_pipe():
-    from latentlens.testing import tiny_pixart_pipeline
+    from tiny_pipes import get_pipe
 
-    return tiny_pixart_pipeline()
+    return get_pipe("pixart")
 
 
 @pytest.fixture(scope="module")
 def flux_pipe():
-    from latentlens.testing import tiny_flux_pipeline
+    from tiny_pipes import get_pipe
 
-    return tiny_flux_pipeline()
+    return get_pipe("flux")
 
 
 # ------------------------------------------------------------------ manipulate

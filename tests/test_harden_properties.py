@@ -1,6 +1,7 @@
 """Property tests of what users hand in: a correct result or a clear LatentlensError, never another exception.
 
-Bounded: every test has a small ``max_examples`` and a deadline, so the module adds well under 60 s.
+Bounded: every test has a small ``max_examples`` (60, from the profile tests/conftest.py loads; 20 in the fast
+tier) and a deadline, so the module adds well under 60 s.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from latentlens.errors import LatentlensError  # noqa: E402
 
-BOUNDED = settings(
-    max_examples=60,
+BOUNDED = settings(  # max_examples: the loaded profile's
     deadline=1000,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

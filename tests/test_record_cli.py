@@ -18,12 +18,8 @@ from latentlens.store import JOURNAL, open_run
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from latentlens.testing import tiny_sd3_pipeline
-
-    path = tmp_path_factory.mktemp("models") / "tiny-sd3"
-    tiny_sd3_pipeline().save_pretrained(str(path))
-    return path
+def model_dir(saved_pipe):
+    return saved_pipe("sd3")
 
 
 @pytest.fixture()

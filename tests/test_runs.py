@@ -22,9 +22,9 @@ COMMON = dict(
 
 @pytest.fixture(scope="module")
 def pipe():
-    from latentlens.testing import tiny_sd3_pipeline
+    from tiny_pipes import get_pipe
 
-    return tiny_sd3_pipeline()
+    return get_pipe("sd3")
 
 
 class FlakyPipeline:

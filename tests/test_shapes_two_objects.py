@@ -37,9 +37,9 @@ from latentlens.shapes import (
 
 @pytest.fixture(scope="module")
 def minilm_tokenizer():
-    from latentlens.toy.text_encoder import load_text_encoder
+    from tiny_pipes import minilm
 
-    return load_text_encoder()[0]
+    return minilm()[0]
 
 
 PAIR = TwoObjectAttributes.of(

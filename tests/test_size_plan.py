@@ -23,17 +23,10 @@ def _written(path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
+def model_dirs(saved_pipe, tmp_path_factory):
     """Saved tiny SD3 / Flux / PixArt pipelines (real diffusers classes), and an SD3 copy without weights."""
-    from latentlens import testing
-
-    root = tmp_path_factory.mktemp("models")
-    dirs = {}
-    for kind, make in (("sd3", testing.tiny_sd3_pipeline), ("flux", testing.tiny_flux_pipeline),
-                       ("pixart", testing.tiny_pixart_pipeline)):
-        dirs[kind] = root / kind
-        make().save_pretrained(str(dirs[kind]))
-    dirs["no-weights"] = root / "no-weights"
+    dirs = {kind: saved_pipe(kind) for kind in ("sd3", "flux", "pixart")}
+    dirs["no-weights"] = tmp_path_factory.mktemp("models") / "no-weights"
     shutil.copytree(dirs["sd3"], dirs["no-weights"])
     for weights in dirs["no-weights"].rglob("*.safetensors"):
         weights.unlink()

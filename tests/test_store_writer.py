@@ -25,9 +25,9 @@ COMMON = dict(sites="blocks.*.resid_out.*", attention="blocks.*.attn.img2txt", n
 
 @pytest.fixture(scope="module")
 def pipe():
-    from latentlens.testing import tiny_sd3_pipeline
+    from tiny_pipes import get_pipe
 
-    return tiny_sd3_pipeline()
+    return get_pipe("sd3")
 
 
 def test_a_slow_disk_blocks_the_producer_instead_of_queueing_without_bound():

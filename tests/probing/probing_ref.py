@@ -7,31 +7,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tiny_pipes import get_pipe  # noqa: F401  (the session's tiny pipelines, shared with every test file)
+
 SEED = 0
 KINDS = ("sd3", "sd35", "flux", "pixart")  # the DiTs; the UNets ("sd", "sdxl") have test_unet.py
-_CACHE: dict[str, Any] = {}
-
-
-def get_pipe(kind: str) -> Any:
-    """A cached tiny pipeline of the real diffusers class (tests must remove every hook they add)."""
-    from latentlens import testing
-
-    if kind not in _CACHE:
-        if kind == "sd3":
-            _CACHE[kind] = testing.tiny_sd3_pipeline()
-        elif kind == "sd35":
-            _CACHE[kind] = testing.tiny_sd3_pipeline(dual_attention=True, qk_norm="rms_norm", num_layers=3)
-        elif kind == "flux":
-            _CACHE[kind] = testing.tiny_flux_pipeline()
-        elif kind == "pixart":
-            _CACHE[kind] = testing.tiny_pixart_pipeline()
-        elif kind == "sd":
-            _CACHE[kind] = testing.tiny_sd_pipeline()
-        elif kind == "sdxl":
-            _CACHE[kind] = testing.tiny_sdxl_pipeline()
-        else:
-            raise ValueError(kind)
-    return _CACHE[kind]
 
 
 def gen() -> torch.Generator:
