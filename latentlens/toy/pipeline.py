@@ -378,7 +378,26 @@ class ToyPipelineBase(DiffusionPipeline):
             raise ConfigError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
 
 
-class ToyPipeline(ToyPipelineBase):
+class ToyTransformerPipelineBase(ToyPipelineBase):
+    """The components and set-up both toy DiTs share (a patchified ``transformer``); not used on its own."""
+
+    def __init__(
+        self,
+        transformer: Any,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        text_encoder: Any,
+        tokenizer: Any,
+        text_position_scale: float = 0.0,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        self._setup(transformer, text_position_scale)
+        self.patch_size = transformer.config.patch_size if transformer is not None else 4
+
+
+class ToyPipeline(ToyTransformerPipelineBase):
     """Text-to-image pipeline of the bundled toy MM-DiT (pixel space, 32×32, MiniLM text encoder).
 
     Components: ``transformer`` (:class:`diffusers.SD3Transformer2DModel`), ``scheduler``
@@ -395,23 +414,8 @@ class ToyPipeline(ToyPipelineBase):
     arch = "mmdit"
     model_cpu_offload_seq = "text_encoder->transformer"
 
-    def __init__(
-        self,
-        transformer: Any,
-        scheduler: FlowMatchEulerDiscreteScheduler,
-        text_encoder: Any,
-        tokenizer: Any,
-        text_position_scale: float = 0.0,
-    ):
-        super().__init__()
-        self.register_modules(
-            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
-        )
-        self._setup(transformer, text_position_scale)
-        self.patch_size = transformer.config.patch_size if transformer is not None else 4
 
-
-class ToyPixArtPipeline(ToyPipelineBase):
+class ToyPixArtPipeline(ToyTransformerPipelineBase):
     """The toy cross-attention DiT: a :class:`diffusers.PixArtTransformer2DModel` under the toy conventions.
 
     Text enters each block through cross-attention to the caption projection of the MiniLM states
@@ -421,21 +425,6 @@ class ToyPixArtPipeline(ToyPipelineBase):
 
     arch = "pixart"
     model_cpu_offload_seq = "text_encoder->transformer"
-
-    def __init__(
-        self,
-        transformer: Any,
-        scheduler: FlowMatchEulerDiscreteScheduler,
-        text_encoder: Any,
-        tokenizer: Any,
-        text_position_scale: float = 0.0,
-    ):
-        super().__init__()
-        self.register_modules(
-            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer
-        )
-        self._setup(transformer, text_position_scale)
-        self.patch_size = transformer.config.patch_size if transformer is not None else 4
 
 
 class ToyUNetPipeline(ToyPipelineBase):
