@@ -22,8 +22,17 @@ from latentlens.toy.train import (
 
 def tiny_config(steps: int) -> TrainConfig:
     return TrainConfig(
-        steps=steps, batch_size=16, seed=3, num_layers=1, num_attention_heads=2, attention_head_dim=16,
-        templates=(0,), warmup_steps=5, learning_rate=2e-3, log_every=5, checkpoint_every_s=1e9,
+        steps=steps,
+        batch_size=16,
+        seed=3,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        templates=(0,),
+        warmup_steps=5,
+        learning_rate=2e-3,
+        log_every=5,
+        checkpoint_every_s=1e9,
     )
 
 
@@ -65,6 +74,20 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(smo
         torch.testing.assert_close(a["model"][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_resume_after_a_kill_between_checkpoints_logs_every_step_once(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(out / TEXT_CACHE_NAME, run / TEXT_CACHE_NAME)
+    train_toy(tiny_config(5), run, progress=False)  # checkpoint at step 5
+    with open(run / LOSS_LOG_NAME, "a") as log:  # what a kill at step 9 leaves: lines past the checkpoint, one cut
+        log.write(json.dumps({"step": 10, "loss": 9.0}) + "\n" + '{"step": 1')
+    train_toy(tiny_config(10), run, resume=True, progress=False)
+    log = [json.loads(line) for line in (run / LOSS_LOG_NAME).read_text().splitlines()]
+    assert [row["step"] for row in log] == [5, 10]
+    assert log[-1]["loss"] != 9.0
+
+
 def test_resume_errors(tmp_path, smoke_run):
     with pytest.raises(StoreError, match="--resume"):
         train_toy(tiny_config(5), tmp_path / "empty", resume=True, progress=False)
@@ -104,8 +127,18 @@ def test_bad_config_is_a_clear_error():
 
 def tiny_v2_config(steps: int, seed: int = 5) -> TrainConfig:
     return TrainConfig.for_world(
-        "v2", steps=steps, batch_size=8, seed=seed, num_layers=1, num_attention_heads=2, attention_head_dim=16,
-        templates=(0,), two_object_templates=(0, 1), two_object_limit=40, warmup_steps=2, log_every=2,
+        "v2",
+        steps=steps,
+        batch_size=8,
+        seed=seed,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        templates=(0,),
+        two_object_templates=(0, 1),
+        two_object_limit=40,
+        warmup_steps=2,
+        log_every=2,
         checkpoint_every_s=1e9,
     )
 

@@ -416,6 +416,29 @@ def _config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
+def _trim_loss_log(path: Path, step: int) -> None:
+    """Drop the loss-log lines written after the checkpoint at ``step`` (a run killed between checkpoints).
+
+    Those steps are trained again on resume, so keeping their old lines would log them twice.
+    """
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if (logged := _logged_step(line)) is not None and logged <= step]
+    if len(kept) < len(lines):
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text("".join(kept))
+        os.replace(partial, path)
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of one loss-log line, or None for a line cut short by a kill mid-write."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -591,6 +614,7 @@ def train_toy(
             cpu_before = float(state.get("cpu_s", 0.0))
             setup_before = float(state.get("setup_s", 0.0))
             resumed_from = step
+            _trim_loss_log(out / LOSS_LOG_NAME, step)
         (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
         bank = _load_or_build_bank(out / TEXT_CACHE_NAME, config, tokenizer, text_encoder)
