@@ -41,7 +41,6 @@ import torch
 
 import latentlens
 from latentlens import shapes
-from latentlens.analysis.run import recorded_steps
 from latentlens.analysis.steering import steering_check
 
 KEEP = ("shape", "size", "position")
@@ -64,7 +63,7 @@ def site_features(run: Any, site: str, steps: list[int], n: int) -> np.ndarray:
     if site not in run.names:
         raise SystemExit(f"The run did not record {site!r}; re-record it with probes/shapes.yaml (its record.sites).")
     array = run[site]
-    recorded = recorded_steps(run.manifest, array.shape[1])
+    recorded = run.recorded_steps(array.shape[1])
     return np.mean([np.asarray(array[0:n, recorded.index(s)], dtype=np.float32) for s in steps], axis=0)
 
 

@@ -1,0 +1,36 @@
+"""Every script under benchmarks/ still imports against the current package and parses --help.
+
+The benchmarks are how RESULTS.md figures are reproduced; a renamed library function must not
+leave one broken until someone reruns it (bench_steering.py once imported a moved helper).
+Slow tier: the first script to load the model stack pays diffusers' import (~10 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+
+
+def test_the_benchmarks_folder_has_scripts():
+    assert len(BENCHMARKS) >= 10, BENCHMARKS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
+def test_benchmark_imports_and_prints_help(script, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(f"_bench_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # module level only: every script keeps its work under a main guard
+    main = getattr(module, "main", None)
+    if main is None:
+        pytest.fail(f"{script.name} has no main(); the benchmark scripts share that entry point")
+    monkeypatch.setattr(sys, "argv", [script.name, "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
