@@ -144,9 +144,22 @@ def test_two_object_spec_labels_each_objects_attributes():
         assert labels["first_color"] == pair.first.color and labels["second_shape"] == pair.second.shape
         assert labels["layout"] == pair.layout and labels["background"] == pair.background
         assert labels["first_color"] != labels["second_color"]
-    # Either object is named first in some prompts (varied templates).
-    firsts = {p.index(l["first_color"]) < p.index(l["second_color"]) for p, _, l in spec.prompts()[:100]}
+    # The bundled spec uses toy v2's training templates: the left/top object is always named first,
+    # in all three of them.
+    prompts = spec.prompts()
+    assert all(p.index(l["first_color"]) < p.index(l["second_color"]) for p, _, l in prompts)
+    assert {next(w for w in (" and ", " next to ", " above ") if w in p) for p, _, _ in prompts[:100]} == {
+        " and ", " next to ", " above "
+    }
+
+
+def test_two_object_spec_varied_captions_name_either_object_first(tmp_path):
+    spec = load_probe_spec(_write(tmp_path, "world: shapes2\nattributes: [layout]\nsamples: 100\ncaptions: varied\n"))
+    firsts = {p.index(l["layout"] == "vertical" and "top" or "left") < p.index(
+        l["layout"] == "vertical" and "bottom" or "right") for p, _, l in spec.prompts()}
     assert firsts == {True, False}
+    only_next_to = load_probe_spec(_write(tmp_path, "world: shapes2\nattributes: [first_color]\nsamples: 120\ncaptions: [2]\n"))
+    assert all(" next to " in p for p, _, _ in only_next_to.prompts())  # layouts the template cannot describe drop out
 
 
 @pytest.mark.parametrize(
@@ -155,6 +168,7 @@ def test_two_object_spec_labels_each_objects_attributes():
         ("world: shapes2\nattributes: [first_colour]\nsamples: 10\n", "unknown two-object label 'first_colour'"),
         ("world: shapes2\nattributes: {layout: [diagonal, vertical]}\nsamples: 10\n", "unknown layout 'diagonal'"),
         ("world: shapes2\nattributes: [layout]\nsamples: 10\ncaptions: 99\n", "template index 0..7"),
+        ("world: shapes2\nattributes: [layout]\nsamples: 10\ncaptions: [0, 9]\n", "list of such indices"),
         ("world: shapes3\nsamples: 10\n", "shapes2"),
     ],
 )

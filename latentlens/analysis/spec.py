@@ -32,7 +32,9 @@ attribute, and seeds. The prompts are the full factorial (or a seeded sample of 
 slot: ``first_shape, first_color, first_size`` (the left or top object), ``second_shape, ...``,
 plus ``layout`` (horizontal | vertical) and ``background``; ``combinations`` is
 training | held_out | all of the two-object split, ``captions`` varied | canonical | a
-two-object template index; the other fields are as for ``world: shapes``.
+two-object template index | a list of indices (one drawn per sample, among those that describe the
+scene's layout; ``[0, 2, 4]`` are the templates toy v2 was trained on); the other fields are as for
+``world: shapes``.
 
 Every mistake (a missing field, an attribute with a single value, too few samples per
 class, a template that names an unknown attribute) raises
@@ -509,17 +511,29 @@ class _Validator:
         n = self.positive_int(self.require(data, "samples", ("samples",), "how many prompts to record"), ("samples",))
         captions = data.get("captions", "varied")
         n_templates = len(shapes.TWO_OBJECT_TEMPLATES)
-        if captions not in ("varied", "canonical") and not (
-            isinstance(captions, int) and not isinstance(captions, bool) and 0 <= captions < n_templates
+
+        def is_index(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_templates
+
+        if not (
+            captions in ("varied", "canonical")
+            or is_index(captions)
+            or (isinstance(captions, list) and captions and all(is_index(t) for t in captions))
         ):
             raise self.fail(
                 ("captions",),
-                f"captions {captions!r} must be 'varied', 'canonical' or a two-object template index 0..{n_templates - 1}.",
+                f"captions {captions!r} must be 'varied', 'canonical', a two-object template index 0..{n_templates - 1} "
+                "or a list of such indices (drawn at random per sample).",
             )
-        if isinstance(captions, int) and not isinstance(captions, bool):
-            pool = [(c, labels) for c, labels in pool if captions in shapes.TWO_OBJECT_TEMPLATES_FOR[c.layout]]
+        chosen: tuple[int, ...] | None = (
+            (captions,) if is_index(captions) else tuple(captions) if isinstance(captions, list) else None
+        )
+        if chosen is not None:
+            pool = [(c, labels) for c, labels in pool if set(chosen) & set(shapes.TWO_OBJECT_TEMPLATES_FOR[c.layout])]
             if not pool:
-                raise self.fail(("captions",), f"two-object template {captions} describes none of the chosen layouts.")
+                raise self.fail(
+                    ("captions",), f"two-object templates {list(chosen)} describe none of the chosen layouts."
+                )
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise self.fail(("seed",), f"seed must be a non-negative integer, got {seed!r}.")
@@ -533,12 +547,14 @@ class _Validator:
         samples = []
         for i, k in enumerate(order[:n]):
             combo, labels = pool[k]
-            if captions == "varied":
+            if chosen is not None:
+                usable = [t for t in chosen if t in shapes.TWO_OBJECT_TEMPLATES_FOR[combo.layout]]
+                template = usable[int(rng.integers(len(usable)))] if len(usable) > 1 else usable[0]
+                caption = shapes.make_two_object_caption(combo, template=template)
+            elif captions == "varied":
                 caption = shapes.make_two_object_caption(combo, rng=rng)
-            elif captions == "canonical":
-                caption = shapes.make_two_object_caption(combo)
             else:
-                caption = shapes.make_two_object_caption(combo, template=int(captions))
+                caption = shapes.make_two_object_caption(combo)
             samples.append(ProbeSample(caption.text, i, {a: labels[a] for a in attributes}))
         spec = ProbeSpec(attributes=attributes, world="shapes2", _samples=samples, **common)
         self.check_counts(spec, "raise 'samples' or restrict the values.")
