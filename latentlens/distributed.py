@@ -203,8 +203,7 @@ class RecordWorker:
             store = self._stores[out] = RunStore.open(out, mode="chunks")
         saved = save_batch_images(store, batch, output, save_images)
         store.add_recording(rec, sample_ids=batch, complete=False)
-        if hasattr(os, "sync"):
-            os.sync()  # this node's writes reach the disk before the driver journals the batch
+        store.sync()  # this node's writes reach the disk before the driver journals the batch
         return saved
 
 

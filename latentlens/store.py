@@ -43,6 +43,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +201,43 @@ def _write_chunk_file(path: Path, block: np.ndarray) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync one file or folder; one that is gone (replaced or removed meanwhile) needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_paths(files: Sequence[Path], root: Path) -> None:
+    """Make ``files`` (under ``root``) durable: each file, then every folder from theirs up to ``root``.
+
+    A new or renamed file's folder entry is durable only once that folder is fsync'ed. Many files are
+    fsync'ed from a few threads, so the file system commits them together (200 chunk files: ~20 ms
+    instead of ~75 ms one after another here).
+    """
+    folders: set[Path] = set()
+    for file in files:
+        folder = file.parent
+        while folder not in folders and (folder == root or root in folder.parents):
+            folders.add(folder)
+            folder = folder.parent
+    if len(files) > 16:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="latentlens-fsync") as pool:
+            list(pool.map(_fsync_path, files))
+    else:
+        for file in files:
+            _fsync_path(file)
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):  # deepest first
+        _fsync_path(folder)
 
 
 def _read_chunk(path: str, out: np.ndarray, offset: int) -> bool:
@@ -527,6 +565,10 @@ class RunStore:
         self._arrays: dict[str, Any] = {}
         self._samples: dict[int, dict[str, Any]] = {}
         self._digests: dict[int, dict[str, int]] = {}  # sample -> name -> crc32 of data written, not yet journaled
+        # files this store wrote since the last sync() (the writer thread and the caller both write)
+        self._unsynced: set[Path] = set()
+        self._unsynced_unknown = False  # zarr wrote chunks whose files cannot be named: sync() syncs everything
+        self._unsynced_lock = threading.Lock()
         self._lock_held = False
         if writable and not chunks_only:
             self._acquire_lock()
@@ -928,6 +970,7 @@ class RunStore:
                         "given; a worker writes only into arrays the driver created at full length."
                     )
                 array.resize((need, *array.shape[1:]))
+                self._note_metadata(array)
             return array
         if self.chunks_only:
             raise StoreError(f"{self.path} has no array {name!r}; a worker writes only into arrays the driver created.")
@@ -954,6 +997,7 @@ class RunStore:
             overwrite=True,
         )
         self._arrays[name] = array
+        self._note_metadata(array)
         recorded[name] = {
             "dims": list(dims),
             "sample_shape": list(sample_shape),
@@ -1006,10 +1050,11 @@ class RunStore:
         raw = _raw_chunk_dir(array, self.path / ARRAYS)
         spc = array.chunks[0]
         inner = tuple(array.shape[2:])
-        if raw is None or data.ndim < 2 or tuple(array.chunks[1:]) != (1, *inner):
-            array[first : first + n] = data
-            return
         end = first + n
+        self._note_zarr_chunks(array, raw, first, end)
+        if raw is None or data.ndim < 2 or tuple(array.chunks[1:]) != (1, *inner):
+            array[first:end] = data
+            return
         lo_chunk, hi_chunk = -(-first // spc), end // spc  # the chunks lying wholly inside [first, end)
         if hi_chunk <= lo_chunk:
             array[first:end] = data
@@ -1019,7 +1064,7 @@ class RunStore:
         for chunk in range(lo_chunk, hi_chunk):
             part = data[chunk * spc - first : (chunk + 1) * spc - first]  # [sample, step, ...]
             for step in range(data.shape[1]):
-                path = raw / meta.encode_chunk_key((chunk, step) + (0,) * len(inner))
+                path = raw / meta.encode_chunk_key((chunk, step) + (0,) * len(inner))  # noted by _note_zarr_chunks
                 path.parent.mkdir(parents=True, exist_ok=True)
                 block = np.ascontiguousarray(part[:, step], dtype=dtype)  # [sample, ...] = one chunk [sample, 1, ...]
                 _write_chunk_file(path, block)
@@ -1028,11 +1073,48 @@ class RunStore:
         if hi_chunk * spc < end:  # trailing partial chunk
             array[hi_chunk * spc : end] = data[hi_chunk * spc - first :]
 
+    def _note_written(self, *paths: Path) -> None:
+        with self._unsynced_lock:
+            self._unsynced.update(paths)
+
+    def _note_zarr_chunks(self, array: Any, raw: Path | None, first: int, end: int) -> None:
+        """Note the chunk files of samples ``first..end-1`` of ``array`` (every step and inner chunk) for sync()."""
+        if raw is None:  # not the plain layout: the chunk files' names are zarr's business
+            with self._unsynced_lock:
+                self._unsynced_unknown = True
+            return
+        import itertools
+
+        spc = array.chunks[0]
+        grid = [range(first // spc, -(-end // spc))]
+        grid += [range(-(-size // chunk)) for size, chunk in zip(array.shape[1:], array.chunks[1:])]
+        meta = array.metadata
+        self._note_written(*(raw / meta.encode_chunk_key(coords) for coords in itertools.product(*grid)))
+
+    def _note_metadata(self, array: Any) -> None:
+        """Note the zarr metadata that creating or resizing ``array`` rewrote, for sync()."""
+        arrays = self.path / ARRAYS
+        self._note_written(arrays / "zarr.json", arrays / array.path / "zarr.json")
+
+    def sync(self) -> None:
+        """Make every file this store wrote since the last ``sync()`` durable (fsync'ed, with its folders).
+
+        :meth:`mark_complete` calls it before journaling; a worker of a distributed run calls it before the
+        driver journals its batch. Only this store's own files are synced, not the whole system's (`os.sync`),
+        unless zarr wrote chunks in a layout whose file names the store cannot tell (then everything is).
+        """
+        with self._unsynced_lock:
+            files, self._unsynced = sorted(self._unsynced), set()
+            unknown, self._unsynced_unknown = self._unsynced_unknown, False
+        if unknown and hasattr(os, "sync"):
+            os.sync()
+        fsync_paths(files, self.path)
+
     def mark_complete(self, sample_ids: Sequence[int], metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Journal ``sample_ids`` as finished; call after all their data is written.
 
-        The data written so far is synced to disk first, then the journal line is written and fsync'ed,
-        so after a crash or power loss a journaled sample's data is on disk.
+        The files written so far are synced to disk first (:meth:`sync`), then the journal line is written and
+        fsync'ed, so after a crash or power loss a journaled sample's data is on disk.
         """
         self._require_writable(driver=True)
         ids = [int(i) for i in sample_ids]
@@ -1050,9 +1132,7 @@ class RunStore:
             lines.append(json.dumps(entry, default=str))
         try:
             # the samples' chunk files and images reach the disk before the journal says they are done
-            # (one sync per call, not one fsync per chunk file: a batch writes hundreds of them)
-            if hasattr(os, "sync"):
-                os.sync()
+            self.sync()
             with open(self.path / JOURNAL, "a") as handle:
                 handle.write("\n".join(lines) + "\n")
                 handle.flush()
@@ -1140,11 +1220,12 @@ class RunStore:
         target = self.image_path(sample_id)
         target.parent.mkdir(exist_ok=True)
         try:
-            _write_atomic(target, buffer.getvalue())
+            _write_atomic(target, buffer.getvalue())  # fsync'ed; sync() makes its folder entry durable
         except OSError as error:
             if _is_disk_full(error):
                 raise self._disk_error(self.path, error, len(self._samples)) from error
             raise
+        self._note_written(target)
         return target
 
     # ------------------------------------------------------------------ verification

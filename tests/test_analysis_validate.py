@@ -147,8 +147,10 @@ def test_validate_direction_outside_the_shapes_world_measures_the_pixel_effect(p
     assert pushed["score"] == pushed["effect"] != 0.0
 
 
-def test_a_direction_that_cannot_edit_stops_after_one_chunk(pipe, run_dir):
+def test_a_direction_that_cannot_edit_stops_after_one_chunk(pipe, small_run_dir):
     from latentlens.analysis.validate import CHUNK, GOAL, upper_bound, validate_direction
+
+    run_dir = small_run_dir  # it gives only prompts, seeds, labels and the site's width; 18 samples are enough
 
     assert upper_bound(0, CHUNK) < GOAL <= upper_bound(CHUNK, CHUNK)  # no hit in a chunk rules the goal out
     assert upper_bound(3, 4) > GOAL and upper_bound(14, 16) > GOAL > upper_bound(11, 16)

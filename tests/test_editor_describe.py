@@ -92,7 +92,7 @@ def test_endpoint_that_is_down_is_a_clear_error():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    d = EndpointDescriber(f"http://127.0.0.1:{port}/v1", model="vlm", timeout=2, retries=1)
+    d = EndpointDescriber(f"http://127.0.0.1:{port}/v1", model="vlm", timeout=2, retries=1, retry_wait=0.01)
     with pytest.raises(DescriberError, match="failed after 2 attempt"):
         d.describe(IMAGE)
 
@@ -115,8 +115,10 @@ def test_endpoint_garbage_and_refusals_are_clear_errors(server):
 
 def test_endpoint_retries_after_a_server_error(server):
     _Handler.behaviour = "flaky"
-    assert EndpointDescriber(server, model="vlm", retries=1).describe(IMAGE).startswith("a small red")
+    start = time.perf_counter()
+    assert EndpointDescriber(server, model="vlm", retries=1, retry_wait=0.05).describe(IMAGE).startswith("a small red")
     assert _Handler.calls == 2
+    assert time.perf_counter() - start >= 0.05, "the retry did not wait retry_wait seconds"
 
 
 def test_endpoint_config_is_validated():

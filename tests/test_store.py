@@ -315,3 +315,43 @@ def test_chunks_never_straddle_two_batches(tmp_path):
     store.write_samples([0], {"a": np.broadcast_to(big, (1, 1, 1, per_sample))}, dims={"a": DIMS})
     assert store.read("a").chunks[0] == 3
     store.close()
+
+
+def test_mark_complete_fsyncs_every_file_the_store_wrote_and_nothing_system_wide(tmp_path, monkeypatch):
+    """Durable before journaled: each chunk file, image, zarr metadata file and their folders is fsync'ed
+    before the journal line is written, and the whole system is never synced (``os.sync``)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def system_sync() -> None:
+        raise AssertionError("os.sync() flushes every process's data, not only the run's")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "sync", system_sync)
+    rng = np.random.default_rng(0)
+    store = RunStore.create(tmp_path / "run", _manifest(6), samples_per_chunk=2)
+    for ids in ([0, 1, 2], [3, 4, 5]):  # whole chunks (written directly) and partial ones (written by zarr)
+        data = rng.standard_normal((3, 3, 5, 4)).astype(np.float32)  # [batch, step, token, channel]
+        store.write_samples(ids, {"blocks.0.resid_out.img": data}, dims={"blocks.0.resid_out.img": DIMS})
+        for i in ids:
+            store.save_image(i, np.zeros((4, 4, 3), np.uint8))
+        synced.clear()
+        store.mark_complete(ids)
+        journal = str(tmp_path / "run" / JOURNAL)
+        assert synced[-1] == journal
+        before = set(synced[:-1])
+        run = tmp_path / "run"
+        written = {str(p) for p in run.rglob("*") if p.is_file() and p.name not in (JOURNAL, LOCK, MANIFEST)}
+        chunks = {p for p in written if "/c/" in p}
+        folders = {os.path.dirname(p) for p in written}
+        assert chunks and {str(store.image_path(i)) for i in ids} <= before
+        if ids[0] == 0:  # the first batch wrote everything there is so far
+            assert written <= before and folders <= before and str(run) in before
+        else:  # the second: its own chunks (samples 2-5 are chunks 1 and 2) and images
+            assert {p for p in chunks if "/c/1/" in p or "/c/2/" in p} <= before
+    store.close()
+    assert sorted(open_run(tmp_path / "run").completed) == list(range(6))

@@ -137,7 +137,8 @@ class EndpointDescriber(Describer):
         url: base URL (``http://host:8000/v1``) or the full ``.../chat/completions`` URL.
         model: the model name the server expects.
         timeout: seconds per request. retries: extra attempts after a failed one (connection error,
-            timeout, HTTP 5xx/429), with 0.5 s, 1 s, 2 s … pauses. api_key: sent as a Bearer token.
+            timeout, HTTP 5xx/429), with ``retry_wait`` (0.5 s), twice that, … pauses (at most 4 s).
+        api_key: sent as a Bearer token.
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class EndpointDescriber(Describer):
         api_key: str | None = None,
         instruction: str = DEFAULT_INSTRUCTION,
         max_tokens: int = 80,
+        retry_wait: float = 0.5,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"Describer endpoint URL {url!r} must start with http:// or https://.")
@@ -156,6 +158,8 @@ class EndpointDescriber(Describer):
             raise ConfigError("The describer endpoint needs a model name (the one the server serves).")
         if float(timeout) <= 0 or int(retries) < 0:
             raise ConfigError(f"timeout must be > 0 and retries >= 0; got timeout={timeout}, retries={retries}.")
+        if float(retry_wait) < 0:
+            raise ConfigError(f"retry_wait must be >= 0 seconds; got {retry_wait}.")
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model = model
@@ -164,11 +168,12 @@ class EndpointDescriber(Describer):
         self.api_key = api_key
         self.instruction = instruction
         self.max_tokens = int(max_tokens)
+        self.retry_wait = float(retry_wait)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> EndpointDescriber:
         """From a mapping with ``url``, ``model`` and optional ``timeout``, ``retries``, ``api_key``, ``instruction``."""
-        known = {"url", "model", "timeout", "retries", "api_key", "instruction", "max_tokens"}
+        known = {"url", "model", "timeout", "retries", "retry_wait", "api_key", "instruction", "max_tokens"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise ConfigError(f"Unknown describer endpoint settings {unknown}; valid keys are {sorted(known)}.")
@@ -204,7 +209,7 @@ class EndpointDescriber(Describer):
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 4.0))
+                time.sleep(min(self.retry_wait * 2 ** (attempt - 1), 4.0))
             request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:

