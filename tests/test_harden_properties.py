@@ -109,12 +109,20 @@ def test_prompt_files(data):
 _RUN: dict[str, Path] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _run_base(tmp_path_factory):
+    """The shared run lives under pytest's temporary root (cleaned by pytest), not a stray mkdtemp."""
+    _RUN["base"] = tmp_path_factory.mktemp("props")
+    yield
+    _RUN.clear()
+
+
 def _run_folder() -> Path:
     """One small run shared by the reader tests; each example restores the file it damages."""
     from latentlens.store import RunStore
 
     if "run" not in _RUN:
-        folder = Path(tempfile.mkdtemp(prefix="ll-props-")) / "run"
+        folder = _RUN["base"] / "run"
         store = RunStore.create(
             folder, {"prompts": ["a", "b", "c"], "seeds": [0, 1, 2]}
         )
