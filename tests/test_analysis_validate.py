@@ -159,7 +159,7 @@ def test_a_direction_that_cannot_edit_stops_after_one_chunk(pipe, small_run_dir)
     width = latentlens.open_run(run_dir)["blocks.5.resid_out.img"].shape[-1]  # whichever toy weights are installed
     nothing = latentlens.Direction(torch.zeros(width), site="blocks.5.resid_out.img", provenance={})
     args = (pipe, nothing, manifest["prompts"], manifest["seeds"], labels)
-    kw = {"attribute": "color", "to": "blue", "n": 12, "num_inference_steps": STEPS}
+    kw = {"attribute": "color", "to": "blue", "n": 12, "num_inference_steps": 8}  # 4 steps draw a colour wrong now and then
     stopped = validate_direction(*args, **kw)
     assert stopped["success"] == 0.0 and stopped["stopped_early"] is True
     assert stopped["n"] == CHUNK and stopped["n_planned"] == 12 and stopped["steered_images"] == CHUNK
