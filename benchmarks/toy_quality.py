@@ -70,7 +70,13 @@ def _tables(report: dict) -> str:
     if "two_trained" in report:
         lines += [
             "",
-            "Two objects (canonical two-object captions; per attribute = mean over both objects):",
+            "Two objects ("
+            + (
+                "canonical two-object captions"
+                if report.get("two_template") is None
+                else f"two-object template {report['two_template']}"
+            )
+            + "; per attribute = mean over both objects):",
             "",
         ]
         lines.append(
@@ -174,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         default=60,
         help="Two-object one-attribute-edit pairs per attribute (default 60).",
     )
+    parser.add_argument(
+        "--two-template",
+        type=int,
+        default=None,
+        help="Caption template of the two-object tables (default: the canonical one, 0; 1 names the "
+        "right/bottom object first; see latentlens.shapes.TWO_OBJECT_TEMPLATES).",
+    )
     parser.add_argument("--steps", type=int, default=DEFAULT_NUM_INFERENCE_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument(
@@ -235,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_two > 0:
         two_trained = _sample(two_object_training_combinations(), args.n_two, rng)
         two_held = _sample(two_object_held_out_combinations(), args.n_two, rng)
+        template = {"template": args.two_template}
+        report["two_template"] = args.two_template
         report["two_trained"] = two_object_accuracy(
-            pipe, two_trained, seed=args.seed + 200_000, **settings
+            pipe, two_trained, seed=args.seed + 200_000, **settings, **template
         )
         report["two_held_out"] = two_object_accuracy(
-            pipe, two_held, seed=args.seed + 300_000, **settings
+            pipe, two_held, seed=args.seed + 300_000, **settings, **template
         )
         if args.two_pairs > 0:
             report["two_object_edits"] = two_object_edits(

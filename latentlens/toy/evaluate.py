@@ -128,10 +128,12 @@ def two_object_accuracy(
     num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     batch_size: int = 32,
+    template: int | None = None,
 ) -> dict[str, Any]:
     """Generate the canonical caption of each two-object combination (seed ``seed + i``) and score both objects.
 
-    The oracle detects the layout from the image and reads each object where it is, so an object
+    ``template`` picks another two-object caption template (``latentlens.shapes.TWO_OBJECT_TEMPLATES``;
+    it must describe every pair's layout), e.g. 1 to name the right/bottom object first. The oracle detects the layout from the image and reads each object where it is, so an object
     drawn in the wrong place or with the other object's colour counts as wrong (binding errors are
     reported separately). Example::
 
@@ -140,19 +142,19 @@ def two_object_accuracy(
         report["both_right"], report["binding_errors"]["color"]
     """
     from latentlens.shapes import (
-        canonical_two_object_caption,
+        make_two_object_caption,
         read_two_object_batch,
         score_two_object_readings,
     )
 
-    prompts = [canonical_two_object_caption(p) for p in pairs]
+    prompts = [make_two_object_caption(p, template=template).text for p in pairs]
     seeds = [seed + i for i in range(len(prompts))]
     images = generate_images(pipe, prompts, seeds, num_inference_steps, guidance_scale, batch_size)
     readings = read_two_object_batch(images) if len(images) else []
     report = score_two_object_readings(pairs, readings)
     report["errors"] = [
-        {"asked": canonical_two_object_caption(p), "read": [o.as_dict() for o in r.objects]}
-        for p, r in zip(pairs, readings)
+        {"asked": prompt, "read": [o.as_dict() for o in r.objects]}
+        for prompt, p, r in zip(prompts, pairs, readings)
         if p.objects != r.objects
     ][:20]
     return report
