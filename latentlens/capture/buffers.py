@@ -29,7 +29,11 @@ class StepSeries:
         self.row_shape = tuple(first.shape)
         self.steps: list[int] = []
         self.timesteps: list[float] = []
-        self._chunks: list[torch.Tensor] = [self._new_chunk(max(1, capacity))]
+        try:
+            chunk = self._new_chunk(max(1, capacity))
+        except RuntimeError:  # the allocator refused the whole run at once (e.g. a stale step count): grow instead
+            chunk = self._new_chunk(1)
+        self._chunks: list[torch.Tensor] = [chunk]
         self._fill = 0  # rows used in the last chunk
 
     def _new_chunk(self, rows: int) -> torch.Tensor:

@@ -49,6 +49,14 @@ def test_series_is_bit_identical_to_stacking_converted_copies(capacity, source, 
     assert series.steps == [0, 2, 4, 6] and torch.equal(series.row(3), expected[3])
 
 
+def test_series_grows_when_the_allocator_refuses_the_hinted_size():
+    xs = _captures(3)
+    series = StepSeries(xs[0], torch.float32, 10**12)  # 120 TB: refused by the CPU allocator
+    for step, x in enumerate(xs):
+        series.append(x, step, 0.0)
+    assert torch.equal(series.data(), torch.stack(xs))
+
+
 def test_series_refuses_a_repeated_step_or_another_shape():
     xs = _captures(2)
     series = StepSeries(xs[0], torch.float32, 2)
