@@ -18,6 +18,7 @@ only orchestrates; the parts live in :mod:`latentlens.capture` (see ``docs/desig
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -46,6 +47,10 @@ from latentlens.names import (
     select_names,
 )
 from latentlens.text import TokenSpec, resolve_tokens, word_token_indices
+
+
+#: steps the last recording of each transformer kept (sizes the next one's step buffers, see Recorder._expected_steps)
+_LAST_KEPT: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 class RecordingSink(Protocol):
@@ -129,6 +134,7 @@ class Recorder:
         self.maps = MapCapture(self, self.heads, self.reduce, self._put)
         self.concept_capture = self._concept_capture(wanted)
         self._timesteps: dict[int, float] = {}
+        self._expected: int | None = None  # steps the recording will keep, 0 = unknown (set at the first step)
         self._ran: set[int] = set()
         self._gap_blocks: list[int] = []
         self.skipping: list[str] = []  # names of diffusers hooks that may skip blocks
@@ -223,6 +229,25 @@ class Recorder:
         if self.active:
             self._timesteps.setdefault(st.step, st.timestep)
             self.call_index = self._index_for_call(st)
+            if self._expected is None:
+                self._expected = self._expected_steps()
+            left = self._expected - len(self._timesteps) + 1  # this step and the ones after it
+            self.accumulator.rows_left = left if left > 0 else None
+
+    def _expected_steps(self) -> int:
+        """How many steps this recording keeps, when the run says so in advance (0 = unknown).
+
+        From the pipeline's own step count (diffusers pipelines set ``_num_timesteps`` before their
+        loop), an explicit ``steps=`` list, or else the previous recording of the same transformer (a
+        bare transformer driven by the caller's own loop, recorded again and again). It only sizes the
+        step buffers: a wrong guess costs one copy at the end, never a wrong value.
+        """
+        total = getattr(self.pipe, "_num_timesteps", None) if self.pipe is not None else None
+        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+            return sum(1 for s in range(total) if s in self.steps)
+        if self.steps.explicit is not None:
+            return len(self.steps.explicit)
+        return _LAST_KEPT.get(self.transformer, 0)
 
     def _index_for_call(self, st: CallState) -> torch.Tensor | None:
         """The text-token selection for this call's kept rows: ``[token]`` or ``[batch, token]``."""
@@ -291,6 +316,7 @@ class Recorder:
         rec = self.rec
         self.steps.check(self.tracker.n_steps)
         steps = sorted(self._timesteps)
+        _LAST_KEPT[self.transformer] = len(steps)
         rec.steps = steps
         rec.timesteps = [self._timesteps[s] for s in steps]
         for name in self.names:

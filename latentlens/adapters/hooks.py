@@ -48,9 +48,13 @@ class CachingHookError(ConfigError):
 
 def find_skipping_hooks(transformer: nn.Module) -> list[str]:
     """``["ClassName on module.path", ...]`` for every block/step-skipping diffusers hook under ``transformer``."""
+    # diffusers keeps a module's HookRegistry in its __dict__; a plain dict lookup per module (not
+    # nn.Module.__getattr__, which raises for every module without one) keeps this cheap on each record()
+    if not any("_diffusers_hook" in vars(module) for module in transformer.modules()):
+        return []
     found = []
     for path, module in transformer.named_modules():
-        registry = getattr(module, "_diffusers_hook", None)
+        registry = vars(module).get("_diffusers_hook")
         if registry is None:
             continue
         for hook in registry.hooks.values():

@@ -1,8 +1,13 @@
 """Per-step accumulation of captured tensors and the final ``[step, batch, ...]`` arrays.
 
-Each captured tensor is moved to the CPU in the recording's dtype, screened once for NaN/inf, and
-kept per (name, step) — ordered ``uncond`` before ``cond`` when a pipeline makes one call per CFG
-branch — or summed into a running mean with ``reduce="mean_steps"``.
+Each captured tensor is copied once, in the recording's dtype, into the next row of its site's
+step buffer (:class:`~latentlens.capture.buffers.StepSeries`, one per CFG branch: ``uncond`` before
+``cond`` when a pipeline makes one call per branch), which becomes ``rec[name]`` without a further
+copy when the recorder knew the number of steps in advance (:attr:`Accumulator.rows_left`); or it
+is summed into a running mean with ``reduce="mean_steps"``. The NaN/inf screen of the step buffers
+is one reduction per buffer when the recording is read; its warning names the first bad step.
+A capture that does not fit its buffer (another shape, the same step twice) turns that site into a
+list of per-step tensors stacked at the end, as are the CUDA copies and meta-device size plans.
 
 On CUDA the copy does not stop the GPU: the tensor goes into a pinned host buffer with a
 non-blocking copy on the current stream (stream order keeps it exact even if the model later
@@ -26,6 +31,7 @@ from typing import Any
 import torch
 
 from latentlens.adapters.base import CallState
+from latentlens.capture.buffers import StepSeries
 
 _CONTEXT_ORDER = {"uncond": 0, None: 1, "cond": 1}
 
@@ -40,6 +46,10 @@ class Accumulator:
         self._sums: dict[str, dict[int, list[Any]]] = defaultdict(dict)
         self.dims: dict[str, tuple[str, ...]] = {}
         self._warned: set[str] = set()
+        # CPU: per name, one step buffer per CFG order; sites not in here use the per-step lists
+        self._series: dict[str, dict[int, StepSeries]] = {}
+        #: steps still to come in this run, counting the current one, when the recorder knows them (sizes new buffers)
+        self.rows_left: int | None = None
         # CUDA: copies in flight (one event per device) and device-side finiteness flags not yet read
         self._copies: dict[torch.device, Any] = {}
         self._screens: list[tuple[str, int, float, torch.Tensor]] = []
@@ -50,6 +60,9 @@ class Accumulator:
         order = _CONTEXT_ORDER.get(state.context, 1)
         if x.is_cuda:
             self._put_cuda(name, x, state, order)
+            return
+        if not x.is_meta and not self.mean_steps and name not in self._per_step:
+            self._put_row(name, x, state, order)
             return
         if x.is_meta:  # a size plan (latentlens.size_plan) runs the model on the meta device: shapes only
             y = x.to(dtype=self.dtype)
@@ -68,6 +81,28 @@ class Accumulator:
         ):
             self._warn(name, state.step, state.timestep)
         self._keep(name, y, state.step, order)
+
+    def _put_row(self, name: str, x: torch.Tensor, state: CallState, order: int) -> None:
+        """The CPU path: one copy into the next row of the site's step buffer for this CFG order."""
+        by_order = self._series.setdefault(name, {})
+        series = by_order.get(order)
+        if series is None:
+            series = by_order[order] = StepSeries(x, self.dtype, self.rows_left or 1)
+        elif not series.fits(x, state.step):
+            self._to_lists(name)  # an irregular site: keep per-step tensors from here on
+            self.put(name, x, self.dims[name], state)
+            return
+        series.append(x, state.step, state.timestep)
+
+    def _to_lists(self, name: str) -> None:
+        """Move ``name``'s step buffers into the per-step lists (views of the rows, no copy)."""
+        per_step = self._per_step[name]
+        for order, series in self._series.pop(name, {}).items():
+            for k, step in enumerate(series.steps):
+                per_step.setdefault(step, []).append((order, series.row(k)))
+            bad = series.first_nonfinite()
+            if bad is not None and name not in self._warned:
+                self._warn(name, series.steps[bad], series.timesteps[bad])
 
     def _keep(self, name: str, y: torch.Tensor, step: int, order: int) -> None:
         if self.mean_steps:
@@ -107,13 +142,13 @@ class Accumulator:
             if name not in self._warned and not bool(finite):
                 self._warn(name, step, timestep)
 
-    def _warn(self, name: str, step: int, timestep: float) -> None:
+    def _warn(self, name: str, step: int, timestep: float, stacklevel: int = 4) -> None:
         self._warned.add(name)
         warnings.warn(
             f"latentlens: NaN or inf in {name!r} at step {step} (timestep {timestep:g}); "
             "later steps of this site are not checked again.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
     def stacked(self, name: str, steps: list[int]) -> tuple[torch.Tensor, tuple[str, ...]] | None:
@@ -124,6 +159,11 @@ class Accumulator:
         if name not in self.dims:
             return None
         self.wait()
+        if name in self._series:
+            data = None if name in self._per_step else self._from_series(name, steps)
+            if data is not None:
+                return data, ("step",) + self.dims[name]
+            self._to_lists(name)  # irregular, or captured on two devices: merge into the per-step lists
         if self.mean_steps:
             parts = sorted(self._sums[name].items())
             data = torch.cat([(acc[0] / acc[1]).to(device="cpu", dtype=self.dtype) for _, acc in parts], dim=0)[None]
@@ -139,6 +179,33 @@ class Accumulator:
                 stacked.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))  # no extra copy
             data = torch.stack(stacked)
         return data, ("step",) + self.dims[name]
+
+    def _from_series(self, name: str, steps: list[int]) -> torch.Tensor | None:
+        """``[step, batch, ...]`` from the step buffers of ``name``; None when their layout needs the lists."""
+        parts = [series for _, series in sorted(self._series[name].items())]
+        captured = parts[0].steps
+        rest = parts[0].row_shape[1:]
+        if any(p.steps != captured or p.row_shape[1:] != rest for p in parts) or not set(captured) <= set(steps):
+            return None
+        if name not in self._warned:
+            bad = [(p.steps[k], p.timesteps[k]) for p in parts if (k := p.first_nonfinite()) is not None]
+            if bad:
+                self._warn(name, *min(bad), stacklevel=6)
+        if len(parts) == 1 and captured == steps:
+            return parts[0].data()  # usually the buffer itself: no copy
+        # several CFG branches (one call each) or steps a diffusers cache skipped (NaN): one copy
+        widths = [p.row_shape[0] for p in parts]
+        out = torch.empty((len(steps), sum(widths), *rest), dtype=self.dtype)  # [step, batch, ...]
+        row = {step: k for k, step in enumerate(captured)}
+        for i, step in enumerate(steps):
+            if step not in row:
+                out[i].fill_(float("nan"))
+                continue
+            start = 0
+            for p, width in zip(parts, widths):
+                out[i, start : start + width].copy_(p.row(row[step]))
+                start += width
+        return out
 
 
 __all__ = ["Accumulator"]
