@@ -216,11 +216,12 @@ def _fsync_path(path: Path) -> None:
 
 
 def fsync_paths(files: Sequence[Path], root: Path) -> None:
-    """Make ``files`` (under ``root``) durable: each file, then every folder from theirs up to ``root``.
+    """Make ``files`` (under ``root``) durable: each file, and every folder from theirs up to ``root``.
 
-    A new or renamed file's folder entry is durable only once that folder is fsync'ed. Many files are
-    fsync'ed from a few threads, so the file system commits them together (200 chunk files: ~20 ms
-    instead of ~75 ms one after another here).
+    A new or renamed file's folder entry is durable only once that folder is fsync'ed. Many paths are
+    fsync'ed from a few threads, so the file system commits them together (75 chunk files and their ~200
+    folders: ~30–45 ms here, against ~0.7 s one after another under load; the order does not matter, as
+    the caller journals only after all of them).
     """
     folders: set[Path] = set()
     for file in files:
@@ -228,16 +229,15 @@ def fsync_paths(files: Sequence[Path], root: Path) -> None:
         while folder not in folders and (folder == root or root in folder.parents):
             folders.add(folder)
             folder = folder.parent
-    if len(files) > 16:
+    paths = [*files, *sorted(folders)]
+    if len(paths) > 16:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="latentlens-fsync") as pool:
-            list(pool.map(_fsync_path, files))
+            list(pool.map(_fsync_path, paths))
     else:
-        for file in files:
-            _fsync_path(file)
-    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):  # deepest first
-        _fsync_path(folder)
+        for path in paths:
+            _fsync_path(path)
 
 
 def _read_chunk(path: str, out: np.ndarray, offset: int) -> bool:
