@@ -14,8 +14,8 @@ direction by steering real prompts of the run with it:
   (``early_stop``, the default): samples are steered :data:`CHUNK` at a time, and a direction stops
   as soon as the one-sided 95 % Clopper–Pearson upper bound of its success or of one kept fraction
   is below the goal :data:`GOAL` (it cannot edit the run's samples with ≥ 90 % success and ≥ 90 %
-  kept); the larger alpha of a token-wise direction is tried only when the smaller one misses the
-  goal. The report states the samples actually steered (``n``), ``n_planned`` and ``stopped_early``.
+  kept); a token-wise direction climbs :data:`EDIT_ALPHAS`, a larger alpha only when the smaller ones miss
+  the goal. The report states the samples actually steered (``n``), ``n_planned`` and ``stopped_early``.
 * elsewhere: the patching effect measure toward the value's mean image,
   ``(d(x, x̄_to) − d(x_steered, x̄_to)) / d(x, x̄_to)``, averaged over samples (``score``).
 
@@ -37,6 +37,9 @@ from latentlens.errors import ConfigError
 
 EDIT_SITES = ("blocks.0.resid_in.txt", "text.tokens", "blocks.0.resid_out.txt")
 EDIT_ALPHA = 1.0  # token-wise class means keep their natural scale: alpha 1 moves a sample onto the class mean
+# the ladder a token-wise direction climbs (each rung only when the one below misses the goal): on toy v2 the
+# colour directions that meet it at 1.5 (green, blue) lose shape at 2, and purple needs 2
+EDIT_ALPHAS = (EDIT_ALPHA, 1.5 * EDIT_ALPHA, 2 * EDIT_ALPHA)
 MEAN_ALPHA = 4.0  # token-mean class means need a push (benchmarks/bench_steering.py)
 CFG = "cond"  # the directions come from captions: steer only the conditional half of a CFG batch
 GOAL = 0.9  # issue 15's goal for an edit: success and every kept attribute at least 0.9
@@ -137,8 +140,8 @@ def validate_direction(
 
     Returns ``{"measure": "oracle" | "pixel_effect", "score", "success", "kept", "n", "n_planned",
     "stopped_early", "alpha", "alphas_tried", "steered_images", "cfg", ...}`` (see the module docstring). ``alpha`` None tries
-    1 and 2 for token-wise directions (4 otherwise) and reports the best (with ``early_stop``, 2 only if 1
-    misses the goal). A token-wise direction is checked on samples with its token layout (canonical
+    1, 1.5 and 2 for token-wise directions (4 otherwise) and reports the best (with ``early_stop``, each only if the
+    smaller ones miss the goal). A token-wise direction is checked on samples with its token layout (canonical
     captions in the shapes world): it adds one row per token position, so it only fits prompts laid out
     like that. ``early_stop=False`` steers all ``n`` samples at every alpha.
     """
@@ -148,7 +151,7 @@ def validate_direction(
     values = np.asarray([str(v) for v in labels[attribute]])
     token_wise = direction.token_rows is not None
     if alpha is None:
-        alphas = [EDIT_ALPHA, 2 * EDIT_ALPHA] if token_wise else [MEAN_ALPHA]
+        alphas = list(EDIT_ALPHAS) if token_wise else [MEAN_ALPHA]
     else:
         alphas = [float(alpha)]
     rng = np.random.default_rng(seed)
