@@ -6,6 +6,7 @@ once per session, ~20 s), so the README screenshots taken here show real shapes.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,7 +16,10 @@ import pytest
 from tests.browser import toy_run
 from tests.browser.conftest import save_screenshot
 
-TOY_BLOCKS = 6  # blocks of the bundled toy model (rows of the probe grid)
+from latentlens.toy import WEIGHTS_DIR
+
+# blocks of the bundled toy model (rows of the probe grid), read from the installed weights
+TOY_BLOCKS = json.loads((WEIGHTS_DIR / "transformer" / "config.json").read_text())["num_layers"]
 
 PAGES = (
     ("runs", "/", "#runs-table table"),
