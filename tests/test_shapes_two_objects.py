@@ -264,3 +264,23 @@ def test_sample_two_object_scenes_is_seeded_and_uses_training_pairs():
     assert [c.text for _, c in a] == [c.text for _, c in b]
     assert all(is_two_object_trained(s.attributes) for s, _ in a)
     assert all(parse_two_object_caption(c.text) == s.attributes for s, c in a)
+
+
+def test_names_second_object_first_tells_the_untrained_word_order():
+    from latentlens.shapes import (
+        TWO_OBJECT_TEMPLATES,
+        TWO_OBJECT_TEMPLATES_FOR,
+        make_two_object_caption,
+        names_second_object_first,
+        two_object_training_combinations,
+    )
+
+    pairs = two_object_training_combinations()[:40]
+    for template in range(len(TWO_OBJECT_TEMPLATES)):
+        for pair in pairs:
+            if template not in TWO_OBJECT_TEMPLATES_FOR[pair.layout]:
+                continue
+            text = make_two_object_caption(pair, template=template).text
+            assert names_second_object_first(text) == (template in (1, 3, 5, 7)), (template, text)
+    assert not names_second_object_first("a small red circle on the right on a gray background")  # one object
+    assert not names_second_object_first("a red dog on the right")

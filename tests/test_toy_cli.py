@@ -56,6 +56,19 @@ def test_generate_warns_about_words_unknown_to_the_shapes_world(model_dir, tmp_p
     assert (tmp_path / "o" / "0000.png").is_file()
 
 
+def test_generate_warns_when_a_two_object_prompt_names_the_right_object_first(model_dir, tmp_path, capsys):
+    right_first = "a small red circle on the right and a large blue square on the left on a gray background"
+    code = main(["generate", "--model", str(model_dir), "--prompt", right_first,
+                 "--seed", "0", "--num-inference-steps", "1", "--out", str(tmp_path / "o")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "names the right or bottom object first" in err and (tmp_path / "o" / "0000.png").is_file()
+    left_first = "a large blue square on the left and a small red circle on the right on a gray background"
+    assert main(["generate", "--model", str(model_dir), "--prompt", left_first,
+                 "--seed", "0", "--num-inference-steps", "1", "--out", str(tmp_path / "p")]) == 0
+    assert "object first" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind", ["file", "under_file"])
 def test_bad_out_is_an_error_before_any_model_work(model_dir, tmp_path, capsys, monkeypatch, kind):
     def no_model(*args, **kwargs):

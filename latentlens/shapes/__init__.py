@@ -36,6 +36,7 @@ from latentlens.shapes.captions2 import (
     TwoObjectCaption,
     canonical_two_object_caption,
     make_two_object_caption,
+    names_second_object_first,
     parse_two_object_caption,
     two_object_token_indices,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "TwoObjectCaption",
     "canonical_two_object_caption",
     "make_two_object_caption",
+    "names_second_object_first",
     "parse_two_object_caption",
     "two_object_token_indices",
     "sample_two_object_scenes",

@@ -163,6 +163,20 @@ def canonical_two_object_caption(attributes: TwoObjectAttributes) -> str:
 _POSITION_WORDS = ("left", "right", "top", "bottom")
 
 
+def names_second_object_first(text: str) -> bool:
+    """Whether ``text`` describes two objects and names the right or bottom one first.
+
+    The bundled toy models were trained on the left/top object named first (templates 0, 2, 4) and
+    bind attributes by word order, so such prompts swap the objects' attributes.
+    Example: ``names_second_object_first("a red circle on the right and a blue square on the left")`` → True.
+    """
+    words = [m.group() for m in word_matches(text)]
+    if sum(w in SHAPES for w in words) < 2:
+        return False
+    first_place = next((w for w in words if w in ("left", "right", "top", "bottom")), None)
+    return first_place in ("right", "bottom")
+
+
 def parse_two_object_caption(text: str) -> TwoObjectAttributes:
     """Read a two-object scene back from a caption written with any two-object template.
 

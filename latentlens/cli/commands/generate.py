@@ -119,7 +119,7 @@ def _generate(args: argparse.Namespace, prompts: list[str], out: Path) -> int:
     warnings: dict[str, list[str]] = {}
     toy = is_toy_model(args.model)
     if toy:
-        from latentlens.shapes import unknown_words
+        from latentlens.shapes import names_second_object_first, unknown_words
 
         for prompt in prompts:
             unknown = unknown_words(prompt)
@@ -128,6 +128,13 @@ def _generate(args: argparse.Namespace, prompts: list[str], out: Path) -> int:
                 print(
                     f"latentlens generate: warning: words unknown to the shapes world in {prompt!r}: "
                     f"{', '.join(unknown)} (the image is still generated; the toy model never saw these words).",
+                    file=sys.stderr,
+                )
+            if names_second_object_first(prompt):
+                print(
+                    f"latentlens generate: warning: {prompt!r} names the right or bottom object first; the toy "
+                    "models were trained with the left/top object named first and bind attributes by word order, "
+                    "so expect the two objects' attributes swapped (name the left/top object first).",
                     file=sys.stderr,
                 )
 
