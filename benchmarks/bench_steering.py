@@ -1,4 +1,5 @@
-"""Steering benchmark (issue 4): turn red objects blue along a class-mean colour direction, judged by the oracle.
+"""Steering benchmark (issue 4): turn red objects blue (or ``--source`` into ``--target``) along a class-mean
+colour direction, judged by the oracle.
 
 Directions come from a run recorded with ``probes/shapes.yaml`` (which records block 0's text input
 and every block's output). Each row steers ``n`` canonical-caption prompts of red training
@@ -9,7 +10,7 @@ conditional half of the CFG batch is steered by default (``--cfg cond``): the di
 captions, and adding them to the empty prompt's tokens of the unconditional half hurts (measured in
 RESULTS.md).
 
-Rows (all class-mean differences blue − red, ``alpha`` as given):
+Rows (all class-mean differences target − source, blue − red by default, ``alpha`` as given):
 
 1. ``img, token mean``: the image stream at the grid's best image cell for colour, mean over tokens.
 2. ``txt out, token mean``: block 0's text-stream output, mean over tokens, steps 10–19, alpha 4
@@ -24,6 +25,7 @@ Usage::
     latentlens record --model toy --probe probes/shapes.yaml --dtype float16 --batch-size 40 --out runs/shapes
     latentlens analyze runs/shapes --umap none
     python benchmarks/bench_steering.py runs/shapes --n 40 [--json]
+    python benchmarks/bench_steering.py runs/shapes --rows 3 --source orange --target purple --n 8
 """
 
 from __future__ import annotations
@@ -83,9 +85,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="CFG rows to steer (default cond: the direction comes from captions, not the empty prompt).")
     parser.add_argument("--seed", type=int, default=0, help="steering_check's seed: which red prompts and noise.")
     parser.add_argument("--rows", default="1,2,3,4", help="which rows to run, e.g. 3 or 1,3.")
+    parser.add_argument("--source", default="red", help="the colour steered from (default red).")
+    parser.add_argument("--target", default="blue", help="the colour steered to (default blue).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table.")
     args = parser.parse_args(argv)
+    if args.source not in shapes.COLORS or args.target not in shapes.COLORS or args.source == args.target:
+        parser.error(f"--source {args.source!r} and --target {args.target!r} must be two different colours of "
+                     f"the shapes world: {', '.join(shapes.COLORS)}.")
     torch.set_num_threads(args.threads)
 
     run = latentlens.open_run(args.run_dir)
@@ -103,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     if 1 in rows:
         site, step = best_image_cell(args.run_dir)
         X = site_features(run, site, [step], n_samples).mean(axis=1)
-        d = latentlens.class_mean_direction(X, labels["color"], to="blue", from_="red", site=site, steps=steps_all,
+        d = latentlens.class_mean_direction(X, labels["color"], to=args.target, from_=args.source, site=site, steps=steps_all,
                                             attribute="color")
         plans.append((f"img, token mean ({site} @ {step}, applied at every step)", d, 4.0))
     if 2 in rows:
         steps = list(range(10, 20))
         X = site_features(run, TEXT_OUTPUT, steps, n_samples).mean(axis=1)
-        d = latentlens.class_mean_direction(X, labels["color"], to="blue", from_="red", site=TEXT_OUTPUT, steps=steps,
+        d = latentlens.class_mean_direction(X, labels["color"], to=args.target, from_=args.source, site=TEXT_OUTPUT, steps=steps,
                                             attribute="color")
         plans.append((f"txt out, token mean ({TEXT_OUTPUT}, steps 10-19)", d, 4.0))
     if rows & {3, 4}:  # read once for both rows
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if row not in rows:
             continue
         d = latentlens.class_mean_direction(
-            X, labels["color"][canonical], to="blue", from_="red", site=TEXT_INPUT, steps=None, attribute="color",
+            X, labels["color"][canonical], to=args.target, from_=args.source, site=TEXT_INPUT, steps=None, attribute="color",
             adjust_for={a: v[canonical] for a, v in others.items()} if adjust else None,
             samples="canonical captions",
         )
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, direction, alpha in plans:
         start = time.perf_counter()
-        report = steering_check(pipe, direction, attribute="color", source="red", target="blue", n=args.n,
+        report = steering_check(pipe, direction, attribute="color", source=args.source, target=args.target, n=args.n,
                                 alpha=alpha, batch_size=40, cfg=args.cfg, seed=args.seed)
         results.append({
             "direction": name, "alpha": alpha, "norm": direction.norm, "n": args.n, "cfg": args.cfg, "seed": args.seed,
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"meta": meta, "rows": results}, indent=2))
         return 0
-    print("| direction | α | success (blue) | shape kept | size kept | position kept | unsteered: shape / size / position | s |")
+    print(f"| direction | α | success ({args.source} → {args.target}) | shape kept | size kept | position kept | unsteered: shape / size / position | s |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for r in results:
         k, b = r["kept"], r["baseline"]["kept"]
