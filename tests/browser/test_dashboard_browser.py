@@ -76,15 +76,26 @@ def test_clicking_a_probe_cell_updates_the_scatter(dash_duo, app):
         drag, int(width * 1.5 / columns), int(height * 0.5 / rows)).click().perform()
     dash_duo.wait_for_contains_text("#latents-scatter .gtitle", f"blocks.0.resid_out.img · step {toy_run.RECORDED[1]}", timeout=20)
     assert dash_duo.driver.current_url.endswith("/latents")
-    # Hovering a point shows that sample's image beside the scatter.
-    x, y = dash_duo.driver.execute_script("""
-        const gd = document.querySelector('#latents-scatter .js-plotly-plot');
-        const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-        const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
-        return [xa.l2p(t.x[0]) + 0.5, ya.l2p(t.y[0]) + 0.5];""")
-    drag = dash_duo.find_element("#latents-scatter .nsewdrag")
-    ActionChains(dash_duo.driver).move_to_element_with_offset(drag, int(x), int(y)).perform()
-    image = dash_duo.wait_for_element("#latents-tooltip img", timeout=20)
+    # Hovering a point shows that sample's image beside the scatter. The scatter may still be redrawn
+    # (points fetched for the view) when the mouse first arrives, so a hover that lands before that is
+    # repeated with the point's new position, up to three times within the same 30 s.
+    from selenium.common.exceptions import TimeoutException
+
+    image = None
+    for _attempt in range(3):
+        x, y = dash_duo.driver.execute_script("""
+            const gd = document.querySelector('#latents-scatter .js-plotly-plot');
+            const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+            return [xa.l2p(t.x[0]) + 0.5, ya.l2p(t.y[0]) + 0.5];""")
+        drag = dash_duo.find_element("#latents-scatter .nsewdrag")
+        ActionChains(dash_duo.driver).move_to_element_with_offset(drag, 1, 1).perform()  # move away, so the next move is a new hover
+        ActionChains(dash_duo.driver).move_to_element_with_offset(drag, int(x), int(y)).perform()
+        try:
+            image = dash_duo.wait_for_element("#latents-tooltip img", timeout=10)
+            break
+        except TimeoutException:
+            continue
+    assert image is not None, "hovering the scatter's first point never showed its image"
     assert "/lens/image/" in image.get_attribute("src")
     _no_console_errors(dash_duo, "/probes → /latents")
 
