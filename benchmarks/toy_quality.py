@@ -248,13 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_two > 0:
         two_trained = _sample(two_object_training_combinations(), args.n_two, rng)
         two_held = _sample(two_object_held_out_combinations(), args.n_two, rng)
-        template = {"template": args.two_template}
         report["two_template"] = args.two_template
         report["two_trained"] = two_object_accuracy(
-            pipe, two_trained, seed=args.seed + 200_000, **settings, **template
+            pipe, two_trained, seed=args.seed + 200_000, template=args.two_template, **settings
         )
         report["two_held_out"] = two_object_accuracy(
-            pipe, two_held, seed=args.seed + 300_000, **settings, **template
+            pipe, two_held, seed=args.seed + 300_000, template=args.two_template, **settings
         )
         if args.two_pairs > 0:
             report["two_object_edits"] = two_object_edits(

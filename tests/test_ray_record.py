@@ -29,15 +29,10 @@ from latentlens.distributed import ACTOR_PREFIX, RecordWorker, connect, import_r
 from latentlens.errors import ConfigError, LatentlensError, StoreError  # noqa: E402
 from latentlens.runs import RunInterruptedError, record_prompts  # noqa: E402
 from latentlens.store import JOURNAL, open_run  # noqa: E402
+from tiny_pipes import toy_blocks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [f"a {c} {s} on the {p}" for c in ("red", "blue") for s in ("circle", "square") for p in ("left", "right", "top", "bottom")]
-def _toy_blocks() -> int:
-    from latentlens.toy import WEIGHTS_DIR
-
-    return json.loads((WEIGHTS_DIR / "transformer" / "config.json").read_text())["num_layers"]
-
-
 COMMON = dict(num_inference_steps=4, batch_size=2, progress=False, model_id="toy", sites="blocks.*.resid_out.*")
 
 
@@ -76,7 +71,7 @@ def assert_same_run(path, reference) -> None:
         assert run.manifest[key] == ref.manifest[key], key
     for i, entry in ref.samples.items():
         assert {k: run.samples[i].get(k) for k in ("prompt", "seed", "image")} == {k: entry.get(k) for k in ("prompt", "seed", "image")}
-    assert run.names == ref.names and len(run.names) == 2 * _toy_blocks() - 1  # the last block has no text output
+    assert run.names == ref.names and len(run.names) == 2 * toy_blocks() - 1  # the last block has no text output
     for name in ref.names:
         a, b = np.asarray(run[name]), np.asarray(ref[name])
         assert a.shape == b.shape and a.tobytes() == b.tobytes(), name  # bit-identical on CPU

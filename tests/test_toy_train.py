@@ -22,17 +22,8 @@ from latentlens.toy.train import (
 
 def tiny_config(steps: int) -> TrainConfig:
     return TrainConfig(
-        steps=steps,
-        batch_size=16,
-        seed=3,
-        num_layers=1,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        templates=(0,),
-        warmup_steps=5,
-        learning_rate=2e-3,
-        log_every=5,
-        checkpoint_every_s=1e9,
+        steps=steps, batch_size=16, seed=3, num_layers=1, num_attention_heads=2, attention_head_dim=16,
+        templates=(0,), warmup_steps=5, learning_rate=2e-3, log_every=5, checkpoint_every_s=1e9,
     )
 
 
@@ -127,18 +118,8 @@ def test_bad_config_is_a_clear_error():
 
 def tiny_v2_config(steps: int, seed: int = 5) -> TrainConfig:
     return TrainConfig.for_world(
-        "v2",
-        steps=steps,
-        batch_size=8,
-        seed=seed,
-        num_layers=1,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        templates=(0,),
-        two_object_templates=(0, 1),
-        two_object_limit=40,
-        warmup_steps=2,
-        log_every=2,
+        "v2", steps=steps, batch_size=8, seed=seed, num_layers=1, num_attention_heads=2, attention_head_dim=16,
+        templates=(0,), two_object_templates=(0, 1), two_object_limit=40, warmup_steps=2, log_every=2,
         checkpoint_every_s=1e9,
     )
 

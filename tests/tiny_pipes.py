@@ -52,3 +52,12 @@ def minilm() -> tuple[Any, Any]:
     if "minilm" not in _CACHE:
         _CACHE["minilm"] = _builders()["minilm"]()
     return _CACHE["minilm"]
+
+
+def toy_blocks() -> int:
+    """The number of joint blocks of the bundled toy weights, whichever version is installed."""
+    import json
+
+    from latentlens.toy import WEIGHTS_DIR
+
+    return int(json.loads((WEIGHTS_DIR / "transformer" / "config.json").read_text())["num_layers"])

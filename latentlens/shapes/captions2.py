@@ -173,8 +173,9 @@ def names_second_object_first(text: str) -> bool:
     words = [m.group() for m in word_matches(text)]
     if sum(w in SHAPES for w in words) < 2:
         return False
-    first_place = next((w for w in words if w in ("left", "right", "top", "bottom")), None)
-    return first_place in ("right", "bottom")
+    places = {place for pair in LAYOUT_POSITIONS.values() for place in pair}  # left, right, top, bottom
+    first_place = next((w for w in words if w in places), None)
+    return first_place in {second for _, second in LAYOUT_POSITIONS.values()}
 
 
 def parse_two_object_caption(text: str) -> TwoObjectAttributes:

@@ -15,11 +15,9 @@ import pytest
 
 from tests.browser import toy_run
 from tests.browser.conftest import save_screenshot
+from tiny_pipes import toy_blocks
 
-from latentlens.toy import WEIGHTS_DIR
-
-# blocks of the bundled toy model (rows of the probe grid), read from the installed weights
-TOY_BLOCKS = json.loads((WEIGHTS_DIR / "transformer" / "config.json").read_text())["num_layers"]
+TOY_BLOCKS = toy_blocks()  # blocks of the bundled toy model (rows of the probe grid)
 
 PAGES = (
     ("runs", "/", "#runs-table table"),
@@ -276,7 +274,6 @@ def test_attention_concept_box_maps_typed_words_for_the_selected_block_and_step(
     (saved,) = Path(config.setting("result_dir")).glob("concepts-*.npz")
     with np.load(saved) as data:
         weights, output, image = data["weights"], data["output"], data["image"]
-    import json
 
     config_ = json.loads((root / "shapes" / "manifest.json").read_text())["model"]["transformer_config"]
     blocks, patch = config_["num_layers"], config_["patch_size"]  # whichever toy weights are installed
