@@ -8,6 +8,7 @@ Usage::
 
     python benchmarks/toy_train_speed.py --threads 1 --steps 5          # every architecture
     python benchmarks/toy_train_speed.py --arch unet --device cuda --steps 50
+    python benchmarks/toy_train_speed.py --arch unet --size unet_attention_levels=1   # a size to try
 
 Prints one JSON document: per architecture its parameters, s/step (median of the timed steps), the
 planned budget's total (steps × s/step) and the settings; report it next to ``uptime``'s load.
@@ -37,7 +38,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per architecture (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a TrainConfig size field (a JSON value), e.g. unet_attention_levels=1 or "
+        "unet_block_out_channels=[32,64,160]; repeatable.",
+    )
     args = parser.parse_args(argv)
+    sizes = {}
+    for item in args.size:
+        field, _, value = item.partition("=")
+        if not value:
+            parser.error(f"--size {item!r} needs FIELD=VALUE, e.g. unet_attention_levels=1.")
+        try:
+            sizes[field] = json.loads(value)
+        except ValueError:
+            parser.error(f"--size {item!r}: {value!r} is not a JSON value (numbers, [lists], null).")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -45,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     results: dict[str, dict[str, float]] = {}
     for arch in args.arch:
-        config = TrainConfig.for_world("v2", arch=arch)
+        config = TrainConfig.for_world("v2", arch=arch, **sizes)
         combos = training_combinations()
         picks = [combos[int(i)] for i in rng.integers(len(combos), size=config.batch_size)]
         tokens, pooled = encode_texts([make_caption(a).text for a in picks], tokenizer, encoder)
@@ -89,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "load_average": os.getloadavg(),
         "timed_steps": args.steps,
+        "sizes": sizes,
     }
     print(json.dumps(document, indent=2))
     return 0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,11 +199,15 @@ class AnalysisResults:
             confined(path.with_name(path.name + suffix), self.run)
         return Direction.load(path)
 
-    def direction_effects(self) -> list[tuple[str, dict[str, Any] | None]]:
+    def direction_effects(self, labels: Mapping[str, Any] | None = None) -> list[tuple[str, dict[str, Any] | None]]:
         """``[(name, validation)]`` of every saved direction, best measured edit first (``analyze --validate``);
         unvalidated directions (``validation`` None) last, by name.
 
-        Example: ``res.direction_effects()[0]`` → ``('edit/color/blue', {'score': 0.95, 'success': 1.0, ...})``.
+        ``labels`` (one sample's, e.g. ``{"color": "red", "shape": "circle"}``) keeps only the directions that
+        apply to that sample: a from–to direction only from the sample's own value (``edit/color/red-to-blue``
+        for a red sample), and none toward the value it already has.
+
+        Example: ``res.direction_effects({"color": "red"})[0]`` → ``('edit/color/red-to-blue', {'score': 1.0, ...})``.
         """
         rows = []
         for name in self.direction_names:
@@ -210,7 +215,10 @@ class AnalysisResults:
                 meta = json.loads(self.directions[name].with_name(self.directions[name].name + ".json").read_text())
             except (OSError, ValueError):
                 meta = {}
-            validation = (meta.get("provenance") or {}).get("validation") if isinstance(meta, dict) else None
+            provenance = (meta.get("provenance") or {}) if isinstance(meta, dict) else {}
+            if labels is not None and not _applies(provenance, labels):
+                continue
+            validation = provenance.get("validation")
             rows.append((name, validation if isinstance(validation, dict) else None))
 
         def key(row: tuple[str, dict[str, Any] | None]) -> tuple[int, float, str]:
@@ -235,6 +243,17 @@ class AnalysisResults:
                 f"(`latentlens patch-grid --out {self.run}` writes one)."
             )
         return PatchGrid.load(self.patch_grids[name])
+
+
+def _applies(provenance: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    """Whether a direction (its provenance) edits a sample with ``labels``: it starts from the sample's value
+    (when it names one) and leads to another value."""
+    attribute = provenance.get("attribute")
+    if not isinstance(attribute, str) or attribute not in labels:
+        return True
+    own = str(labels[attribute])
+    start, to = provenance.get("from"), provenance.get("to")
+    return (start is None or str(start) == own) and (to is None or str(to) != own)
 
 
 def _scan_embeddings(folder: Path) -> dict[tuple[str, int], Path]:

@@ -70,14 +70,18 @@ def small_run_dir(pipe, tmp_path_factory):
 
 @pytest.mark.slow
 def test_analyze_saves_edit_directions_with_their_measured_effect(pipe, run_dir):
+    checked = ["edit/color/*", "color/red"]  # the colour edits and one class mean: a third of the directions
     summary = latentlens.analyze_run(
-        run_dir, umap="none", quiet=True, validate=3, pipeline=pipe
+        run_dir, umap="none", quiet=True, validate=3, pipeline=pipe, validate_only=checked
     )
     names = summary["directions"]
     for color in (
         shapes.COLORS
     ):  # the token-wise edit directions, next to the class means at the best cells
         assert f"edit/color/{color}" in names and f"color/{color}" in names
+    # and one from-to direction per ordered pair of colours
+    pairs = [n for n in names if n.startswith("edit/color/") and "-to-" in n]
+    assert len(pairs) == len(shapes.COLORS) * (len(shapes.COLORS) - 1) and "edit/color/red-to-blue" in pairs
     res = latentlens.load_results(run_dir)
     d = res.load_direction("edit/color/blue")
     assert (
@@ -96,15 +100,24 @@ def test_analyze_saves_edit_directions_with_their_measured_effect(pipe, run_dir)
     assert report["score"] == pytest.approx(
         report["success"] * min(report["kept"].values())
     )
-    # every saved direction was measured, and the index lists them best first
+    # a from-to direction is checked on samples that have its starting value only
+    pair = res.load_direction("edit/color/red-to-blue").provenance["validation"]
+    assert pair["from"] == "red" and pair["to"] == "blue" and "color is red" in pair["samples"]
+    assert report["from"] is None and "color is not blue" in report["samples"]
+    # per target, the from-to checks are pooled: the edit the dashboard picks by each sample's own colour
+    blue = summary["validation"]["targets"]["color"]["blue"]
+    assert blue["pairs"] == len(shapes.COLORS) - 1 and blue["n"] >= blue["pairs"]
+    assert blue["meets_goal"] == (blue["success"] >= 0.9 and min(blue["kept"].values()) >= 0.9)
+    # the chosen directions were measured, the rest saved unvalidated; the index lists them best first
     effects = res.direction_effects()
-    assert [n for n, _ in effects] != sorted(n for n, _ in effects) or len(effects) == 1
-    scores = [v["score"] for _, v in effects]
-    assert all(v is not None for _, v in effects) and scores == sorted(
-        scores, reverse=True
-    )
+    measured = [(n, v) for n, v in effects if v is not None]
+    assert {n for n, _ in measured} == {n for n in names if n.startswith("edit/color/") or n == "color/red"}
+    assert [n for n, _ in effects[: len(measured)]] == [n for n, _ in measured]  # validated first
+    scores = [v["score"] for _, v in measured]
+    assert scores == sorted(scores, reverse=True)
     assert summary["direction_effects"][0]["name"] == effects[0][0]
     assert all(not math.isnan(s) for s in scores)
+
     meta = json.loads(
         (run_dir / "analysis" / "directions" / "color" / "red.json").read_text()
     )
@@ -123,6 +136,11 @@ def test_analyze_without_validation_keeps_directions_unmeasured(small_run_dir):
     assert all(v is None for _, v in effects) and [n for n, _ in effects] == sorted(
         n for n, _ in effects
     )
+    # for one sample, only the directions that edit it: from its own colour, not toward it
+    mine = [n for n, _ in latentlens.load_results(run_dir).direction_effects({"color": "red", "shape": "circle"})]
+    assert "edit/color/red-to-blue" in mine and "edit/color/green-to-blue" not in mine
+    assert "edit/color/red" not in mine and "edit/color/blue" in mine and "edit/shape/circle" not in mine
+    assert "color/red" not in mine and "color/blue" in mine and "edit/size/small" in mine
 
 
 def test_validate_direction_outside_the_shapes_world_measures_the_pixel_effect(pipe):
@@ -165,3 +183,27 @@ def test_a_direction_that_cannot_edit_stops_after_one_chunk(pipe, small_run_dir)
     assert stopped["n"] == CHUNK and stopped["n_planned"] == 12 and stopped["steered_images"] == CHUNK
     full = validate_direction(*args, **kw, early_stop=False)
     assert full["success"] == 0.0 and full["stopped_early"] is False and full["n"] == 12
+
+
+def test_validate_only_names_a_glob_that_matches_nothing_before_reading(small_run_dir):
+    from latentlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'edit/colour/\\*' matches no direction"):
+        latentlens.analyze_run(small_run_dir, umap="none", quiet=True, validate=2, validate_only=["edit/colour/*"])
+
+
+def test_target_totals_pool_the_from_to_checks_per_target():
+    from latentlens.analysis.validate import target_totals
+
+    def report(start, to, n, success, kept):
+        return {"measure": "oracle", "attribute": "color", "from": start, "to": to, "n": n, "success": success,
+                "kept": {"shape": kept}, "score": success * kept}
+
+    rows = [report("red", "blue", 8, 1.0, 1.0), report("green", "blue", 4, 0.5, 1.0), report("red", "green", 4, 1.0, 0.75),
+            report(None, "blue", 20, 0.2, 1.0)]  # value vs. the rest: not a from-to check, left out
+    totals = target_totals(rows)["color"]
+    assert totals["blue"]["n"] == 12 and totals["blue"]["pairs"] == 2
+    assert totals["blue"]["success"] == pytest.approx(10 / 12) and totals["blue"]["kept"] == {"shape": 1.0}
+    assert totals["blue"]["weakest"] == {"from": "green", "score": 0.5, "n": 4} and not totals["blue"]["meets_goal"]
+    assert totals["green"]["kept"]["shape"] == 0.75 and totals["green"]["meets_goal"] is False
+    assert target_totals([report("red", "blue", 8, 1.0, 1.0)])["color"]["blue"]["meets_goal"] is True

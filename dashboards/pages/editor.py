@@ -178,27 +178,74 @@ def layout(**_query: Any) -> html.Div:
     Output(ids.ED_SAMPLE, "value"),
     Output(ids.ED_MESSAGE, "children"),
     Input(ids.STATE, "data"),
+    Input(ids.ED_SAMPLE, "value"),
+    Input(ids.ED_SOURCE_KIND, "value"),
     State(ids.SAMPLE, "data"),
+    State(ids.ED_DIRECTION, "value"),
 )
 @guarded(4, 3)
-def _controls(state: Any, picked: Any) -> tuple[Any, ...]:
+def _controls(state: Any, typed: Any, kind: Any, picked: Any, current: Any) -> tuple[Any, ...]:
+    """The directions that apply to the source, best measured edit first, and the best one chosen.
+
+    A run sample's labels pick the from–to directions that start from its own value (a red sample is
+    offered ``edit/color/red-to-blue``, not ``…/green-to-blue``); an upload has no labels and is offered every
+    direction. A direction sent from ``/directions`` stays chosen even when it was made for other samples.
+    """
+    from dashboards.data import manifest_labels
+    from dashboards.limits import bounded_int
+
     run_id = state_get(state, "run")
     if not run_id:
         return [], None, 0, message("Choose a run in the picker at the top.", "info")
     index = config.index()
     run = open_run(index, run_id)
-    sample = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
-    sample = int(sample) if isinstance(sample, int) else min(run.completed, default=0)
+    if dash.ctx.triggered_id == ids.ED_SAMPLE and typed not in (None, ""):
+        sample = bounded_int(typed, "sample", 0, max(len(run.manifest.get("prompts") or []) - 1, 0))
+        chosen = current
+    else:  # the page opened or the run changed: the sample picked elsewhere, the direction sent here
+        shown = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
+        sample = int(shown) if isinstance(shown, int) else min(run.completed, default=0)
+        chosen = state_get(state, "direction") or current
+    own: dict[str, str] = {}
+    if kind != "upload":
+        own = {a: str(column[sample]) for a, column in manifest_labels(run).items() if sample < len(column)}
+        own = {a: v for a, v in own.items() if v}
     note = None
     try:
-        ranked = results(index, run_id).direction_effects()  # best measured edit first
+        analysis = results(index, run_id)
+        everything = analysis.direction_effects()
+        ranked = analysis.direction_effects(own) if own else everything
     except Exception as error:
-        ranked = []
+        everything = ranked = []
         note = message(f"{error} Until then, edit with a target text.", "warning")
     names = [name for name, _ in ranked]
-    chosen = state_get(state, "direction")
-    chosen = chosen if chosen in names else (names[0] if names else None)
+    if chosen not in names:
+        validations = dict(everything)
+        if chosen == state_get(state, "direction") and chosen in validations:
+            ranked = [(chosen, validations[chosen]), *ranked]  # asked for by name: offered even if made for others
+        else:
+            chosen = names[0] if names else None
     return [{"label": _direction_label(n, v), "value": n} for n, v in ranked], chosen, sample, note
+
+
+@callback(
+    Output(ids.ED_ALPHA, "value"),
+    Input(ids.ED_DIRECTION, "value"),
+    State(ids.STATE, "data"),
+    prevent_initial_call=True,
+)
+def _measured_alpha(direction: Any, state: Any) -> Any:
+    """Choosing a validated direction sets α to the strength at which its edit was measured."""
+    run_id = state_get(state, "run")
+    if not run_id or not direction:
+        raise dash.exceptions.PreventUpdate
+    try:
+        validation = dict(results(config.index(), run_id).direction_effects()).get(direction)
+    except Exception:  # no analysis yet: _controls says so; α stays where the user put it
+        raise dash.exceptions.PreventUpdate from None
+    if not validation or not isinstance(validation.get("alpha"), (int, float)):
+        raise dash.exceptions.PreventUpdate
+    return float(validation["alpha"])
 
 
 def _direction_label(name: str, validation: Any) -> str:
@@ -224,7 +271,8 @@ def _direction_label(name: str, validation: Any) -> str:
 )
 def _applicable(kind: Any, mode: Any) -> tuple[Any, ...]:
     """Only the controls that apply are shown: sample or upload, direction or target text."""
-    shown, hidden = {}, {"display": "none"}
+    shown: dict[str, str] = {}
+    hidden = {"display": "none"}
     return (
         hidden if kind == "upload" else shown,
         shown if kind == "upload" else hidden,

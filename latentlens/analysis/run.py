@@ -223,6 +223,7 @@ def analyze_run(
     validate: int = 0,
     pipeline: Any = None,
     validate_early_stop: bool = True,
+    validate_only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Analyse ``run_dir`` and (``write=True``) store the results in ``run_dir/analysis/``.
 
@@ -241,9 +242,12 @@ def analyze_run(
         validate_early_stop: in the shapes world, stop a direction's check once it provably misses the
             edit goal and try a token-wise direction's larger alpha only when the smaller misses it
             (:func:`latentlens.analysis.validate.validate_direction`); each report states the samples it used.
+        validate_only: globs of the direction names to validate (default: all), e.g. ``["edit/color/*"]``.
 
     Besides the class means at the best probe cells, shapes-world runs that recorded a text site of
-    block 0 get token-wise edit directions ``edit/<attribute>/<value>`` (:mod:`latentlens.analysis.validate`).
+    block 0 get token-wise edit directions ``edit/<attribute>/<value>`` and ``edit/<attribute>/<from>-to-<to>``
+    (:mod:`latentlens.analysis.validate`); with ``validate``, ``summary["validation"]["targets"]`` pools the
+    from–to checks per target value.
 
     Returns the summary (the ``--json`` document): best cell per attribute and stream, NaN cells,
     directions written, cosine matrix, timings.
@@ -294,6 +298,9 @@ def analyze_run(
             "at least 2 values); it was not replaced. Analyse labels with at least 2 values, or move that "
             "folder away first to replace it with an analysis without probes."
         )
+
+    if validate > 0 and validate_only is not None:
+        _check_validate_only(validate_only, labels)  # before the activations are read
 
     t0 = time.perf_counter()
     feats, site_steps = load_features(run, chosen, samples, steps, features, quiet, max_read_bytes)
@@ -416,8 +423,9 @@ def analyze_run(
         if validate > 0:
             t0 = time.perf_counter()
             try:
+                checked = _matching(directions, validate_only)
                 summary["direction_effects"] = _validate(
-                    run, samples, labels, directions, validate, pipeline, quiet, validate_early_stop
+                    run, samples, labels, checked, validate, pipeline, quiet, validate_early_stop
                 )
                 summary["validation"] = _validation_totals(summary["direction_effects"], validate, validate_early_stop)
             except LatentlensError as error:  # no model to steer: the directions are saved unvalidated
@@ -540,10 +548,38 @@ def _validate(
     return sorted(reports, key=lambda r: -float(r["score"]))
 
 
+def _matching(directions: dict[str, Any], globs: Sequence[str] | None) -> dict[str, Any]:
+    """The directions whose names match one of ``globs`` (all of them for None)."""
+    if globs is None:
+        return directions
+    return {n: d for n, d in directions.items() if any(fnmatch.fnmatchcase(n, g) for g in globs)}
+
+
+def _check_validate_only(globs: Sequence[str], labels: dict[str, list[str]]) -> None:
+    """Every glob must match a name analyze can save for these labels (``color/red``, ``txt/color/red``,
+    ``edit/color/red``, ``edit/color/red-to-blue``); a clear error names the first that cannot."""
+    from latentlens.analysis.validate import edit_name
+
+    names = []
+    for attribute, raw in labels.items():
+        values = sorted(set(map(str, raw)))
+        names += [f"{p}{attribute}/{v}" for p in ("", "txt/") for v in values]
+        names += [edit_name(attribute, t, f) for f in [None, *values] for t in values if f != t]
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(n, glob) for n in names):
+            raise ConfigError(
+                f"--validate-only {glob!r} matches no direction analyze can save for this run's labels "
+                f"({', '.join(labels) or 'none'}); names look like {', '.join(names[:3])} or edit/<attribute>/<from>-to-<to>."
+            )
+
+
 def _validation_totals(reports: list[dict[str, Any]], n: int, early_stop: bool) -> dict[str, Any]:
     """What the validation cost: directions, planned samples, steered generations, early stops."""
+    from latentlens.analysis.validate import target_totals
+
     return {
         "directions": len(reports),
+        "targets": target_totals(reports),  # from–to edits pooled per target value
         "n_planned": n,
         "early_stop": early_stop,
         "stopped_early": sum(bool(r.get("stopped_early")) for r in reports),

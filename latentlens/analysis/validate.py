@@ -3,14 +3,17 @@
 ``analyze`` saves class-mean directions at the best probe cells; a probe cell says where an
 attribute can be *read*, not where steering it changes the image (on the toy MM-DiT the image
 stream never edits colour: joint attention re-reads it from the text tokens). This module adds
-one edit direction per (attribute, value) — the difference of class means per text-token position
-at the first text site (block 0's text input when recorded), other attributes regressed out,
-over samples whose prompt is the canonical caption (one token layout) — and validates any
-direction by steering real prompts of the run with it:
+edit directions per attribute — differences of class means per text-token position at the first
+text site (block 0's text input when recorded), other attributes regressed out, over samples whose
+prompt is the canonical caption (one token layout): one per value (value vs. the rest,
+``edit/color/blue``) and one per ordered pair of values (``edit/color/red-to-blue``, steered on
+samples that are red) — and validates any direction by steering real prompts of the run with it:
 
 * shapes world (labels the oracle reads): ``success`` = fraction of samples whose attribute was
   another value and that the oracle now reads as the direction's value, ``kept`` = fraction whose
-  other attributes are still the prompt's; ``score = success × min(kept)``. The check stops early
+  other attributes are still the prompt's (a from–to direction: samples whose attribute is its
+  ``from`` value); ``score = success × min(kept)``. :func:`target_totals` pools the from–to
+  reports per target value: the edit the dashboard picks by each sample's own label. The check stops early
   (``early_stop``, the default): samples are steered :data:`CHUNK` at a time, and a direction stops
   as soon as the one-sided 95 % Clopper–Pearson upper bound of its success or of one kept fraction
   is below the goal :data:`GOAL` (it cannot edit the run's samples with ≥ 90 % success and ≥ 90 %
@@ -89,8 +92,10 @@ def edit_directions(
     site: str,
     **provenance: Any,
 ) -> dict[str, Any]:
-    """``{"edit/<attribute>/<value>": Direction}``: token-wise class means, value vs. the rest, other attributes
-    regressed out when there are enough samples (else plain class means)."""
+    """Token-wise class means, other attributes regressed out when there are enough samples (else plain class means):
+    ``edit/<attribute>/<value>`` (value vs. the rest) and ``edit/<attribute>/<from>-to-<to>`` for every ordered pair
+    of values present (the difference of the two values' means: it also removes the sample's own value, so it
+    edits where value vs. the rest falls short; on toy v2 every colour pair at alpha 1)."""
     from latentlens.analysis.directions import class_mean_direction
 
     X = np.asarray(X, dtype=np.float32)
@@ -102,13 +107,16 @@ def edit_directions(
         others = {a: np.asarray([str(v) for v in labels[a]]) for a in labels if a != attribute}
         levels = 1 + sum(len(set(column)) - 1 for column in [values, *others.values()])
         adjust = others if len(values) > 2 * levels else None
-        for value in sorted(set(values)):
-            if (values == value).sum() < 1 or (values != value).sum() < 1:
-                continue
-            out[f"edit/{attribute}/{value}"] = class_mean_direction(
+        present = sorted(set(values))
+        pairs = [(None, value) for value in present] + [(a, b) for a in present for b in present if a != b]
+        for from_, to in pairs:
+            if from_ is None and (values != to).sum() < 1:
+                continue  # one value only: nothing to contrast it with
+            out[edit_name(attribute, to, from_)] = class_mean_direction(
                 X,
                 values,
-                to=value,
+                to=to,
+                from_=from_,
                 site=site,
                 steps=None,
                 attribute=attribute,
@@ -117,6 +125,12 @@ def edit_directions(
                 **provenance,
             )
     return out
+
+
+def edit_name(attribute: str, to: str, from_: str | None = None) -> str:
+    """The saved name of a token-wise edit direction: ``edit/color/blue`` (value vs. the rest) or
+    ``edit/color/red-to-blue`` (from one value to another: steer samples that have ``from_``)."""
+    return f"edit/{attribute}/{to}" if from_ is None else f"edit/{attribute}/{from_}-to-{to}"
 
 
 def validate_direction(
@@ -149,6 +163,7 @@ def validate_direction(
     from latentlens.interventions import steer
 
     values = np.asarray([str(v) for v in labels[attribute]])
+    from_ = direction.provenance.get("from")
     token_wise = direction.token_rows is not None
     if alpha is None:
         alphas = list(EDIT_ALPHAS) if token_wise else [MEAN_ALPHA]
@@ -156,13 +171,18 @@ def validate_direction(
         alphas = [float(alpha)]
     rng = np.random.default_rng(seed)
     eligible = values != str(to)
+    if from_ is not None:  # a from–to direction starts from its own value
+        eligible &= values == str(from_)
+    which = f"is {from_}" if from_ is not None else f"is not {to}"
     layout = ""
     if token_wise and is_shapes_world(labels):
         eligible &= canonical_mask(prompts, labels)
         layout = " and whose prompt is the canonical caption (the direction's token layout)"
     pool = np.flatnonzero(eligible)
     if len(pool) == 0:
-        raise ConfigError(f"No sample has {attribute} other than {to!r}{layout}; there is nothing to edit toward it.")
+        raise ConfigError(
+            f"No sample's {attribute} {which}{layout}; there is nothing to edit toward {to!r} with this direction."
+        )
     # in random order: an early stop after the first chunks judges a random subset, whatever the run's order
     chosen = rng.choice(pool, size=min(n, len(pool)), replace=False)
     kwargs = {} if num_inference_steps is None else {"num_inference_steps": int(num_inference_steps)}
@@ -184,8 +204,9 @@ def validate_direction(
         "cfg": cfg,
         "attribute": attribute,
         "to": str(to),
+        "from": None if from_ is None else str(from_),
         "num_inference_steps": num_inference_steps,
-        "samples": f"run samples whose {attribute} is not {to}{layout}",
+        "samples": f"run samples whose {attribute} {which}{layout}",
     }
     # outside the shapes world: (the unsteered images, the mean image of samples that have ``to``)
     shapes_world = is_shapes_world(labels)
@@ -277,6 +298,39 @@ def _oracle_check(
     }
 
 
+def target_totals(reports: Sequence[Mapping[str, Any]], goal: float = GOAL) -> dict[str, dict[str, dict[str, Any]]]:
+    """Oracle reports of from–to directions pooled per target value: ``{attribute: {to: totals}}``.
+
+    Each sample is steered by the direction from its own value to ``to`` (what the dashboard's editor
+    picks by the sample's label), so the totals are that edit's measured rates over every starting
+    value: ``success`` and ``kept`` (hits over samples steered), ``n``, ``pairs`` (from–to directions
+    pooled), ``weakest`` (the pair with the lowest score) and ``meets_goal``.
+
+    Example: ``target_totals(summary["direction_effects"])["color"]["blue"]["success"]`` → 1.0.
+    """
+    pooled: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for report in reports:
+        if report.get("from") is None or report.get("measure") != "oracle" or not report.get("n"):
+            continue
+        pooled.setdefault((str(report["attribute"]), str(report["to"])), []).append(report)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (attribute, to), rows in sorted(pooled.items()):
+        n = sum(int(r["n"]) for r in rows)
+        success = sum(float(r["success"]) * int(r["n"]) for r in rows) / n
+        kept = {k: sum(float(r["kept"][k]) * int(r["n"]) for r in rows) / n for k in rows[0]["kept"]}
+        weakest = min(rows, key=lambda r: float(r["score"]))
+        totals = {
+            "success": success,
+            "kept": kept,
+            "n": n,
+            "pairs": len(rows),
+            "weakest": {"from": weakest["from"], "score": float(weakest["score"]), "n": int(weakest["n"])},
+        }
+        totals["meets_goal"] = meets_goal(totals, goal)
+        out.setdefault(attribute, {})[to] = totals
+    return out
+
+
 def rank_key(meta: dict[str, Any]) -> tuple[int, float]:
     """Sort key of a saved direction's JSON metadata: validated first, best ``score`` first."""
     validation = (meta.get("provenance") or {}).get("validation") or {}
@@ -289,9 +343,11 @@ __all__ = [
     "GOAL",
     "canonical_mask",
     "edit_directions",
+    "edit_name",
     "is_shapes_world",
     "meets_goal",
     "rank_key",
+    "target_totals",
     "upper_bound",
     "validate_direction",
 ]

@@ -171,10 +171,12 @@ def build_unet(
     layers_per_block: int = 1,
     attention_head_dim: int = 32,
     text_dim: int = TEXT_DIM,
+    attention_levels: int | None = None,
 ) -> Any:
-    """A fresh toy ``UNet2DConditionModel`` (SD 1.x block types): no attention at the first (full-resolution)
-    level, cross-attention transformer blocks at every lower level and in the mid block; heads of
-    ``attention_head_dim`` channels (diffusers' ``attention_head_dim`` argument is the head *count*)."""
+    """A fresh toy ``UNet2DConditionModel`` (SD 1.x block types): cross-attention transformer blocks at the
+    ``attention_levels`` lowest-resolution levels (default: every level but the first, full-resolution
+    one) and in the mid block, plain resnet levels above them; heads of ``attention_head_dim`` channels
+    (diffusers' ``attention_head_dim`` argument is the head *count*)."""
     from diffusers import UNet2DConditionModel
 
     channels = tuple(int(c) for c in block_out_channels)
@@ -183,8 +185,15 @@ def build_unet(
             f"unet_block_out_channels={channels} needs at least 2 levels, each a multiple of the head width "
             f"{attention_head_dim}."
         )
-    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1)
-    up = ("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",)
+    levels = len(channels) - 1 if attention_levels is None else int(attention_levels)
+    if not 0 <= levels <= len(channels):
+        raise ConfigError(
+            f"unet_attention_levels={attention_levels!r} must be between 0 and the {len(channels)} levels of "
+            f"unet_block_out_channels={channels}."
+        )
+    plain = len(channels) - levels
+    down = ("DownBlock2D",) * plain + ("CrossAttnDownBlock2D",) * levels
+    up = ("CrossAttnUpBlock2D",) * levels + ("UpBlock2D",) * plain
     return UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=3,

@@ -78,6 +78,7 @@ class TrainConfig:
     # the UNet's head width): channels per resolution level and resnet + attention layers per level
     unet_block_out_channels: tuple[int, ...] = (32, 64, 128)
     unet_layers_per_block: int = 1
+    unet_attention_levels: int | None = None  # lowest levels with cross-attention blocks; None = all but the first
     # optimisation
     learning_rate: float = 5e-4
     warmup_steps: int = 300
@@ -160,6 +161,7 @@ class TrainConfig:
                 block_out_channels=self.unet_block_out_channels,
                 layers_per_block=self.unet_layers_per_block,
                 attention_head_dim=self.attention_head_dim,
+                attention_levels=self.unet_attention_levels,
             )
         return build_denoiser(
             self.arch,

@@ -124,6 +124,22 @@ def test_send_to_editor_then_run_produces_an_edited_image(dash_duo, app):
     save_screenshot(dash_duo.driver, "dashboard-editor")
 
 
+def _offered(dash_duo, selector: str, search: str) -> list[str]:
+    """The direction names a dcc.Dropdown offers for ``search`` (typed in its search box; the menu shows only a
+    window of a long list, so a search narrows it to what can be read), then the menu is closed again."""
+    from selenium.webdriver.common.keys import Keys
+
+    dash_duo.find_element(selector).click()
+    box = dash_duo.wait_for_element(".dash-dropdown-search", timeout=10)
+    box.send_keys(search)
+    time.sleep(0.5)  # the menu filters as the search is typed
+    names = [o.text.split(" — ")[0] for o in dash_duo.find_elements(".dash-dropdown-option")]
+    names = [] if names == ["No options found"] else names
+    box.send_keys(Keys.ESCAPE)
+    _wait_until(lambda: not dash_duo.find_elements(".dash-dropdown-search"), "the menu to close")
+    return names
+
+
 def _wait_until(check, what: str, timeout: float = 20.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -154,6 +170,45 @@ def test_editor_previews_the_source_and_shows_only_controls_that_apply(dash_duo,
     dash_duo.wait_for_contains_text("#editor-source-preview", "Upload a PNG", timeout=10)
     _no_console_errors(dash_duo, "/editor preview")
     save_screenshot(dash_duo.driver, "dashboard-editor-preview")
+
+
+def test_editor_offers_the_directions_that_start_from_the_samples_own_labels(dash_duo, app, root):
+    """A red sample is offered ``edit/color/red-to-…`` (never another colour's from-to direction), the best
+    measured one chosen, α set to the strength it was measured at; another sample re-filters the list."""
+    from selenium.webdriver.common.keys import Keys
+
+    import latentlens
+
+    labels = json.loads((root / "shapes" / "manifest.json").read_text())["labels"]
+    analysis = latentlens.load_results(root / "shapes")
+    pairs = [n for n in analysis.direction_names if n.startswith("edit/color/") and "-to-" in n]
+    starts = {n.split("/")[2].split("-to-")[0] for n in pairs}  # the colours of the run's canonical captions
+    first = next(k for k, lab in enumerate(labels) if lab["color"] in starts)
+    other = next(k for k, lab in enumerate(labels) if lab["color"] in starts - {labels[first]["color"]})
+    dash_duo.start_server(app)
+    dash_duo.driver.get(dash_duo.server_url + "/editor")
+    dash_duo.wait_for_element("#editor-source-image", timeout=30)
+    for sample in (first, other):
+        own = labels[sample]
+        best, validation = analysis.direction_effects(own)[0]
+        box = dash_duo.find_element("#editor-sample")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.BACKSPACE, str(sample))
+        dash_duo.wait_for_element(f"#editor-source-image[src*='/lens/image/{sample}.png']", timeout=20)
+        dash_duo.wait_for_contains_text("#editor-direction", best, timeout=20)  # the best that applies
+        _wait_until(
+            lambda: dash_duo.driver.execute_script(
+                "const h = document.querySelector('#editor-alpha [role=\"slider\"]');"
+                "return h && h.getAttribute('aria-valuenow');"
+            ) == f"{validation['alpha']:g}",
+            "α to move to the measured strength",
+        )
+        mine = sorted(n for n in pairs if n.startswith(f"edit/color/{own['color']}-to-"))
+        assert sorted(_offered(dash_duo, "#editor-direction", f"color/{own['color']}-to-")) == mine  # every target
+        elsewhere = next(c for c in sorted(starts) if c != own["color"])
+        assert _offered(dash_duo, "#editor-direction", f"color/{elsewhere}-to-") == []  # not another colour's
+        assert _offered(dash_duo, "#editor-direction", f"-to-{own['color']}") == []  # nothing toward its own
+    _no_console_errors(dash_duo, "/editor filtered directions")
 
 
 def test_directions_page_names_from_and_to_without_none(dash_duo, app):

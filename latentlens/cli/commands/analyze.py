@@ -94,6 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="steer all N samples with every direction at every alpha (no early stop; about 3x the time).",
     )
+    parser.add_argument(
+        "--validate-only",
+        nargs="+",
+        metavar="GLOB",
+        default=None,
+        help="validate only the directions whose names match one of these globs, e.g. 'edit/color/*' "
+        "(default: every saved direction; the others are saved unvalidated).",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document with the results.")
 
 
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         max_read_bytes=_read_bytes(args.max_read_mb),
         validate=max(0, args.validate),
         validate_early_stop=not args.validate_full,
+        validate_only=args.validate_only,
     )
     if args.json:
         print_json(summary)
@@ -155,5 +164,13 @@ def run(args: argparse.Namespace) -> int:
         kept = "" if r.get("kept") is None else f", others kept >= {min(r['kept'].values()):.2f}"
         success = "" if r.get("success") is None else f", edits {r['success']:.2f}"
         print(f"direction {r['name']:<28} score {r['score']:.3f}{success}{kept} (n {r['n']}, alpha {r['alpha']:g})")
+    targets = (summary.get("validation") or {}).get("targets") or {}
+    for attribute, by_target in targets.items():
+        for to, t in by_target.items():
+            print(
+                f"edit toward {attribute}={to:<10} from each sample's own {attribute}: edits {t['success']:.2f}, "
+                f"others kept >= {min(t['kept'].values()):.2f} (n {t['n']} over {t['pairs']} from-to directions)"
+                + ("" if t["meets_goal"] else f"; weakest from {t['weakest']['from']}")
+            )
     print(f"Results written to {summary['run']}/analysis/.")
     return 0
