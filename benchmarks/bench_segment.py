@@ -39,6 +39,7 @@ import torch
 
 from latentlens import load_pipeline, record
 from latentlens.analysis.segment import (
+    COVERAGE_THRESHOLD,
     coverage_from_pooled,
     default_feature_block,
     feature_site,
@@ -144,8 +145,8 @@ def features_only_coverage(features: torch.Tensor) -> torch.Tensor:
     if seed.sum() > seed.size / 2:
         seed = ~seed
     cover = refine_coverage(seed[None], features)[0]
-    if (cover > 0.5).sum() > cover.numel() / 2:  # the refinement swapped sides: take the smaller one
-        cover = refine_coverage((cover <= 0.5).numpy()[None], features)[0]
+    if (cover > COVERAGE_THRESHOLD).sum() > cover.numel() / 2:  # the refinement swapped sides: take the smaller one
+        cover = refine_coverage((cover <= COVERAGE_THRESHOLD).numpy()[None], features)[0]
     return cover
 
 
@@ -187,9 +188,9 @@ def evaluate(data: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, float
             if m == METHODS[0]:
                 for b in blocks:
                     cover = features_only_coverage(feats[b]).reshape(rows, cc)
-                    baseline[f"token feature block {b}"].append(iou((cover > 0.5).numpy(), tt))
+                    baseline[f"token feature block {b}"].append(iou((cover > COVERAGE_THRESHOLD).numpy(), tt))
                     if b == fb:
-                        baseline["token default"].append(iou((cover > 0.5).numpy(), tt))
+                        baseline["token default"].append(iou((cover > COVERAGE_THRESHOLD).numpy(), tt))
                         baseline["image default"].append(iou(masks_from_coverage(cover[None], (h, w))[0], truth))
         for rule in RULES:
             result[rule][m] = {k: float(np.mean(v)) for k, v in scores[rule].items()}

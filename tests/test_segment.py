@@ -11,6 +11,7 @@ from PIL import Image
 
 from latentlens import LatentlensError, record, segment
 from latentlens.analysis.segment import (
+    COVERAGE_THRESHOLD,
     coverage_from_pooled,
     half_threshold,
     masks_from_pooled,
@@ -139,7 +140,7 @@ def test_refine_is_the_default_and_uses_the_last_steps_features(toy):
     assert result.rule == "refine" and result.feature_block == 0  # a third of the way through blocks [0, 1]
     assert result.coverage is not None and result.coverage.shape == (2, 8, 8)
     for i, concept in enumerate(("circle", "background")):
-        assert np.array_equal(result.token_masks[concept], (result.coverage[i] > 0.5).numpy())
+        assert np.array_equal(result.token_masks[concept], (result.coverage[i] > COVERAGE_THRESHOLD).numpy())
         assert result.masks[concept].shape == (32, 32)
     # the same as refining the pooled maps by hand with the features of a separate recording
     with record(toy, sites="blocks.0.resid_out.img") as rec:
