@@ -50,6 +50,17 @@ def test_bad_architecture_settings_are_clear_errors():
         TrainConfig(arch="unet", unet_block_out_channels=(24, 48), attention_head_dim=32).build_denoiser()
     with pytest.raises(ConfigError, match="CUDA|device"):
         train_toy(TrainConfig(device="cuda:0" if not torch.cuda.is_available() else "tpu"), "/tmp/_ll_never")
+    with pytest.raises(ConfigError, match="unet_attention_levels=4"):
+        TrainConfig(arch="unet", unet_attention_levels=4).build_denoiser()
+
+
+def test_the_unet_attends_at_the_chosen_number_of_lowest_levels():
+    planned = TrainConfig.for_world("v2", arch="unet").build_denoiser()
+    assert planned.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    cheaper = TrainConfig.for_world("v2", arch="unet", unet_attention_levels=1).build_denoiser()
+    assert cheaper.config.down_block_types == ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+    assert cheaper.config.up_block_types == ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    assert parameter_count(cheaper) == 4_185_571  # toy_train_speed.py --size unet_attention_levels=1: 1.08 s/step
 
 
 @pytest.mark.slow  # six tiny runs, ~40 s

@@ -52,7 +52,10 @@ def layout(**_query: Any) -> html.Div:
                                 ],
                                 className="ll-control",
                             ),
-                            dcc.Graph(id=ids.DIR_COSINE, figure=empty_figure(), config={"displayModeBar": False}),
+                            html.Div(  # a large group's matrix is wider than the column: it scrolls
+                                dcc.Graph(id=ids.DIR_COSINE, figure=empty_figure(), config={"displayModeBar": False}),
+                                className="ll-scroll-x",
+                            ),
                         ],
                         className="ll-half",
                     ),
@@ -178,23 +181,25 @@ def _follow(name: Any, state: Any) -> Any:
     return group_of(loaded, name)
 
 
-ROW_PX = 22  # one matrix row: room for one 11 px label
+ROW_PX = 22  # one matrix row (and column): room for one 11 px label
+COLORBAR_PX = 110  # the colour bar and the right margin
 
 
 @callback(
     Output(ids.DIR_COSINE, "figure"),
+    Output(ids.DIR_COSINE, "style"),
     Output(ids.DIR_MESSAGE, "children", allow_duplicate=True),
     Input(ids.DIR_COSINE_SITE, "value"),
     State(ids.STATE, "data"),
     prevent_initial_call=True,
 )
-@guarded(2, 1)
-def _cosine(group: Any, state: Any) -> tuple[Any, Any]:
+@guarded(3, 2)
+def _cosine(group: Any, state: Any) -> tuple[Any, Any, Any]:
     from latentlens import cosine_matrix
 
     run_id = state_get(state, "run")
     if not run_id or group is None:
-        return empty_figure(), no_update
+        return empty_figure(), {}, no_update
     loaded, _ = directions(config.index(), run_id)
     groups = cosine_groups(loaded)
     group = bounded_choice(group, "The direction group", list(groups))
@@ -204,6 +209,7 @@ def _cosine(group: Any, state: Any) -> tuple[Any, Any]:
     longest = max(len(n) for n in names)
     margin = 12 + 7 * longest  # every label whole, at 11 px
     side = max(ROW_PX * len(names), 160)
+    width = side + margin + COLORBAR_PX  # square cells: the columns get the room the rows get (the box scrolls)
     axis = {
         "tickmode": "array",
         "tickvals": names,
@@ -231,12 +237,13 @@ def _cosine(group: Any, state: Any) -> tuple[Any, Any]:
         "layout": {
             "title": {"text": f"cosine similarity · {group}" + (f" ({stream})" if stream else "")},
             "height": side + margin + 70,
+            "width": width,
             "xaxis": {**axis, "tickangle": -60},
             "yaxis": {**axis, "autorange": "reversed"},
             "margin": {"l": margin, "r": 10, "t": 50, "b": margin},
         },
     }
-    return figure, no_update
+    return figure, {"width": f"{width}px"}, no_update
 
 
 @callback(

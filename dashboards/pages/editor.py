@@ -204,7 +204,9 @@ def _controls(state: Any, typed: Any, kind: Any, picked: Any, current: Any) -> t
         chosen = current
     else:  # the page opened or the run changed: the sample picked elsewhere, the direction sent here
         shown = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
-        sample = int(shown) if isinstance(shown, int) else min(run.completed, default=0)
+        count = len(run.manifest.get("prompts") or [])
+        in_range = isinstance(shown, int) and not isinstance(shown, bool) and 0 <= shown < count
+        sample = shown if in_range and isinstance(shown, int) else min(run.completed, default=0)
         chosen = state_get(state, "direction") or current
     own: dict[str, str] = {}
     if kind != "upload":
@@ -219,9 +221,11 @@ def _controls(state: Any, typed: Any, kind: Any, picked: Any, current: Any) -> t
         everything = ranked = []
         note = message(f"{error} Until then, edit with a target text.", "warning")
     names = [name for name, _ in ranked]
+    sent = state_get(state, "direction")
+    chosen = chosen if isinstance(chosen, str) else None  # a posted value may be anything
     if chosen not in names:
         validations = dict(everything)
-        if chosen == state_get(state, "direction") and chosen in validations:
+        if chosen is not None and chosen == sent and chosen in validations:
             ranked = [(chosen, validations[chosen]), *ranked]  # asked for by name: offered even if made for others
         else:
             chosen = names[0] if names else None
@@ -237,7 +241,7 @@ def _controls(state: Any, typed: Any, kind: Any, picked: Any, current: Any) -> t
 def _measured_alpha(direction: Any, state: Any) -> Any:
     """Choosing a validated direction sets α to the strength at which its edit was measured."""
     run_id = state_get(state, "run")
-    if not run_id or not direction:
+    if not run_id or not isinstance(direction, str):
         raise dash.exceptions.PreventUpdate
     try:
         validation = dict(results(config.index(), run_id).direction_effects()).get(direction)

@@ -66,7 +66,7 @@ def _readable(drawn: dict) -> None:
     rows = sorted(drawn["ybox"], key=lambda b: b[1])
     for above, below in zip(rows, rows[1:]):
         assert above[3] <= below[1] + 0.5, f"y labels overlap: {above} {below}"
-    columns = sorted(drawn["xbox"], key=lambda b: b[0])  # rotated labels: their anchors step right
+    columns = sorted(drawn["xbox"], key=lambda b: b[2])  # rotated labels end at their anchors, which step right
     for first, second in zip(columns, columns[1:]):
         assert second[2] - first[2] >= 10, f"x labels crowd each other: {first} {second}"
 
