@@ -219,14 +219,15 @@ def test_cosine_matrix_compares_directions_of_one_site_stream_and_shape(app, roo
         assert [o["value"] for o in options] == list(groups)
         assert all(" stream · " in o["label"] for o in options)  # every group names its stream
         for key, names in groups.items():
-            figure, note = page._cosine(key, {"run": "good"})
+            figure, style, note = page._cosine(key, {"run": "good"})
             assert figure["data"][0]["x"] == names and key in figure["layout"]["title"]["text"]
+            assert style == {"width": f"{figure['layout']['width']}px"}  # square cells; the box scrolls sideways
             expected = cosine_matrix({n: loaded[n] for n in names})[1]
             np.testing.assert_allclose(np.array(figure["data"][0]["z"], dtype=float), expected, atol=1e-3)
             assert figure["layout"]["yaxis"]["tickvals"] == names  # every row labelled
-            assert figure["layout"]["height"] >= page.ROW_PX * len(names)
+            assert figure["layout"]["height"] >= page.ROW_PX * len(names) <= figure["layout"]["width"]
         assert page._follow("rows", {"run": "good"}) == f"{blue.site} · token-wise ×3"
-        _, note = page._cosine("blocks.9.nowhere", {"run": "good"})
+        _, _, note = page._cosine("blocks.9.nowhere", {"run": "good"})
         assert "The direction group 'blocks.9.nowhere' is not one of" in _text(note)
     finally:
         for name in ("misfit", "rows"):
