@@ -199,15 +199,16 @@ def _controls(state: Any, typed: Any, kind: Any, picked: Any, current: Any) -> t
         return [], None, 0, message("Choose a run in the picker at the top.", "info")
     index = config.index()
     run = open_run(index, run_id)
+    count = len(run.manifest.get("prompts") or [])
+    sent = state_get(state, "direction")
     if dash.ctx.triggered_id == ids.ED_SAMPLE and typed not in (None, ""):
-        sample = bounded_int(typed, "sample", 0, max(len(run.manifest.get("prompts") or []) - 1, 0))
+        sample = bounded_int(typed, "sample", 0, max(count - 1, 0))
         chosen = current
     else:  # the page opened or the run changed: the sample picked elsewhere, the direction sent here
         shown = state_get(picked, "sample") if state_get(picked, "run") == run_id else None
-        count = len(run.manifest.get("prompts") or [])
         in_range = isinstance(shown, int) and not isinstance(shown, bool) and 0 <= shown < count
         sample = shown if in_range and isinstance(shown, int) else min(run.completed, default=0)
-        chosen = state_get(state, "direction") or current
+        chosen = sent or current
     own: dict[str, str] = {}
     if kind != "upload":
         own = {a: str(column[sample]) for a, column in manifest_labels(run).items() if sample < len(column)}
@@ -215,18 +216,17 @@ def _controls(state: Any, typed: Any, kind: Any, picked: Any, current: Any) -> t
     note = None
     try:
         analysis = results(index, run_id)
-        everything = analysis.direction_effects()
-        ranked = analysis.direction_effects(own) if own else everything
+        ranked = analysis.direction_effects(own or None)
     except Exception as error:
-        everything = ranked = []
+        analysis, ranked = None, []
         note = message(f"{error} Until then, edit with a target text.", "warning")
     names = [name for name, _ in ranked]
-    sent = state_get(state, "direction")
     chosen = chosen if isinstance(chosen, str) else None  # a posted value may be anything
     if chosen not in names:
-        validations = dict(everything)
-        if chosen is not None and chosen == sent and chosen in validations:
-            ranked = [(chosen, validations[chosen]), *ranked]  # asked for by name: offered even if made for others
+        # asked for by name: offered even if made for other samples (the full list is read only then)
+        validations = dict(analysis.direction_effects()) if analysis is not None and chosen == sent else {}
+        if chosen is not None and chosen in validations:
+            ranked = [(chosen, validations[chosen]), *ranked]
         else:
             chosen = names[0] if names else None
     return [{"label": _direction_label(n, v), "value": n} for n, v in ranked], chosen, sample, note

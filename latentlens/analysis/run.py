@@ -416,8 +416,7 @@ def analyze_run(
                     accuracy=best["accuracy"],
                     selectivity=best["selectivity"],
                 )
-                name = f"{attribute}/{value}" if stream == "img" else f"txt/{attribute}/{value}"
-                directions[name] = d
+                directions[_mean_name(attribute, str(value), stream)] = d
         directions.update(_edit_directions(run, samples, labels, str(run_dir), quiet))
         summary["directions"] = sorted(directions)
         if validate > 0:
@@ -548,6 +547,12 @@ def _validate(
     return sorted(reports, key=lambda r: -float(r["score"]))
 
 
+def _mean_name(attribute: str, value: str, stream: str) -> str:
+    """The saved name of a class mean at an attribute's best probe cell: ``color/red`` (image stream),
+    ``txt/color/red`` (text stream)."""
+    return f"{attribute}/{value}" if stream == "img" else f"txt/{attribute}/{value}"
+
+
 def _matching(directions: dict[str, Any], globs: Sequence[str] | None) -> dict[str, Any]:
     """The directions whose names match one of ``globs`` (all of them for None)."""
     if globs is None:
@@ -563,7 +568,7 @@ def _check_validate_only(globs: Sequence[str], labels: dict[str, list[str]]) -> 
     names = []
     for attribute, raw in labels.items():
         values = sorted(set(map(str, raw)))
-        names += [f"{p}{attribute}/{v}" for p in ("", "txt/") for v in values]
+        names += [_mean_name(attribute, v, stream) for stream in ("img", "txt") for v in values]
         names += [edit_name(attribute, t, f) for f in [None, *values] for t in values if f != t]
     for glob in globs:
         if not any(fnmatch.fnmatchcase(n, glob) for n in names):
