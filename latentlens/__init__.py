@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "LatentlensError": "latentlens.errors",
     "load_pipeline": "latentlens.models",
+    "installed_toy_models": "latentlens.models",
     "ToyPipeline": "latentlens.toy.pipeline",
     "record": "latentlens.recorder",
     "Recording": "latentlens.capture.recording",

@@ -29,6 +29,16 @@ def _toy_model_names() -> tuple[str, ...]:
 TOY_NAMES = _toy_model_names()
 
 
+def installed_toy_models() -> list[str]:
+    """The toy models whose weights are installed here, in :data:`TOY_NAMES` order.
+
+    Example: ``latentlens.installed_toy_models()`` → ``['toy', 'toy-pixart']`` before toy-unet is trained.
+    """
+    from latentlens.toy.architectures import BY_MODEL_NAME
+
+    return [name for name, toy in BY_MODEL_NAME.items() if toy.installed()]
+
+
 def _toy_pipeline_classes() -> tuple[str, ...]:
     from latentlens.toy.architectures import BY_PIPELINE_CLASS
 

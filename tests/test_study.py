@@ -96,7 +96,7 @@ def test_bad_models_and_folders_are_refused_before_any_work(tmp_path, monkeypatc
 
 
 @pytest.mark.slow  # the trained toy and two tiny untrained toys at n = 5: ~50 s
-def test_small_study_writes_findings_whose_verdicts_follow_from_its_numbers(tmp_path):
+def test_small_study_writes_findings_whose_verdicts_follow_from_its_numbers(tmp_path, monkeypatch):
     from latentlens.toy.pipeline import tiny_toy_pipeline
 
     folders = []
@@ -105,10 +105,19 @@ def test_small_study_writes_findings_whose_verdicts_follow_from_its_numbers(tmp_
         tiny_toy_pipeline(arch=arch, seed=1).save_pretrained(folder)
         folders.append(str(folder))
     out = tmp_path / "study"
-    code = main(["study", "--models", ",".join(["toy", *folders]), "--out", str(out), "--n", "5",
-                 "--probe-samples", "60", "--two-object-pairs", "1", "--num-inference-steps", "4"])  # fmt: skip
-    assert code == 0
+    command = ["study", "--models", ",".join(["toy", *folders]), "--out", str(out), "--n", "5",
+               "--probe-samples", "60", "--two-object-pairs", "1", "--num-inference-steps", "4"]  # fmt: skip
+    assert main(command) == 0
+    first = json.loads((out / "findings.json").read_text())
+
+    def measure_again(*args, **kwargs):
+        raise AssertionError("a model measured with the same settings and weights was measured again")
+
+    monkeypatch.setattr("latentlens.study.measure.measure_model", measure_again)
+    assert main(command) == 0  # a stopped or repeated study reuses every finished model
+    monkeypatch.undo()
     findings = json.loads((out / "findings.json").read_text())
+    assert findings["models"] == first["models"]
     assert list(findings["models"]) == ["toy", "tiny-pixart", "tiny-unet"]
     assert findings["verdicts"] == decide(findings["models"])  # the verdicts follow from the written numbers
     toy, pixart, unet = (findings["models"][k] for k in ("toy", "tiny-pixart", "tiny-unet"))
@@ -125,6 +134,8 @@ def test_small_study_writes_findings_whose_verdicts_follow_from_its_numbers(tmp_
         assert set(m["claim2"]["sde"]) <= {"shape", "color", "size", "position", "background"}
         assert set(m["claim2"]["two_object"]) == {"shape", "color", "size"}
         assert m["claim2"]["two_object"]["color"]["other_object_kept"]["n"] == 1
+        assert set(m["claim2"]["two_object_prompt_swap"]) == {"shape", "color", "size"}
+        assert m["claim2"]["two_object"]["size"]["other_psnr"]["n"] <= 1
     for claim in ("claim1", "claim2", "claim3", "dit_vs_unet"):
         assert findings["verdicts"][claim]["verdict"] in ("holds", "fails", "mixed")
     report = (out / "findings.md").read_text()

@@ -1,7 +1,8 @@
 """``latentlens study``: the paper's three claims measured on several shapes-world models, with verdicts.
 
 :func:`run_study` loads every model first (a missing or untrained model is an error before any
-work), then for each records and probes it, runs the edit benchmark with EMS both / text only /
+work), then for each records and probes it (a model already measured in ``OUT`` with the same
+settings and weights is reused from ``OUT/models/<name>/claims.json``, so a stopped study resumes), runs the edit benchmark with EMS both / text only /
 image only (and prompt swap) and two-object prompt edits, on the same prompts and seeds
 (:mod:`latentlens.study.measure`). It writes ``OUT/findings.json`` (``models`` → ``{name: {claim1,
 claim2, claim3}}`` and ``verdicts``), ``OUT/findings.md`` with tables and ``OUT/figures/*.png``.
@@ -30,6 +31,8 @@ from latentlens.errors import ConfigError, StoreError
 
 MARKER = ".latentlens-study"
 FINDINGS_JSON = "findings.json"
+#: one model's finished measurements and the settings they were made with (``OUT/models/<name>/claims.json``)
+CLAIMS_JSON = "claims.json"
 
 
 def resolve_models(models: Sequence[str]) -> dict[str, str]:
@@ -121,14 +124,25 @@ def run_study(
     results: dict[str, Any] = {}
     for name in named:
         folder = out / "models" / name
+        settings = {
+            "n": n, "probe_samples": probe_samples, "two_object_pairs": two_object_pairs,
+            "num_inference_steps": num_inference_steps, "weights": weights_fingerprint(loaded[name]),
+        }  # fmt: skip
+        finished = _finished_claims(folder, settings)
+        if finished is not None:
+            results[name] = finished
+            if not quiet:
+                print(f"study: {name} was measured with these settings before; its claims are reused", flush=True)
+            continue
         if folder.exists():
-            shutil.rmtree(folder)  # a previous study's recording (the folder carries our marker)
+            shutil.rmtree(folder)  # an unfinished or differently-set measurement (the folder carries our marker)
         if not quiet:
             print(f"study: measuring {name}", flush=True)
         results[name] = measure_model(
             loaded[name], folder, n=n, probe_samples=probe_samples, two_object_pairs=two_object_pairs,
             num_inference_steps=num_inference_steps, quiet=quiet,
         )  # fmt: skip
+        _write_json(folder / CLAIMS_JSON, {"settings": settings, "claims": results[name]})
     first = next(iter(results.values()))
     findings: dict[str, Any] = {
         "models": results,
@@ -142,10 +156,43 @@ def run_study(
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / FINDINGS_JSON).write_text(json.dumps(_clean(findings), indent=2, allow_nan=False) + "\n")
+    _write_json(out / FINDINGS_JSON, findings)
     findings = json.loads((out / FINDINGS_JSON).read_text())  # the report reads exactly what was written
     write_report(findings, out)
     return findings
+
+
+def weights_fingerprint(pipe: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the denoiser's weights: a retrained model is measured again."""
+    import hashlib
+
+    import torch
+
+    from latentlens.adapters import split_target
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(split_target(pipe)[0].state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _finished_claims(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The claims of an earlier, finished measurement made with exactly ``settings``; else None."""
+    try:
+        saved = json.loads((folder / CLAIMS_JSON).read_text())
+    except (OSError, ValueError):
+        return None  # never finished, or damaged: measured again
+    if not isinstance(saved, dict) or saved.get("settings") != settings or not isinstance(saved.get("claims"), dict):
+        return None
+    return saved["claims"]
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` (NaN as null) whole or not at all: a stopped study never leaves half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")
+    partial.replace(path)
 
 
 def _clean(value: Any) -> Any:
@@ -161,4 +208,4 @@ def _clean(value: Any) -> Any:
     return value
 
 
-__all__ = ["FINDINGS_JSON", "resolve_models", "run_study"]
+__all__ = ["CLAIMS_JSON", "FINDINGS_JSON", "resolve_models", "run_study", "weights_fingerprint"]

@@ -141,17 +141,25 @@ def render_markdown(findings: dict[str, Any], figures: list[tuple[str, str]]) ->
     if object_attributes:
         lines += [
             "",
-            "Two-object scenes, one object's attribute changed in the prompt (same seed): the other object kept / "
-            "only that attribute changed.",
+            "Two-object scenes, one attribute of one object edited (same seed): the other object kept (all five "
+            "attributes read as before), for EMS (both spaces) and for prompt swap, and the PSNR inside the other "
+            "object under EMS.",
             "",
-            "| edited attribute | " + " | ".join(f"{n} other kept | {n} only that changed" for n in names) + " |",
-            "|---|" + "---|---|" * len(names),
+            "| edited attribute | "
+            + " | ".join(f"{n} EMS other kept | {n} prompt swap other kept | {n} EMS other PSNR (dB)" for n in names)
+            + " |",
+            "|---|" + "---|---|---|" * len(names),
         ]
         for a in object_attributes:
             cells = []
             for n in names:
-                c = (models[n]["claim2"].get("two_object") or {}).get(a)
-                cells += [_cell(c and c["other_object_kept"], True), _cell(c and c["only_that_changed"], True)]
+                c2 = models[n]["claim2"]
+                ems, swap = (c2.get("two_object") or {}).get(a), (c2.get("two_object_prompt_swap") or {}).get(a)
+                cells += [
+                    _cell(ems and ems["other_object_kept"], True),
+                    _cell(swap and swap["other_object_kept"], True),
+                    _cell(ems and ems["other_psnr"], digits=1),
+                ]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += [
         "",
