@@ -1,10 +1,10 @@
 """``latentlens study``: the paper's three claims measured on several shapes-world models, with verdicts.
 
 :func:`run_study` loads every model first (a missing or untrained model is an error before any
-work), then for each records and probes it (a model already measured in ``OUT`` with the same
-settings and weights is reused from ``OUT/models/<name>/claims.json``, so a stopped study resumes), runs the edit benchmark with EMS both / text only /
-image only (and prompt swap) and two-object prompt edits, on the same prompts and seeds
-(:mod:`latentlens.study.measure`). It writes ``OUT/findings.json`` (``models`` → ``{name: {claim1,
+work), then for each records and probes it, runs the edit benchmark with EMS both / text only /
+image only (and prompt swap) and two-object EMS edits, on the same prompts and seeds
+(:mod:`latentlens.study.measure`). A model already measured in ``OUT`` with the same settings and
+weights is reused from ``OUT/models/<name>/claims.json``, so a stopped study resumes. It writes ``OUT/findings.json`` (``models`` → ``{name: {claim1,
 claim2, claim3}}`` and ``verdicts``), ``OUT/findings.md`` with tables and ``OUT/figures/*.png``.
 Verdicts follow from the numbers by the rules in :mod:`latentlens.study.verdicts`.
 
