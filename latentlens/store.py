@@ -101,7 +101,7 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file and ``os.replace`` (never a torn file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -666,7 +666,7 @@ class RunStore:
         manifest["store"] = store_info
         manifest.setdefault("recorded", {})
         try:
-            _write_atomic(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+            write_atomic(path / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
         except OSError as error:
             raise (cls._disk_error(path, error, 0) if _is_disk_full(error) else error) from None
         return cls(path, writable=True)
@@ -771,7 +771,7 @@ class RunStore:
                 "the damaged lines and record those samples again."
             )
         if bad:  # repair: keep the readable lines, rewrite the journal without the others
-            _write_atomic(journal, b"".join(json.dumps(e, default=str).encode() + b"\n" for e in entries))
+            write_atomic(journal, b"".join(json.dumps(e, default=str).encode() + b"\n" for e in entries))
         self._samples = {int(e["sample"]): e for e in entries}
 
     def refresh(self) -> None:
@@ -933,7 +933,7 @@ class RunStore:
     def _update_manifest(self, fields: Mapping[str, Any]) -> None:
         self._manifest.update(fields)
         try:
-            _write_atomic(self.path / MANIFEST, json.dumps(self._manifest, indent=2, default=str).encode())
+            write_atomic(self.path / MANIFEST, json.dumps(self._manifest, indent=2, default=str).encode())
         except OSError as error:
             if _is_disk_full(error):
                 raise self._disk_error(self.path, error, len(self._samples)) from error
@@ -1220,7 +1220,7 @@ class RunStore:
         target = self.image_path(sample_id)
         target.parent.mkdir(exist_ok=True)
         try:
-            _write_atomic(target, buffer.getvalue())  # fsync'ed; sync() makes its folder entry durable
+            write_atomic(target, buffer.getvalue())  # fsync'ed; sync() makes its folder entry durable
         except OSError as error:
             if _is_disk_full(error):
                 raise self._disk_error(self.path, error, len(self._samples)) from error
@@ -1298,7 +1298,7 @@ class RunStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         keep = [self._samples[i] for i in sorted(self._samples) if i not in report.damaged]
-        _write_atomic(self.path / JOURNAL, b"".join(json.dumps(e, default=str).encode() + b"\n" for e in keep))
+        write_atomic(self.path / JOURNAL, b"".join(json.dumps(e, default=str).encode() + b"\n" for e in keep))
         self._samples = {int(e["sample"]): e for e in keep}
         return sorted(report.damaged)
 
@@ -1342,4 +1342,5 @@ __all__ = [
     "read_manifest",
     "FORMAT",
     "HASHED_KEYS",
+    "write_atomic",
 ]

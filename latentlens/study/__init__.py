@@ -4,9 +4,9 @@
 work), then for each records and probes it, runs the edit benchmark with EMS both / text only /
 image only (and prompt swap) and two-object EMS edits, on the same prompts and seeds
 (:mod:`latentlens.study.measure`). A model already measured in ``OUT`` with the same settings and
-weights is reused from ``OUT/models/<name>/claims.json``, so a stopped study resumes. It writes ``OUT/findings.json`` (``models`` → ``{name: {claim1,
-claim2, claim3}}`` and ``verdicts``), ``OUT/findings.md`` with tables and ``OUT/figures/*.png``.
-Verdicts follow from the numbers by the rules in :mod:`latentlens.study.verdicts`.
+weights is reused from ``OUT/models/<name>/claims.json``, so a stopped study resumes. It writes
+``OUT/findings.json`` (``models`` → ``{name: {claim1, claim2, claim3}}`` and ``verdicts``),
+``OUT/findings.md`` with tables and ``OUT/figures/*.png``. Verdicts follow from the numbers by the rules in :mod:`latentlens.study.verdicts`.
 
 Example::
 
@@ -190,9 +190,9 @@ def _finished_claims(folder: Path, settings: dict[str, Any]) -> dict[str, Any] |
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     """Write ``document`` (NaN as null) whole or not at all: a stopped study never leaves half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n")
-    partial.replace(path)
+    from latentlens.store import write_atomic
+
+    write_atomic(path, (json.dumps(_clean(document), indent=2, allow_nan=False) + "\n").encode())
 
 
 def _clean(value: Any) -> Any:
