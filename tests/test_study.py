@@ -62,6 +62,29 @@ def test_each_rule_follows_from_the_intervals():
     assert decide({"a": good})["dit_vs_unet"]["verdict"] == "not measured"
 
 
+def test_dit_vs_unet_also_reads_the_other_object_of_two_object_edits():
+    def scene(other_psnr: float) -> dict:
+        return {
+            "color": {
+                "other_object_kept": est(1.0, 0.95, 1.0),
+                "other_psnr": est(other_psnr, other_psnr - 2, other_psnr + 2),
+            }
+        }
+
+    tie = (0.9, 0.5, 0.6)  # the same one-object numbers for the DiT and the UNet: only the other object decides
+    dit = model((0.95, 0.99), (0.8, 0.9), *tie)
+    unet = model((0.95, 0.99), (0.8, 0.9), *tie, dit=False, txt=False)
+    unet["claim2"]["two_object"] = scene(60.0)
+    dit["claim2"]["two_object"] = scene(90.0)
+    verdict = decide({"d": dit, "u": unet})["dit_vs_unet"]
+    assert verdict["verdict"] == "holds" and "two-object other PSNR, color edits" in verdict["why"][0]
+    dit["claim2"]["two_object"] = scene(50.0)
+    assert decide({"d": dit, "u": unet})["dit_vs_unet"]["verdict"] == "fails"
+    dit["claim2"]["two_object"] = scene(90.0)
+    unet["claim2"]["two_object"] = {}  # not measured on the UNet: the one-object numbers alone decide (a tie)
+    assert decide({"d": dit, "u": unet})["dit_vs_unet"]["verdict"] == "fails"
+
+
 def test_intervals():
     w = wilson(45, 50)
     assert w.value == 0.9 and 0.78 < w.low < 0.79 and 0.95 < w.high < 0.96 and w.n == 50

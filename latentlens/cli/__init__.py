@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"latentlens {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in command_modules():
-        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        # argparse %-formats a sub-command's help (not its description): HELP is plain text, so escape it there
+        sub = subparsers.add_parser(module.NAME, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(sub)
         sub.add_argument(
             "--verbose",

@@ -19,10 +19,11 @@ test is *pass*, *fail* or *inconclusive* (an interval straddles the threshold, o
 
 Across models, a claim's verdict for the DiTs is **holds** (every DiT passes), **fails** (every DiT
 fails) or **mixed** (anything else); the UNet's test is reported beside it. The comparative claim
-(**dit_vs_unet**: DiTs keep non-target semantics better than UNets) compares EMS-both's others kept
-and PSNR outside: a DiT is *better* than a UNet when one of the two intervals lies wholly above the
-UNet's and neither wholly below; **holds** when every DiT is better than every UNet, **fails** when
-none is, **mixed** otherwise.
+(**dit_vs_unet**: DiTs keep non-target semantics better than UNets) compares what EMS-both leaves
+alone: others kept and PSNR outside the edited object (one-object edits) and, where both models were
+measured on two-object scenes, the PSNR inside the other object per edited attribute. A DiT is
+*better* than a UNet when one of these intervals lies wholly above the UNet's and none wholly below;
+**holds** when every DiT is better than every UNet, **fails** when none is, **mixed** otherwise.
 
 Example::
 
@@ -146,16 +147,27 @@ def _across(tests: dict[str, Test]) -> Verdict:
     return "mixed"
 
 
+def non_target_kept(model: Mapping[str, Any]) -> dict[str, Any]:
+    """What EMS-both leaves alone, by metric: one-object others kept and PSNR outside, two-object other PSNR."""
+    both = model["claim3"]["methods"]["ems"]
+    kept = {"preserved": both["preserved"], "psnr_outside": both["psnr_outside"]}
+    for attribute, cell in sorted((model["claim2"].get("two_object") or {}).items()):
+        if cell.get("other_psnr"):
+            kept[f"two-object other PSNR, {attribute} edits"] = cell["other_psnr"]
+    return kept
+
+
 def dit_vs_unet(models: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The comparative claim: DiTs keep non-target semantics better than UNets (EMS-both's others kept, PSNR outside)."""
+    """The comparative claim: DiTs keep non-target semantics better than UNets (the metrics of :func:`non_target_kept`)."""
     dits = [n for n, m in models.items() if m["dit"]]
     unets = [n for n, m in models.items() if not m["dit"]]
-    metrics = ("preserved", "psnr_outside")
     pairs: dict[str, bool] = {}
     why = []
     for d in dits:
         for u in unets:
-            better, on = _beats(models[d]["claim3"]["methods"]["ems"], models[u]["claim3"]["methods"]["ems"], metrics)
+            dit_kept, unet_kept = non_target_kept(models[d]), non_target_kept(models[u])
+            metrics = tuple(m for m in dit_kept if m in unet_kept)  # two-object cells only where both have them
+            better, on = _beats(dit_kept, unet_kept, metrics)
             pairs[f"{d} > {u}"] = better
             why.append(f"{d} {'is' if better else 'is not'} better than {u}" + (f" ({', '.join(on)})" if on else ""))
     if not pairs:
@@ -197,5 +209,6 @@ __all__ = [
     "decide",
     "dit_vs_unet",
     "estimate",
+    "non_target_kept",
     "text_space",
 ]

@@ -14,7 +14,7 @@ import sys
 NAME = "study"
 HELP = (
     "Record, probe and edit several shapes-world models on the same prompts and seeds; write findings.md "
-    "(tables, figures, 95 %% intervals) and findings.json with a verdict per claim."
+    "(tables, figures, 95 % intervals) and findings.json with a verdict per claim."
 )
 
 
