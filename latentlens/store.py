@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from latentlens.atomicfile import write_atomic
 from latentlens.errors import StoreError
 from latentlens.names import is_map
 
@@ -99,21 +100,6 @@ def software_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:  # pragma: no cover - optional at read time
             pass
     return versions
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and ``os.replace`` (never a torn file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _is_disk_full(error: BaseException) -> bool:
@@ -191,16 +177,8 @@ def _crc32(sample: np.ndarray) -> int:
 
 
 def _write_chunk_file(path: Path, block: np.ndarray) -> None:
-    """Replace one chunk file atomically (temp file + rename, as zarr's LocalStore does)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(memoryview(block).cast("B"))  # type: ignore[arg-type]  # ndarray is a buffer
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Replace one chunk file atomically (temp file + rename, as zarr's LocalStore does; not fsync'ed)."""
+    write_atomic(path, memoryview(block).cast("B"), durable=False)  # type: ignore[arg-type]  # ndarray is a buffer
 
 
 def _fsync_path(path: Path) -> None:
@@ -1342,5 +1320,4 @@ __all__ = [
     "read_manifest",
     "FORMAT",
     "HASHED_KEYS",
-    "write_atomic",
 ]

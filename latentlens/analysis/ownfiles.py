@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from latentlens.atomicfile import write_atomic
+
 INDEX = ".latentlens-files.json"
 _TOP_LEVEL = ("probes.json", "pca.json", "cosine.json", "summary.json")
 
@@ -91,9 +93,7 @@ def swap_in(new: Path, out: Path) -> set[str]:
             path.unlink()
         _prune_empty(path.parent, out)
     data = json.dumps({"files": sorted(incoming)}, indent=1).encode()
-    tmp = out / f".{INDEX}.{os.getpid()}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, out / INDEX)
+    write_atomic(out / INDEX, data)
     shutil.rmtree(new, ignore_errors=True)
     return incoming
 

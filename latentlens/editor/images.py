@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from latentlens.atomicfile import replacing
 from latentlens.errors import ConfigError
 
 WHITE = (255, 255, 255)
@@ -150,22 +150,8 @@ def save_image(image: PIL.Image.Image, path: str | os.PathLike) -> Path:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}.get(path.suffix.lower())
     if fmt is None:
         raise ConfigError(f"Output {path} must end in .png, .jpg, .jpeg, .webp or .bmp.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # an ordinary file (0644 under the usual umask), not mkstemp's 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(path) as tmp:
+        image.save(tmp, format=fmt)
     return path
 
 

@@ -190,7 +190,7 @@ def _finished_claims(folder: Path, settings: dict[str, Any]) -> dict[str, Any] |
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
     """Write ``document`` (NaN as null) whole or not at all: a stopped study never leaves half a file."""
-    from latentlens.store import write_atomic
+    from latentlens.atomicfile import write_atomic
 
     write_atomic(path, (json.dumps(_clean(document), indent=2, allow_nan=False) + "\n").encode())
 

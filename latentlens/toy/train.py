@@ -43,6 +43,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from latentlens.atomicfile import replacing, write_atomic
 from latentlens.errors import ConfigError, StoreError
 from latentlens.toy.architectures import architecture, build_denoiser, predict, text_mask
 from latentlens.toy.text_encoder import V2_TEXT_POSITION_SCALE, add_text_positions
@@ -428,9 +429,7 @@ def _trim_loss_log(path: Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if (logged := _logged_step(line)) is not None and logged <= step]
     if len(kept) < len(lines):
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text("".join(kept))
-        os.replace(partial, path)
+        write_atomic(path, "".join(kept).encode())
 
 
 def _logged_step(line: str) -> int | None:
@@ -442,9 +441,9 @@ def _logged_step(line: str) -> int | None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` whole or not at all: a run killed while saving keeps its previous checkpoint."""
+    with replacing(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def build_pipeline_from_state(
