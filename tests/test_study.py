@@ -77,7 +77,9 @@ def test_dit_vs_unet_also_reads_the_other_object_of_two_object_edits():
     unet["claim2"]["two_object"] = scene(60.0)
     dit["claim2"]["two_object"] = scene(90.0)
     verdict = decide({"d": dit, "u": unet})["dit_vs_unet"]
-    assert verdict["verdict"] == "holds" and "two-object other PSNR, color edits" in verdict["why"][0]
+    assert verdict["verdict"] == "holds"  # and the why names the numbers that decide it
+    assert "two-object other PSNR, color edits 90.0 [88.0, 92.0] (n=50) > 60.0 [58.0, 62.0] (n=50)" in verdict["why"][0]
+    assert "psnr_outside 0.9 [0.9, 0.9] (n=50) ≈ 0.9 [0.9, 0.9] (n=50)" in verdict["why"][0]
     dit["claim2"]["two_object"] = scene(50.0)
     assert decide({"d": dit, "u": unet})["dit_vs_unet"]["verdict"] == "fails"
     dit["claim2"]["two_object"] = scene(90.0)
