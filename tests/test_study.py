@@ -143,6 +143,10 @@ def test_small_study_writes_findings_whose_verdicts_follow_from_its_numbers(tmp_
     monkeypatch.undo()
     findings = json.loads((out / "findings.json").read_text())
     assert findings["models"] == first["models"]
+    for name, when in first["measured"].items():  # the report says which numbers are older than this run
+        assert when["reused"] is False and when["seconds"] > 0
+        assert findings["measured"][name] == {**when, "reused": True}
+    assert (out / "findings.md").read_text().count("(reused)") == 3
     assert list(findings["models"]) == ["toy", "tiny-pixart", "tiny-unet"]
     assert findings["verdicts"] == decide(findings["models"])  # the verdicts follow from the written numbers
     toy, pixart, unet = (findings["models"][k] for k in ("toy", "tiny-pixart", "tiny-unet"))

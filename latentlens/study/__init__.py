@@ -122,6 +122,7 @@ def run_study(
     (out / MARKER).write_text("written by latentlens study\n")
     started = time.perf_counter()
     results: dict[str, Any] = {}
+    measured: dict[str, dict[str, Any]] = {}  # per model: when, how long, and whether reused from an earlier run
     for name in named:
         folder = out / "models" / name
         settings = {
@@ -130,7 +131,7 @@ def run_study(
         }  # fmt: skip
         finished = _finished_claims(folder, settings)
         if finished is not None:
-            results[name] = finished
+            results[name], measured[name] = finished
             if not quiet:
                 print(f"study: {name} was measured with these settings before; its claims are reused", flush=True)
             continue
@@ -138,11 +139,13 @@ def run_study(
             shutil.rmtree(folder)  # an unfinished or differently-set measurement (the folder carries our marker)
         if not quiet:
             print(f"study: measuring {name}", flush=True)
+        model_started = time.perf_counter()
         results[name] = measure_model(
             loaded[name], folder, n=n, probe_samples=probe_samples, two_object_pairs=two_object_pairs,
             num_inference_steps=num_inference_steps, quiet=quiet,
         )  # fmt: skip
-        _write_json(folder / CLAIMS_JSON, {"settings": settings, "claims": results[name]})
+        measured[name] = {"date": _now(), "seconds": round(time.perf_counter() - model_started, 1), "reused": False}
+        _write_json(folder / CLAIMS_JSON, {"settings": settings, "claims": results[name], "measured": measured[name]})
     first = next(iter(results.values()))
     findings: dict[str, Any] = {
         "models": results,
@@ -153,8 +156,9 @@ def run_study(
         "command": command or f"latentlens study --models {','.join(named.values())} --out {out} --n {n}",
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
         + f", Python {platform.python_version()}",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "date": _now(),
         "seconds": round(time.perf_counter() - started, 1),
+        "measured": measured,
     }
     _write_json(out / FINDINGS_JSON, findings)
     findings = json.loads((out / FINDINGS_JSON).read_text())  # the report reads exactly what was written
@@ -177,15 +181,22 @@ def weights_fingerprint(pipe: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _finished_claims(folder: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The claims of an earlier, finished measurement made with exactly ``settings``; else None."""
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _finished_claims(folder: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The claims of an earlier, finished measurement made with exactly ``settings`` and when it was made; else None."""
     try:
         saved = json.loads((folder / CLAIMS_JSON).read_text())
     except (OSError, ValueError):
         return None  # never finished, or damaged: measured again
     if not isinstance(saved, dict) or saved.get("settings") != settings or not isinstance(saved.get("claims"), dict):
         return None
-    return saved["claims"]
+    earlier = saved.get("measured")
+    if not isinstance(earlier, dict):
+        earlier = {}  # studies before the measurement record lack it
+    return saved["claims"], {"date": earlier.get("date"), "seconds": earlier.get("seconds"), "reused": True}
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

@@ -27,6 +27,15 @@ def _cell(data: dict[str, Any] | None, percent: bool = False, digits: int = 3) -
     return estimate(data).text(percent=percent, digits=digits) if data else "—"
 
 
+def _when(measured: dict[str, Any] | None) -> str:
+    """``2026-12-02T15:50:01, 612 s`` plus ``(reused)`` when an earlier run of the study measured the model."""
+    if not measured:
+        return "—"
+    seconds = measured.get("seconds")
+    text = f"{measured.get('date') or 'date not recorded'}, {f'{seconds:.0f} s' if seconds is not None else 'time not recorded'}"
+    return text + (" (reused)" if measured.get("reused") else "")
+
+
 def _figures(findings: dict[str, Any], folder: Path) -> list[tuple[str, str]]:
     models = findings["models"]
     names = list(models)
@@ -76,17 +85,19 @@ def render_markdown(findings: dict[str, Any], figures: list[tuple[str, str]]) ->
         "# Three architectures on one ground truth: the paper's claims measured",
         "",
         f"Command: `{findings['command']}`  ",
-        f"Machine: {findings['machine']}; {findings['date']}; {findings['seconds']:.0f} s in all.  ",
+        f"Machine: {findings['machine']}; {findings['date']}; {findings['seconds']:.0f} s for this run (models "
+        "reused from an earlier run of the same study folder are marked in the table).  ",
         f"Every number is a value with its 95 % interval and its n (proportions: Wilson; means: ± 1.96 s/√n; "
         f"SDE: bootstrap over edits). Edits per model: n = {findings['n']}; probe samples: "
         f"{findings['probe_samples']}; the same prompts and noise seeds for every model.",
         "",
-        "| model | family | denoiser | parameters | sampling steps |",
-        "|---|---|---|---|---|",
+        "| model | family | denoiser | parameters | sampling steps | measured |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in models.items():
         lines.append(
-            f"| {name} | {m['family']} | {m['denoiser_class']} | {m['parameters'] / 1e6:.2f} M | {m['num_inference_steps']} |"
+            f"| {name} | {m['family']} | {m['denoiser_class']} | {m['parameters'] / 1e6:.2f} M | "
+            f"{m['num_inference_steps']} | {_when(findings.get('measured', {}).get(name))} |"
         )
     lines += ["", "## Verdicts", "", "| claim | verdict (DiTs) | per model | UNet |", "|---|---|---|---|"]
     claims = {
