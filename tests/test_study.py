@@ -84,7 +84,25 @@ def test_dit_vs_unet_also_reads_the_other_object_of_two_object_edits():
     assert decide({"d": dit, "u": unet})["dit_vs_unet"]["verdict"] == "fails"
     dit["claim2"]["two_object"] = scene(90.0)
     unet["claim2"]["two_object"] = {}  # not measured on the UNet: the one-object numbers alone decide (a tie)
+    assert decide({"d": dit, "u": unet})["dit_vs_unet"]["pairs"] == {"d vs u": "no different"}
     assert decide({"d": dit, "u": unet})["dit_vs_unet"]["verdict"] == "fails"
+
+
+def test_dit_vs_unet_is_mixed_when_the_dit_wins_one_measure_and_loses_another():
+    """As measured on the toys: the DiT keeps the other attributes better, the UNet the pixels outside."""
+    dit = model((0.95, 0.99), (0.8, 0.9), 0.9, 0.5, 0.6)
+    unet = model((0.95, 0.99), (0.8, 0.9), 0.9, 0.5, 0.6, dit=False, txt=False)
+    dit["claim3"]["methods"]["ems"]["preserved"] = est(1.0, 0.98, 1.0)
+    unet["claim3"]["methods"]["ems"]["preserved"] = est(0.95, 0.93, 0.97)
+    dit["claim3"]["methods"]["ems"]["psnr_outside"] = est(44.0, 43.0, 45.0)
+    unet["claim3"]["methods"]["ems"]["psnr_outside"] = est(51.0, 50.0, 52.0)
+    result = decide({"d": dit, "u": unet})["dit_vs_unet"]
+    assert result["verdict"] == "mixed" and result["pairs"] == {"d vs u": "mixed"}
+    assert result["why"][0].startswith("d is better on some measures and worse on others than u: preserved")
+    assert "psnr_outside 44.0 [43.0, 45.0] (n=50) < 51.0 [50.0, 52.0] (n=50)" in result["why"][0]
+    unet["claim3"]["methods"]["ems"]["preserved"] = est(1.0, 0.98, 1.0)  # the UNet now ties on the attributes
+    result = decide({"d": dit, "u": unet})["dit_vs_unet"]
+    assert result["verdict"] == "fails" and result["pairs"] == {"d vs u": "worse"}
 
 
 def test_intervals():

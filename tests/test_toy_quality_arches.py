@@ -18,6 +18,7 @@ MARGIN = 0.06
 # measured on n = 320 held-out one-object images and 300 held-out two-object pairs (the model cards)
 MEASURED = {
     "toy-pixart": {"one_object_all_five": 0.994, "two_objects_both_right": 1.0},  # weights-pixart/MODEL_CARD.md
+    "toy-unet": {"one_object_all_five": 1.0, "two_objects_both_right": 1.0},  # weights-unet/MODEL_CARD.md
 }
 
 

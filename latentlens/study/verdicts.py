@@ -22,8 +22,10 @@ fails) or **mixed** (anything else); the UNet's test is reported beside it. The 
 (**dit_vs_unet**: DiTs keep non-target semantics better than UNets) compares what EMS-both leaves
 alone: others kept and PSNR outside the edited object (one-object edits) and, where both models were
 measured on two-object scenes, the PSNR inside the other object per edited attribute. A DiT is
-*better* than a UNet when one of these intervals lies wholly above the UNet's and none wholly below;
-**holds** when every DiT is better than every UNet, **fails** when none is, **mixed** otherwise.
+*better* than a UNet when one of these intervals lies wholly above the UNet's and none wholly below,
+*worse* in the reverse case, *mixed* when some lie above and some below, and *no different* when all
+overlap; **holds** when every DiT is better than every UNet, **fails** when every DiT is worse or no
+different, **mixed** otherwise.
 
 Example::
 
@@ -157,6 +159,22 @@ def non_target_kept(model: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+Comparison = Literal["better", "worse", "mixed", "no different"]
+COMPARISON_WORDS: dict[Comparison, str] = {
+    "better": "better than",
+    "worse": "worse than",
+    "mixed": "better on some measures and worse on others than",
+    "no different": "no different (every interval overlaps) from",
+}
+
+
+def _compare(a: Mapping[str, Any], b: Mapping[str, Any], metrics: tuple[str, ...]) -> Comparison:
+    """``a`` against ``b`` over ``metrics``, by which intervals lie wholly above or below the other's."""
+    above = any(estimate(a[m]).above(estimate(b[m])) for m in metrics)
+    below = any(estimate(a[m]).below(estimate(b[m])) for m in metrics)
+    return "mixed" if above and below else "better" if above else "worse" if below else "no different"
+
+
 def _side_by_side(metric: str, a: Estimate, b: Estimate) -> str:
     """``psnr_outside 43.9 [43.2, 44.5] (n=160) > 40.1 [39.5, 40.7] (n=160)`` (``≈``: the intervals overlap)."""
     sign = ">" if a.above(b) else "<" if a.below(b) else "≈"
@@ -168,21 +186,22 @@ def dit_vs_unet(models: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The comparative claim: DiTs keep non-target semantics better than UNets (the metrics of :func:`non_target_kept`)."""
     dits = [n for n, m in models.items() if m["dit"]]
     unets = [n for n, m in models.items() if not m["dit"]]
-    pairs: dict[str, bool] = {}
+    pairs: dict[str, Comparison] = {}
     why = []
     for d in dits:
         for u in unets:
             dit_kept, unet_kept = non_target_kept(models[d]), non_target_kept(models[u])
             metrics = tuple(m for m in dit_kept if m in unet_kept)  # two-object cells only where both have them
-            better, _ = _beats(dit_kept, unet_kept, metrics)
-            pairs[f"{d} > {u}"] = better
+            outcome = _compare(dit_kept, unet_kept, metrics)
+            pairs[f"{d} vs {u}"] = outcome
             numbers = "; ".join(_side_by_side(m, estimate(dit_kept[m]), estimate(unet_kept[m])) for m in metrics)
-            why.append(f"{d} {'is' if better else 'is not'} better than {u}: {numbers}")
+            why.append(f"{d} is {COMPARISON_WORDS[outcome]} {u}: {numbers}")
+    outcomes = set(pairs.values())
     if not pairs:
         verdict: Verdict = "not measured"
-    elif all(pairs.values()):
+    elif outcomes == {"better"}:
         verdict = "holds"
-    elif not any(pairs.values()):
+    elif outcomes <= {"worse", "no different"}:
         verdict = "fails"
     else:
         verdict = "mixed"
