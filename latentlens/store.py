@@ -12,7 +12,9 @@ A run folder holds::
 
 Arrays are sample-major and chunked ``(samples_per_chunk, 1, ...)``, so "all
 samples at one (site, step)" reads ``n_samples / samples_per_chunk`` chunk
-files and nothing else. Dim names are stored as Zarr ``dimension_names``.
+files and nothing else. The chunk files of an array lie side by side in its folder
+(``c.{chunk}.{step}.0…``: no folder per chunk and step to create and fsync); stores written with
+zarr's nested ``c/…`` keys read and grow in that layout. Dim names are stored as Zarr ``dimension_names``.
 A sample counts as recorded only once its line is in ``completed.jsonl``; the
 line is written after all of the sample's data, so a crash (even SIGKILL)
 loses at most the batch in flight, and reopening never duplicates a sample.
@@ -71,6 +73,10 @@ HASHED_KEYS = ("model", "prompts", "seeds", "labels", "generation", "recording")
 
 #: Upper bound of one chunk file when ``samples_per_chunk`` is chosen automatically.
 MAX_CHUNK_BYTES = 64 * 2**20
+# an array's chunk files lie side by side in its folder (`c.{chunk}.{step}.0.0`), not one folder per sample chunk
+# and step: a 20-step recording of 15 sites then creates no folders and makes 17 durable, not ~260 (stores
+# written before keep their nested `c/…` keys; zarr reads either from the array's metadata)
+FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
 
 _HELD_LOCKS: set[str] = set()  # run folders this process is writing
 
@@ -970,6 +976,7 @@ class RunStore:
             dtype=dtype,
             fill_value=fill,
             compressors=None,
+            chunk_key_encoding=FLAT_CHUNK_KEYS,
             dimension_names=tuple(dims),
             attributes={"latentlens_name": name},
             overwrite=True,

@@ -19,3 +19,21 @@ def fill_disk(monkeypatch) -> None:
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", zarr_set)
     monkeypatch.setattr(latentlens.store, "_write_chunk_file", chunk_write)
+
+
+def chunk_coords(key: str) -> tuple[int, ...] | None:
+    """The chunk coordinates in a zarr v3 chunk file's key or path (``…/c.1.3.0`` or ``…/c/1/3/0``), else None."""
+    parts = key.replace("\\", "/").split("/")
+    if "c" in parts:  # nested keys (stores written before flat keys)
+        tail = parts[len(parts) - 1 - parts[::-1].index("c") + 1 :]
+    elif parts[-1].startswith("c."):
+        tail = parts[-1].split(".")[1:]
+    else:
+        return None
+    return tuple(int(p) for p in tail) if tail and all(p.isdigit() for p in tail) else None
+
+
+def chunk_files(array_dir, first: int | None = None) -> list:
+    """The chunk files of one array folder, sorted by coordinates; only those of sample chunk ``first`` if given."""
+    files = [(chunk_coords(str(p.relative_to(array_dir))), p) for p in array_dir.rglob("*") if p.is_file()]
+    return [p for coords, p in sorted((c, p) for c, p in files if c) if first is None or coords[0] == first]

@@ -34,3 +34,31 @@ def test_benchmark_imports_and_prints_help(script, monkeypatch, capsys):
         main()
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def _load(name: str):
+    script = next(p for p in BENCHMARKS if p.name == name)
+    spec = importlib.util.spec_from_file_location(f"_bench_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_bench_probing_quick_times_the_store_paths_against_plain(tmp_path):
+    """The latents benchmark measures both store paths (written on exit, and the background writer) beside plain."""
+    import json
+
+    bench = _load("bench_probing.py")
+    out = tmp_path / "report.json"
+    assert bench.main(["--quick", "--only", "latents", "--json-out", str(out)]) == 0
+    latents = json.loads(out.read_text())["latents"]
+    assert set(latents["results"]) == {"plain", "latentlens", "latentlens+store", "nnsight"}
+    sequence = latents["write_ahead"]
+    assert sequence["recordings_per_sequence"] == 2
+    results = sequence["results"]
+    assert set(results) == {"plain", "latentlens+store, write-ahead"}
+    assert results["plain"]["time_ratio"] == 1.0
+    assert results["latentlens+store, write-ahead"]["seconds"] > 0
+    lines = bench.verdicts({"latents": latents})
+    assert any("background writer" in line for line in lines), lines

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dashboards.synthetic import make_synthetic_run
+from store_faults import chunk_files
 
 
 def _text(component) -> str:
@@ -28,9 +29,8 @@ def root(tmp_path_factory) -> Path:
                        attention=False)
     damaged = make_synthetic_run(runs / "damaged", n_samples=12, blocks=2, steps=3, channels=16, images=False, analysis=False)
     # Damage the store: garbage in every chunk file of one array.
-    for chunk in (damaged / "arrays" / "blocks.0.resid_out.img" / "c").rglob("*"):
-        if chunk.is_file():
-            chunk.write_bytes(b"not a chunk")
+    for chunk in chunk_files(damaged / "arrays" / "blocks.0.resid_out.img"):
+        chunk.write_bytes(b"not a chunk")
     (runs / "broken-manifest").mkdir()
     (runs / "broken-manifest" / "manifest.json").write_text("{ not json")
     (runs / "not-a-run").mkdir()

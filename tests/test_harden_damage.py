@@ -11,6 +11,7 @@ from latentlens.cli import main
 from latentlens.errors import ConfigError, StoreError
 from latentlens.runs import record_prompts
 from latentlens.store import JOURNAL, RunStore, open_run
+from store_faults import chunk_files
 
 PROMPTS = [
     f"a {c} circle" for c in ("red", "blue", "green", "yellow", "purple", "orange")
@@ -171,11 +172,7 @@ def test_resume_finds_a_truncated_chunk_and_repair_records_exactly_its_samples(
     out = tmp_path / "run"
     record_prompts(pipe, PROMPTS, out, batch_size=2, **COMMON)
     before = open_run(out)["blocks.0.resid_out.img"][...]
-    chunk = sorted(
-        p
-        for p in (out / "arrays" / "blocks.0.resid_out.img" / "c" / "1").rglob("*")
-        if p.is_file()
-    )[-1]
+    chunk = chunk_files(out / "arrays" / "blocks.0.resid_out.img", first=1)[-1]
     assert chunk.is_file()
     chunk.write_bytes(chunk.read_bytes()[:100])
     with pytest.raises(
@@ -197,9 +194,7 @@ def test_random_bytes_in_a_chunk_are_caught_by_the_checksum(pipe, tmp_path, caps
     record_prompts(pipe, PROMPTS, out, batch_size=2, **COMMON)
     name = "blocks.1.resid_out.img"
     before = open_run(out)[name][...]
-    chunk = sorted(
-        p for p in (out / "arrays" / name / "c" / "2").rglob("*") if p.is_file()
-    )[0]  # samples 4, 5
+    chunk = chunk_files(out / "arrays" / name, first=2)[0]  # samples 4, 5
     data = bytearray(chunk.read_bytes())
     size = len(data) // 2
     data[size + 8 : size + 24] = os.urandom(

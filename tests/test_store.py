@@ -14,7 +14,7 @@ import torch
 
 from latentlens.errors import StoreError, UnknownNameError
 from latentlens.store import JOURNAL, LOCK, MANIFEST, RunStore, config_hash, open_run
-from store_faults import fill_disk
+from store_faults import chunk_coords, fill_disk
 
 DIMS = ("sample", "step", "token", "channel")
 
@@ -94,6 +94,41 @@ def test_add_recording_transposes_step_batch_to_sample_step(tmp_path):
     assert run.num_samples == 6
 
 
+def test_new_stores_keep_chunk_files_flat_and_nested_stores_still_read_and_grow(tmp_path, monkeypatch):
+    """A new array's chunk files lie side by side (no folder per chunk and step); a store written with
+    zarr's nested ``c/…`` keys (latentlens before session 9) still reads, resumes, grows in that layout
+    and verifies."""
+    import latentlens.store
+
+    n, spc, steps = 8, 2, 3
+    data = np.arange(n * steps * 4 * 2, dtype=np.float32).reshape(n, steps, 4, 2)
+    flat = RunStore.create(tmp_path / "flat", _manifest(n), samples_per_chunk=spc)
+    flat.write_samples(range(4), {"x": data[:4]}, dims={"x": DIMS})
+    flat.mark_complete(range(4))
+    flat.close()
+    folder = tmp_path / "flat" / "arrays" / "x"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == []
+    assert len([p for p in folder.iterdir() if chunk_coords(p.name)]) == 2 * steps  # 2 sample chunks x 3 steps
+
+    monkeypatch.setattr(latentlens.store, "FLAT_CHUNK_KEYS", {"name": "default", "separator": "/"})
+    old = RunStore.create(tmp_path / "old", _manifest(n), samples_per_chunk=spc)
+    old.write_samples(range(4), {"x": data[:4]}, dims={"x": DIMS})
+    old.mark_complete(range(4))
+    old.close()
+    monkeypatch.undo()  # what a later latentlens does with that store
+    resumed = RunStore.create(tmp_path / "old", _manifest(n), samples_per_chunk=spc, resume=True)
+    assert sorted(resumed.completed) == [0, 1, 2, 3]
+    resumed.write_samples(range(4, n), {"x": data[4:]}, dims={"x": DIMS})
+    resumed.mark_complete(range(4, n))
+    resumed.close()
+    folder = tmp_path / "old" / "arrays" / "x"
+    assert (folder / "c").is_dir() and not [p for p in folder.iterdir() if p.name.startswith("c.")]
+    run = open_run(tmp_path / "old")
+    np.testing.assert_array_equal(run["x"][...], data)
+    np.testing.assert_array_equal(run["x"][:, 1], data[:, 1])
+    assert run.verify().ok
+
+
 def test_reading_one_site_step_touches_only_its_chunks(tmp_path, monkeypatch):
     import zarr.storage
 
@@ -124,9 +159,9 @@ def test_reading_one_site_step_touches_only_its_chunks(tmp_path, monkeypatch):
     for read in (lambda: arr[:, 3], lambda: arr.zarr[:, 3]):  # the store's reader and zarr's
         keys.clear()
         np.testing.assert_array_equal(read(), data[:, 3])
-        chunk_keys = sorted(k for k in keys if "/c/" in k)
+        chunk_keys = sorted(k for k in keys if chunk_coords(k))
         assert len(chunk_keys) == math.ceil(n / spc), chunk_keys
-        assert all(k.split("/c/")[1].split("/")[1] == "3" for k in chunk_keys), chunk_keys
+        assert all(chunk_coords(k)[1] == 3 for k in chunk_keys), chunk_keys
 
 
 def test_manifest_fields(tmp_path):
@@ -346,12 +381,12 @@ def test_mark_complete_fsyncs_every_file_the_store_wrote_and_nothing_system_wide
         before = set(synced[:-1])
         run = tmp_path / "run"
         written = {str(p) for p in run.rglob("*") if p.is_file() and p.name not in (JOURNAL, LOCK, MANIFEST)}
-        chunks = {p for p in written if "/c/" in p}
+        chunks = {p for p in written if chunk_coords(p)}
         folders = {os.path.dirname(p) for p in written}
         assert chunks and {str(store.image_path(i)) for i in ids} <= before
         if ids[0] == 0:  # the first batch wrote everything there is so far
             assert written <= before and folders <= before and str(run) in before
         else:  # the second: its own chunks (samples 2-5 are chunks 1 and 2) and images
-            assert {p for p in chunks if "/c/1/" in p or "/c/2/" in p} <= before
+            assert {p for p in chunks if chunk_coords(p)[0] in (1, 2)} <= before
     store.close()
     assert sorted(open_run(tmp_path / "run").completed) == list(range(6))
