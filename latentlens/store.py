@@ -47,6 +47,7 @@ import shutil
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,6 +183,18 @@ def _crc32(sample: np.ndarray) -> int:
     return zlib.crc32(memoryview(data).cast("B")) if data.size else 0  # type: ignore[arg-type]  # ndarray is a buffer
 
 
+_CHECKSUM_THREADS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _checksum_thread() -> ThreadPoolExecutor:
+    """One thread (per process: a forked child makes its own) that computes CRC-32s while the caller writes."""
+    pid = os.getpid()
+    if pid not in _CHECKSUM_THREADS:
+        _CHECKSUM_THREADS.clear()  # an executor inherited through fork has no thread behind it
+        _CHECKSUM_THREADS[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentlens-checksum")
+    return _CHECKSUM_THREADS[pid]
+
+
 def _write_chunk_file(path: Path, block: np.ndarray) -> None:
     """Replace one chunk file atomically (temp file + rename, as zarr's LocalStore does; not fsync'ed)."""
     write_atomic(path, memoryview(block).cast("B"), durable=False)  # type: ignore[arg-type]  # ndarray is a buffer
@@ -215,8 +228,6 @@ def fsync_paths(files: Sequence[Path], root: Path) -> None:
             folder = folder.parent
     paths = [*files, *sorted(folders)]
     if len(paths) > 16:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="latentlens-fsync") as pool:
             list(pool.map(_fsync_path, paths))
     else:
@@ -1009,6 +1020,7 @@ class RunStore:
             raise StoreError(f"Sample ids must be distinct and non-negative, got {ids}.")
         need = max(ids) + 1 if ids else 0
         done = len(self._samples)
+        checksums: list[tuple[int, str, Future[int]]] = []  # computed beside the writes (zlib drops the GIL)
         try:
             for name, value in arrays.items():
                 data = _to_numpy(value)  # [batch, step, ...]
@@ -1021,9 +1033,11 @@ class RunStore:
                 if data.dtype != array.dtype:
                     data = data.astype(array.dtype)
                 for pos, i in enumerate(ids):  # checked by verify(); journaled by mark_complete
-                    self._digests.setdefault(i, {})[name] = _crc32(data[pos])
+                    checksums.append((i, name, _checksum_thread().submit(_crc32, data[pos])))
                 for pos, first, length in _runs(ids):
                     self._write_run(array, data[pos : pos + length], first)
+            for i, name, checksum in checksums:
+                self._digests.setdefault(i, {})[name] = checksum.result()
         except OSError as error:
             if _is_disk_full(error):
                 raise self._disk_error(self.path, error, done) from error
