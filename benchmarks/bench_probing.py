@@ -7,7 +7,8 @@ repetition by repetition and the median is reported, so machine load hits all al
 1. **Latents**: ``blocks.*.resid_out.{img,txt}`` (all blocks, all steps) recorded by latentlens
    (in memory, and written to a :class:`~latentlens.store.RunStore`) and by nnsight (the same
    block outputs with ``.save()``), against the plain run. Goal: latentlens + store ≤ 1.15× plain
-   and not slower than nnsight.
+   and not slower than nnsight. Then ``--sequence`` recordings in a row through the background
+   writer (the path of ``record_prompts`` and ``latentlens record``) against as many plain runs.
 2. **Attention maps**: ``blocks.*.attn.img2txt`` (head mean, all blocks, all steps) by latentlens
    and by the *naive* way — an eager attention processor that materialises
    ``softmax(QKᵀ/√d)`` for all heads and keeps the img2txt quadrant (``naive``) or the full
