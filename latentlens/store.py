@@ -75,7 +75,7 @@ HASHED_KEYS = ("model", "prompts", "seeds", "labels", "generation", "recording")
 #: Upper bound of one chunk file when ``samples_per_chunk`` is chosen automatically.
 MAX_CHUNK_BYTES = 64 * 2**20
 # an array's chunk files lie side by side in its folder (`c.{chunk}.{step}.0.0`), not one folder per sample chunk
-# and step: a 20-step recording of 15 sites then creates no folders and makes 17 durable, not ~260 (stores
+# and step: a 20-step recording of 15 sites then creates no folders and fsyncs 17 of them, not ~600 (stores
 # written before keep their nested `c/…` keys; zarr reads either from the array's metadata)
 FLAT_CHUNK_KEYS = {"name": "default", "separator": "."}
 
