@@ -26,8 +26,14 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: Path, *, missing_ok: bool = False) -> None:
+    """fsync one file or folder (a folder: its entries); with ``missing_ok`` one that is gone needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:
@@ -42,7 +48,7 @@ def replacing(path: str | os.PathLike[str], durable: bool = True) -> Iterator[Pa
     try:
         yield tmp
         if durable:
-            _fsync(tmp)
+            fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -59,4 +65,4 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | memoryview, durable
             os.fsync(handle.fileno())
 
 
-__all__ = ["replacing", "temporary_name", "write_atomic"]
+__all__ = ["fsync_path", "replacing", "temporary_name", "write_atomic"]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from latentlens.atomicfile import write_atomic
+from latentlens.atomicfile import fsync_path, write_atomic
 from latentlens.errors import StoreError
 from latentlens.names import is_map
 
@@ -200,18 +201,6 @@ def _write_chunk_file(path: Path, block: np.ndarray) -> None:
     write_atomic(path, memoryview(block).cast("B"), durable=False)  # type: ignore[arg-type]  # ndarray is a buffer
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync one file or folder; one that is gone (replaced or removed meanwhile) needs nothing."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_paths(files: Sequence[Path], root: Path) -> None:
     """Make ``files`` (under ``root``) durable: each file, and every folder from theirs up to ``root``.
 
@@ -229,10 +218,10 @@ def fsync_paths(files: Sequence[Path], root: Path) -> None:
     paths = [*files, *sorted(folders)]
     if len(paths) > 16:
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="latentlens-fsync") as pool:
-            list(pool.map(_fsync_path, paths))
+            list(pool.map(functools.partial(fsync_path, missing_ok=True), paths))  # gone meanwhile: nothing to do
     else:
         for path in paths:
-            _fsync_path(path)
+            fsync_path(path, missing_ok=True)
 
 
 def _read_chunk(path: str, out: np.ndarray, offset: int) -> bool:

@@ -31,3 +31,20 @@ def test_a_writer_that_writes_nothing_is_an_error_and_changes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError), replacing(path):
         pass  # the writer never created the temporary file
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_fsync_path_syncs_files_and_folders_and_names_a_missing_one(tmp_path, monkeypatch):
+    import os
+
+    from latentlens.atomicfile import fsync_path
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    (tmp_path / "a").write_bytes(b"x")
+    fsync_path(tmp_path / "a")
+    fsync_path(tmp_path)
+    assert synced == [str(tmp_path / "a"), str(tmp_path)]
+    fsync_path(tmp_path / "gone", missing_ok=True)  # replaced or removed meanwhile: nothing to do
+    with pytest.raises(FileNotFoundError):
+        fsync_path(tmp_path / "gone")
