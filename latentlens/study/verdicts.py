@@ -106,10 +106,16 @@ def claim2_test(model: Mapping[str, Any]) -> tuple[Test, list[str]]:
     return combined, sde_why + kept_why
 
 
-def _beats(a: Mapping[str, Any], b: Mapping[str, Any], metrics: tuple[str, ...]) -> tuple[bool, list[str]]:
-    """``a`` beats ``b``: on some metric a's interval is wholly above b's, and on none wholly below."""
+def _above_below(a: Mapping[str, Any], b: Mapping[str, Any], metrics: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The metrics on which ``a``'s interval lies wholly above ``b``'s, and those on which it lies wholly below."""
     above = [m for m in metrics if estimate(a[m]).above(estimate(b[m]))]
     below = [m for m in metrics if estimate(a[m]).below(estimate(b[m]))]
+    return above, below
+
+
+def _beats(a: Mapping[str, Any], b: Mapping[str, Any], metrics: tuple[str, ...]) -> tuple[bool, list[str]]:
+    """``a`` beats ``b``: on some metric a's interval is wholly above b's, and on none wholly below."""
+    above, below = _above_below(a, b, metrics)
     return bool(above) and not below, above
 
 
@@ -170,8 +176,7 @@ COMPARISON_WORDS: dict[Comparison, str] = {
 
 def _compare(a: Mapping[str, Any], b: Mapping[str, Any], metrics: tuple[str, ...]) -> Comparison:
     """``a`` against ``b`` over ``metrics``, by which intervals lie wholly above or below the other's."""
-    above = any(estimate(a[m]).above(estimate(b[m])) for m in metrics)
-    below = any(estimate(a[m]).below(estimate(b[m])) for m in metrics)
+    above, below = _above_below(a, b, metrics)
     return "mixed" if above and below else "better" if above else "worse" if below else "no different"
 
 
