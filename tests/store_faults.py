@@ -24,8 +24,9 @@ def fill_disk(monkeypatch) -> None:
 def chunk_coords(key: str) -> tuple[int, ...] | None:
     """The chunk coordinates in a zarr v3 chunk file's key or path (``…/c.1.3.0`` or ``…/c/1/3/0``), else None."""
     parts = key.replace("\\", "/").split("/")
-    if "c" in parts:  # nested keys (stores written before flat keys)
-        tail = parts[len(parts) - 1 - parts[::-1].index("c") + 1 :]
+    if "c" in parts:  # nested keys (stores written before flat keys): the coordinates follow the last "c"
+        last_c = len(parts) - 1 - parts[::-1].index("c")
+        tail = parts[last_c + 1 :]
     elif parts[-1].startswith("c."):
         tail = parts[-1].split(".")[1:]
     else:

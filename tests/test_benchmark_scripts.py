@@ -16,6 +16,14 @@ import pytest
 BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
 
 
+def _load(script: Path):
+    """Import one benchmark script as a module (runs its module level only)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_the_benchmarks_folder_has_scripts():
     assert len(BENCHMARKS) >= 10, BENCHMARKS
 
@@ -23,9 +31,7 @@ def test_the_benchmarks_folder_has_scripts():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
 def test_benchmark_imports_and_prints_help(script, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location(f"_bench_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # module level only: every script keeps its work under a main guard
+    module = _load(script)  # module level only: every script keeps its work under a main guard
     main = getattr(module, "main", None)
     if main is None:
         pytest.fail(f"{script.name} has no main(); the benchmark scripts share that entry point")
@@ -36,20 +42,12 @@ def test_benchmark_imports_and_prints_help(script, monkeypatch, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-def _load(name: str):
-    script = next(p for p in BENCHMARKS if p.name == name)
-    spec = importlib.util.spec_from_file_location(f"_bench_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_bench_probing_quick_times_the_store_paths_against_plain(tmp_path):
     """The latents benchmark measures both store paths (written on exit, and the background writer) beside plain."""
     import json
 
-    bench = _load("bench_probing.py")
+    bench = _load(next(p for p in BENCHMARKS if p.name == "bench_probing.py"))
     out = tmp_path / "report.json"
     assert bench.main(["--quick", "--only", "latents", "--json-out", str(out)]) == 0
     latents = json.loads(out.read_text())["latents"]
