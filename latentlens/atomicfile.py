@@ -26,8 +26,13 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def fsync_path(path: Path, *, missing_ok: bool = False) -> None:
-    """fsync one file or folder (a folder: its entries); with ``missing_ok`` one that is gone needs nothing."""
+def fsync_path(path: Path, *, missing_ok: bool = False, drop_cache: bool = False) -> None:
+    """fsync one file or folder (a folder: its entries); with ``missing_ok`` one that is gone needs nothing.
+
+    ``drop_cache`` then evicts the file's (now clean) pages from the page cache where the system can
+    (``POSIX_FADV_DONTNEED``): for data written once and read much later, so a long run neither pushes
+    other files (a model's weights) out of the cache nor makes the kernel take ever new pages.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -36,6 +41,8 @@ def fsync_path(path: Path, *, missing_ok: bool = False) -> None:
         raise
     try:
         os.fsync(fd)
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
