@@ -390,3 +390,59 @@ def test_mark_complete_fsyncs_every_file_the_store_wrote_and_nothing_system_wide
             assert {p for p in chunks if chunk_coords(p)[0] in (1, 2)} <= before
     store.close()
     assert sorted(open_run(tmp_path / "run").completed) == list(range(6))
+
+
+def _resident_pages(path) -> int:
+    """How many of ``path``'s pages are in the page cache now (Linux ``mincore`` on a read-only mapping)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec)
+
+
+def _on_tmpfs(path) -> bool:
+    """True if ``path`` lies on a RAM file system (its pages are the file: they cannot leave the cache)."""
+    best, kind = "", ""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            point, fstype = line.split()[1:3]
+            if str(path).startswith(point.rstrip("/") + "/") and len(point) > len(best):
+                best, kind = point, fstype
+    return kind in ("tmpfs", "ramfs")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-cache residency is read with Linux mincore")
+def test_journaled_chunk_files_leave_the_page_cache_and_still_read_back(tmp_path):
+    """A long recording does not fill the page cache with data written once (it would push the model's
+    weights out, and taking fresh pages for every write is what made the store slow on a VM): once a sample
+    is journaled its chunk files are evicted, and reading them gives the data back."""
+    if _on_tmpfs(tmp_path):
+        pytest.skip(f"{tmp_path} is on a RAM file system, whose files live in the page cache")
+    rng = np.random.default_rng(0)
+    store = RunStore.create(tmp_path / "run", _manifest(2))
+    data = rng.standard_normal((2, 3, 64, 128)).astype(np.float32)  # [batch, step, token, channel]: 32 KiB chunks
+    store.write_samples([0, 1], {"blocks.0.resid_out.img": data}, dims={"blocks.0.resid_out.img": DIMS})
+    chunks = [str(p) for p in (tmp_path / "run").rglob("*") if p.is_file() and chunk_coords(str(p))]
+    assert len(chunks) == 6 and sum(map(_resident_pages, chunks)) >= 6 * 8  # just written: cached
+    store.mark_complete([0, 1])
+    assert sum(map(_resident_pages, chunks)) == 0
+    assert (tmp_path / "run" / JOURNAL).read_text().count("\n") == 2
+    store.close()
+    np.testing.assert_array_equal(open_run(tmp_path / "run")["blocks.0.resid_out.img"][:], data)
