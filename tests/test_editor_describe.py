@@ -59,12 +59,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+class _Server(ThreadingHTTPServer):
+    """Joins its handler threads on close, so a slow handler finishes inside its own test."""
+
+    daemon_threads = False  # ThreadingHTTPServer's daemon threads are not joined by server_close()
+
+    def handle_error(self, request, client_address):
+        # The timeout test's client hangs up on purpose; the slow handler's late reply then fails
+        # with a broken pipe, which socketserver would print into whichever test runs next.
+        pass
+
+
 @pytest.fixture()
 def server():
     _Handler.behaviour = "ok"
     _Handler.requests = []
     _Handler.calls = 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd = _Server(("127.0.0.1", 0), _Handler)
     # a short poll interval: shutdown() waits up to one interval (the default 0.5 s, at every teardown)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
