@@ -1094,6 +1094,7 @@ class RunStore:
         :meth:`mark_complete` calls it before journaling; a worker of a distributed run calls it before the
         driver journals its batch. Only this store's own files are synced, not the whole system's (`os.sync`),
         unless zarr wrote chunks in a layout whose file names the store cannot tell (then everything is).
+        Chunk files leave the page cache once durable, so reading them back soon after goes to disk.
         """
         with self._unsynced_lock:
             files, self._unsynced = sorted(self._unsynced), set()
