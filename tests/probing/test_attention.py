@@ -158,3 +158,28 @@ def test_fused_qkv_projections_give_the_same_maps(arch):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     for name in plain.names:
         torch.testing.assert_close(fused[name], plain[name], atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("backend", "fast"),
+    [("native", True), ("_native_flash", True), ("_native_math", False), ("flex", False)],
+)
+def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(backend, fast):
+    """Flux's processor calls diffusers' attention dispatcher: whichever backend it picks, the image is the
+    backend's own and the maps are exact. The row log-sum-exp is reused only where the backend runs a fused
+    torch SDPA kernel; a math or non-SDPA kernel (flex here; flash-attn's ``flash`` / ``_flash_3`` alike)
+    takes the exact recomputation."""
+    from latentlens.attention_lse import LSECapture
+
+    pipe = get_pipe("flux")
+    pipe.transformer.set_attention_backend(backend)
+    try:
+        plain = run_pipe(pipe, "flux")
+        before = LSECapture.fast_calls
+        with record(pipe, attention="*"):
+            recorded = run_pipe(pipe, "flux")
+        assert (LSECapture.fast_calls > before) is fast
+        assert (recorded == plain).all(), f"recording changed the image on the {backend} backend"
+        check_quadrants_equal_float64_softmax(pipe, "flux", "mean", ATOL)
+    finally:
+        pipe.transformer.reset_attention_backend()
