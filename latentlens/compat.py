@@ -229,6 +229,20 @@ def cache_context_name(state_manager: Any) -> str | None:
     return getattr(ctx, "name", None) if ctx is not None else None
 
 
+def native_attention() -> contextlib.AbstractContextManager[None]:
+    """A context in which diffusers' attention dispatcher uses torch SDPA (its ``native`` backend) by default.
+
+    For passes on the ``meta`` device: a process-wide default backend the user chose (``DIFFUSERS_ATTN_BACKEND``,
+    ``set_attention_backend``) such as flex or flash-attn may not accept meta tensors. A no-op where this
+    diffusers has no attention dispatcher (its processors then call SDPA themselves).
+    """
+    try:
+        from diffusers.models.attention_dispatch import attention_backend
+    except ImportError:
+        return contextlib.nullcontext()
+    return attention_backend("native")  # type: ignore[no-any-return]
+
+
 # --------------------------------------------------------------------------- zarr
 
 

@@ -288,6 +288,7 @@ def plan_record(
     import numpy as np
     import torch
 
+    from latentlens import compat
     from latentlens.names import StepSelection
     from latentlens.recorder import record
     from latentlens.store import MAX_CHUNK_BYTES
@@ -321,7 +322,7 @@ def plan_record(
     }
     if sites is None and attention is None:
         kwargs["sites"] = "blocks.*.resid_out.*"
-    with torch.no_grad(), record(transformer, **kwargs) as rec:
+    with torch.no_grad(), compat.native_attention(), record(transformer, **kwargs) as rec:
         transformer(**inputs, return_dict=False)
     selection = StepSelection(steps)
     recorded_steps = sum(1 for s in range(steps_total) if s in selection)

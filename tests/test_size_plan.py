@@ -118,3 +118,16 @@ def test_record_that_does_not_fit_is_refused_before_loading(model_dirs, tmp_path
     assert "These would fit: --dtype float16" in err
     assert "weights" not in err, "the model was loaded before the refusal"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("backend", ["flex", "_native_flash"])
+def test_dry_run_ignores_diffusers_default_attention_backend(backend, model_dirs, tmp_path, capsys):
+    """A user's process-wide attention backend (``DIFFUSERS_ATTN_BACKEND``, ``set_attention_backend``) may not
+    run on the meta device; the plan's config-only pass uses plain SDPA and gives the same figures."""
+    from diffusers.models.attention_dispatch import attention_backend
+
+    args = ["--model", str(model_dirs["flux"]), "--prompts", str(_prompts(tmp_path)), "--out", str(tmp_path / "run"),
+            "--attention", "img2txt", "--height", "16", "--width", "16"]
+    expected = _dry_run(capsys, args)
+    with attention_backend(backend):
+        assert _dry_run(capsys, args)["sites"] == expected["sites"]

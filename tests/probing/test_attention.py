@@ -169,17 +169,22 @@ def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(bac
     backend's own and the maps are exact. The row log-sum-exp is reused only where the backend runs a fused
     torch SDPA kernel; a math or non-SDPA kernel (flex here; flash-attn's ``flash`` / ``_flash_3`` alike)
     takes the exact recomputation."""
+    from diffusers.models.attention_dispatch import attention_backend
+
     from latentlens.attention_lse import LSECapture
 
     pipe = get_pipe("flux")
-    pipe.transformer.set_attention_backend(backend)
-    try:
-        plain = run_pipe(pipe, "flux")
-        before = LSECapture.fast_calls
-        with record(pipe, attention="*"):
-            recorded = run_pipe(pipe, "flux")
-        assert (LSECapture.fast_calls > before) is fast
-        assert (recorded == plain).all(), f"recording changed the image on the {backend} backend"
-        check_quadrants_equal_float64_softmax(pipe, "flux", "mean", ATOL)
-    finally:
-        pipe.transformer.reset_attention_backend()
+    # set_attention_backend also sets diffusers' process-wide default, which reset_attention_backend leaves
+    # behind; the context manager restores it for the other tests
+    with attention_backend(backend):
+        pipe.transformer.set_attention_backend(backend)
+        try:
+            plain = run_pipe(pipe, "flux")
+            before = LSECapture.fast_calls
+            with record(pipe, attention="*"):
+                recorded = run_pipe(pipe, "flux")
+            assert (LSECapture.fast_calls > before) is fast
+            assert (recorded == plain).all(), f"recording changed the image on the {backend} backend"
+            check_quadrants_equal_float64_softmax(pipe, "flux", "mean", ATOL)
+        finally:
+            pipe.transformer.reset_attention_backend()
