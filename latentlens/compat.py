@@ -319,6 +319,7 @@ __all__ = [
     "pop_mode_if_top",
     "report",
     "cache_context_name",
+    "native_attention",
     "zarr_chunk_layout",
     "zarr_raw_chunks_ok",
     "function_modes_usable",
