@@ -71,7 +71,7 @@ class MapCapture:
         hooks.pre(spec.module, self._lse_open(k))
         hooks.post(spec.module, self._maps(k, spec, kinds))
         # runs first, and also when the module raises: the SDPA mode never outlives the call
-        hooks.post(spec.module, self._lse_close(k), prepend=True, always_call=True)
+        hooks.post(spec.module, self._lse_close(k, spec.prefix), prepend=True, always_call=True)
 
     def close_all(self) -> None:
         """Leave every SDPA mode still open (only after an interrupted call)."""
@@ -104,12 +104,19 @@ class MapCapture:
 
         return hook
 
-    def _lse_close(self, k: int) -> Callable:
+    def _lse_close(self, k: int, prefix: str) -> Callable:
         def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
             cap = self._lse_caps.pop(k, None)
             if cap is None:
                 return
             _exit_mode(cap)
+            if self.context.active and cap.sdpa_calls == 0:
+                compat.notice(
+                    "lse:no-sdpa",
+                    f"{prefix} ran its attention without torch's scaled_dot_product_attention (an attention "
+                    "backend such as flash-attn, flex or xformers), so its attention maps recompute the softmax "
+                    "normaliser (exact, slower); diffusers' 'native' or '_native_cudnn' backend takes the fast path.",
+                )
             if self.context.active and cap.result is not None and cap.sdpa_calls == 1:
                 self.context.state.scratch[(k, "lse")] = cap.result
 

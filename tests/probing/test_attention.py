@@ -161,17 +161,22 @@ def test_fused_qkv_projections_give_the_same_maps(arch):
 
 
 @pytest.mark.parametrize(
-    ("backend", "fast"),
-    [("native", True), ("_native_flash", True), ("_native_math", False), ("flex", False)],
+    ("backend", "fast", "seen"),
+    [("native", True, True), ("_native_flash", True, True), ("_native_math", False, True), ("flex", False, False)],
 )
-def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(backend, fast):
+def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(backend, fast, seen, monkeypatch):
     """Flux's processor calls diffusers' attention dispatcher: whichever backend it picks, the image is the
     backend's own and the maps are exact. The row log-sum-exp is reused only where the backend runs a fused
     torch SDPA kernel; a math or non-SDPA kernel (flex here; flash-attn's ``flash`` / ``_flash_3`` alike)
-    takes the exact recomputation."""
+    takes the exact recomputation, and a backend that is not SDPA at all is named in one notice."""
+    import warnings
+
     from diffusers.models.attention_dispatch import attention_backend
 
+    from latentlens import compat
     from latentlens.attention_lse import LSECapture
+
+    monkeypatch.setattr(compat, "_NOTICED", set())
 
     pipe = get_pipe("flux")
     # set_attention_backend also sets diffusers' process-wide default, which reset_attention_backend leaves
@@ -181,9 +186,14 @@ def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(bac
         try:
             plain = run_pipe(pipe, "flux")
             before = LSECapture.fast_calls
-            with record(pipe, attention="*"):
-                recorded = run_pipe(pipe, "flux")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", compat.CompatNotice)
+                with record(pipe, attention="*"):
+                    recorded = run_pipe(pipe, "flux")
+            notices = [str(w.message) for w in caught if issubclass(w.category, compat.CompatNotice)]
             assert (LSECapture.fast_calls > before) is fast
+            assert len(notices) == (0 if seen else 1), notices  # once per process, not per block or step
+            assert seen or "without torch's scaled_dot_product_attention" in notices[0]
             assert (recorded == plain).all(), f"recording changed the image on the {backend} backend"
             check_quadrants_equal_float64_softmax(pipe, "flux", "mean", ATOL)
         finally:
