@@ -96,3 +96,23 @@ def test_cuda_mean_over_steps_equals_the_mean_of_the_steps():
         run_pipe(pipe, "sd3")
     expected = per_step["blocks.0.resid_out.img"].double().mean(0, keepdim=True).float()
     torch.testing.assert_close(mean["blocks.0.resid_out.img"], expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math"])
+def test_cuda_flux_on_diffusers_sdpa_backends_keeps_the_image_and_reuses_the_lse(backend):
+    """Each of diffusers' torch-SDPA backends for Flux, bf16 on the GPU: the image is the backend's own, the maps
+    equal the float64 reference, and the fused kernels' row log-sum-exp is reused (the math kernel has none)."""
+    from diffusers.models.attention_dispatch import attention_backend
+
+    from latentlens.attention_lse import LSECapture
+
+    pipe = _cuda_pipe("flux", torch.bfloat16)
+    with attention_backend(backend):  # restores diffusers' process-wide default afterwards
+        pipe.transformer.set_attention_backend(backend)
+        plain = run_pipe(pipe, "flux")
+        before = LSECapture.fast_calls
+        with record(pipe, attention="*"):
+            recorded = run_pipe(pipe, "flux")
+        assert np.array_equal(plain, recorded), f"recording changed the image on the {backend} backend"
+        assert (LSECapture.fast_calls > before) is (backend != "_native_math")
+        check_quadrants_equal_float64_softmax(pipe, "flux", "mean", BF16_ATOL)
