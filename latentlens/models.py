@@ -174,6 +174,8 @@ def load_pipeline(
                 f"Model {name!r} is neither a toy model ({', '.join(TOY_NAMES)}), an existing pipeline folder, nor a "
                 "hub id like 'owner/name'."
             )
+    if torch_dtype is not None:
+        _cast_components(pipe, torch_dtype)
     if device is not None:
         pipe.to(device)
     from latentlens.weights import screen_first_outputs
@@ -200,6 +202,24 @@ def _load_toy_folder(folder: Path, hint: str, torch_dtype: Any, *, bundled: bool
         raise StoreError(f"The toy pipeline in {folder} cannot be loaded ({error}). {hint}") from error
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _cast_components(pipe: Any, torch_dtype: Any) -> None:
+    """Cast every model component left in another floating dtype to ``torch_dtype``.
+
+    diffusers loads a model's weights without casting them when ``accelerate`` is missing (its
+    ``low_cpu_mem_usage=False`` path assigns the checkpoint's tensors), so a float32 checkpoint stays
+    float32 beside components that were cast, and the first call fails on mixed dtypes. Components that
+    keep modules in float32 on purpose (``_keep_in_fp32_modules``) are left as loaded.
+    """
+    import torch
+
+    components = getattr(pipe, "components", None) or {}
+    for component in components.values():
+        if not isinstance(component, torch.nn.Module) or getattr(component, "_keep_in_fp32_modules", None):
+            continue
+        if any(p.is_floating_point() and p.dtype != torch_dtype for p in component.parameters()):
+            component.to(torch_dtype)
 
 
 def _from_pretrained(name: str, **kwargs: Any) -> Any:

@@ -168,6 +168,9 @@ def model_info(pipe: Any, model_id: str | None = None) -> dict[str, Any]:
             "qk_norm",
         )
         info["transformer_config"] = {k: _jsonable(config.get(k)) for k in keep if k in config}
+    weights_dtype = str(getattr(transformer, "dtype", "torch.float32")).replace("torch.", "")
+    if weights_dtype != "float32":  # float32 (the loaders' default) is left out: runs made before this resume
+        info["dtype"] = weights_dtype
     try:
         from latentlens.adapters import adapter_for
 

@@ -123,6 +123,9 @@ def _spec(tmp_path, record: str):
         (["--reduce", "pool=x"], None, "--reduce: reduce='pool=x' is not understood"),
         ([], "{batch_size: 0}", "spec.yaml: record.batch_size must be a positive integer, got 0"),
         ([], "{cfg: sideways}", "spec.yaml: record.cfg: cfg='sideways' is not one of"),
+        (["--device", "cuda:99"], None, "--device 'cuda:99': this machine has"),  # no GPU here, or fewer than 100
+        (["--device", "tpu"], None, "--device 'tpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+        (["--ray", "local", "--device", "cpu"], None, "--device 'cpu' does not apply with --ray"),
     ],
 )
 def test_bad_steps_and_options_fail_before_the_model_loads(model_dir, prompts_file, tmp_path, capsys, monkeypatch,
@@ -131,7 +134,7 @@ def test_bad_steps_and_options_fail_before_the_model_loads(model_dir, prompts_fi
     from latentlens.cli.commands import record as command
 
     loaded = []
-    monkeypatch.setattr(command, "_load_model", lambda model: loaded.append(model) or pytest.fail("the model loaded"))
+    monkeypatch.setattr(command, "_load_model", lambda model, *_: loaded.append(model) or pytest.fail("the model loaded"))
     source = ["--probe", str(_spec(tmp_path, record))] if record else ["--prompts", str(prompts_file)]
     args = ["record", "--model", str(model_dir), *source, "--out", str(tmp_path / "run"), "--num-inference-steps", "2",
             "--quiet", *extra]
@@ -146,6 +149,19 @@ def test_bad_steps_and_options_fail_before_the_model_loads(model_dir, prompts_fi
     assert code == 2 and message in err and "Traceback" not in err, err
     assert time.perf_counter() - started < 5 and not loaded
     assert not (tmp_path / "run").exists()
+
+
+def test_model_dtype_runs_the_weights_in_it_and_is_part_of_the_run(model_dir, prompts_file, tmp_path, capsys):
+    assert main(_args(model_dir, prompts_file, tmp_path / "run", "--model-dtype", "bfloat16", "--device", "cpu")) == 0
+    run = open_run(tmp_path / "run")
+    assert run.manifest["model"]["dtype"] == "bfloat16"
+    assert run["blocks.0.resid_out.img"].dtype == np.float32  # the stored data keeps its own --dtype (float32)
+    assert np.isfinite(run["blocks.0.resid_out.img"][:]).all()
+    capsys.readouterr()
+    # a run made in bfloat16 is not silently continued in float32
+    assert main(_args(model_dir, prompts_file, tmp_path / "run", "--resume")) == 2
+    assert 'model.dtype (the run has "bfloat16"' in capsys.readouterr().err
+    assert main(_args(model_dir, prompts_file, tmp_path / "run", "--resume", "--model-dtype", "bfloat16")) == 0
 
 
 @pytest.mark.slow  # a fresh interpreter that imports torch and diffusers (~2 s); in-process bad-steps tests stay fast

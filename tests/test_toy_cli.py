@@ -105,6 +105,23 @@ def test_generate_input_errors(model_dir, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def test_generate_device_and_model_dtype(model_dir, tmp_path, capsys, monkeypatch):
+    assert main(["generate", "--model", str(model_dir), "--prompt", PROMPTS[0], "--seed", "0", "--steps", "1",
+                 "--device", "cpu", "--model-dtype", "bfloat16", "--out", str(tmp_path / "bf16")]) == 0
+    assert _png(tmp_path / "bf16" / "0000.png").shape == (32, 32, 3)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when --device is bad")
+
+    monkeypatch.setattr(latentlens.models, "load_pipeline", no_model)
+    for device, message in [("cuda:99", "--device 'cuda:99': this machine has"), ("gpu0", "is not a device")]:
+        assert main(["generate", "--model", str(model_dir), "--prompt", PROMPTS[0], "--seed", "0",
+                     "--device", device, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not (tmp_path / "o").exists(), "a bad --device creates no output folder"
+
+
 def test_train_toy_cli_refuses_resume_without_checkpoint(tmp_path, capsys):
     code = main(["train-toy", "--out", str(tmp_path / "run"), "--resume", "--steps", "1"])
     assert code == 2

@@ -67,4 +67,74 @@ def add_denoising_steps(parser: argparse.ArgumentParser | Any, dest: str = "step
     )
 
 
-__all__ = ["MODEL_HELP", "DeprecatedAlias", "add_denoising_steps"]
+#: dtypes a pipeline's weights can run in (``--model-dtype``)
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_device_options(parser: argparse.ArgumentParser | Any) -> None:
+    """``--device`` (where the pipeline runs; default: the GPU when there is one) and ``--model-dtype``."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="where the pipeline runs: auto (default: cuda when a GPU is visible, else cpu), cpu, cuda, cuda:N, mps.",
+    )
+    parser.add_argument(
+        "--model-dtype",
+        choices=MODEL_DTYPES,
+        default=None,
+        help="dtype the model's weights run in (default float32, as diffusers loads them); e.g. bfloat16 on a GPU.",
+    )
+
+
+def resolve_device(value: str) -> str:
+    """The torch device for ``--device`` (``auto`` picks cuda when visible), checked before any model loads.
+
+    Example::
+
+        resolve_device("auto")    # 'cuda' on a GPU machine, 'cpu' elsewhere
+        resolve_device("cuda:3")  # ConfigError on a machine with fewer GPUs, naming how many it has
+    """
+    import torch
+
+    from latentlens.errors import ConfigError
+
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {value!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {value!r}: this machine has no usable CUDA GPU; use --device cpu.")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {value!r}: this machine has {count} CUDA GPU(s), numbered 0 to {count - 1}.")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {value!r}: MPS is not available here; use --device cpu.")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {value!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
+    return str(device)
+
+
+def model_dtype(value: str | None) -> Any:
+    """The torch dtype for ``--model-dtype`` (None: the loader's default, float32)."""
+    if value is None:
+        return None
+    import torch
+
+    return getattr(torch, value)
+
+
+__all__ = [
+    "MODEL_HELP",
+    "MODEL_DTYPES",
+    "DeprecatedAlias",
+    "add_denoising_steps",
+    "add_device_options",
+    "resolve_device",
+    "model_dtype",
+]

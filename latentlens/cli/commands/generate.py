@@ -7,6 +7,7 @@ Example::
 
     $ latentlens generate --model toy --prompt "a small red circle on the left on a gray background" --seed 0 --out imgs
     $ latentlens generate --prompts prompts.txt --seed 100 --num-inference-steps 20 --guidance 4 --out imgs --json
+    $ latentlens generate --model path/to/flux-dev --model-dtype bfloat16 --device cuda:1 --prompt "a fox" --seed 0 --out f
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _BATCH = 16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from latentlens.cli.options import MODEL_HELP
+    from latentlens.cli.options import MODEL_HELP, add_device_options
 
     parser.add_argument("--model", default="toy", help=MODEL_HELP)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -41,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="Output folder (created if missing).")
     parser.add_argument("--json", action="store_true", help="Print a JSON summary on stdout.")
+    add_device_options(parser)
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -100,20 +102,24 @@ def run(args: argparse.Namespace) -> int:
     prompts = _read_prompts(args)
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--num-inference-steps must be at least 1, got {args.steps}.")
+    from latentlens.cli.options import resolve_device
+
+    device = resolve_device(args.device)  # before the output folder is made or the model loads
     out = Path(args.out)
     created = check_output_dir(out)
     try:
-        return _generate(args, prompts, out)
+        return _generate(args, prompts, out, device)
     except BaseException:
         if created:
             _remove_if_empty(out)
         raise
 
 
-def _generate(args: argparse.Namespace, prompts: list[str], out: Path) -> int:
+def _generate(args: argparse.Namespace, prompts: list[str], out: Path, device: str) -> int:
     import torch
 
     from latentlens.cli import print_json
+    from latentlens.cli.options import model_dtype
     from latentlens.models import is_toy_model, load_pipeline
 
     warnings: dict[str, list[str]] = {}
@@ -139,7 +145,7 @@ def _generate(args: argparse.Namespace, prompts: list[str], out: Path) -> int:
                 )
 
     start = time.time()
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=device, torch_dtype=model_dtype(args.model_dtype))
     call_kwargs = {}
     if args.steps is not None:
         call_kwargs["num_inference_steps"] = args.steps

@@ -6,6 +6,8 @@ Example::
           --sites 'blocks.*.resid_out.*' --attention img2txt --steps 0:20:5 --json
     $ latentlens record --model toy --probe probes/shapes.yaml --out runs/shapes --resume
     $ latentlens record --model toy --probe probes/shapes.yaml --out runs/shapes --ray local --workers 2
+    $ latentlens record --model path/to/sd3-medium --prompts prompts.txt --out runs/sd3 \
+          --model-dtype bfloat16 --attention img2txt --dry-run   # on the GPU when there is one (--device)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _DTYPES = ("float32", "float16", "bfloat16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from latentlens.cli.options import MODEL_HELP
+    from latentlens.cli.options import MODEL_HELP, add_device_options
 
     parser.add_argument(
         "--model",
@@ -130,6 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="R",
         help="capture-time reductions: mean_img_tokens, mean_steps, pool=N (maps); comma-separated or repeated.",
     )
+    add_device_options(parser)
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -338,10 +341,21 @@ def _num_steps_before_load(model: str, options: dict[str, Any]) -> int | None:
         return None
 
 
-def _load_model(model: str) -> Any:
+def _load_model(model: str, device: str | None, torch_dtype: Any) -> Any:
     from latentlens.models import load_pipeline
 
-    return load_pipeline(model)
+    return load_pipeline(model, device=device, torch_dtype=torch_dtype)
+
+
+def _worker_pipeline(args: argparse.Namespace, model: str, torch_dtype: Any) -> dict[str, Any]:
+    """With --ray and --model-dtype: each worker loads the model in that dtype (else by name, in float32)."""
+    if args.ray is None or torch_dtype is None:
+        return {}
+    import functools
+
+    from latentlens.models import load_pipeline
+
+    return {"worker_pipeline": functools.partial(load_pipeline, model, torch_dtype=torch_dtype)}
 
 
 _DRY_RUN_DONE = object()
@@ -433,6 +447,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers needs --ray (e.g. --ray local --workers 2); without it the run uses one process.")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be a positive integer, got {args.workers}.")
+    if args.ray is not None and str(args.device).strip().lower() != "auto":
+        raise ConfigError(
+            f"--device {args.device!r} does not apply with --ray: each worker takes one GPU where the cluster has "
+            "GPUs, else one CPU; drop --device."
+        )
+    from latentlens.cli.options import model_dtype, resolve_device
+
+    device = None if args.ray is not None else resolve_device(args.device)  # the driver keeps the CPU with --ray
+    weights_dtype = model_dtype(args.model_dtype)
 
     options: dict[str, Any] = {}
     model = args.model
@@ -496,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
     if plan_steps is _DRY_RUN_DONE:
         return 0
 
-    pipe = _load_model(model)
+    pipe = _load_model(model, device, weights_dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     from latentlens.runs import default_num_inference_steps
@@ -524,6 +547,7 @@ def run(args: argparse.Namespace) -> int:
             repair=args.repair,
             ray=args.ray,
             workers=args.workers,
+            **_worker_pipeline(args, model, weights_dtype),
             **options,
         )
     except RunInterruptedError as error:
