@@ -93,6 +93,21 @@ def test_two_workers_give_the_serial_store_through_the_cli(cluster, serial, tmp_
     assert not list(out.parent.glob(".latentlens-reach-*"))  # the reachability token is gone
 
 
+def test_model_dtype_reaches_the_workers(cluster, tmp_path, capsys):
+    """--model-dtype bfloat16 on Ray: each worker runs the weights in bfloat16, as a serial run does."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS[:2]) + "\n")
+    common = ["record", "--model", "toy", "--prompts", str(prompts), "--num-inference-steps", "2", "--batch-size", "2",
+              "--quiet", "--no-images", "--model-dtype", "bfloat16"]
+    assert main([*common, "--out", str(tmp_path / "serial")]) == 0
+    code = main([*common, "--out", str(tmp_path / "ray"), "--ray", "local", "--workers", "1"])
+    assert code == 0, capsys.readouterr().err
+    run, ref = open_run(tmp_path / "ray"), open_run(tmp_path / "serial")
+    assert run.manifest["model"]["dtype"] == "bfloat16" and run.manifest["config_hash"] == ref.manifest["config_hash"]
+    for name in ref.names:
+        assert np.asarray(run[name]).tobytes() == np.asarray(ref[name]).tobytes(), name
+
+
 def _our_actors() -> list[str]:
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(ACTOR_PREFIX)]
 
