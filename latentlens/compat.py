@@ -209,6 +209,29 @@ def function_modes_usable() -> bool:
     )
 
 
+def unwrap_compiled(module: Any) -> Any:
+    """The module inside a ``torch.compile(module)`` wrapper (``OptimizedModule._orig_mod``), else ``module``."""
+    inner = getattr(module, "_orig_mod", None) if type(module).__name__ == "OptimizedModule" else None
+    return inner if isinstance(inner, torch.nn.Module) else module
+
+
+def compiled_in_place(module: torch.nn.Module) -> bool:
+    """Whether ``module.compile()`` compiled this module in place (its ``_compiled_call_impl`` is set)."""
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def force_eager() -> contextlib.AbstractContextManager[None] | None:
+    """``torch.compiler.set_stance("force_eager")``, already in effect (exit it to restore), or None without it.
+
+    Compiled graphs do not run Python forward hooks added after compilation; under this stance every
+    ``torch.compile``'d function and module runs its eager code, hooks included.
+    """
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    if set_stance is None:
+        return None
+    return set_stance("force_eager")  # type: ignore[no-any-return]
+
+
 # --------------------------------------------------------------------------- diffusers
 
 
@@ -320,6 +343,9 @@ __all__ = [
     "report",
     "cache_context_name",
     "native_attention",
+    "unwrap_compiled",
+    "compiled_in_place",
+    "force_eager",
     "zarr_chunk_layout",
     "zarr_raw_chunks_ok",
     "function_modes_usable",

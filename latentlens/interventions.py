@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from latentlens.adapters import adapter_for, split_target
+from latentlens.adapters import adapter_for, compiled_parts, split_target
 from latentlens.adapters.base import CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
 from latentlens.capture.options import check_cfg
@@ -87,6 +87,7 @@ class _Intervention:
         self.cfg = check_cfg(cfg)
         self.adapter, self.spec = _site_spec(target, site)
         self.transformer, self.pipe = split_target(target)
+        self.compiled = compiled_parts(target)
         self.site = self.spec.name
         self.steps = StepSelection(steps)
         self.hooks = HookSet()
@@ -120,6 +121,7 @@ class _Intervention:
     def __enter__(self) -> _Intervention:
         check_caching(self.transformer, allow_caching=False)
         try:
+            self.hooks.run_eagerly(self.compiled)
             # both hooks are prepended; the tracker goes in last so that it runs first, also when the
             # site is an input of the transformer itself (text.tokens, latents)
             if self.spec.hook == "pre":

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from latentlens.adapters import adapter_for, split_target
+from latentlens.adapters import adapter_for, compiled_parts, split_target
 from latentlens.adapters.base import AttnSpec, CallState, SiteSpec
 from latentlens.adapters.hooks import HookSet, StepTracker, cfg_rows, check_caching
 from latentlens.capture.accumulator import Accumulator
@@ -90,6 +90,7 @@ class Recorder:
         self.heads = check_heads(heads)
         self.adapter = adapter_for(target)
         self.transformer, self.pipe = split_target(target)
+        self.compiled = compiled_parts(target)
         self.dtype = dtype
         self.store = store
         self.allow_caching = allow_caching
@@ -189,6 +190,7 @@ class Recorder:
     def install(self) -> None:
         self.skipping = check_caching(self.transformer, self.allow_caching)
         try:
+            self.hooks.run_eagerly(self.compiled)
             self.tracker.install(self.hooks)
             self.hooks.pre(self.transformer, self._begin)
             for site in self.site_specs.values():

@@ -141,6 +141,34 @@ class HookSet:
         self._registry_undo.append(undo)
         return probe
 
+    def run_eagerly(self, compiled: list[str]) -> None:
+        """Run ``torch.compile``'d code eagerly until :meth:`remove`, when the hooked model has ``compiled`` parts.
+
+        Compiled graphs do not run Python hooks added after compilation, so a compiled denoiser would be
+        recorded (or steered) silently incompletely; eager code runs every hook. Said once, in a notice.
+        """
+        if not compiled:
+            return
+        from latentlens import compat
+
+        stance = compat.force_eager()
+        if stance is None:
+            raise ConfigError(
+                f"The denoiser is compiled with torch.compile ({compiled[0]}), whose graphs skip latentlens's hooks, "
+                "and this torch has no torch.compiler.set_stance to run it eagerly; record an uncompiled model."
+            )
+
+        def restore_stance() -> None:
+            stance.__exit__(None, None, None)
+
+        self._registry_undo.append(restore_stance)
+        compat.notice(
+            "torch.compile",
+            f"{compiled[0]}{f' and {len(compiled) - 1} more' if len(compiled) > 1 else ''} is compiled; "
+            "torch.compile graphs skip Python hooks, so while latentlens's hooks are installed compiled code runs "
+            "eagerly (the same weights, outputs equal up to float rounding, eager speed).",
+        )
+
     def remove(self) -> None:
         while self.handles:
             self.handles.pop().remove()

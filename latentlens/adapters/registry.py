@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from latentlens import compat
 from latentlens.adapters.base import Adapter
 from latentlens.adapters.flux import FluxAdapter
 from latentlens.adapters.generation import EditModel
@@ -43,17 +44,37 @@ def supported_classes() -> list[str]:
     return list(dict.fromkeys(c for a in ADAPTERS for c in a.transformer_classes))
 
 
+def _denoiser_attribute_value(target: Any) -> Any:
+    """The pipeline's denoiser attribute as set (a torch.compile wrapper stays wrapped), or None."""
+    for attribute in dict.fromkeys(a.denoiser_attribute for a in ADAPTERS):
+        denoiser = getattr(target, attribute, None)
+        if isinstance(denoiser, nn.Module) and denoiser is not target:
+            return denoiser
+    return None
+
+
 def split_target(target: Any) -> tuple[Any, Any]:
     """``(denoiser, pipeline or None)`` from a pipeline or a bare denoiser module.
 
     A pipeline holds its denoiser in the attribute some adapter names (``denoiser_attribute``:
     ``.transformer`` for DiTs, ``.unet`` for UNets); anything else is taken as the bare module.
     """
-    for attribute in dict.fromkeys(a.denoiser_attribute for a in ADAPTERS):
-        denoiser = getattr(target, attribute, None)
-        if isinstance(denoiser, nn.Module) and denoiser is not target:
-            return denoiser, target
-    return target, None
+    denoiser = _denoiser_attribute_value(target)
+    if denoiser is not None:
+        return compat.unwrap_compiled(denoiser), target
+    return compat.unwrap_compiled(target), None
+
+
+def compiled_parts(target: Any) -> list[str]:
+    """Where ``torch.compile`` sits on the target's denoiser: ``["the denoiser (torch.compile wrapper)",
+    "transformer_blocks.0 (Module.compile)", ...]``; empty when nothing is compiled."""
+    transformer, pipe = split_target(target)
+    wrapped = target if pipe is None else _denoiser_attribute_value(pipe)
+    found = ["the denoiser (a torch.compile wrapper)"] if wrapped is not transformer else []
+    for path, module in transformer.named_modules():
+        if compat.compiled_in_place(module):
+            found.append(f"{path or 'the denoiser'} (compiled in place with Module.compile)")
+    return found
 
 
 def _class_names(obj: Any) -> set[str]:
@@ -128,6 +149,7 @@ __all__ = [
     "UnsupportedModelError",
     "adapter_class_for",
     "adapter_for",
+    "compiled_parts",
     "edit_model_for",
     "offline_tokenizer",
     "site_width",
