@@ -338,6 +338,7 @@ class Recorder:
                 "concepts": self.concepts,
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "skipping_hooks": self.skipping,
+                "transformer_calls": sum(self.tracker.counts.values()),
             },
         )
         return rec

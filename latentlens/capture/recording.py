@@ -49,6 +49,11 @@ class Recording:
         if not self._done:
             raise ConfigError("The recording is still running; read rec[...] after the `with record(...)` block.")
         if name not in self._data:
+            if not self._data and self.meta.get("transformer_calls") == 0:
+                raise ConfigError(
+                    f"Nothing was recorded, so there is no {name!r}: the transformer never ran inside the "
+                    "`with record(...)` block. Call the pipeline inside the block, on the object passed to record()."
+                )
             raise unknown_name_error(name, self.names, what="recorded")
 
     def __getitem__(self, name: str) -> torch.Tensor:

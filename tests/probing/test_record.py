@@ -251,6 +251,10 @@ def test_unknown_names_and_steps_errors():
     with pytest.raises(ConfigError, match="still running"):
         with record(pipe, sites="pred") as rec:
             rec["pred"]
+    with record(pipe, sites="pred") as rec:
+        pass  # the pipeline is never called inside the block
+    with pytest.raises(ConfigError, match="Nothing was recorded, so there is no 'pred': the transformer never ran"):
+        rec["pred"]
     # globs, lists and callables select the same names
     a = record(pipe, sites="blocks.1.*_out.img")._recorder.names
     b = record(pipe, sites=["blocks.1.attn_out.img", "blocks.1.ff_out.img", "blocks.1.resid_out.img"])._recorder.names
