@@ -131,3 +131,13 @@ def test_dry_run_ignores_diffusers_default_attention_backend(backend, model_dirs
     expected = _dry_run(capsys, args)
     with attention_backend(backend):
         assert _dry_run(capsys, args)["sites"] == expected["sites"]
+
+
+def test_sites_lists_a_dit_from_its_configs_alone(model_dirs, saved_pipe, capsys):
+    """`latentlens sites` reads no weights for a DiT (a 12 B model lists in a second), and UNets still list."""
+    import latentlens
+
+    assert main(["sites", "--model", str(model_dirs["no-weights"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == latentlens.site_names(latentlens.load_pipeline(str(model_dirs["sd3"])))
+    assert main(["sites", "--model", str(saved_pipe("sd")), "--json", "--match", "blocks.0.*"]) == 0
+    assert "blocks.0.attn.img2txt" in json.loads(capsys.readouterr().out)

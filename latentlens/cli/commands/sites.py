@@ -29,10 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentlens.errors import ConfigError
     from latentlens.models import load_pipeline
     from latentlens.recorder import site_names
+    from latentlens.size_plan import config_transformer
 
-    names = list(site_names(load_pipeline(args.model)))
+    try:
+        target = config_transformer(args.model)  # a DiT's names from its configs alone: no weights are read
+    except ConfigError:
+        target = load_pipeline(args.model)  # UNets, and any folder whose configs alone do not say
+    names = list(site_names(target))
     if args.match:
         names = fnmatch.filter(names, args.match)
     if args.json:
