@@ -32,6 +32,7 @@ ARRAY_OVERHEAD = 1024
 PROMPT_OVERHEAD = 256
 
 _FLUX = ("FluxPipeline",)
+_DENOISERS = ("transformer", "unet")  # the model_index.json key of the denoiser: DiTs, then UNets
 _TEXT_PREFIX = {"StableDiffusion3Pipeline": 77}  # CLIP tokens in front of the T5 tokens
 
 
@@ -151,10 +152,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _pipeline_class(name: str) -> Any:
-    if name == "ToyPipeline":
-        from latentlens.toy.pipeline import ToyPipeline
+    from latentlens.toy.architectures import BY_PIPELINE_CLASS
 
-        return ToyPipeline
+    if name in BY_PIPELINE_CLASS:
+        from latentlens.toy.pipeline import PIPELINE_CLASSES
+
+        return PIPELINE_CLASSES[BY_PIPELINE_CLASS[name].arch]
     import diffusers
 
     cls = getattr(diffusers, name, None)
@@ -199,18 +202,29 @@ def meta_transformer(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]
     import torch
 
     index = _read_json(folder / "model_index.json")
-    entry = index.get("transformer")
-    if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
-        raise ConfigError(f"{folder} has no transformer in its model_index.json; latentlens records DiT pipelines.")
-    cls = getattr(diffusers, entry[1], None)
+    subfolder = next((key for key in _DENOISERS if _component_class(index, key)), None)
+    if subfolder is None:
+        raise ConfigError(
+            f"{folder}'s model_index.json names no denoiser ({' or '.join(_DENOISERS)}); check the pipeline folder."
+        )
+    class_name = _component_class(index, subfolder)
+    cls = getattr(diffusers, str(class_name), None)
     if cls is None:
-        raise ConfigError(f"The transformer class {entry[1]!r} of {folder} is unknown to diffusers.")
-    config = _read_json(folder / "transformer" / "config.json")
+        raise ConfigError(f"The {subfolder} class {class_name!r} of {folder} is unknown to diffusers.")
+    config = _read_json(folder / subfolder / "config.json")
     vae_path = folder / "vae" / "config.json"
     vae = _read_json(vae_path) if vae_path.is_file() else {}
     with torch.device("meta"):
         model = cls.from_config(config)
     return model.eval(), index, vae
+
+
+def _component_class(index: dict[str, Any], key: str) -> str | None:
+    """The class ``model_index.json`` names for component ``key`` (``["diffusers", "ClassName"]``), or None."""
+    entry = index.get(key)
+    if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str):
+        return entry[1]
+    return None
 
 
 def _with_grid(ids: Any, grid: tuple[int, int]) -> Any:
@@ -237,6 +251,23 @@ def _meta_inputs(model: Any, pipe_class: str, height: int, width: int, factor: i
         }
         if cfg.get("guidance_embeds"):
             inputs["guidance"] = torch.empty(1, **meta)
+        return inputs
+    if type(model).__name__ == "UNet2DConditionModel":
+        width = cfg.get("cross_attention_dim")
+        if not isinstance(width, int):
+            raise ConfigError(f"The UNet's cross_attention_dim {width!r} is not one width; its size cannot be planned.")
+        inputs = {
+            "sample": torch.empty(1, cfg.in_channels, lh, lw, **meta),
+            "timestep": torch.empty(1, **meta),
+            "encoder_hidden_states": torch.empty(1, text, width, **meta),
+        }
+        if cfg.get("addition_embed_type") == "text_time":  # SDXL: pooled text + six size/crop ids
+            ids = 6
+            pooled = int(cfg.projection_class_embeddings_input_dim) - ids * int(cfg.addition_time_embed_dim)
+            inputs["added_cond_kwargs"] = {
+                "text_embeds": torch.empty(1, pooled, **meta),
+                "time_ids": torch.empty(1, ids, **meta),
+            }
         return inputs
     if type(model).__name__ == "PixArtTransformer2DModel":
         added = {"resolution": None, "aspect_ratio": None}
@@ -301,6 +332,8 @@ def plan_record(
     default_side = (128 if pipe_class in _FLUX else int(transformer.config.get("sample_size") or 64)) * factor
     height, width = int(height or default_side), int(width or default_side)
     seq = int(max_sequence_length or _call_default(cls, "max_sequence_length", 256))
+    if type(transformer).__name__ == "UNet2DConditionModel" and _call_default(cls, "max_sequence_length", None) is None:
+        seq = _tokenizer_length(_config_folder(str(model)), 77)  # CLIP prompts are padded to the tokenizer's length
     prefix = _text_prefix(_config_folder(str(model)), pipe_class)
     if prefix and (index.get("text_encoder_3") or [None])[0] is None:
         seq = prefix  # SD3 without T5: zeros of the CLIP length stand in for the T5 tokens
@@ -361,12 +394,17 @@ def _text_prefix(folder: Path, pipe_class: str) -> int:
     """Text tokens in front of the T5 tokens: SD3's CLIP tokens (the CLIP tokenizer's length, 77 when published)."""
     if pipe_class not in _TEXT_PREFIX:
         return 0
+    return _tokenizer_length(folder, _TEXT_PREFIX[pipe_class])
+
+
+def _tokenizer_length(folder: Path, fallback: int) -> int:
+    """The first tokenizer's ``model_max_length`` (what CLIP prompts are padded to), else ``fallback``."""
     path = folder / "tokenizer" / "tokenizer_config.json"
     if path.is_file():
         length = _read_json(path).get("model_max_length")
         if isinstance(length, int) and 0 < length < 10**6:
             return length
-    return _TEXT_PREFIX[pipe_class]
+    return fallback
 
 
 def _image_tokens(transformer: Any, height: int, width: int, factor: int) -> int:

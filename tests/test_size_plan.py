@@ -71,19 +71,21 @@ def test_dry_run_matches_what_the_toy_run_writes(tmp_path, capsys, extra):
     assert plan["bytes_per_sample"] == sum(plan["sites"].values())
 
 
-@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart"])
-def test_plan_matches_the_diffusers_pipelines(kind, model_dirs, tmp_path):
+@pytest.mark.parametrize("kind", ["sd3", "flux", "pixart", "sd", "sdxl"])
+def test_plan_matches_the_diffusers_pipelines(kind, model_dirs, saved_pipe, tmp_path):
     import latentlens
     from latentlens.runs import record_prompts
 
     call = {"sd3": {"max_sequence_length": 8}, "flux": {"max_sequence_length": 8},
-            "pixart": {"max_sequence_length": 8, "use_resolution_binning": False, "clean_caption": False}}[kind]
+            "pixart": {"max_sequence_length": 8, "use_resolution_binning": False, "clean_caption": False},
+            "sd": {}, "sdxl": {}}[kind]
     size = {"flux": 16}.get(kind)
+    folder = model_dirs[kind] if kind in model_dirs else saved_pipe(kind)
     options = dict(sites="blocks.*.resid_out.*", attention="blocks.*.attn.img2txt", num_inference_steps=2,
                    height=size, width=size)
-    plan = plan_record(str(model_dirs[kind]), samples=2, out=tmp_path / "run", batch_size=2,
-                       max_sequence_length=8, **options)
-    pipe = latentlens.load_pipeline(str(model_dirs[kind]))
+    plan = plan_record(str(folder), samples=2, out=tmp_path / "run", batch_size=2,
+                       max_sequence_length=None if kind in ("sd", "sdxl") else 8, **options)
+    pipe = latentlens.load_pipeline(str(folder))
     record_prompts(pipe, ["a red circle", "a blue square"], tmp_path / "run", batch_size=2, progress=False,
                    pipeline_kwargs=call, **options)
     run = open_run(tmp_path / "run")
@@ -141,3 +143,18 @@ def test_sites_lists_a_dit_from_its_configs_alone(model_dirs, saved_pipe, capsys
     assert json.loads(capsys.readouterr().out) == latentlens.site_names(latentlens.load_pipeline(str(model_dirs["sd3"])))
     assert main(["sites", "--model", str(saved_pipe("sd")), "--json", "--match", "blocks.0.*"]) == 0
     assert "blocks.0.attn.img2txt" in json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("model", ["toy-pixart", "toy-unet"])
+def test_record_plans_and_writes_the_other_toy_architectures(model, tmp_path, capsys):
+    """The UNet and cross-attention toys are planned from their configs too, and the plan does not stop their record."""
+    args = ["--model", model, "--prompts", str(_prompts(tmp_path, n=2)), "--out", str(tmp_path / "run"),
+            "--attention", "img2txt", "--num-inference-steps", "2", "--quiet", "--no-images"]
+    plan = _dry_run(capsys, args)
+    assert main(["record", *args]) == 0, capsys.readouterr().err
+    run = open_run(tmp_path / "run")
+    assert sorted(plan["sites"]) == sorted(run.names)
+    for name, size in plan["sites"].items():
+        assert size == int(np.prod(run[name].shape[1:])) * run[name].dtype.itemsize, name
+    written = _written(tmp_path / "run")
+    assert abs(plan["total_bytes"] - written) <= 0.10 * written, (plan["total_bytes"], written)
