@@ -210,7 +210,7 @@ def _cast_components(pipe: Any, torch_dtype: Any) -> None:
     diffusers loads a model's weights without casting them when ``accelerate`` is missing (its
     ``low_cpu_mem_usage=False`` path assigns the checkpoint's tensors), so a float32 checkpoint stays
     float32 beside components that were cast, and the first call fails on mixed dtypes. Components that
-    keep modules in float32 on purpose (``_keep_in_fp32_modules``) are left as loaded.
+    keep modules in float32 on purpose (``_keep_in_fp32_modules``) and quantized ones are left as loaded.
     """
     import torch
 
@@ -218,8 +218,11 @@ def _cast_components(pipe: Any, torch_dtype: Any) -> None:
     for component in components.values():
         if not isinstance(component, torch.nn.Module) or getattr(component, "_keep_in_fp32_modules", None):
             continue
+        if getattr(component, "is_quantized", False):
+            continue
         if any(p.is_floating_point() and p.dtype != torch_dtype for p in component.parameters()):
-            component.to(torch_dtype)
+            # torch's own cast: diffusers' ModelMixin.to warns about float32 modules on every dtype cast
+            torch.nn.Module.to(component, dtype=torch_dtype)
 
 
 def _from_pretrained(name: str, **kwargs: Any) -> Any:
