@@ -1,8 +1,8 @@
 """How many bytes a recording will write, known before any weight is loaded.
 
-:func:`plan_record` reads only the pipeline's configs (``model_index.json``, the transformer's
-and the VAE's ``config.json``), builds the transformer on the ``meta`` device (no memory, no
-weights), runs one transformer call of the right shapes through :func:`latentlens.record` and
+:func:`plan_record` reads only the pipeline's configs (``model_index.json``, the denoiser's
+(transformer or UNet) and the VAE's ``config.json``), builds the denoiser on the ``meta`` device (no
+memory, no weights), runs one denoiser call of the right shapes through :func:`latentlens.record` and
 scales what it would keep by the recorded steps and samples. The store's layout (chunk padding,
 bfloat16 stored as float32) is accounted for, so the estimate matches the written run folder.
 
@@ -188,13 +188,14 @@ def pipeline_defaults(model: str) -> dict[str, Any]:
 
 
 def config_transformer(model: str) -> Any:
-    """``model``'s transformer built from its config on the meta device (no weights), e.g. for site names."""
+    """``model``'s denoiser (transformer or UNet) built from its config on the meta device (no weights), e.g. for
+    site names."""
     return meta_transformer(_config_folder(str(model)))[0]
 
 
 @functools.lru_cache(maxsize=4)
 def meta_transformer(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """``(transformer on the meta device, model index, VAE config)`` from a pipeline folder's configs alone.
+    """``(denoiser on the meta device, model index, VAE config)`` from a pipeline folder's configs alone.
 
     Cached per folder (the meta transformer holds no memory); callers must not modify it.
     """
