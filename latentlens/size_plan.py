@@ -256,7 +256,8 @@ def _meta_inputs(model: Any, pipe_class: str, height: int, width: int, factor: i
     if type(model).__name__ == "UNet2DConditionModel":
         width = cfg.get("cross_attention_dim")
         if not isinstance(width, int):
-            raise ConfigError(f"The UNet's cross_attention_dim {width!r} is not one width; its size cannot be planned.")
+            # not a user error: `record` notes that it has no plan and records anyway; --dry-run reports it
+            raise ValueError(f"the UNet's cross_attention_dim {width!r} is not one width")
         inputs = {
             "sample": torch.empty(1, cfg.in_channels, lh, lw, **meta),
             "timestep": torch.empty(1, **meta),
