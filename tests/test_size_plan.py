@@ -158,3 +158,21 @@ def test_record_plans_and_writes_the_other_toy_architectures(model, tmp_path, ca
         assert size == int(np.prod(run[name].shape[1:])) * run[name].dtype.itemsize, name
     written = _written(tmp_path / "run")
     assert abs(plan["total_bytes"] - written) <= 0.10 * written, (plan["total_bytes"], written)
+
+
+def test_an_unplannable_model_is_noted_and_still_recorded(saved_pipe, tmp_path, capsys):
+    """A UNet whose cross-attention width is given per block cannot be planned from its configs: --dry-run says so,
+    and a real record notes it has no plan and records anyway."""
+    folder = tmp_path / "sd-per-block"
+    shutil.copytree(saved_pipe("sd"), folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["cross_attention_dim"] = [config["cross_attention_dim"]] * len(config["down_block_types"])
+    config_path.write_text(json.dumps(config))
+    args = ["record", "--model", str(folder), "--prompts", str(_prompts(tmp_path, n=1)), "--out", str(tmp_path / "run"),
+            "--num-inference-steps", "1", "--quiet", "--no-images"]
+    assert main([*args, "--dry-run"]) == 2
+    assert "cannot be planned" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "no size plan" in capsys.readouterr().err
+    assert open_run(tmp_path / "run").completed == {0}
