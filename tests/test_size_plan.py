@@ -135,8 +135,8 @@ def test_dry_run_ignores_diffusers_default_attention_backend(backend, model_dirs
         assert _dry_run(capsys, args)["sites"] == expected["sites"]
 
 
-def test_sites_lists_a_dit_from_its_configs_alone(model_dirs, saved_pipe, capsys):
-    """`latentlens sites` reads no weights for a DiT (a 12 B model lists in a second), and UNets still list."""
+def test_sites_lists_a_model_from_its_configs_alone(model_dirs, saved_pipe, capsys):
+    """`latentlens sites` reads no weights (a folder without weight files lists; a 12 B model lists in a second)."""
     import latentlens
 
     assert main(["sites", "--model", str(model_dirs["no-weights"]), "--json"]) == 0
