@@ -326,7 +326,8 @@ def plan_record(
     from latentlens.recorder import record
     from latentlens.store import MAX_CHUNK_BYTES
 
-    transformer, index, vae = meta_transformer(_config_folder(str(model)))
+    folder = _config_folder(str(model))  # resolved once: for a hub id this searches the local cache
+    transformer, index, vae = meta_transformer(folder)
     pipe_class = str(index.get("_class_name"))
     cls = _pipeline_class(pipe_class)
     steps_total = int(num_inference_steps or _call_default(cls, "num_inference_steps", 28))
@@ -335,8 +336,8 @@ def plan_record(
     height, width = int(height or default_side), int(width or default_side)
     seq = int(max_sequence_length or _call_default(cls, "max_sequence_length", 256))
     if type(transformer).__name__ == "UNet2DConditionModel" and _call_default(cls, "max_sequence_length", None) is None:
-        seq = _tokenizer_length(_config_folder(str(model)), 77)  # CLIP prompts are padded to the tokenizer's length
-    prefix = _text_prefix(_config_folder(str(model)), pipe_class)
+        seq = _tokenizer_length(folder, 77)  # CLIP prompts are padded to the tokenizer's length
+    prefix = _text_prefix(folder, pipe_class)
     if prefix and (index.get("text_encoder_3") or [None])[0] is None:
         seq = prefix  # SD3 without T5: zeros of the CLIP length stand in for the T5 tokens
     text = prefix + seq

@@ -67,8 +67,8 @@ def add_denoising_steps(parser: argparse.ArgumentParser | Any, dest: str = "step
     )
 
 
-#: dtypes a pipeline's weights can run in (``--model-dtype``)
-MODEL_DTYPES = ("float32", "float16", "bfloat16")
+#: floating dtypes the commands accept: for a pipeline's weights (``--model-dtype``) and recorded data (``--dtype``)
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def add_device_options(parser: argparse.ArgumentParser | Any) -> None:
@@ -81,7 +81,7 @@ def add_device_options(parser: argparse.ArgumentParser | Any) -> None:
     )
     parser.add_argument(
         "--model-dtype",
-        choices=MODEL_DTYPES,
+        choices=DTYPES,
         default=None,
         help="dtype the model's weights run in (default float32, as diffusers loads them); e.g. bfloat16 on a GPU.",
     )
@@ -131,7 +131,7 @@ def model_dtype(value: str | None) -> Any:
 
 __all__ = [
     "MODEL_HELP",
-    "MODEL_DTYPES",
+    "DTYPES",
     "DeprecatedAlias",
     "add_denoising_steps",
     "add_device_options",

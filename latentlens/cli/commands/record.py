@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latentlens.cli.options import DTYPES
 from latentlens.errors import ConfigError
 
 NAME = "record"
@@ -38,7 +39,6 @@ _SPEC_KEYS = {
     "tokens",
     "reduce",
 }
-_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="which classifier-free-guidance branch to record (default cond).",
     )
-    parser.add_argument("--dtype", choices=_DTYPES, default=None, help="dtype of the recorded data (default float32).")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the recorded data (default float32).")
     parser.add_argument("--no-images", action="store_true", help="do not save the generated images.")
     parser.add_argument("--resume", action="store_true", help="continue a run in --out made with the same settings.")
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --out.")
@@ -507,8 +507,8 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(options.get("dtype"), str):
         import torch
 
-        if options["dtype"] not in _DTYPES:
-            raise ConfigError(f"dtype {options['dtype']!r} is not one of {', '.join(_DTYPES)}.")
+        if options["dtype"] not in DTYPES:
+            raise ConfigError(f"dtype {options['dtype']!r} is not one of {', '.join(DTYPES)}.")
         options["dtype"] = getattr(torch, options["dtype"])
 
     if args.ray is not None:  # an unreachable cluster or a missing extra fails before the model loads

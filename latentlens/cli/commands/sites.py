@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from latentlens.size_plan import config_transformer
 
     try:
-        target = config_transformer(args.model)  # a DiT's names from its configs alone: no weights are read
+        target = config_transformer(args.model)  # the names from the configs alone: no weights are read
     except ConfigError:
-        target = load_pipeline(args.model)  # UNets, and any folder whose configs alone do not say
+        target = load_pipeline(args.model)  # a folder whose configs alone do not say
     names = list(site_names(target))
     if args.match:
         names = fnmatch.filter(names, args.match)
