@@ -16,7 +16,8 @@ The first call of each (device, dtype, backend) is verified: the kernel's output
 to what SDPA itself returns and its LSE must match a float32 reference over a block of rows; else
 (or if the kernel raises, or a private op is missing) that combination falls back, with a one-line
 :class:`~latentlens.compat.CompatNotice`, to recomputing the normaliser. The returned output is
-always SDPA's own. Usage (the recorder does this)::
+always SDPA's own. diffusers backends that are not SDPA (flash-attn, sage) hand their LSE to the capture
+in flight through :mod:`latentlens.attention_backends`. Usage (the recorder does this)::
 
     cap = LSECapture()
     with cap:
@@ -102,15 +103,19 @@ def _kernel(a: dict[str, Any]) -> tuple[tuple[str, str, str], Callable[..., tupl
     return key, runner
 
 
-def _lse_matches(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> bool:
-    """The kernel's LSE of the first rows against a float32 ``logsumexp(q kᵀ · scale)`` reference."""
+def lse_matches(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> bool:
+    """The kernel's LSE of the first rows against a float32 ``logsumexp(q kᵀ · scale)`` reference.
+
+    ``q``, ``k``: ``[batch, head, token, channel]``; ``lse``: ``[batch, head, query]``.
+    """
     rows = min(q.shape[2], _VERIFY_ROWS)
     ref = torch.logsumexp(torch.matmul(q[:, :, :rows].float(), k.float().transpose(-1, -2)) * scale, dim=-1)
     atol = 1e-4 if q.dtype in (torch.float32, torch.float64) else 4e-3
     return bool(torch.allclose(lse[:, :, :rows].float(), ref, atol=atol, rtol=1e-4))
 
 
-def _fall_back(key: tuple[str, str, str], why: str) -> None:
+def fall_back(key: tuple[str, str, str], why: str) -> None:
+    """Mark (device, dtype, kernel) ``key`` as falling back, and say why in one notice."""
     VERIFIED[key] = False
     compat.notice(
         f"lse:{key}",
@@ -120,9 +125,11 @@ def _fall_back(key: tuple[str, str, str], why: str) -> None:
 
 
 class LSECapture(_Mode):
-    """Records the log-sum-exp of the single eligible SDPA call made while active.
+    """Records the log-sum-exp of the single eligible attention call made while active.
 
-    ``result`` is None if there was no eligible call or more than one SDPA call (ambiguous).
+    ``attention_calls`` counts the SDPA calls and the diffusers attention backend calls
+    (:mod:`latentlens.attention_backends`) seen; ``result`` is None if there was no eligible call or
+    more than one attention call (ambiguous).
     ``fast_calls`` counts the calls served by a fused kernel directly, ``verifications`` the
     (device, dtype, backend) checks run (class-wide, for tests).
     """
@@ -133,16 +140,16 @@ class LSECapture(_Mode):
     def __init__(self) -> None:
         super().__init__()
         self.result: LSEResult | None = None
-        self.sdpa_calls = 0
+        self.attention_calls = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is not _SDPA:
             return func(*args, **kwargs)
-        self.sdpa_calls += 1
+        self.attention_calls += 1
         self.result = None
         a = _bind(args, kwargs)
-        chosen = _kernel(a) if self.sdpa_calls == 1 and a is not None else None
+        chosen = _kernel(a) if self.attention_calls == 1 and a is not None else None
         if chosen is None or a is None:
             return func(*args, **kwargs)
         key, runner = chosen
@@ -152,25 +159,25 @@ class LSECapture(_Mode):
         try:
             out, raw = runner(q, k, a["value"], scale)
         except Exception as error:  # an op whose behaviour changed: never raise inside the pipeline call
-            _fall_back(key, f"raised {type(error).__name__}: {error}")
+            fall_back(key, f"raised {type(error).__name__}: {error}")
             return func(*args, **kwargs)
         lse = compat.normalise_lse(raw, q.shape[2])
         if not VERIFIED.get(key):
             LSECapture.verifications += 1
             expected = func(*args, **kwargs)
             if lse is None:
-                _fall_back(key, f"returned a log-sum-exp of shape {tuple(raw.shape)}")
+                fall_back(key, f"returned a log-sum-exp of shape {tuple(raw.shape)}")
                 return expected
             if not (out.shape == expected.shape and torch.equal(out, expected)):
-                _fall_back(key, "returned an output that differs from SDPA's own")
+                fall_back(key, "returned an output that differs from SDPA's own")
                 return expected
-            if not _lse_matches(q, k, lse, eff):
-                _fall_back(key, "returned a log-sum-exp that does not match a float32 reference")
+            if not lse_matches(q, k, lse, eff):
+                fall_back(key, "returned a log-sum-exp that does not match a float32 reference")
                 return expected
             VERIFIED[key] = True
             out = expected
         elif lse is None:
-            _fall_back(key, f"returned a log-sum-exp of shape {tuple(raw.shape)}")
+            fall_back(key, f"returned a log-sum-exp of shape {tuple(raw.shape)}")
             return out
         self.result = LSEResult(lse.detach(), eff, k.shape[-2])  # [batch, head, query]
         LSECapture.fast_calls += 1

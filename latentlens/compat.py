@@ -202,6 +202,14 @@ def pop_mode_if_top(mode: Any) -> None:
         mode.__exit__(None, None, None)
 
 
+def top_function_mode() -> Any:
+    """The torch-function mode on top of this thread's mode stack (None when empty or unreadable)."""
+    if not (_LEN_MODES.ok and _MODE_AT.ok):
+        return None
+    n = _LEN_MODES.value()
+    return _MODE_AT.value(n - 1) if n else None
+
+
 def function_modes_usable() -> bool:
     """Whether the fast-map machinery (torch-function modes + their stack) is available."""
     return (
@@ -266,6 +274,36 @@ def native_attention() -> contextlib.AbstractContextManager[None]:
     return attention_backend("native")  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class BackendRegistry:
+    """diffusers' attention backend table: ``backends`` (``{AttentionBackendName: function}``, mutable) and
+    ``arg_names`` (``{AttentionBackendName: set of keyword names}``), from ``_AttentionBackendRegistry``."""
+
+    backends: dict[Any, Callable[..., Any]]
+    arg_names: dict[Any, set[str]]
+
+
+@functools.lru_cache(maxsize=1)
+def attention_backend_registry() -> Shim:
+    """diffusers' attention backend registry as a :class:`BackendRegistry` (``value`` None where unusable, or
+    where this diffusers has no attention dispatcher).
+
+    The dispatcher calls ``_AttentionBackendRegistry._backends[name](**kwargs)`` with the keywords in
+    ``_supported_arg_names[name]``; fast maps on non-SDPA backends wrap those functions while recording.
+    """
+    name = "diffusers._AttentionBackendRegistry"
+    try:
+        from diffusers.models import attention_dispatch
+    except ImportError:  # a diffusers from before the dispatcher: no backends to wrap, nothing to say
+        return Shim(name, None)
+    registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
+    backends = getattr(registry, "_backends", None)
+    arg_names = getattr(registry, "_supported_arg_names", None)
+    if not (isinstance(backends, dict) and isinstance(arg_names, dict)):
+        return Shim(name, None, "diffusers' attention dispatcher has no _AttentionBackendRegistry._backends table")
+    return Shim(name, BackendRegistry(backends, arg_names))
+
+
 # --------------------------------------------------------------------------- zarr
 
 
@@ -320,6 +358,7 @@ def report() -> dict[str, str]:
         EFFICIENT,
         CUDNN,
         zarr_chunk_layout(),
+        attention_backend_registry(),
     ]
     out = {s.name: "ok" if s.ok else str(s.problem) for s in shims}
     try:
@@ -349,6 +388,9 @@ __all__ = [
     "zarr_chunk_layout",
     "zarr_raw_chunks_ok",
     "function_modes_usable",
+    "top_function_mode",
+    "BackendRegistry",
+    "attention_backend_registry",
     "SDPA_KERNELS",
     "BACKEND_NAMES",
 ]

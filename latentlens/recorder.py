@@ -198,8 +198,7 @@ class Recorder:
                     self.hooks.pre(site.module, self._site_pre(site))
                 else:
                     self.hooks.post(site.module, self._site_post(site))
-            for k, attn, kinds in self.map_specs:
-                self.maps.install(self.hooks, k, attn, kinds)
+            self.maps.install_all(self.hooks, self.map_specs)
             if self.concept_capture is not None:
                 self.concept_capture.install(self.hooks)
             if self.skipping:

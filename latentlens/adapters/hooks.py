@@ -119,6 +119,10 @@ class HookSet:
             module.register_forward_hook(fn, with_kwargs=True, prepend=prepend, always_call=always_call)
         )
 
+    def undo_on_remove(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` in :meth:`remove` (in reverse order of registration, after the hooks are gone)."""
+        self._registry_undo.append(undo)
+
     def context_probe(self, transformer: nn.Module) -> Any:
         """Register a :class:`ContextProbe` on the transformer's diffusers ``HookRegistry``."""
         from diffusers.hooks import HookRegistry

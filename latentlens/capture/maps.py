@@ -5,7 +5,7 @@ forward), then compute only the requested quadrants (:func:`latentlens.attention
 Example (what :func:`latentlens.record` does for ``attention="blocks.*.attn.img2txt"``)::
 
     maps = MapCapture(context, heads="mean", reduce=Reduce(None), keep=accumulate)
-    maps.install(hooks, k, spec, ["img2txt"])
+    maps.install_all(hooks, [(k, spec, ["img2txt"])])
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from latentlens import compat
 from latentlens.adapters.base import AttnSpec, CallState
 from latentlens.adapters.hooks import HookSet
 from latentlens.attention import quadrant_maps
+from latentlens.attention_backends import serve_backends
 from latentlens.attention_lse import LSECapture
 from latentlens.capture.options import Heads, Reduce, pool_map
 from latentlens.errors import ConfigError
@@ -61,6 +62,14 @@ class MapCapture:
         self.reduce = reduce
         self.keep = keep
         self._lse_caps: dict[int, LSECapture] = {}
+
+    def install_all(self, hooks: HookSet, specs: list[tuple[int, AttnSpec, list[str]]]) -> None:
+        """Hook every ``(k, spec, kinds)`` of ``specs`` (see :meth:`install`); while ``hooks`` are installed,
+        diffusers' non-SDPA attention backends also hand over their log-sum-exp (:func:`serve_backends`)."""
+        if specs:
+            serve_backends(hooks)
+        for k, spec, kinds in specs:
+            self.install(hooks, k, spec, kinds)
 
     def install(self, hooks: HookSet, k: int, spec: AttnSpec, kinds: list[str]) -> None:
         """Hook attention module number ``k`` (``spec``) to produce the map ``kinds`` (e.g. ``["img2txt"]``)."""
@@ -110,14 +119,15 @@ class MapCapture:
             if cap is None:
                 return
             _exit_mode(cap)
-            if self.context.active and cap.sdpa_calls == 0:
+            if self.context.active and cap.attention_calls == 0:
                 compat.notice(
                     "lse:no-sdpa",
-                    f"{prefix} ran its attention without torch's scaled_dot_product_attention (an attention "
-                    "backend such as flash-attn, flex or xformers), so its attention maps recompute the softmax "
-                    "normaliser (exact, slower); diffusers' 'native' or '_native_cudnn' backend takes the fast path.",
+                    f"{prefix} ran its attention neither through torch's scaled_dot_product_attention nor "
+                    "through a diffusers attention backend latentlens can ask for its log-sum-exp, so its attention "
+                    "maps recompute the softmax normaliser (exact, slower); diffusers' 'native' backend takes the "
+                    "fast path.",
                 )
-            if self.context.active and cap.result is not None and cap.sdpa_calls == 1:
+            if self.context.active and cap.result is not None and cap.attention_calls == 1:
                 self.context.state.scratch[(k, "lse")] = cap.result
 
         return hook

@@ -161,14 +161,14 @@ def test_fused_qkv_projections_give_the_same_maps(arch):
 
 
 @pytest.mark.parametrize(
-    ("backend", "fast", "seen"),
-    [("native", True, True), ("_native_flash", True, True), ("_native_math", False, True), ("flex", False, False)],
+    ("backend", "fast", "notice"),
+    [("native", True, None), ("_native_flash", True, None), ("_native_math", False, None), ("flex", False, "flex")],
 )
-def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(backend, fast, seen, monkeypatch):
+def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(backend, fast, notice, monkeypatch):
     """Flux's processor calls diffusers' attention dispatcher: whichever backend it picks, the image is the
-    backend's own and the maps are exact. The row log-sum-exp is reused only where the backend runs a fused
-    torch SDPA kernel; a math or non-SDPA kernel (flex here; flash-attn's ``flash`` / ``_flash_3`` alike)
-    takes the exact recomputation, and a backend that is not SDPA at all is named in one notice."""
+    backend's own and the maps are exact. The row log-sum-exp is reused where the backend runs a fused torch
+    SDPA kernel (or hands its LSE over: tests/probing/test_attention_backends.py); a math kernel quietly takes
+    the exact recomputation, and flex, whose diffusers wrapper cannot return its LSE, says so in one notice."""
     import warnings
 
     from diffusers.models.attention_dispatch import attention_backend
@@ -192,9 +192,38 @@ def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(bac
                     recorded = run_pipe(pipe, "flux")
             notices = [str(w.message) for w in caught if issubclass(w.category, compat.CompatNotice)]
             assert (LSECapture.fast_calls > before) is fast
-            assert len(notices) == (0 if seen else 1), notices  # once per process, not per block or step
-            assert seen or "without torch's scaled_dot_product_attention" in notices[0]
+            assert len(notices) == (0 if notice is None else 1), notices  # once per process, not per block or step
+            assert notice is None or f"diffusers-{notice}" in notices[0]
             assert (recorded == plain).all(), f"recording changed the image on the {backend} backend"
             check_quadrants_equal_float64_softmax(pipe, "flux", "mean", ATOL)
         finally:
             pipe.transformer.reset_attention_backend()
+
+
+def test_an_attention_processor_without_sdpa_keeps_exact_maps_and_says_so_once(monkeypatch):
+    """diffusers' classic ``AttnProcessor`` computes softmax(QKᵀ) itself, with no SDPA call and no backend
+    to ask: the maps recompute the normaliser (still exact), the image is unchanged, and one notice says so."""
+    import warnings
+
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from latentlens import compat
+    from latentlens.attention_lse import LSECapture
+
+    monkeypatch.setattr(compat, "_NOTICED", set())
+    pipe = get_pipe("pixart")
+    pipe.transformer.set_attn_processor(AttnProcessor())
+    try:
+        plain = run_pipe(pipe, "pixart")
+        before = LSECapture.fast_calls
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", compat.CompatNotice)
+            with record(pipe, attention="*"):
+                recorded = run_pipe(pipe, "pixart")
+        notices = [str(w.message) for w in caught if issubclass(w.category, compat.CompatNotice)]
+        assert LSECapture.fast_calls == before
+        assert len(notices) == 1 and "neither through torch's scaled_dot_product_attention" in notices[0], notices
+        assert (recorded == plain).all()
+        check_quadrants_equal_float64_softmax(pipe, "pixart", "mean", ATOL)
+    finally:
+        pipe.transformer.set_attn_processor(AttnProcessor2_0())

@@ -144,6 +144,17 @@ def test_missing_private_symbols_fall_back(monkeypatch, sd3_reference):
     _assert_exact(sd3_reference, out, maps)
 
 
+def test_a_changed_attention_backend_registry_falls_back(monkeypatch, sd3_reference):
+    """A diffusers whose backend registry moved: one notice, the SDPA fast path still serves, maps exact."""
+    changed = compat.Shim("diffusers._AttentionBackendRegistry", None, "it has no _backends table")
+    monkeypatch.setattr(compat, "attention_backend_registry", lambda: changed)
+    before = LSECapture.fast_calls
+    with pytest.warns(compat.CompatNotice, match="_AttentionBackendRegistry is unavailable.*exact slow path"):
+        out, maps = _maps(get_pipe("sd3"))
+    assert LSECapture.fast_calls > before
+    _assert_exact(sd3_reference, out, maps)
+
+
 def test_fast_path_used_when_kernels_verify(sd3_reference):
     before = LSECapture.fast_calls
     with warnings.catch_warnings():

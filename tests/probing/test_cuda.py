@@ -116,3 +116,24 @@ def test_cuda_flux_on_diffusers_sdpa_backends_keeps_the_image_and_reuses_the_lse
         assert np.array_equal(plain, recorded), f"recording changed the image on the {backend} backend"
         assert (LSECapture.fast_calls > before) is (backend != "_native_math")
         check_quadrants_equal_float64_softmax(pipe, "flux", "mean", BF16_ATOL)
+
+
+@pytest.mark.parametrize(("backend", "package"), [("flash", "flash_attn"), ("_flash_3", "flash_attn_interface")])
+def test_cuda_flux_on_flash_attn_backends_hands_over_the_lse(backend, package):
+    """Flux on flash-attn 2 / 3 through diffusers' dispatcher, bf16: the backend hands its row log-sum-exp over
+    (verified once), the image is the backend's own and the maps equal the float64 reference."""
+    pytest.importorskip(package, reason=f"the {backend} backend needs the {package} package (not installed)")
+    from diffusers.models.attention_dispatch import attention_backend
+
+    from latentlens.attention_lse import LSECapture
+
+    pipe = _cuda_pipe("flux", torch.bfloat16)
+    with attention_backend(backend):
+        pipe.transformer.set_attention_backend(backend)
+        plain = run_pipe(pipe, "flux")
+        before = LSECapture.fast_calls
+        with record(pipe, attention="*"):
+            recorded = run_pipe(pipe, "flux")
+        assert np.array_equal(plain, recorded), f"recording changed the image on the {backend} backend"
+        assert LSECapture.fast_calls > before
+        check_quadrants_equal_float64_softmax(pipe, "flux", "mean", BF16_ATOL)
