@@ -30,9 +30,10 @@ _BATCH_KEYS = {"image", "target", "source", "alpha", "degree", "direction", "mod
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from latentlens.cli.options import MODEL_HELP
+    from latentlens.cli.options import MODEL_HELP, add_device_options
 
     parser.add_argument("--model", default="toy", help=MODEL_HELP)
+    add_device_options(parser)
     parser.add_argument("--image", help="The image to edit (PNG/JPEG; centre-cropped and resized to the model's size).")
     parser.add_argument("--target", help="What the edited image should show.")
     parser.add_argument("--source", help="What the image shows now (default: the describer's description).")
@@ -131,6 +132,7 @@ def _describer(args: argparse.Namespace) -> Any:
 
 
 def _editor(args: argparse.Namespace) -> Any:
+    from latentlens.cli.options import model_dtype, resolve_device
     from latentlens.editor import EMSEditor
     from latentlens.models import load_pipeline
 
@@ -147,13 +149,14 @@ def _editor(args: argparse.Namespace) -> Any:
         params["t_range"] = tuple(args.t_range)
     if args.mask_threshold is not None:
         params["mask_threshold"] = args.mask_threshold
-    describer = _describer(args)  # validate before loading the model
+    device = resolve_device(args.device)  # validate before loading the model
+    describer = _describer(args)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
     print(f"latentlens edit: loading {args.model} ...", file=sys.stderr)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=device, torch_dtype=model_dtype(args.model_dtype))
     return EMSEditor(
         pipe,
         mode=args.mode,

@@ -35,13 +35,14 @@ def _column(text: str) -> int | str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from latentlens.cli.options import MODEL_HELP
+    from latentlens.cli.options import MODEL_HELP, add_device_options
 
     parser.add_argument(
         "--model",
         default="toy",
         help=MODEL_HELP,
     )
+    add_device_options(parser)
     parser.add_argument(
         "--pairs",
         metavar="PAIRS.jsonl",
@@ -157,6 +158,7 @@ def _pairs(args: argparse.Namespace) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from latentlens.cli import print_json
+    from latentlens.cli.options import model_dtype, resolve_device
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: give at least 1 pair.")
     pairs = _pairs(args)
+    device = resolve_device(args.device)
     direction = None
     if args.ablate:
         from latentlens.direction import Direction
@@ -178,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(max(1, args.threads))
-    pipe = latentlens.load_pipeline(args.model)
+    pipe = latentlens.load_pipeline(args.model, device=device, torch_dtype=model_dtype(args.model_dtype))
     common = {
         "metric": args.metric,
         "num_inference_steps": args.inference_steps,

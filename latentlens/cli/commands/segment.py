@@ -27,9 +27,10 @@ HELP = "Generate an image and a binary mask per concept word from attention maps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from latentlens.cli.options import MODEL_HELP
+    from latentlens.cli.options import MODEL_HELP, add_device_options
 
     parser.add_argument("--model", default="toy", help=MODEL_HELP)
+    add_device_options(parser)
     parser.add_argument("--prompt", required=True, metavar="TEXT", help="The prompt to generate.")
     parser.add_argument("--concepts", required=True, help="Comma-separated concept words, e.g. circle,background.")
     parser.add_argument("--seed", type=int, default=0, help="Generator seed (default 0).")
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from latentlens import check_concepts, load_pipeline, segment
     from latentlens.cli import print_json
     from latentlens.cli.commands.generate import check_output_dir
+    from latentlens.cli.options import model_dtype, resolve_device
 
     concepts = check_concepts([c for c in args.concepts.split(",")])
     names = [mask_file_name(c) for c in concepts]
@@ -95,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--feature-block is used only by --rule refine, not --rule {args.rule}.")
     if args.num_steps is not None and args.num_steps < 1:
         raise ConfigError(f"--num-steps must be at least 1, got {args.num_steps}.")
+    device = resolve_device(args.device)
     out = Path(args.out)
     check_output_dir(out)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=device, torch_dtype=model_dtype(args.model_dtype))
     result = segment(
         pipe,
         args.prompt,
