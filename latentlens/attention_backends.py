@@ -58,6 +58,8 @@ def _plain_call(kwargs: dict[str, Any]) -> bool:
         return False
     if kwargs.get("enable_gqa", False) or kwargs.get("_parallel_config") is not None or kwargs.get("return_lse"):
         return False
+    if not (q.shape[0] == k.shape[0] == v.shape[0] and q.shape[2] == k.shape[2] == v.shape[2]):  # type: ignore[union-attr]
+        return False  # grouped or multi-query keys (flash-attn serves them without enable_gqa)
     return q.dtype == k.dtype == v.dtype and q.device == k.device == v.device  # type: ignore[union-attr]
 
 
@@ -73,6 +75,30 @@ def _lse_bhq(lse: Any, batch: int, heads: int, nq: int) -> torch.Tensor | None:
     if tuple(lse.shape) == (batch, nq, heads):
         return lse.transpose(1, 2)
     return None
+
+
+def _verify(
+    returned: Any,
+    out: Any,
+    raw: Any,
+    lse: torch.Tensor | None,
+    expected: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+) -> str | None:
+    """Why a backend's ``return_lse=True`` answer cannot be used (None: it can): its output must equal the plain
+    call's ``expected`` bit for bit and its LSE a float32 reference. ``q``, ``k``: ``[batch, token, head, channel]``."""
+    if lse is None or not isinstance(out, torch.Tensor):
+        shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(returned).__name__
+        return f"returned a log-sum-exp it cannot be read from ({shape})"
+    if not (isinstance(expected, torch.Tensor) and out.shape == expected.shape and torch.equal(out, expected)):
+        return "returned an output with return_lse=True that differs from its own"
+    try:
+        matches = lse_matches(q.transpose(1, 2), k.transpose(1, 2), lse, scale)
+    except RuntimeError as error:  # shapes or memory: never raise inside the pipeline call
+        return f"could not be checked against a float32 reference ({error})"
+    return None if matches else "returned a log-sum-exp that does not match a float32 reference"
 
 
 def _serve(cap: LSECapture, name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
@@ -97,15 +123,9 @@ def _serve(cap: LSECapture, name: str, fn: Callable[..., Any], kwargs: dict[str,
     if not attention_lse.VERIFIED.get(key):
         LSECapture.verifications += 1
         expected = fn(**kwargs)
-        if lse is None or not isinstance(out, torch.Tensor):
-            shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(returned).__name__
-            fall_back(key, f"returned a log-sum-exp it cannot be read from ({shape})")
-            return expected
-        if not (isinstance(expected, torch.Tensor) and out.shape == expected.shape and torch.equal(out, expected)):
-            fall_back(key, "returned an output with return_lse=True that differs from its own")
-            return expected
-        if not lse_matches(q.transpose(1, 2), k.transpose(1, 2), lse, eff):
-            fall_back(key, "returned a log-sum-exp that does not match a float32 reference")
+        problem = _verify(returned, out, raw, lse, expected, q, k, eff)
+        if problem is not None or lse is None:
+            fall_back(key, problem or "returned no log-sum-exp")
             return expected
         attention_lse.VERIFIED[key] = True
         out = expected
