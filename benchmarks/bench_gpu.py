@@ -159,8 +159,11 @@ def bench_model(setup: Setup, reps: int, store_root: Path, with_nnsight: bool) -
             variants["nnsight"] = lambda: setup.nnsight(nmodel)
         except ImportError as error:
             print(f"nnsight unavailable ({error}); its row is left out", file=sys.stderr)
-    for fn in variants.values():  # warm-up (kernels, allocator, the fast-map verification)
+    for name, fn in variants.items():  # warm-up (kernels, allocator, the fast-map verification)
+        start = time.perf_counter()
         fn()
+        _sync(setup.device)
+        print(f"{setup.name}: warm-up {name} {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
     names = list(variants)
     for rep in range(reps):
@@ -230,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{name}-size ({setup.depth} blocks)" + (" [cut in depth]" if single is not None else "")
             results = bench_model(setup, args.reps, store_root, not args.no_nnsight)
             report["models"].append({"name": name, "label": label, "results": results})
+            # each model's rows as soon as they exist: a run stopped later still leaves them behind
+            print(f"{label}: " + ", ".join(f"{v} {m['seconds']:.2f} s ({m['time_ratio']:.3f}x time, "
+                                           f"{m['mem_ratio']:.3f}x memory)" for v, m in results.items()),
+                  file=sys.stderr, flush=True)
+            if args.json_out:
+                args.json_out.write_text(json.dumps(report, indent=2))
             del setup
             gc.collect()
             if device.type == "cuda":
