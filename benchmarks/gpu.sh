@@ -7,6 +7,8 @@
 # The GPU machine has torch but neither diffusers, zarr nor nnsight, and no network: their wheels travel in
 # .whl/ (git-ignored). Fetch them once, where pip has an index, with:  benchmarks/gpu.sh --fetch-wheels
 # Extra arguments go to benchmarks/bench_gpu.py (e.g. --reps 3, --flux-single-layers 19).
+# Through a lent machine whose files come back from $OUT (carry .whl), keep what it measured even if stopped:
+#   bash benchmarks/gpu.sh --json-out $OUT/gpu.json 2>&1 | tee $OUT/gpu.log; cp benchmarks/RESULTS.md $OUT/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
