@@ -191,23 +191,22 @@ def sdp_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float |
         return None
 
 
-def pop_mode_if_top(mode: Any) -> None:
-    """Exit the torch-function ``mode`` if it is on top of the mode stack (it is, unless a mode leaked)."""
-    if not (_LEN_MODES.ok and _MODE_AT.ok):
-        with contextlib.suppress(Exception):
-            mode.__exit__(None, None, None)
-        return
-    n = _LEN_MODES.value()
-    if n and _MODE_AT.value(n - 1) is mode:
-        mode.__exit__(None, None, None)
-
-
 def top_function_mode() -> Any:
     """The torch-function mode on top of this thread's mode stack (None when empty or unreadable)."""
     if not (_LEN_MODES.ok and _MODE_AT.ok):
         return None
     n = _LEN_MODES.value()
     return _MODE_AT.value(n - 1) if n else None
+
+
+def pop_mode_if_top(mode: Any) -> None:
+    """Exit the torch-function ``mode`` if it is on top of the mode stack (it is, unless a mode leaked)."""
+    if not (_LEN_MODES.ok and _MODE_AT.ok):
+        with contextlib.suppress(Exception):
+            mode.__exit__(None, None, None)
+        return
+    if top_function_mode() is mode:
+        mode.__exit__(None, None, None)
 
 
 def function_modes_usable() -> bool:
