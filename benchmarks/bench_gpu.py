@@ -145,6 +145,58 @@ class Setup:
         return saved
 
 
+#: host memory the CUDA latents row needs per byte it records: each capture's pinned copy (the pinned allocator
+#: rounds up to a power of two, ≈ 1.3×) plus the ``[step, batch, ...]`` arrays stacked when the recording ends
+HOST_BYTES_PER_LATENT_BYTE = 2.3
+
+
+def latent_bytes(name: str, layers: int | None, single: int | None, tokens: int, text: int | None,
+                 steps: int) -> int:
+    """Bytes one image's ``blocks.*.resid_out.*`` take at every step, in float16, the cond branch only."""
+    config = testing.REAL_CONFIGS[name]
+    depth = (layers if layers is not None else config["num_layers"]) + (
+        (single if single is not None else config["num_single_layers"]) if "num_single_layers" in config else 0)
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    text_tokens = text if text is not None else testing.REAL_TEXT[name]["tokens"]
+    return depth * (tokens + text_tokens) * width * 2 * steps
+
+
+def _available_host_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def fit_depth(name: str, layers: int | None, single: int | None, tokens: int, text: int | None, steps: int,
+              store_root: Path) -> tuple[int | None, int | None, str | None]:
+    """``(layers, single, why)``: the depth whose latents row fits host memory and the store's disk (cut in depth,
+    Flux's single-stream blocks first, only when the full model does not fit; ``why`` says so)."""
+    config = testing.REAL_CONFIGS[name]
+    host = _available_host_bytes()
+    disk = shutil.disk_usage(store_root).free
+    budgets = [(0.85 * disk, "disk")] + ([(0.85 * host / HOST_BYTES_PER_LATENT_BYTE, "host memory")] if host else [])
+    limit, what = min(budgets)
+    need = latent_bytes(name, layers, single, tokens, text, steps)
+    if need <= limit:
+        return layers, single, None
+    flux = "num_single_layers" in config
+    layers = layers if layers is not None else config["num_layers"]
+    single = (single if single is not None else config["num_single_layers"]) if flux else None
+    while latent_bytes(name, layers, single, tokens, text, steps) > limit:
+        if flux and single:
+            single -= 1
+        elif layers > 1:
+            layers -= 1
+        else:
+            break
+    why = (f"{need / 2**30:.0f} GiB of latents per image would not fit the {what} "
+           f"({limit / 2**30:.0f} GiB usable)")
+    return layers, single, why
+
+
 def bench_model(setup: Setup, reps: int, store_root: Path, with_nnsight: bool) -> dict[str, dict[str, float]]:
     variants: dict[str, Callable[[], Any]] = {
         "plain": setup.denoise,
@@ -185,6 +237,9 @@ def render(report: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for model in report["models"]:
+        if "error" in model:
+            lines.append(f"| {model['label']} | failed: {model['error']} | | | | |")
+            continue
         for variant, m in model["results"].items():
             lines.append(f"| {model['label']} | {variant} | {m['seconds']:.3f} | {m['time_ratio']:.3f} | "
                          f"{m['peak'] / 2**30:.2f} | {m['mem_ratio']:.3f} |")
@@ -225,13 +280,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.models:
             layers = single = text = None
+            cut = None
             if args.quick:
                 layers, single, text = 1, 1, 64
+                cut = "--quick"
             elif name.startswith("flux") and args.flux_single_layers is not None:
                 single = args.flux_single_layers
-            setup = Setup(name, layers, single, args.image_tokens, text, args.steps, dtype, device)
-            label = f"{name}-size ({setup.depth} blocks)" + (" [cut in depth]" if single is not None else "")
-            results = bench_model(setup, args.reps, store_root, not args.no_nnsight)
+                cut = "--flux-single-layers"
+            else:
+                layers, single, cut = fit_depth(name, None, None, args.image_tokens, None, args.steps, store_root)
+                if cut:
+                    print(f"{name}: {cut}; cut in depth to fit", file=sys.stderr, flush=True)
+            failure = None
+            try:
+                setup = Setup(name, layers, single, args.image_tokens, text, args.steps, dtype, device)
+                label = f"{name}-size ({setup.depth} blocks)" + (f" [cut in depth: {cut}]" if cut else "")
+                results = bench_model(setup, args.reps, store_root, not args.no_nnsight)
+            except Exception as error:  # one model failing (memory, disk) must not lose the others' rows
+                failure = f"{type(error).__name__}: {str(error)[:300]}"
+            if failure is not None:  # outside the except: its traceback no longer holds the model
+                print(f"{name}: FAILED: {failure}", file=sys.stderr, flush=True)
+                report["models"].append({"name": name, "label": f"{name}-size", "error": failure})
+                setup = None
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             report["models"].append({"name": name, "label": label, "results": results})
             # each model's rows as soon as they exist: a run stopped later still leaves them behind
             print(f"{label}: " + ", ".join(f"{v} {m['seconds']:.2f} s ({m['time_ratio']:.3f}x time, "

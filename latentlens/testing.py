@@ -415,8 +415,9 @@ def real_transformer(
     if num_single_layers is not None and "num_single_layers" in config:
         config["num_single_layers"] = num_single_layers
     _seed(seed)
-    model = cls(**config)
-    return model.to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialised where it runs: 12 B random parameters take seconds on a GPU
+        model = cls(**config)
+    return model.to(device=device, dtype=dtype).eval()  # also buffers a constructor built on the CPU
 
 
 def real_inputs(

@@ -31,3 +31,33 @@ def test_gpu_script_quick_runs_every_row_on_cpu(tmp_path):
                 (model, variant)
     assert "private APIs:" in out
     assert results.read_text() == before, "--quick must not touch RESULTS.md"
+
+
+def test_the_gpu_benchmark_cuts_in_depth_only_when_memory_or_disk_demands_it(tmp_path, monkeypatch):
+    """Flux.1-dev's latents are 42 GiB per image at 1024², 28 steps: on a host with 128 GiB they fit; with 40 GiB
+    available the single-stream blocks go first, and the label says why."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_gpu
+
+    assert round(bench_gpu.latent_bytes("flux.1-dev", None, None, 4096, None, 28) / 2**30) == 42
+    monkeypatch.setattr(bench_gpu, "_available_host_bytes", lambda: 125 * 2**30)
+    monkeypatch.setattr(bench_gpu.shutil, "disk_usage", lambda path: shutil_usage(free=500 * 2**30))
+    assert bench_gpu.fit_depth("flux.1-dev", None, None, 4096, None, 28, tmp_path) == (None, None, None)
+
+    monkeypatch.setattr(bench_gpu, "_available_host_bytes", lambda: 40 * 2**30)
+    layers, single, why = bench_gpu.fit_depth("flux.1-dev", None, None, 4096, None, 28, tmp_path)
+    assert layers == 19 and 0 < single < 38 and "host memory" in why
+    usable = 0.85 * 40 * 2**30 / bench_gpu.HOST_BYTES_PER_LATENT_BYTE
+    assert bench_gpu.latent_bytes("flux.1-dev", layers, single, 4096, None, 28) <= usable
+    assert bench_gpu.latent_bytes("flux.1-dev", layers, single + 1, 4096, None, 28) > usable
+
+    monkeypatch.setattr(bench_gpu.shutil, "disk_usage", lambda path: shutil_usage(free=5 * 2**30))
+    layers, single, why = bench_gpu.fit_depth("sd3-medium", None, None, 4096, None, 28, tmp_path)
+    assert single is None and 0 < layers < 24 and "disk" in why
+
+
+def shutil_usage(free: int):
+    """What ``shutil.disk_usage`` returns, for a disk with ``free`` bytes free."""
+    from collections import namedtuple
+
+    return namedtuple("usage", "total used free")(free * 2, free, free)
