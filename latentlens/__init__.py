@@ -76,9 +76,8 @@ def __getattr__(name: str) -> Any:
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'latentlens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+    # not cached here: the name always follows its home module (a patched latentlens.models.load_pipeline too)
+    return getattr(importlib.import_module(module_name), name)
 
 
 def __dir__() -> list[str]:

@@ -57,6 +57,13 @@ class SizePlan:
     image_bytes: int
     meta_bytes: int
     free_bytes: int
+    batch_size: int = 4
+
+    @property
+    def host_bytes_per_batch(self) -> int:
+        """Host memory one batch holds while it is recorded and the batch before it is written (an estimate)."""
+        batch = max(1, min(self.batch_size, self.samples or 1))
+        return int(self.bytes_per_sample * batch * HOST_BYTES_PER_RECORDED_BYTE)
 
     @property
     def bytes_per_sample(self) -> int:
@@ -93,6 +100,8 @@ class SizePlan:
             "free_bytes": self.free_bytes,
             "fits": self.fits,
             "sites": dict(self.sites),
+            "batch_size": self.batch_size,
+            "host_bytes_per_batch": self.host_bytes_per_batch,
         }
 
     def summary(self) -> str:
@@ -101,7 +110,20 @@ class SizePlan:
         return (
             f"{self.out}: {self.samples} samples × {human(self.bytes_per_sample)} = {human(self.total_bytes)} "
             f"(images {human(self.image_bytes)}); {human(self.free_bytes)} free; "
-            f"{len(self.sites)} arrays, biggest: {top}"
+            f"{len(self.sites)} arrays, biggest: {top}; each batch of {self.batch_size} holds about "
+            f"{human(self.host_bytes_per_batch)} of host memory"
+        )
+
+    def host_memory_warning(self, available: int | None) -> str | None:
+        """A sentence when a batch would hold more host memory than ``available`` bytes (None: it fits, or unknown)."""
+        if available is None or self.host_bytes_per_batch <= available:
+            return None
+        one = int(self.bytes_per_sample * HOST_BYTES_PER_RECORDED_BYTE)
+        return (
+            f"each batch of {self.batch_size} holds about {human(self.host_bytes_per_batch)} of host memory while it "
+            f"is recorded and the batch before it is written, and this machine has {human(available)} available, so "
+            f"the run may be killed for memory; lower --batch-size (1 holds about {human(one)}), record fewer sites "
+            "or steps, or use --dtype float16 or --reduce mean_img_tokens."
         )
 
 
@@ -390,6 +412,7 @@ def plan_record(
         image_bytes=image * samples,
         meta_bytes=meta_bytes,
         free_bytes=free_bytes(out),
+        batch_size=batch_size,
     )
 
 
@@ -415,6 +438,23 @@ def _image_tokens(transformer: Any, height: int, width: int, factor: int) -> int
     if type(transformer).__name__ == "FluxTransformer2DModel":
         patch = 2  # 2×2 latent patches are packed by the pipeline
     return (height // factor // patch) * (width // factor // patch)
+
+
+#: host memory a ``latentlens record`` batch holds per byte it records, while it is recorded and the batch before it
+#: is written (one batch ahead): measured 3.2 on the CPU (``benchmarks/bench_probing.py``, write-ahead peak 120 MB
+#: over plain for 38 MB recordings); ≈ 3.3 on CUDA, whose pinned per-step copies are rounded up to powers of two and
+#: stacked when the recording is read (docs/design.md, "Copies off the GPU do not stop it")
+HOST_BYTES_PER_RECORDED_BYTE = 3.3
+
+
+def available_host_bytes() -> int | None:
+    """The host memory available to a new allocation (``MemAvailable`` of ``/proc/meminfo``; None where unreadable)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
 
 def free_bytes(out: str | Path) -> int:
@@ -472,6 +512,8 @@ __all__ = [
     "pipeline_defaults",
     "config_transformer",
     "free_bytes",
+    "available_host_bytes",
+    "HOST_BYTES_PER_RECORDED_BYTE",
     "human",
     "refusal",
     "reductions",

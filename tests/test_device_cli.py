@@ -11,7 +11,6 @@ import json
 import pytest
 from PIL import Image
 
-import latentlens
 import latentlens.models
 from latentlens.cli import main
 
@@ -50,9 +49,7 @@ def test_a_bad_device_is_refused_before_the_model_loads(command, device, message
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be loaded when --device is bad")
 
-    # the lazy top-level name first: resolved after the patch below, it would keep the stand-in for good
-    monkeypatch.setattr(latentlens, "load_pipeline", no_model)
-    monkeypatch.setattr(latentlens.models, "load_pipeline", no_model)
+    monkeypatch.setattr(latentlens.models, "load_pipeline", no_model)  # latentlens.load_pipeline follows it
     out = tmp_path / "out"
     args = {
         "segment": lambda: _segment(out, "--device", device),

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import latentlens.models
+
 from latentlens.cli import main
 from latentlens.size_plan import free_bytes, plan_record
 from latentlens.store import open_run
@@ -176,3 +178,36 @@ def test_an_unplannable_model_is_noted_and_still_recorded(saved_pipe, tmp_path, 
     assert main(args) == 0
     assert "no size plan" in capsys.readouterr().err
     assert open_run(tmp_path / "run").completed == {0}
+
+
+def test_a_batch_that_would_not_fit_host_memory_is_warned_about_before_the_model_loads(
+    model_dirs, tmp_path, capsys, monkeypatch
+):
+    """The plan says how much host memory a batch holds; a record whose batch would not fit the available memory
+    says so, with the batch size that would, before the model loads (and records anyway: the estimate is rough)."""
+    import latentlens.size_plan as size_plan
+
+    args = ["--model", str(model_dirs["sd3"]), "--prompts", str(_prompts(tmp_path, 4)), "--out", str(tmp_path / "run"),
+            "--sites", "blocks.*.resid_out.*", "--num-inference-steps", "2", "--batch-size", "4", "--quiet"]
+    plan = _dry_run(capsys, args)
+    assert plan["batch_size"] == 4
+    assert plan["host_bytes_per_batch"] == int(plan["bytes_per_sample"] * 4 * size_plan.HOST_BYTES_PER_RECORDED_BYTE)
+
+    monkeypatch.setattr(size_plan, "available_host_bytes", lambda: plan["host_bytes_per_batch"] // 2)
+    real_load = latentlens.models.load_pipeline
+    before_load = []
+
+    def load(*args, **kwargs):
+        before_load.append(capsys.readouterr().err)  # what was said before the model loaded
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(latentlens.models, "load_pipeline", load)
+    assert main(["record", *args]) == 0
+    assert len(before_load) == 1, "the model loads once"
+    err = before_load[0]
+    assert "warning: each batch of 4 holds about" in err and "lower --batch-size (1 holds about" in err, err
+    assert len(open_run(tmp_path / "run").completed) == 4, "the warning does not stop the run"
+
+    monkeypatch.setattr(size_plan, "available_host_bytes", lambda: plan["host_bytes_per_batch"] * 2)
+    assert main(["record", *args, "--overwrite"]) == 0
+    assert "host memory" not in capsys.readouterr().err

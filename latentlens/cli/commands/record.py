@@ -365,7 +365,7 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
     """The size plan (configs only): printed with --dry-run; a run that does not fit its disk is refused."""
     from latentlens.errors import LatentlensError, UnknownNameError
     from latentlens.runs import prompt_set
-    from latentlens.size_plan import config_transformer, plan_record, reductions, refusal
+    from latentlens.size_plan import available_host_bytes, config_transformer, plan_record, reductions, refusal
 
     count = len(prompt_set(prompts, args.seed))
     if args.limit is not None:
@@ -431,6 +431,9 @@ def _plan_before_load(args: argparse.Namespace, model: str, prompts: Any, option
         return _DRY_RUN_DONE
     if not plan.fits:
         raise refusal(plan, reductions(model, base, plan))
+    warning = None if args.ray is not None else plan.host_memory_warning(available_host_bytes())
+    if warning:  # the workers of a Ray run have their own memory
+        print(f"latentlens record: warning: {warning}", file=sys.stderr)
     return plan
 
 
