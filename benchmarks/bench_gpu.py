@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from latentlens import record, testing  # noqa: E402
+from latentlens.size_plan import available_host_bytes  # noqa: E402
 from latentlens.store import RunStore  # noqa: E402
 
 LATENTS = "blocks.*.resid_out.*"
@@ -161,21 +162,12 @@ def latent_bytes(name: str, layers: int | None, single: int | None, tokens: int,
     return depth * (tokens + text_tokens) * width * 2 * steps
 
 
-def _available_host_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            fields = dict(line.split(":", 1) for line in handle)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-
-
 def fit_depth(name: str, layers: int | None, single: int | None, tokens: int, text: int | None, steps: int,
               store_root: Path) -> tuple[int | None, int | None, str | None]:
     """``(layers, single, why)``: the depth whose latents row fits host memory and the store's disk (cut in depth,
     Flux's single-stream blocks first, only when the full model does not fit; ``why`` says so)."""
     config = testing.REAL_CONFIGS[name]
-    host = _available_host_bytes()
+    host = available_host_bytes()
     disk = shutil.disk_usage(store_root).free
     budgets = [(0.85 * disk, "disk")] + ([(0.85 * host / HOST_BYTES_PER_LATENT_BYTE, "host memory")] if host else [])
     limit, what = min(budgets)

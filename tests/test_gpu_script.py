@@ -40,11 +40,11 @@ def test_the_gpu_benchmark_cuts_in_depth_only_when_memory_or_disk_demands_it(tmp
     import bench_gpu
 
     assert round(bench_gpu.latent_bytes("flux.1-dev", None, None, 4096, None, 28) / 2**30) == 42
-    monkeypatch.setattr(bench_gpu, "_available_host_bytes", lambda: 125 * 2**30)
+    monkeypatch.setattr(bench_gpu, "available_host_bytes", lambda: 125 * 2**30)
     monkeypatch.setattr(bench_gpu.shutil, "disk_usage", lambda path: shutil_usage(free=500 * 2**30))
     assert bench_gpu.fit_depth("flux.1-dev", None, None, 4096, None, 28, tmp_path) == (None, None, None)
 
-    monkeypatch.setattr(bench_gpu, "_available_host_bytes", lambda: 40 * 2**30)
+    monkeypatch.setattr(bench_gpu, "available_host_bytes", lambda: 40 * 2**30)
     layers, single, why = bench_gpu.fit_depth("flux.1-dev", None, None, 4096, None, 28, tmp_path)
     assert layers == 19 and 0 < single < 38 and "host memory" in why
     usable = 0.85 * 40 * 2**30 / bench_gpu.HOST_BYTES_PER_LATENT_BYTE
