@@ -27,7 +27,7 @@ import torch
 
 from latentlens import attention_lse, compat
 from latentlens.adapters.hooks import HookSet
-from latentlens.attention_lse import LSECapture, LSEResult, fall_back, lse_matches
+from latentlens.attention_lse import LSECapture, LSEResult, fall_back, first_call_problem
 
 #: ``{AttentionBackendName: original function}`` while wrapped; ``_USERS`` counts the open recordings
 _ORIGINALS: dict[Any, Callable[..., Any]] = {}
@@ -77,30 +77,6 @@ def _lse_bhq(lse: Any, batch: int, heads: int, nq: int) -> torch.Tensor | None:
     return None
 
 
-def _verify(
-    returned: Any,
-    out: Any,
-    raw: Any,
-    lse: torch.Tensor | None,
-    expected: Any,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    scale: float,
-) -> str | None:
-    """Why a backend's ``return_lse=True`` answer cannot be used (None: it can): its output must equal the plain
-    call's ``expected`` bit for bit and its LSE a float32 reference. ``q``, ``k``: ``[batch, token, head, channel]``."""
-    if lse is None or not isinstance(out, torch.Tensor):
-        shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(returned).__name__
-        return f"returned a log-sum-exp it cannot be read from ({shape})"
-    if not (isinstance(expected, torch.Tensor) and out.shape == expected.shape and torch.equal(out, expected)):
-        return "returned an output with return_lse=True that differs from its own"
-    try:
-        matches = lse_matches(q.transpose(1, 2), k.transpose(1, 2), lse, scale)
-    except RuntimeError as error:  # shapes or memory: never raise inside the pipeline call
-        return f"could not be checked against a float32 reference ({error})"
-    return None if matches else "returned a log-sum-exp that does not match a float32 reference"
-
-
 def _serve(cap: LSECapture, name: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     """Run backend ``name`` for the capture ``cap`` in flight, keeping its LSE; returns what ``fn`` returns."""
     cap.attention_calls += 1
@@ -123,9 +99,14 @@ def _serve(cap: LSECapture, name: str, fn: Callable[..., Any], kwargs: dict[str,
     if not attention_lse.VERIFIED.get(key):
         LSECapture.verifications += 1
         expected = fn(**kwargs)
-        problem = _verify(returned, out, raw, lse, expected, q, k, eff)
-        if problem is not None or lse is None:
-            fall_back(key, problem or "returned no log-sum-exp")
+        if lse is None:
+            shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(returned).__name__
+            fall_back(key, f"returned a log-sum-exp it cannot be read from ({shape})")
+            return expected
+        own = "its own call without return_lse"
+        problem = first_call_problem(out, expected, lse, q.transpose(1, 2), k.transpose(1, 2), eff, own)
+        if problem is not None:
+            fall_back(key, problem)
             return expected
         attention_lse.VERIFIED[key] = True
         out = expected
