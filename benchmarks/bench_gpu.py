@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from latentlens import record, testing  # noqa: E402
-from latentlens.size_plan import available_host_bytes  # noqa: E402
+from latentlens.size_plan import CUDA_RECORDING_HOST_BYTES_PER_BYTE, available_host_bytes  # noqa: E402
 from latentlens.store import RunStore  # noqa: E402
 
 LATENTS = "blocks.*.resid_out.*"
@@ -146,11 +146,6 @@ class Setup:
         return saved
 
 
-#: host memory the CUDA latents row needs per byte it records: each capture's pinned copy (the pinned allocator
-#: rounds up to a power of two, ≈ 1.3×) plus the ``[step, batch, ...]`` arrays stacked when the recording ends
-HOST_BYTES_PER_LATENT_BYTE = 2.3
-
-
 def latent_bytes(name: str, layers: int | None, single: int | None, tokens: int, text: int | None,
                  steps: int) -> int:
     """Bytes one image's ``blocks.*.resid_out.*`` take at every step, in float16, the cond branch only."""
@@ -169,7 +164,7 @@ def fit_depth(name: str, layers: int | None, single: int | None, tokens: int, te
     config = testing.REAL_CONFIGS[name]
     host = available_host_bytes()
     disk = shutil.disk_usage(store_root).free
-    budgets = [(0.85 * disk, "disk")] + ([(0.85 * host / HOST_BYTES_PER_LATENT_BYTE, "host memory")] if host else [])
+    budgets = [(0.85 * disk, "disk")] + ([(0.85 * host / CUDA_RECORDING_HOST_BYTES_PER_BYTE, "host memory")] if host else [])
     limit, what = min(budgets)
     need = latent_bytes(name, layers, single, tokens, text, steps)
     if need <= limit:

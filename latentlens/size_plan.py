@@ -440,11 +440,15 @@ def _image_tokens(transformer: Any, height: int, width: int, factor: int) -> int
     return (height // factor // patch) * (width // factor // patch)
 
 
+#: host memory one CUDA recording holds at its end per byte it recorded: its pinned per-step copies (torch's pinned
+#: allocator rounds each up to a power of two, ≈ 1.3×) and the arrays stacked from them when it is read
+#: (docs/design.md, "Copies off the GPU do not stop it")
+CUDA_RECORDING_HOST_BYTES_PER_BYTE = 2.3
+
 #: host memory a ``latentlens record`` batch holds per byte it records, while it is recorded and the batch before it
-#: is written (one batch ahead): measured 3.2 on the CPU (``benchmarks/bench_probing.py``, write-ahead peak 120 MB
-#: over plain for 38 MB recordings); ≈ 3.3 on CUDA, whose pinned per-step copies are rounded up to powers of two and
-#: stacked when the recording is read (docs/design.md, "Copies off the GPU do not stop it")
-HOST_BYTES_PER_RECORDED_BYTE = 3.3
+#: is written (one batch ahead): on CUDA one recording's share plus the batch being written; measured 3.2 on the CPU
+#: (``benchmarks/bench_probing.py``, write-ahead peak 120 MB over plain for 38 MB recordings)
+HOST_BYTES_PER_RECORDED_BYTE = CUDA_RECORDING_HOST_BYTES_PER_BYTE + 1.0
 
 
 def available_host_bytes() -> int | None:
@@ -514,6 +518,7 @@ __all__ = [
     "free_bytes",
     "available_host_bytes",
     "HOST_BYTES_PER_RECORDED_BYTE",
+    "CUDA_RECORDING_HOST_BYTES_PER_BYTE",
     "human",
     "refusal",
     "reductions",

@@ -47,7 +47,7 @@ def test_the_gpu_benchmark_cuts_in_depth_only_when_memory_or_disk_demands_it(tmp
     monkeypatch.setattr(bench_gpu, "available_host_bytes", lambda: 40 * 2**30)
     layers, single, why = bench_gpu.fit_depth("flux.1-dev", None, None, 4096, None, 28, tmp_path)
     assert layers == 19 and 0 < single < 38 and "host memory" in why
-    usable = 0.85 * 40 * 2**30 / bench_gpu.HOST_BYTES_PER_LATENT_BYTE
+    usable = 0.85 * 40 * 2**30 / bench_gpu.CUDA_RECORDING_HOST_BYTES_PER_BYTE
     assert bench_gpu.latent_bytes("flux.1-dev", layers, single, 4096, None, 28) <= usable
     assert bench_gpu.latent_bytes("flux.1-dev", layers, single + 1, 4096, None, 28) > usable
 
