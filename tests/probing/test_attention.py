@@ -160,6 +160,23 @@ def test_fused_qkv_projections_give_the_same_maps(arch):
         torch.testing.assert_close(fused[name], plain[name], atol=1e-6, rtol=0, msg=name)
 
 
+def record_maps_with_notices(pipe, kind: str):
+    """``(image, notices, fast calls)`` of one run of ``pipe`` recording every attention map: the CompatNotice
+    texts it raised and how many attention calls reused a kernel's log-sum-exp."""
+    import warnings
+
+    from latentlens import compat
+    from latentlens.attention_lse import LSECapture
+
+    before = LSECapture.fast_calls
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", compat.CompatNotice)
+        with record(pipe, attention="*"):
+            image = run_pipe(pipe, kind)
+    notices = [str(w.message) for w in caught if issubclass(w.category, compat.CompatNotice)]
+    return image, notices, LSECapture.fast_calls - before
+
+
 @pytest.mark.parametrize(
     ("backend", "fast", "notice"),
     [("native", True, None), ("_native_flash", True, None), ("_native_math", False, None), ("flex", False, "flex")],
@@ -169,12 +186,9 @@ def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(bac
     backend's own and the maps are exact. The row log-sum-exp is reused where the backend runs a fused torch
     SDPA kernel (or hands its LSE over: tests/probing/test_attention_backends.py); a math kernel quietly takes
     the exact recomputation, and flex, whose diffusers wrapper cannot return its LSE, says so in one notice."""
-    import warnings
-
     from diffusers.models.attention_dispatch import attention_backend
 
     from latentlens import compat
-    from latentlens.attention_lse import LSECapture
 
     monkeypatch.setattr(compat, "_NOTICED", set())
 
@@ -185,13 +199,8 @@ def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(bac
         pipe.transformer.set_attention_backend(backend)
         try:
             plain = run_pipe(pipe, "flux")
-            before = LSECapture.fast_calls
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", compat.CompatNotice)
-                with record(pipe, attention="*"):
-                    recorded = run_pipe(pipe, "flux")
-            notices = [str(w.message) for w in caught if issubclass(w.category, compat.CompatNotice)]
-            assert (LSECapture.fast_calls > before) is fast
+            recorded, notices, fast_calls = record_maps_with_notices(pipe, "flux")
+            assert (fast_calls > 0) is fast
             assert len(notices) == (0 if notice is None else 1), notices  # once per process, not per block or step
             assert notice is None or f"diffusers-{notice}" in notices[0]
             assert (recorded == plain).all(), f"recording changed the image on the {backend} backend"
@@ -203,25 +212,17 @@ def test_flux_on_diffusers_attention_backends_keeps_the_image_and_exact_maps(bac
 def test_an_attention_processor_without_sdpa_keeps_exact_maps_and_says_so_once(monkeypatch):
     """diffusers' classic ``AttnProcessor`` computes softmax(QKᵀ) itself, with no SDPA call and no backend
     to ask: the maps recompute the normaliser (still exact), the image is unchanged, and one notice says so."""
-    import warnings
-
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     from latentlens import compat
-    from latentlens.attention_lse import LSECapture
 
     monkeypatch.setattr(compat, "_NOTICED", set())
     pipe = get_pipe("pixart")
     pipe.transformer.set_attn_processor(AttnProcessor())
     try:
         plain = run_pipe(pipe, "pixart")
-        before = LSECapture.fast_calls
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", compat.CompatNotice)
-            with record(pipe, attention="*"):
-                recorded = run_pipe(pipe, "pixart")
-        notices = [str(w.message) for w in caught if issubclass(w.category, compat.CompatNotice)]
-        assert LSECapture.fast_calls == before
+        recorded, notices, fast_calls = record_maps_with_notices(pipe, "pixart")
+        assert fast_calls == 0
         assert len(notices) == 1 and "neither through torch's scaled_dot_product_attention" in notices[0], notices
         assert (recorded == plain).all()
         check_quadrants_equal_float64_softmax(pipe, "pixart", "mean", ATOL)

@@ -10,8 +10,6 @@ runs the real flash-attn where it is installed.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from diffusers.models import attention_dispatch
@@ -21,7 +19,7 @@ import latentlens.attention_lse as attention_lse
 from latentlens import compat, record
 from latentlens.attention_lse import LSECapture
 from probing_ref import get_pipe, run_pipe
-from test_attention import ATOL, check_quadrants_equal_float64_softmax
+from test_attention import ATOL, check_quadrants_equal_float64_softmax, record_maps_with_notices
 
 REGISTRY = compat.attention_backend_registry().value
 FLASH = AttentionBackendName.FLASH
@@ -80,17 +78,6 @@ def flux_on(monkeypatch):
         ctx.__exit__(None, None, None)
 
 
-def _record_maps(pipe):
-    """(image, notices, fast calls) of one recorded run with every attention map."""
-    before = LSECapture.fast_calls
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", compat.CompatNotice)
-        with record(pipe, attention="*"):
-            image = run_pipe(pipe, "flux")
-    notices = [str(w.message) for w in caught if issubclass(w.category, compat.CompatNotice)]
-    return image, notices, LSECapture.fast_calls - before
-
-
 @pytest.mark.parametrize("layout", ["bhq", "bqh"])
 def test_flash_backend_hands_over_its_lse_image_unchanged_maps_exact(flux_on, layout):
     """On a backend that returns its LSE (in flash-attn's or diffusers' layout), every attention call takes the
@@ -98,7 +85,7 @@ def test_flash_backend_hands_over_its_lse_image_unchanged_maps_exact(flux_on, la
     backend = flash_attn_like(layout)
     pipe = flux_on(backend)
     plain = run_pipe(pipe, "flux")
-    recorded, notices, fast = _record_maps(pipe)
+    recorded, notices, fast = record_maps_with_notices(pipe, "flux")
     n_attn = len(pipe.transformer.transformer_blocks) + len(pipe.transformer.single_transformer_blocks)
     assert fast == 2 * n_attn, "every block's attention call at every step hands over its LSE"
     assert notices == []
@@ -119,7 +106,7 @@ def test_a_backend_whose_lse_fails_verification_falls_back_with_one_notice(flux_
     one notice names it, the maps recompute the normaliser (still exact) and the image stays the backend's own."""
     pipe = flux_on(broken)
     plain = run_pipe(pipe, "flux")
-    recorded, notices, fast = _record_maps(pipe)
+    recorded, notices, fast = record_maps_with_notices(pipe, "flux")
     assert fast == 0
     assert len(notices) == 1 and "diffusers-flash" in notices[0] and why in notices[0], notices
     assert (recorded == plain).all()
