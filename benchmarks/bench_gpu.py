@@ -157,22 +157,22 @@ def latent_bytes(name: str, layers: int | None, single: int | None, tokens: int,
     return depth * (tokens + text_tokens) * width * 2 * steps
 
 
-def fit_depth(name: str, layers: int | None, single: int | None, tokens: int, text: int | None, steps: int,
+def fit_depth(name: str, tokens: int, steps: int,
               store_root: Path) -> tuple[int | None, int | None, str | None]:
-    """``(layers, single, why)``: the depth whose latents row fits host memory and the store's disk (cut in depth,
-    Flux's single-stream blocks first, only when the full model does not fit; ``why`` says so)."""
+    """``(layers, single, why)``: the depth whose latents row fits host memory and the store's disk (None, None,
+    None: the full model fits; else cut in depth, Flux's single-stream blocks first, and ``why`` says so)."""
     config = testing.REAL_CONFIGS[name]
     host = available_host_bytes()
     disk = shutil.disk_usage(store_root).free
     budgets = [(0.85 * disk, "disk")] + ([(0.85 * host / CUDA_RECORDING_HOST_BYTES_PER_BYTE, "host memory")] if host else [])
     limit, what = min(budgets)
-    need = latent_bytes(name, layers, single, tokens, text, steps)
+    need = latent_bytes(name, None, None, tokens, None, steps)
     if need <= limit:
-        return layers, single, None
+        return None, None, None
     flux = "num_single_layers" in config
-    layers = layers if layers is not None else config["num_layers"]
-    single = (single if single is not None else config["num_single_layers"]) if flux else None
-    while latent_bytes(name, layers, single, tokens, text, steps) > limit:
+    layers = config["num_layers"]
+    single = config["num_single_layers"] if flux else None
+    while latent_bytes(name, layers, single, tokens, None, steps) > limit:
         if flux and single:
             single -= 1
         elif layers > 1:
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 single = args.flux_single_layers
                 cut = "--flux-single-layers"
             else:
-                layers, single, cut = fit_depth(name, None, None, args.image_tokens, None, args.steps, store_root)
+                layers, single, cut = fit_depth(name, args.image_tokens, args.steps, store_root)
                 if cut:
                     print(f"{name}: {cut}; cut in depth to fit", file=sys.stderr, flush=True)
             failure = None
@@ -288,19 +288,15 @@ def main(argv: list[str] | None = None) -> int:
             if failure is not None:  # outside the except: its traceback no longer holds the model
                 print(f"{name}: FAILED: {failure}", file=sys.stderr, flush=True)
                 report["models"].append({"name": name, "label": f"{name}-size", "error": failure})
-                setup = None
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            report["models"].append({"name": name, "label": label, "results": results})
-            # each model's rows as soon as they exist: a run stopped later still leaves them behind
-            print(f"{label}: " + ", ".join(f"{v} {m['seconds']:.2f} s ({m['time_ratio']:.3f}x time, "
-                                           f"{m['mem_ratio']:.3f}x memory)" for v, m in results.items()),
-                  file=sys.stderr, flush=True)
+            else:
+                report["models"].append({"name": name, "label": label, "results": results})
+                # each model's rows as soon as they exist: a run stopped later still leaves them behind
+                print(f"{label}: " + ", ".join(f"{v} {m['seconds']:.2f} s ({m['time_ratio']:.3f}x time, "
+                                               f"{m['mem_ratio']:.3f}x memory)" for v, m in results.items()),
+                      file=sys.stderr, flush=True)
             if args.json_out:
                 args.json_out.write_text(json.dumps(report, indent=2))
-            del setup
+            setup = None
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()

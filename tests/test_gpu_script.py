@@ -42,17 +42,17 @@ def test_the_gpu_benchmark_cuts_in_depth_only_when_memory_or_disk_demands_it(tmp
     assert round(bench_gpu.latent_bytes("flux.1-dev", None, None, 4096, None, 28) / 2**30) == 42
     monkeypatch.setattr(bench_gpu, "available_host_bytes", lambda: 125 * 2**30)
     monkeypatch.setattr(bench_gpu.shutil, "disk_usage", lambda path: shutil_usage(free=500 * 2**30))
-    assert bench_gpu.fit_depth("flux.1-dev", None, None, 4096, None, 28, tmp_path) == (None, None, None)
+    assert bench_gpu.fit_depth("flux.1-dev", 4096, 28, tmp_path) == (None, None, None)
 
     monkeypatch.setattr(bench_gpu, "available_host_bytes", lambda: 40 * 2**30)
-    layers, single, why = bench_gpu.fit_depth("flux.1-dev", None, None, 4096, None, 28, tmp_path)
+    layers, single, why = bench_gpu.fit_depth("flux.1-dev", 4096, 28, tmp_path)
     assert layers == 19 and 0 < single < 38 and "host memory" in why
     usable = 0.85 * 40 * 2**30 / bench_gpu.CUDA_RECORDING_HOST_BYTES_PER_BYTE
     assert bench_gpu.latent_bytes("flux.1-dev", layers, single, 4096, None, 28) <= usable
     assert bench_gpu.latent_bytes("flux.1-dev", layers, single + 1, 4096, None, 28) > usable
 
     monkeypatch.setattr(bench_gpu.shutil, "disk_usage", lambda path: shutil_usage(free=5 * 2**30))
-    layers, single, why = bench_gpu.fit_depth("sd3-medium", None, None, 4096, None, 28, tmp_path)
+    layers, single, why = bench_gpu.fit_depth("sd3-medium", 4096, 28, tmp_path)
     assert single is None and 0 < layers < 24 and "disk" in why
 
 
