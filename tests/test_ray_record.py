@@ -114,20 +114,25 @@ def _our_actors() -> list[str]:
 
 def test_a_killed_worker_has_its_batches_redone(cluster, pipe, serial, tmp_path):
     out = tmp_path / "run"
+    earlier = set(_our_actors())  # actors of earlier tests may still be listed while they shut down
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(
         run=record_prompts(pipe, PROMPTS, out, ray="local", workers=2, **COMMON)))
     thread.start()
+    # Each worker's pid is asked for while it loads its pipeline, so the answer comes before any batch:
+    # an actor runs its calls in order, and a pid asked for later would wait behind the batches queued on it.
+    pid_refs: dict[str, object] = {}
     killed = None
     deadline = time.monotonic() + 60
     while killed is None and time.monotonic() < deadline and thread.is_alive():
+        for name in set(_our_actors()) - earlier - set(pid_refs):
+            pid_refs[name] = ray.get_actor(name).pid.remote()
         journal = out / JOURNAL
         done = len(journal.read_text().splitlines()) if journal.exists() else 0
-        names = sorted(_our_actors())
-        if done >= 4 and names:  # a parallel batch is done, so the other batches are queued on the workers
-            pid = ray.get(ray.get_actor(names[-1]).pid.remote())
+        if done >= 4 and len(pid_refs) == 2:  # a parallel batch is done, so the other batches are queued on the workers
+            pid = ray.get(pid_refs[max(pid_refs)], timeout=30)
             os.kill(pid, signal.SIGKILL)
-            killed = (pid, done)
+            killed = (pid, len(journal.read_text().splitlines()))
         time.sleep(0.005)
     thread.join(120)
     assert killed is not None and killed[1] < len(PROMPTS), "the run ended before a worker could be killed"
