@@ -33,6 +33,10 @@ def _patch_grid(out, *extra):
             "--sites", "blocks.0.resid_out.*", "--steps", "0", "--inference-steps", "2", "--out", str(out), *extra]
 
 
+def _edit_bench(*extra):
+    return ["edit-bench", "--n", "1", "--methods", "ems", "--no-sde", "--batch-size", "1", "--json", *extra]
+
+
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "in.png"
@@ -40,7 +44,7 @@ def image(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("command", ["segment", "edit", "patch-grid"])
+@pytest.mark.parametrize("command", ["segment", "edit", "patch-grid", "edit-bench"])
 @pytest.mark.parametrize(
     ("device", "message"),
     [("cuda:99", "--device 'cuda:99': this machine has"), ("gpu0", "--device 'gpu0' is not a device")],
@@ -55,6 +59,7 @@ def test_a_bad_device_is_refused_before_the_model_loads(command, device, message
         "segment": lambda: _segment(out, "--device", device),
         "edit": lambda: _edit(image, out / "edited.png", "--device", device),
         "patch-grid": lambda: _patch_grid(out, "--device", device),
+        "edit-bench": lambda: _edit_bench("--device", device),
     }[command]()
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -64,7 +69,7 @@ def test_a_bad_device_is_refused_before_the_model_loads(command, device, message
 
 @pytest.mark.slow
 def test_bfloat16_weights_segment_edit_and_patch_on_cpu(image, tmp_path, capsys):
-    """The three commands run a bfloat16 model end to end: masks, an edited image, a saved grid."""
+    """The four commands run a bfloat16 model end to end: masks, an edited image, a saved grid, a judged edit."""
     seg = tmp_path / "seg"
     assert main(_segment(seg, "--device", "cpu", "--model-dtype", "bfloat16", "--json")) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -79,3 +84,7 @@ def test_bfloat16_weights_segment_edit_and_patch_on_cpu(image, tmp_path, capsys)
     assert main(_patch_grid(grid, "--device", "cpu", "--model-dtype", "bfloat16", "--json")) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (grid / "analysis" / "patching").is_dir() and doc["saved"]
+
+    assert main(_edit_bench("--device", "cpu", "--model-dtype", "bfloat16")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n"] == 1 and list(doc["summary"]) == ["ems"] and 0 <= doc["summary"]["ems"]["success"] <= 1  # judged

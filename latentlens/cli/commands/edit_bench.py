@@ -5,6 +5,7 @@ Example::
     $ latentlens edit-bench --model toy --n 200 --json > bench.json
     $ latentlens edit-bench --model toy --n 20 --methods ems sdedit flowedit --no-sde
     $ latentlens edit-bench --model toy --two-objects --n 150     # one object of two edited, the other kept
+    $ latentlens edit-bench --model toy --n 200 --device cuda --model-dtype bfloat16
 
 The protocols are documented in :mod:`latentlens.editor.bench` and :mod:`latentlens.editor.bench_two`.
 """
@@ -21,11 +22,11 @@ HELP = "Run the shapes-world edit benchmark (oracle success, preservation, PSNR,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from latentlens.cli.options import MODEL_HELP
-
+    from latentlens.cli.options import MODEL_HELP, add_device_options
     from latentlens.editor.bench import METHODS
 
     parser.add_argument("--model", default="toy", help=MODEL_HELP)
+    add_device_options(parser)
     parser.add_argument(
         "--n",
         type=int,
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from latentlens.cli import print_json
+    from latentlens.cli.options import model_dtype, resolve_device
     from latentlens.editor.bench import run_benchmark
     from latentlens.editor.bench_two import run_two_object_benchmark
     from latentlens.models import load_pipeline
@@ -68,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be at least 1, got {args.n}.")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    device = resolve_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=device, torch_dtype=model_dtype(args.model_dtype))
     say = lambda msg: print(msg, file=sys.stderr)
     if args.two_objects:
         two = run_two_object_benchmark(
