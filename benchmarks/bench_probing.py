@@ -236,7 +236,11 @@ def _summary(runs: dict[str, list[dict]], base: str = "plain") -> dict[str, dict
         m["reps"] = len(runs[name])
         # median over repetitions of variant/plain measured back to back (robust to drifting machine load)
         pairs = list(zip(runs[name], runs[base]))
-        m["time_ratio_paired"] = statistics.median(a["seconds"] / b["seconds"] for a, b in pairs)
+        paired_times = [a["seconds"] / b["seconds"] for a, b in pairs]
+        m["time_ratio_paired"] = statistics.median(paired_times)
+        if len(paired_times) >= 4:  # the spread of the paired ratios: how far one run's verdict can be trusted
+            quartiles = statistics.quantiles(paired_times, n=4)
+            m["time_ratio_paired_quartiles"] = [quartiles[0], quartiles[2]]
         m["peak_ratio_paired"] = statistics.median(a["peak"] / b["peak"] for a, b in pairs)
     return med
 
@@ -431,9 +435,13 @@ def _mb(x: float) -> str:
     return f"{x / 2**20:,.0f}"
 
 
-def _paired(m: dict[str, float], kind: str) -> str:
+def _paired(m: dict[str, Any], kind: str) -> str:
+    """The paired ratio, with its quartiles where there are enough repetitions: ``1.021 (0.998–1.040)``."""
     value = m.get(f"{kind}_ratio_paired")
-    return "" if value is None else f"{value:.3f}"
+    if value is None:
+        return ""
+    quartiles = m.get(f"{kind}_ratio_paired_quartiles")
+    return f"{value:.3f}" + (f" ({quartiles[0]:.3f}–{quartiles[1]:.3f})" if quartiles else "")
 
 
 def _ratio(m: dict[str, float], kind: str) -> float:
@@ -450,7 +458,7 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"**Latents** — `{LATENT_SITES}` ({lat['recorded_mb_per_run']:.0f} MB per run), "
                   f"{c['layers']} blocks, width {c['width']}, {c['image_tokens']} image + {c['text_tokens']} text tokens, "
                   f"{c['steps']} steps, batch {c['batch']}, median of {lat['results']['plain']['reps']}:", "",
-                  "| variant | seconds | × plain | × plain, paired | goal |", "| --- | ---: | ---: | ---: | --- |"]
+                  "| variant | seconds | × plain | × plain, paired (quartiles) | goal |", "| --- | ---: | ---: | ---: | --- |"]
         for name, m in lat["results"].items():
             lines.append(f"| {name} | {m['seconds']:.2f} | {m['time_ratio']:.3f} | {_paired(m, 'time')} | "
                          f"{goals.get(name, '')} |")
@@ -460,7 +468,7 @@ def render(report: dict[str, Any]) -> str:
             lines += [f"**Latents to the store, write-ahead** — {seq['recordings_per_sequence']} recordings in a row, "
                       "each written by the background writer while the next computes (as `record_prompts` and "
                       "`latentlens record` do); seconds per sequence, including the wait for the last write:", "",
-                      "| variant | seconds | × plain | × plain, paired | goal |", "| --- | ---: | ---: | ---: | --- |"]
+                      "| variant | seconds | × plain | × plain, paired (quartiles) | goal |", "| --- | ---: | ---: | ---: | --- |"]
             for name, m in seq["results"].items():
                 goal = "≤ 1.05×" if name != "plain" else ""
                 lines.append(f"| {name} | {m['seconds']:.2f} | {m['time_ratio']:.3f} | {_paired(m, 'time')} | {goal} |")
@@ -608,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--sequence", type=int, default=4,
                         help="recordings per write-ahead sequence (0: skip that measurement)")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=9,
+                        help="repetitions of the latents runs (the ratios move by about ±3 points between runs here)")
     parser.add_argument("--map-reps", type=int, default=3)
     parser.add_argument("--sweep", type=int, nargs="*", default=[256, 1024, 4096])
     parser.add_argument("--sweep-steps", type=int, default=1)

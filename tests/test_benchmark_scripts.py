@@ -60,3 +60,20 @@ def test_bench_probing_quick_times_the_store_paths_against_plain(tmp_path):
     assert results["latentlens+store, write-ahead"]["seconds"] > 0
     lines = bench.verdicts({"latents": latents})
     assert any("background writer" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_bench_probing_reports_the_spread_of_its_paired_ratios():
+    """With four or more repetitions each paired ratio comes with its quartiles, and the table shows them."""
+    bench = _load(next(p for p in BENCHMARKS if p.name == "bench_probing.py"))
+    plain = [2.0, 2.2, 1.8, 2.0, 2.1]
+    recorded = [2.1, 2.2, 1.9, 2.2, 2.1]  # paired ratios 1.05, 1.0, 1.0556, 1.1, 1.0
+    runs = {name: [{"seconds": s, "peak": 1.0, "delta": 0.0} for s in times]
+            for name, times in (("plain", plain), ("latentlens", recorded))}
+    summary = bench._summary(runs)
+    assert summary["latentlens"]["time_ratio_paired"] == pytest.approx(1.05)
+    low, high = summary["latentlens"]["time_ratio_paired_quartiles"]
+    assert low == pytest.approx(1.0) and high == pytest.approx((1.0556 + 1.1) / 2, abs=1e-3)
+    assert bench._paired(summary["latentlens"], "time") == f"1.050 (1.000–{high:.3f})"
+    few = bench._summary({name: rs[:2] for name, rs in runs.items()})
+    assert "time_ratio_paired_quartiles" not in few["latentlens"] and bench._paired(few["latentlens"], "time") == "1.025"

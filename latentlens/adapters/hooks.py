@@ -109,7 +109,7 @@ class HookSet:
 
     def __init__(self) -> None:
         self.handles: list[Any] = []
-        self._registry_undo: list[Callable[[], None]] = []
+        self._undo: list[Callable[[], None]] = []
 
     def pre(self, module: nn.Module, fn: Callable, prepend: bool = False) -> None:
         self.handles.append(module.register_forward_pre_hook(fn, with_kwargs=True, prepend=prepend))
@@ -121,7 +121,7 @@ class HookSet:
 
     def undo_on_remove(self, undo: Callable[[], None]) -> None:
         """Call ``undo`` in :meth:`remove` (in reverse order of registration, after the hooks are gone)."""
-        self._registry_undo.append(undo)
+        self._undo.append(undo)
 
     def context_probe(self, transformer: nn.Module) -> Any:
         """Register a :class:`ContextProbe` on the transformer's diffusers ``HookRegistry``."""
@@ -142,7 +142,7 @@ class HookSet:
                 if not had_registry and hasattr(transformer, "_diffusers_hook"):
                     del transformer._diffusers_hook
 
-        self._registry_undo.append(undo)
+        self.undo_on_remove(undo)
         return probe
 
     def run_eagerly(self, compiled: list[str]) -> None:
@@ -165,7 +165,7 @@ class HookSet:
         def restore_stance() -> None:
             stance.__exit__(None, None, None)
 
-        self._registry_undo.append(restore_stance)
+        self.undo_on_remove(restore_stance)
         compat.notice(
             "torch.compile",
             f"{compiled[0]}{f' and {len(compiled) - 1} more' if len(compiled) > 1 else ''} is compiled; "
@@ -176,8 +176,8 @@ class HookSet:
     def remove(self) -> None:
         while self.handles:
             self.handles.pop().remove()
-        while self._registry_undo:
-            self._registry_undo.pop()()
+        while self._undo:
+            self._undo.pop()()
 
 
 class StepTracker:
