@@ -238,7 +238,7 @@ def _summary(runs: dict[str, list[dict]], base: str = "plain") -> dict[str, dict
         pairs = list(zip(runs[name], runs[base]))
         paired_times = [a["seconds"] / b["seconds"] for a, b in pairs]
         m["time_ratio_paired"] = statistics.median(paired_times)
-        if name != base and len(paired_times) >= 4:  # the spread of the paired ratios: how far one run's verdict can be trusted
+        if name != base and len(paired_times) >= 4:  # their spread: how far one run's verdict can be trusted
             quartiles = statistics.quantiles(paired_times, n=4)
             m["time_ratio_paired_quartiles"] = [quartiles[0], quartiles[2]]
         m["peak_ratio_paired"] = statistics.median(a["peak"] / b["peak"] for a, b in pairs)
