@@ -215,6 +215,18 @@ class Recorder:
         self.hooks.remove()
         self.maps.close_all()
 
+    def release(self) -> None:
+        """Let go of the recording and of the captured data once the recording is handed over.
+
+        The captures call back into the recorder, so it sits in reference cycles and lives until Python's next
+        garbage collection; without this the recording's data (gigabytes at real sizes) would live as long,
+        even after the caller dropped it. The caller's recording keeps its data.
+        """
+        self.rec = Recording()
+        self.rec.cfg = self.cfg
+        self.accumulator = Accumulator(self.dtype, mean_steps=self.reduce.mean_steps)
+        self.state.scratch.clear()
+
     # -- per call --------------------------------------------------------------------------------
     @property
     def state(self) -> CallState:
@@ -413,12 +425,15 @@ class record:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._recorder.remove()
-        if exc_type is None:
-            rec = self._recorder.finalize()
-            if self._recorder.store is not None:
-                sample_ids = self._recorder.store.add_recording(rec)
-                if sample_ids is not None and hasattr(self._recorder.store, "read"):
-                    rec.move_to_store(self._recorder.store, sample_ids)
+        try:
+            if exc_type is None:
+                rec = self._recorder.finalize()
+                if self._recorder.store is not None:
+                    sample_ids = self._recorder.store.add_recording(rec)
+                    if sample_ids is not None and hasattr(self._recorder.store, "read"):
+                        rec.move_to_store(self._recorder.store, sample_ids)
+        finally:
+            self._recorder.release()  # the data lives exactly as long as the caller's recording
 
 
 __all__ = ["Recorder", "Recording", "RecordingSink", "record", "site_names", "word_token_indices"]

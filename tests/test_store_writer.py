@@ -6,8 +6,10 @@ run it writes is the same as a synchronous one, and a writer failure keeps the f
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -99,3 +101,26 @@ def test_disk_full_in_the_writer_ends_the_run_with_finished_samples_readable(pip
     run = open_run(tmp_path / "run")
     assert run.completed == {0, 1}
     assert not np.isnan(run["blocks.1.resid_out.img"][:2]).any()
+
+
+def test_a_run_frees_each_batch_it_wrote_without_the_garbage_collector(pipe, tmp_path, monkeypatch):
+    """A batch's recording is gone by the time the next one is written, with Python's collector off: the
+    recorder's captures sit in reference cycles, and a real-size recording (gigabytes) must not wait for it."""
+    written: list[weakref.ref] = []
+    alive_before_each: list[int] = []
+    add_recording = RunStore.add_recording
+
+    def counting_add_recording(self, rec, *args, **kwargs):
+        alive_before_each.append(sum(ref() is not None for ref in written))
+        written.append(weakref.ref(rec))
+        return add_recording(self, rec, *args, **kwargs)
+
+    monkeypatch.setattr(RunStore, "add_recording", counting_add_recording)
+    gc.collect()
+    gc.disable()
+    try:
+        record_prompts(pipe, PROMPTS, tmp_path / "run", **COMMON)
+    finally:
+        gc.enable()
+    assert alive_before_each == [0] * len(PROMPTS)
+    assert all(ref() is None for ref in written)

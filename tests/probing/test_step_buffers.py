@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -140,8 +142,9 @@ def test_a_pipeline_run_needs_no_copy_at_the_end():
     recorder = record(pipe, sites="blocks.0.resid_out.img", cfg="both")
     with recorder as rec:
         run_pipe(pipe, "sd3", num_inference_steps=3)
+        buffer = _buffer_of(recorder, "blocks.0.resid_out.img").data_ptr()
     data = rec["blocks.0.resid_out.img"]
-    assert data.shape[0] == 3 and data.data_ptr() == _buffer_of(recorder, "blocks.0.resid_out.img").data_ptr()
+    assert data.shape[0] == 3 and data.data_ptr() == buffer
     with record(pipe, sites="blocks.0.resid_out.img", cfg="both", steps=[0, 2]) as some:
         run_pipe(pipe, "sd3", num_inference_steps=3)
     assert torch.equal(some["blocks.0.resid_out.img"], data[[0, 2]])
@@ -158,9 +161,34 @@ def test_a_bare_transformer_is_sized_from_its_last_recording():
         with torch.no_grad(), recorder as rec:
             for _ in range(calls):
                 model(**inputs)
+            buffer = _buffer_of(recorder, "blocks.0.resid_out.img").data_ptr()
         data = rec["blocks.0.resid_out.img"]
         assert data.shape[0] == calls and _exact_size(data)
-        results.append((data, data.data_ptr() == _buffer_of(recorder, "blocks.0.resid_out.img").data_ptr()))
+        results.append((data, data.data_ptr() == buffer))
     assert [no_copy for _, no_copy in results] == [False, True, False, False]
     first = results[0][0][0]
     assert all(torch.equal(data[0], first) for data, _ in results)
+
+
+def test_a_dropped_recording_frees_its_data_without_waiting_for_the_garbage_collector():
+    """The recorder sits in reference cycles (its captures call back into it), but the data must not: a long run,
+    or one real-size recording, would otherwise stay in memory until Python's next collection."""
+    pipe = get_pipe("sd3")
+    site = "blocks.0.resid_out.img"
+    gc.collect()
+    gc.disable()
+    try:
+        with record(pipe, sites=site) as rec:
+            run_pipe(pipe, "sd3")
+        recording, data = weakref.ref(rec), weakref.ref(rec[site])
+        del rec
+        assert recording() is None and data() is None
+
+        recorder = record(pipe, sites=site)
+        with pytest.raises(KeyboardInterrupt), recorder as rec:
+            run_pipe(pipe, "sd3")
+            partial = weakref.ref(_buffer_of(recorder, site))
+            raise KeyboardInterrupt  # an interrupted run: the captures so far go with it
+        assert partial() is None
+    finally:
+        gc.enable()
