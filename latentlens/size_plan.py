@@ -446,8 +446,8 @@ def _image_tokens(transformer: Any, height: int, width: int, factor: int) -> int
 CUDA_RECORDING_HOST_BYTES_PER_BYTE = 2.3
 
 #: host memory a ``latentlens record`` batch holds per byte it records, while it is recorded and the batch before it
-#: is written (one batch ahead): on CUDA one recording's share plus the batch being written; measured 3.2 on the CPU
-#: (``benchmarks/bench_probing.py``, write-ahead peak 120 MB over plain for 38 MB recordings)
+#: is written (one batch ahead): on CUDA one recording's share plus the batch being written; on the CPU it is 2.1
+#: (``benchmarks/bench_probing.py``, write-ahead peak 81 MB over plain for 38 MB recordings), so there it errs safe
 HOST_BYTES_PER_RECORDED_BYTE = CUDA_RECORDING_HOST_BYTES_PER_BYTE + 1.0
 
 
