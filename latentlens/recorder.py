@@ -129,9 +129,7 @@ class Recorder:
 
         self.hooks = HookSet()
         self.tracker = StepTracker(self.adapter)
-        self.rec = Recording()
-        self.rec.cfg = cfg
-        self.accumulator = Accumulator(dtype, mean_steps=self.reduce.mean_steps)
+        self.rec, self.accumulator = self._empty_recording()
         self.maps = MapCapture(self, self.heads, self.reduce, self._put)
         self.concept_capture = self._concept_capture(wanted)
         self._timesteps: dict[int, float] = {}
@@ -222,10 +220,14 @@ class Recorder:
         garbage collection; without this the recording's data (gigabytes at real sizes) would live as long,
         even after the caller dropped it. The caller's recording keeps its data.
         """
-        self.rec = Recording()
-        self.rec.cfg = self.cfg
-        self.accumulator = Accumulator(self.dtype, mean_steps=self.reduce.mean_steps)
+        self.rec, self.accumulator = self._empty_recording()
         self.state.scratch.clear()
+
+    def _empty_recording(self) -> tuple[Recording, Accumulator]:
+        """A recording with nothing in it yet, and the accumulator its captures go into."""
+        rec = Recording()
+        rec.cfg = self.cfg
+        return rec, Accumulator(self.dtype, mean_steps=self.reduce.mean_steps)
 
     # -- per call --------------------------------------------------------------------------------
     @property
