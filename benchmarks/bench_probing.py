@@ -449,6 +449,10 @@ def _ratio(m: dict[str, float], kind: str) -> float:
     return m.get(f"{kind}_ratio_paired", m[f"{kind}_ratio"])
 
 
+#: the head of the latents tables: one row per variant, times against plain
+RATIO_TABLE_HEAD = ("| variant | seconds | × plain | × plain, paired (quartiles) | goal |", "| --- | ---: | ---: | ---: | --- |")
+
+
 def render(report: dict[str, Any]) -> str:
     lines = []
     goals = {"latentlens+store": "≤ 1.15×, ≤ nnsight"}
@@ -458,7 +462,7 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"**Latents** — `{LATENT_SITES}` ({lat['recorded_mb_per_run']:.0f} MB per run), "
                   f"{c['layers']} blocks, width {c['width']}, {c['image_tokens']} image + {c['text_tokens']} text tokens, "
                   f"{c['steps']} steps, batch {c['batch']}, median of {lat['results']['plain']['reps']}:", "",
-                  "| variant | seconds | × plain | × plain, paired (quartiles) | goal |", "| --- | ---: | ---: | ---: | --- |"]
+                  *RATIO_TABLE_HEAD]
         for name, m in lat["results"].items():
             lines.append(f"| {name} | {m['seconds']:.2f} | {m['time_ratio']:.3f} | {_paired(m, 'time')} | "
                          f"{goals.get(name, '')} |")
@@ -468,7 +472,7 @@ def render(report: dict[str, Any]) -> str:
             lines += [f"**Latents to the store, write-ahead** — {seq['recordings_per_sequence']} recordings in a row, "
                       "each written by the background writer while the next computes (as `record_prompts` and "
                       "`latentlens record` do); seconds per sequence, including the wait for the last write:", "",
-                      "| variant | seconds | × plain | × plain, paired (quartiles) | goal |", "| --- | ---: | ---: | ---: | --- |"]
+                      *RATIO_TABLE_HEAD]
             for name, m in seq["results"].items():
                 goal = "≤ 1.05×" if name != "plain" else ""
                 lines.append(f"| {name} | {m['seconds']:.2f} | {m['time_ratio']:.3f} | {_paired(m, 'time')} | {goal} |")
